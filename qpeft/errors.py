@@ -1,0 +1,53 @@
+"""Every error qpeft raises derives from :class:`QpeftError`.
+
+Each message says what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class QpeftError(Exception):
+    """Base class of all qpeft errors."""
+
+
+class WireError(QpeftError, ValueError):
+    """A gate names a wire that does not exist, names one wire twice, or
+    does not fit the wire's dimension (a qubit gate on a qutrit)."""
+
+
+class ParameterError(QpeftError, ValueError):
+    """A parameter is unknown, unbound where a value is needed, or a value is
+    NaN, infinite or of the wrong shape."""
+
+
+class NotUnitaryError(QpeftError, ValueError):
+    """A matrix given as a gate is not unitary (or not square)."""
+
+
+class DescriptionError(QpeftError, ValueError):
+    """A circuit description (JSON or dict) is malformed or of an unknown
+    format version."""
+
+
+class CatalogError(QpeftError, LookupError):
+    """An ansatz name is not in the catalog, or a catalog file is invalid."""
+
+
+class CompileError(QpeftError, ValueError):
+    """A circuit cannot be compiled with the requested options."""
+
+
+class InteropError(QpeftError, ValueError):
+    """A circuit cannot be converted to or from another framework."""
+
+
+class ConfigError(QpeftError, ValueError):
+    """An adapter or run configuration is invalid."""
+
+
+class AdapterFileError(QpeftError, OSError):
+    """An adapter directory is missing files, truncated or mismatched."""
+
+
+class DataError(QpeftError, ValueError):
+    """A dataset file is missing columns, empty, or holds unusable rows."""
