@@ -1,0 +1,1 @@
+"""The ansatz catalog, installed as ``qpeft.catalog``: one small file per ansatz."""

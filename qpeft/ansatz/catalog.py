@@ -1,0 +1,88 @@
+"""The ansatz catalog: ``circuits/`` (shipped as ``qpeft.catalog``).
+
+Each entry is a small Python file defining ``build(**options) -> Circuit``
+and a docstring. :func:`load_ansatz` runs an entry by name, or any file a
+user points it at (only code the user chose to run: adapters never name
+files, they carry the circuit's JSON description instead).
+
+>>> load_ansatz("pauli", qubits=3, layers=1).num_parameters
+7
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import inspect
+from pathlib import Path
+from types import ModuleType
+
+from qpeft.circuit import Circuit
+from qpeft.errors import CatalogError, QpeftError
+
+
+def catalog_names() -> list[str]:
+    """Names of the shipped catalog entries."""
+    root = importlib.resources.files("qpeft.catalog")
+    return sorted(
+        entry.name[:-3]
+        for entry in root.iterdir()
+        if entry.name.endswith(".py") and not entry.name.startswith("_")
+    )
+
+
+def _load_module(name_or_path: str | Path) -> ModuleType:
+    text = str(name_or_path)
+    if text.endswith(".py") or "/" in text or "\\" in text:
+        path = Path(text)
+        if not path.is_file():
+            raise CatalogError(f"ansatz file {path} does not exist")
+        spec = importlib.util.spec_from_file_location(f"qpeft_user_ansatz_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        assert spec.loader is not None
+        spec.loader.exec_module(module)
+        return module
+    if text not in catalog_names():
+        raise CatalogError(
+            f"no ansatz named {text!r} in the catalog; available: {', '.join(catalog_names())} "
+            "(or pass the path of a .py file defining build(**options) -> Circuit)"
+        )
+    return importlib.import_module(f"qpeft.catalog.{text}")
+
+
+def ansatz_builder(name_or_path: str | Path):
+    """The ``build`` function of a catalog entry or file."""
+    module = _load_module(name_or_path)
+    build = getattr(module, "build", None)
+    if not callable(build):
+        raise CatalogError(f"{name_or_path} defines no build(**options) -> Circuit function")
+    return build
+
+
+def ansatz_options(name_or_path: str | Path) -> dict[str, object]:
+    """The options a catalog entry accepts, with their defaults."""
+    signature = inspect.signature(ansatz_builder(name_or_path))
+    return {
+        name: (None if p.default is inspect.Parameter.empty else p.default)
+        for name, p in signature.parameters.items()
+    }
+
+
+def load_ansatz(name_or_path: str | Path, **options) -> Circuit:
+    """Build a catalog entry (``"pauli"``) or a user file (``"my_ansatz.py"``)."""
+    build = ansatz_builder(name_or_path)
+    try:
+        inspect.signature(build).bind(**options)
+    except TypeError as exc:
+        raise CatalogError(
+            f"{name_or_path}: {exc}; accepted options: {', '.join(ansatz_options(name_or_path))}"
+        ) from None
+    try:
+        circuit = build(**options)
+    except QpeftError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise CatalogError(f"{name_or_path} could not build with {options}: {exc}") from exc
+    if not isinstance(circuit, Circuit):
+        raise CatalogError(f"{name_or_path}: build() returned {type(circuit).__name__}, not Circuit")
+    return circuit

@@ -1,0 +1,407 @@
+"""The :class:`Circuit`: wires with dimensions and an ordered list of gates.
+
+A circuit is plain data. It prints, compares, hashes and round-trips
+through JSON; everything executable (the compiler's torch functions, the
+Qiskit and PennyLane conversions, drawings) is derived from it.
+
+>>> from qpeft.circuit import Circuit, ParameterVector
+>>> theta = ParameterVector("theta", 2)
+>>> c = Circuit(2).ry(0, theta[0]).ry(1, theta[1]).cz(0, 1)
+>>> c.num_parameters, c.dimension, c.is_real
+(2, 4, True)
+>>> Circuit.from_json(c.to_json()) == c
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from qpeft.circuit import gates as g
+from qpeft.circuit.parameters import Expression, ExpressionLike, Parameter
+from qpeft.errors import DescriptionError, ParameterError, WireError
+
+FORMAT = "qpeft.circuit"
+FORMAT_VERSION = 1
+
+
+class Circuit:
+    """Gates acting on wires of given dimensions (2 = qubit, d = qudit).
+
+    ``Circuit(3)`` is three qubits; ``Circuit([3, 2, 2])`` a qutrit and two
+    qubits (wire 0 is the most significant digit of the basis index).
+    """
+
+    def __init__(self, wires: int | Sequence[int] = 1, *, name: str = "") -> None:
+        if isinstance(wires, (int, np.integer)) and not isinstance(wires, bool):
+            if wires < 1:
+                raise WireError(f"a circuit needs at least one wire, got {wires}")
+            dims = (2,) * int(wires)
+        else:
+            dims = tuple(int(d) for d in wires)
+            if not dims:
+                raise WireError("a circuit needs at least one wire")
+        if any(d < 2 for d in dims):
+            raise WireError(f"every wire needs dimension >= 2, got {dims}")
+        self._dims = dims
+        self._gates: list[g.Gate] = []
+        self.name = name
+
+    # -- structure ------------------------------------------------------------
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The dimension of each wire."""
+        return self._dims
+
+    @property
+    def num_wires(self) -> int:
+        return len(self._dims)
+
+    @property
+    def dimension(self) -> int:
+        """N, the size of the unitary: the product of the wire dimensions."""
+        return math.prod(self._dims)
+
+    @property
+    def gates(self) -> tuple[g.Gate, ...]:
+        return tuple(self._gates)
+
+    def __len__(self) -> int:
+        return len(self._gates)
+
+    def wire_dims(self, wires: Iterable[int]) -> tuple[int, ...]:
+        return tuple(self._dims[w] for w in wires)
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        """Free parameter names, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for gate in self._gates:
+            for expr in gate.params:
+                for name in expr.parameters:
+                    seen.setdefault(name, None)
+        return tuple(seen)
+
+    @property
+    def num_parameters(self) -> int:
+        return len(self.parameters)
+
+    @property
+    def is_real(self) -> bool:
+        """True when every gate is real, so the circuit compiles to a real dtype."""
+        return all(gate.is_real for gate in self._gates)
+
+    def depth(self) -> int:
+        """Number of layers when each gate starts after the last gate on its wires."""
+        level = [0] * self.num_wires
+        for gate in self._gates:
+            if gate.is_identity:
+                continue
+            top = max(level[w] for w in gate.wires) + 1
+            for w in gate.wires:
+                level[w] = top
+        return max(level, default=0)
+
+    # -- building -------------------------------------------------------------
+    def append(self, gate: g.Gate) -> Circuit:
+        """Add a gate (checked against the wires) and return the circuit."""
+        if not isinstance(gate, g.Gate):
+            raise WireError(f"only gates can be appended, got {type(gate).__name__}")
+        wires = gate.wires
+        for w in wires:
+            if not 0 <= w < self.num_wires:
+                raise WireError(
+                    f"{gate.name} names wire {w} but the circuit has wires 0..{self.num_wires - 1}"
+                )
+        if len(set(wires)) != len(wires):
+            raise WireError(f"{gate.name} names the same wire twice: {wires}")
+        expected = g.expected_params(gate)
+        if len(gate.params) != expected:
+            raise ParameterError(f"{gate.name} takes {expected} angle(s), got {len(gate.params)}")
+        gate.check(self.wire_dims(wires))
+        self._gates.append(gate)
+        return self
+
+    def extend(self, gates: Iterable[g.Gate]) -> Circuit:
+        for gate in gates:
+            self.append(gate)
+        return self
+
+    def ry(self, wire: int, theta: ExpressionLike) -> Circuit:
+        return self.append(g.RY(wire, theta))
+
+    def rx(self, wire: int, theta: ExpressionLike) -> Circuit:
+        return self.append(g.RX(wire, theta))
+
+    def rz(self, wire: int, theta: ExpressionLike) -> Circuit:
+        return self.append(g.RZ(wire, theta))
+
+    def pauli_rotation(self, pauli: str, wires: Sequence[int], theta: ExpressionLike) -> Circuit:
+        return self.append(g.pauli_rotation(pauli, wires, theta))
+
+    def givens(self, wire: int, levels: Sequence[int], theta: ExpressionLike) -> Circuit:
+        return self.append(g.givens(wire, levels, theta))
+
+    def h(self, wire: int) -> Circuit:
+        return self.append(g.H(wire))
+
+    def x(self, wire: int) -> Circuit:
+        return self.append(g.X(wire))
+
+    def y(self, wire: int) -> Circuit:
+        return self.append(g.Y(wire))
+
+    def z(self, wire: int) -> Circuit:
+        return self.append(g.Z(wire))
+
+    def cz(self, a: int, b: int) -> Circuit:
+        return self.append(g.CZ(a, b))
+
+    def cx(self, control: int, target: int) -> Circuit:
+        return self.append(g.CX(control, target))
+
+    def swap(self, a: int, b: int) -> Circuit:
+        return self.append(g.SWAP(a, b))
+
+    def gcz(self, a: int, b: int) -> Circuit:
+        """Generalized CZ ``(-1)^(j·k)`` on two wires of any dimensions."""
+        return self.append(g.GeneralizedCZ(a, b))
+
+    def unitary(self, matrix, wires: Sequence[int] | int) -> Circuit:
+        return self.append(g.unitary(matrix, wires))
+
+    def barrier(self, text: str = "") -> Circuit:
+        """Mark a layer boundary (drawn; no effect on the matrix)."""
+        return self.append(g.Barrier(tuple(range(self.num_wires)), text))
+
+    def controlled(
+        self, gate: g.Gate, controls: Sequence[int] | int, control_values=None
+    ) -> Circuit:
+        return self.append(g.controlled(gate, controls, control_values))
+
+    # -- transformations ------------------------------------------------------
+    def copy(self) -> Circuit:
+        out = Circuit(self._dims, name=self.name)
+        out._gates = list(self._gates)
+        return out
+
+    def compose(self, other: Circuit, wires: Sequence[int] | None = None) -> Circuit:
+        """A new circuit: this one followed by ``other`` (on ``wires`` of this one)."""
+        mapping = list(range(other.num_wires)) if wires is None else [int(w) for w in wires]
+        if len(mapping) != other.num_wires:
+            raise WireError(
+                f"compose needs {other.num_wires} target wires for the other circuit, "
+                f"got {len(mapping)}"
+            )
+        for own, theirs in enumerate(mapping):
+            if not 0 <= theirs < self.num_wires or self._dims[theirs] != other.dims[own]:
+                raise WireError(
+                    f"wire {own} of the other circuit (dimension {other.dims[own]}) cannot go on "
+                    f"wire {theirs} of this one (dims {self._dims})"
+                )
+        out = self.copy()
+        for gate in other.gates:
+            out.append(gate.with_wires([mapping[w] for w in gate.wires]))
+        return out
+
+    def __add__(self, other: Circuit) -> Circuit:
+        return self.compose(other)
+
+    def repeat(self, count: int, *, share_parameters: bool = False) -> Circuit:
+        """The circuit ``count`` times in a row. Unless ``share_parameters``,
+        each repetition ``r`` gets its own copies of the parameters, named
+        ``name_r`` (``w[3]`` becomes ``w_r[3]``)."""
+        if count < 0:
+            raise WireError(f"repeat count must be >= 0, got {count}")
+        out = Circuit(self._dims, name=self.name)
+        for r in range(count):
+            block = self if share_parameters else self.rename(
+                {p: _suffixed(p, r) for p in self.parameters}
+            )
+            out._gates.extend(block.gates)
+        return out
+
+    def inverse(self) -> Circuit:
+        """The circuit whose matrix is the adjoint of this one's."""
+        out = Circuit(self._dims, name=f"{self.name}†" if self.name else "")
+        out._gates = [gate.inverse() for gate in reversed(self._gates)]
+        return out
+
+    def rename(self, mapping: Mapping[str, str]) -> Circuit:
+        """Rename parameters (names not in ``mapping`` stay)."""
+        for new in mapping.values():
+            Parameter(new)
+        out = Circuit(self._dims, name=self.name)
+        out._gates = [
+            gate.with_params([p.rename(mapping) for p in gate.params]) if gate.params else gate
+            for gate in self._gates
+        ]
+        return out
+
+    def bind(self, values: Mapping[str, float] | Sequence[float]) -> Circuit:
+        """Substitute values for parameters. A mapping may bind some names;
+        a sequence must give every parameter, in :attr:`parameters` order."""
+        bindings = self._bindings(values, partial=isinstance(values, Mapping))
+        out = Circuit(self._dims, name=self.name)
+        out._gates = [
+            gate.with_params([p.bind(bindings) for p in gate.params]) if gate.params else gate
+            for gate in self._gates
+        ]
+        return out
+
+    def _bindings(self, values, partial: bool) -> dict[str, float]:
+        names = self.parameters
+        if isinstance(values, Mapping):
+            unknown = [k for k in values if k not in names]
+            if unknown:
+                raise ParameterError(
+                    f"unknown parameter(s) {', '.join(map(str, unknown))}; the circuit has "
+                    f"{', '.join(names) or 'no parameters'}"
+                )
+            bindings = {str(k): _finite(v, k) for k, v in values.items()}
+        else:
+            flat = np.asarray(values, dtype=float).reshape(-1)
+            if flat.shape[0] != len(names):
+                raise ParameterError(
+                    f"expected {len(names)} values (one per circuit.parameters entry), "
+                    f"got {flat.shape[0]}"
+                )
+            bindings = {n: _finite(v, n) for n, v in zip(names, flat)}
+        if not partial:
+            missing = [n for n in names if n not in bindings]
+            if missing:
+                raise ParameterError(f"no value for parameter(s) {', '.join(missing)}")
+        return bindings
+
+    # -- reference matrix -----------------------------------------------------
+    def matrix(
+        self,
+        values: Mapping[str, float] | Sequence[float] | torch.Tensor | None = None,
+        *,
+        backend: str = "numpy",
+    ):
+        """The full N×N matrix, built the slow, obvious way: each gate is
+        expanded to the whole register and multiplied in. Float64 (or
+        complex128); the ground truth every fast path is tested against.
+
+        ``values`` are the free parameters (mapping or sequence in
+        :attr:`parameters` order); ``backend="torch"`` returns a tensor that
+        is differentiable with respect to a tensor ``values``.
+        """
+        from qpeft.circuit.reference import reference_matrix
+
+        return reference_matrix(self, values, backend=backend)
+
+    # -- data -----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        data = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "dims": list(self._dims),
+            "gates": [gate.to_json() for gate in self._gates],
+        }
+        if self.name:
+            data["name"] = self.name
+        return data
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Circuit:
+        if not isinstance(data, Mapping):
+            raise DescriptionError(f"a circuit description is a JSON object, got {type(data).__name__}")
+        if data.get("format") != FORMAT:
+            raise DescriptionError(
+                f"not a qpeft circuit description (format {data.get('format')!r}, "
+                f"expected {FORMAT!r})"
+            )
+        version = data.get("version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise DescriptionError(
+                f"circuit description version {version!r} is newer than this qpeft understands "
+                f"({FORMAT_VERSION}); upgrade qpeft"
+            )
+        try:
+            circuit = cls(list(data["dims"]), name=str(data.get("name", "")))
+            gate_list = data["gates"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DescriptionError(f"malformed circuit description: {exc}") from exc
+        if not isinstance(gate_list, list):
+            raise DescriptionError("'gates' must be a list of gate descriptions")
+        for item in gate_list:
+            circuit.append(g.gate_from_json(item))
+        return circuit
+
+    @classmethod
+    def from_json(cls, text: str) -> Circuit:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise DescriptionError(f"circuit description is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical JSON (name excluded): equal circuits, equal prints."""
+        data = self.to_dict()
+        data.pop("name", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Circuit):
+            return NotImplemented
+        return self._dims == other._dims and self._gates == other._gates
+
+    def __hash__(self) -> int:
+        return hash((self._dims, tuple(self._gates)))
+
+    def __repr__(self) -> str:
+        label = f" {self.name!r}" if self.name else ""
+        return (
+            f"<Circuit{label} dims={self._dims} dimension={self.dimension} "
+            f"gates={len(self._gates)} parameters={self.num_parameters}>"
+        )
+
+    def __str__(self) -> str:
+        lines = [repr(self)]
+        for gate in self._gates:
+            wires = ",".join(str(w) for w in gate.wires)
+            lines.append(f"  {gate.label:<28} @ {wires}")
+        return "\n".join(lines)
+
+    def draw(self, output: str = "text", **options):
+        """A diagram: text (``output="text"``) or a matplotlib Figure (``"mpl"``)."""
+        from qpeft.draw import draw
+
+        return draw(self, output=output, **options)
+
+
+def _suffixed(name: str, r: int) -> str:
+    match = re.match(r"^(.*?)(\[[0-9]+\])?$", name)
+    assert match is not None
+    return f"{match.group(1)}_{r}{match.group(2) or ''}"
+
+
+def _finite(value, name) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"value of {name} is not a number: {value!r}") from None
+    if not math.isfinite(number):
+        raise ParameterError(f"value of {name} is {number}; values must be finite")
+    return number
+
+
+def gate_angles(gate: g.Gate, bindings: Mapping[str, float]) -> list[float]:
+    """The numeric angles of a gate under full bindings."""
+    return [expr.evaluate(bindings) for expr in gate.params]
+
+
+__all__ = ["Circuit", "Expression", "FORMAT", "FORMAT_VERSION", "gate_angles"]

@@ -1,0 +1,689 @@
+"""Gates as plain, immutable data.
+
+Every gate knows its wires, its symbolic angles, whether it is real, its
+inverse, its generator (for rotations, ``matrix(θ) = exp(-iθG/2)``) and its
+matrix as a torch function of the angles. Circuits and the compiler never
+special-case gate names; they only ask these questions.
+
+Matrices use the register's bit order: the first wire of a gate is the most
+significant index of its matrix (as in PennyLane).
+
+>>> import torch
+>>> RY(0, 0.5).matrix((2,), torch.tensor([0.5]))
+tensor([[ 0.9689, -0.2474],
+        [ 0.2474,  0.9689]], dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import reduce
+
+import numpy as np
+import torch
+
+from qpeft.circuit.parameters import Expression, ExpressionLike, as_expression
+from qpeft.errors import DescriptionError, NotUnitaryError, WireError
+
+_PAULI = {
+    "I": np.eye(2, dtype=complex),
+    "X": np.array([[0, 1], [1, 0]], dtype=complex),
+    "Y": np.array([[0, -1j], [1j, 0]], dtype=complex),
+    "Z": np.array([[1, 0], [0, -1]], dtype=complex),
+}
+
+_STANDARD = {
+    "H": np.array([[1, 1], [1, -1]], dtype=complex) / math.sqrt(2),
+    "X": _PAULI["X"],
+    "Y": _PAULI["Y"],
+    "Z": _PAULI["Z"],
+    "CZ": np.diag([1, 1, 1, -1]).astype(complex),
+    "CX": np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 1, 0]], dtype=complex),
+    "SWAP": np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=complex),
+}
+
+#: dtype of the complex counterpart of each real dtype
+COMPLEX_OF = {
+    torch.float16: torch.complex32,
+    torch.bfloat16: torch.complex64,
+    torch.float32: torch.complex64,
+    torch.float64: torch.complex128,
+}
+
+
+def _tensor(array: np.ndarray, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """A numpy matrix as a torch tensor, real when it has no imaginary part."""
+    if np.iscomplexobj(array) and np.abs(array.imag).max(initial=0.0) > 0:
+        return torch.as_tensor(array, dtype=COMPLEX_OF.get(dtype, dtype), device=device)
+    return torch.as_tensor(np.real(array), dtype=dtype, device=device)
+
+
+def _tuple_of_ints(values: Sequence[int] | int, what: str) -> tuple[int, ...]:
+    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        return (int(values),)
+    try:
+        out = tuple(int(v) for v in values)
+    except TypeError:
+        raise WireError(f"{what} must be an integer or a sequence of integers, got {values!r}")
+    return out
+
+
+class Gate(ABC):
+    """Common interface of every gate (see the module docstring)."""
+
+    wires: tuple[int, ...]
+    params: tuple[Expression, ...]
+
+    #: JSON tag of the gate class
+    kind: str = "gate"
+
+    # -- description --------------------------------------------------------
+    @property
+    @abstractmethod
+    def name(self) -> str:
+        """Short display name: RY, CZ, Givens, …"""
+
+    @property
+    def label(self) -> str:
+        """Label for drawings (name and angles)."""
+        if not self.params:
+            return self.name
+        return f"{self.name}({', '.join(str(p) for p in self.params)})"
+
+    @property
+    @abstractmethod
+    def is_real(self) -> bool:
+        """True when the matrix is real for every value of the angles."""
+
+    @property
+    def is_identity(self) -> bool:
+        return False
+
+    def check(self, dims: Sequence[int]) -> None:
+        """Raise :class:`WireError` if the gate does not fit wires of these dims."""
+
+    @abstractmethod
+    def inverse(self) -> Gate:
+        """The gate whose matrix is the adjoint of this one's."""
+
+    def generator(self, dims: Sequence[int]) -> np.ndarray | None:
+        """Hermitian G with ``matrix(θ) = exp(-iθG/2)`` for one-angle rotations."""
+        return None
+
+    @abstractmethod
+    def matrix(
+        self,
+        dims: Sequence[int],
+        angles: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> torch.Tensor:
+        """The gate's matrix on its own wires, shape ``(..., D, D)``.
+
+        ``angles`` has shape ``(..., len(params))`` (values of the angle
+        expressions, not of the free parameters). Real gates come back in
+        ``dtype``; complex ones in its complex counterpart.
+        """
+
+    # -- data ----------------------------------------------------------------
+    def with_params(self, params: Sequence[Expression]) -> Gate:
+        return replace(self, params=tuple(params))
+
+    def with_wires(self, wires: Sequence[int]) -> Gate:
+        return replace(self, wires=tuple(wires))
+
+    def options(self) -> dict:
+        """Extra JSON fields of this gate class."""
+        return {}
+
+    def to_json(self) -> dict:
+        data = {"gate": self.kind, "wires": list(self.wires)}
+        if self.params:
+            data["params"] = [p.to_json() for p in self.params]
+        data.update(self.options())
+        return data
+
+
+def _angle(value: ExpressionLike) -> tuple[Expression, ...]:
+    return (as_expression(value),)
+
+
+def _require_qubits(gate: Gate, dims: Sequence[int]) -> None:
+    for wire, d in zip(gate.wires, dims):
+        if d != 2:
+            hint = (
+                "; use Givens(wire, levels=(i, j), theta) for a rotation between two levels of "
+                "a qudit"
+                if gate.params
+                else "; use GeneralizedCZ or SignDiagonal for qudit entanglers"
+            )
+            raise WireError(
+                f"{gate.name} acts on qubits (dimension 2) but wire {wire} has dimension {d}{hint}"
+            )
+
+
+# ----------------------------------------------------------------------------
+# rotations
+
+
+@dataclass(frozen=True)
+class PauliRotation(Gate):
+    """``exp(-iθP/2)`` for a Pauli string ``P`` (letters I, X, Y, Z); the first
+    letter acts on the first listed wire. Real exactly when P has an odd
+    number of Y factors. ``RX``, ``RY`` and ``RZ`` are one-letter cases."""
+
+    pauli: str
+    wires: tuple[int, ...]
+    params: tuple[Expression, ...]
+    kind = "PauliRotation"
+
+    def __post_init__(self) -> None:
+        if not self.pauli or set(self.pauli) - set("IXYZ"):
+            raise WireError(f"invalid Pauli string {self.pauli!r}: use the letters I, X, Y and Z")
+        if len(self.pauli) != len(self.wires):
+            raise WireError(
+                f"Pauli string {self.pauli!r} has {len(self.pauli)} letters but "
+                f"{len(self.wires)} wires were given; give one wire per letter"
+            )
+
+    @property
+    def name(self) -> str:
+        return f"R{self.pauli}" if len(self.pauli) == 1 else f"R[{self.pauli}]"
+
+    @property
+    def is_real(self) -> bool:
+        return self.pauli.count("Y") % 2 == 1 or set(self.pauli) <= {"I"}
+
+    def check(self, dims: Sequence[int]) -> None:
+        _require_qubits(self, dims)
+
+    def inverse(self) -> Gate:
+        return replace(self, params=(-self.params[0],))
+
+    def generator(self, dims: Sequence[int]) -> np.ndarray:
+        return reduce(np.kron, [_PAULI[p] for p in self.pauli])
+
+    def matrix(self, dims, angles=None, dtype=torch.float64):
+        return _rotation_matrix(self.generator(dims), angles, dtype)
+
+    def options(self) -> dict:
+        return {"pauli": self.pauli}
+
+
+def _rotation_matrix(generator: np.ndarray, angles: torch.Tensor, dtype: torch.dtype):
+    """exp(-iθG/2) for a Hermitian G whose square is a projector P:
+    (I - P) + cos(θ/2) P - i sin(θ/2) G."""
+    projector = generator @ generator
+    identity = np.eye(generator.shape[0])
+    theta = angles[..., 0, None, None]
+    device = angles.device
+    step = -1j * generator
+    real = np.abs(step.imag).max(initial=0.0) == 0
+    work = dtype if real else COMPLEX_OF.get(dtype, dtype)
+    fixed = torch.as_tensor((identity - projector).real, dtype=dtype, device=device)
+    proj = torch.as_tensor(projector.real, dtype=dtype, device=device)
+    step_t = torch.as_tensor(step.real if real else step, dtype=work, device=device)
+    theta = theta.to(dtype)
+    return fixed + torch.cos(theta / 2) * proj + torch.sin(theta / 2) * step_t
+
+
+def RX(wire: int, theta: ExpressionLike) -> PauliRotation:
+    """``exp(-iθX/2)`` on one qubit (complex)."""
+    return PauliRotation("X", _tuple_of_ints(wire, "wire"), _angle(theta))
+
+
+def RY(wire: int, theta: ExpressionLike) -> PauliRotation:
+    """``exp(-iθY/2)`` = [[cos θ/2, -sin θ/2], [sin θ/2, cos θ/2]] on one qubit (real)."""
+    return PauliRotation("Y", _tuple_of_ints(wire, "wire"), _angle(theta))
+
+
+def RZ(wire: int, theta: ExpressionLike) -> PauliRotation:
+    """``exp(-iθZ/2)`` = diag(e^{-iθ/2}, e^{iθ/2}) on one qubit (complex)."""
+    return PauliRotation("Z", _tuple_of_ints(wire, "wire"), _angle(theta))
+
+
+def pauli_rotation(pauli: str, wires: Sequence[int], theta: ExpressionLike) -> PauliRotation:
+    """``exp(-iθP/2)`` for the Pauli string ``pauli`` on ``wires``."""
+    return PauliRotation(pauli.upper(), _tuple_of_ints(wires, "wires"), _angle(theta))
+
+
+@dataclass(frozen=True)
+class Givens(Gate):
+    """A real rotation by θ/2 between two levels ``(i, j)`` of one wire:
+    the RY matrix placed on rows/columns i and j, identity elsewhere. On a
+    qubit with levels (0, 1) it equals RY."""
+
+    wires: tuple[int, ...]
+    levels: tuple[int, int]
+    params: tuple[Expression, ...]
+    kind = "Givens"
+
+    def __post_init__(self) -> None:
+        if len(self.wires) != 1:
+            raise WireError(f"Givens acts on one wire, got {len(self.wires)}")
+        if len(self.levels) != 2 or self.levels[0] == self.levels[1] or min(self.levels) < 0:
+            raise WireError(f"Givens needs two different levels (i, j) >= 0, got {self.levels!r}")
+
+    @property
+    def name(self) -> str:
+        return f"G{self.levels[0]}{self.levels[1]}" if max(self.levels) < 10 else "G"
+
+    @property
+    def is_real(self) -> bool:
+        return True
+
+    def check(self, dims: Sequence[int]) -> None:
+        if max(self.levels) >= dims[0]:
+            raise WireError(
+                f"Givens levels {self.levels} do not exist on wire {self.wires[0]} of dimension "
+                f"{dims[0]}; levels run from 0 to {dims[0] - 1}"
+            )
+
+    def inverse(self) -> Gate:
+        return replace(self, params=(-self.params[0],))
+
+    def generator(self, dims: Sequence[int]) -> np.ndarray:
+        g = np.zeros((dims[0], dims[0]), dtype=complex)
+        i, j = self.levels
+        g[i, j], g[j, i] = -1j, 1j
+        return g
+
+    def matrix(self, dims, angles=None, dtype=torch.float64):
+        return _rotation_matrix(self.generator(dims), angles, dtype)
+
+    def options(self) -> dict:
+        return {"levels": list(self.levels)}
+
+
+def givens(wire: int, levels: Sequence[int], theta: ExpressionLike) -> Givens:
+    """A real rotation between levels ``levels`` of qudit ``wire``."""
+    return Givens(_tuple_of_ints(wire, "wire"), tuple(int(v) for v in levels), _angle(theta))
+
+
+# ----------------------------------------------------------------------------
+# fixed gates
+
+
+class FixedGate(Gate):
+    """A gate without angles, given by a constant matrix."""
+
+    params: tuple[Expression, ...] = ()
+
+    @abstractmethod
+    def constant_matrix(self, dims: Sequence[int]) -> np.ndarray:
+        """The matrix as a numpy array."""
+
+    @property
+    def is_real(self) -> bool:
+        m = self.constant_matrix(self._dims_hint())
+        return not np.iscomplexobj(m) or np.abs(m.imag).max(initial=0.0) == 0
+
+    def _dims_hint(self) -> tuple[int, ...]:
+        return (2,) * len(self.wires)
+
+    def matrix(self, dims, angles=None, dtype=torch.float64):
+        device = angles.device if angles is not None else None
+        return _tensor(self.constant_matrix(dims), dtype, device)
+
+
+@dataclass(frozen=True)
+class StandardGate(FixedGate):
+    """A named constant qubit gate: H, X, Y, Z, CZ, CX, SWAP."""
+
+    gate: str
+    wires: tuple[int, ...]
+    kind = "Standard"
+
+    def __post_init__(self) -> None:
+        if self.gate not in _STANDARD:
+            raise DescriptionError(
+                f"unknown standard gate {self.gate!r}; known: {', '.join(sorted(_STANDARD))}"
+            )
+        need = round(math.log2(_STANDARD[self.gate].shape[0]))
+        if len(self.wires) != need:
+            raise WireError(f"{self.gate} acts on {need} wire(s), got {len(self.wires)}")
+
+    @property
+    def name(self) -> str:
+        return self.gate
+
+    def check(self, dims: Sequence[int]) -> None:
+        _require_qubits(self, dims)
+
+    def inverse(self) -> Gate:
+        return self  # every standard gate is its own inverse
+
+    def constant_matrix(self, dims):
+        return _STANDARD[self.gate]
+
+    def options(self) -> dict:
+        return {"name": self.gate}
+
+
+def _standard(name: str):
+    def make(*wires: int) -> StandardGate:
+        flat = [w for item in wires for w in _tuple_of_ints(item, "wires")]
+        return StandardGate(name, tuple(flat))
+
+    make.__name__ = name
+    make.__doc__ = f"The constant {name} gate."
+    return make
+
+
+H = _standard("H")
+X = _standard("X")
+Y = _standard("Y")
+Z = _standard("Z")
+CZ = _standard("CZ")
+CX = _standard("CX")
+SWAP = _standard("SWAP")
+
+
+@dataclass(frozen=True)
+class SignDiagonal(FixedGate):
+    """A real ±1 diagonal on any wires; ``signs`` lists the diagonal in the
+    register order of ``wires``. ``signs=None`` means the generalized CZ
+    ``(-1)^(j·k)`` on two wires of any dimensions (CZ on qubits)."""
+
+    wires: tuple[int, ...]
+    signs: tuple[int, ...] | None = None
+    kind = "SignDiagonal"
+
+    def __post_init__(self) -> None:
+        if self.signs is None and len(self.wires) != 2:
+            raise WireError("the generalized CZ acts on exactly two wires")
+        if self.signs is not None and set(self.signs) - {1, -1}:
+            raise WireError("SignDiagonal signs must each be +1 or -1")
+
+    @property
+    def name(self) -> str:
+        return "CZd" if self.signs is None else "±1"
+
+    def _dims_hint(self):
+        return (2,) * len(self.wires) if self.signs is None else (len(self.signs),)
+
+    def check(self, dims: Sequence[int]) -> None:
+        if self.signs is not None and len(self.signs) != math.prod(dims):
+            raise WireError(
+                f"SignDiagonal on wires {self.wires} of dimensions {tuple(dims)} needs "
+                f"{math.prod(dims)} signs, got {len(self.signs)}"
+            )
+
+    @property
+    def is_real(self) -> bool:
+        return True
+
+    def inverse(self) -> Gate:
+        return self
+
+    def diagonal(self, dims: Sequence[int]) -> np.ndarray:
+        if self.signs is not None:
+            return np.asarray(self.signs, dtype=float)
+        j = np.arange(dims[0])[:, None]
+        k = np.arange(dims[1])[None, :]
+        return np.where((j * k) % 2 == 1, -1.0, 1.0).reshape(-1)
+
+    def constant_matrix(self, dims):
+        return np.diag(self.diagonal(dims))
+
+    def options(self) -> dict:
+        return {} if self.signs is None else {"signs": list(self.signs)}
+
+
+def GeneralizedCZ(wire_a: int, wire_b: int) -> SignDiagonal:
+    """``(-1)^(j·k)`` on two wires of any dimensions (equals CZ on two qubits)."""
+    return SignDiagonal((int(wire_a), int(wire_b)))
+
+
+def _freeze_matrix(matrix) -> tuple[tuple[complex, ...], ...]:
+    array = np.asarray(matrix, dtype=complex)
+    if array.ndim != 2 or array.shape[0] != array.shape[1]:
+        raise NotUnitaryError(f"a gate matrix must be square, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise NotUnitaryError("the gate matrix holds NaN or infinite entries")
+    deviation = np.abs(array.conj().T @ array - np.eye(array.shape[0])).max(initial=0.0)
+    if deviation > 1e-9:
+        raise NotUnitaryError(
+            f"the matrix is not unitary (max |M^† M - I| = {deviation:.3g}); pass a unitary "
+            "matrix, e.g. orthonormalise it with a QR decomposition"
+        )
+    return tuple(tuple(complex(v) for v in row) for row in array)
+
+
+@dataclass(frozen=True)
+class Unitary(FixedGate):
+    """A fixed unitary given as a matrix on ``wires`` (checked to be unitary)."""
+
+    wires: tuple[int, ...]
+    data: tuple[tuple[complex, ...], ...] = field(repr=False)
+    kind = "Unitary"
+
+    @property
+    def name(self) -> str:
+        return "U"
+
+    def _dims_hint(self):
+        return (len(self.data),)
+
+    def check(self, dims: Sequence[int]) -> None:
+        if len(self.data) != math.prod(dims):
+            raise WireError(
+                f"a {len(self.data)}x{len(self.data)} matrix does not fit wires {self.wires} "
+                f"of total dimension {math.prod(dims)}"
+            )
+
+    def inverse(self) -> Gate:
+        return replace(self, data=_freeze_matrix(np.asarray(self.data).conj().T))
+
+    def constant_matrix(self, dims):
+        return np.asarray(self.data, dtype=complex)
+
+    def options(self) -> dict:
+        array = np.asarray(self.data)
+        out = {"real": array.real.tolist()}
+        if np.abs(array.imag).max(initial=0.0) > 0:
+            out["imag"] = array.imag.tolist()
+        return out
+
+
+def unitary(matrix, wires: Sequence[int] | int) -> Unitary:
+    """A fixed unitary gate; raises :class:`NotUnitaryError` if it is not."""
+    return Unitary(_tuple_of_ints(wires, "wires"), _freeze_matrix(matrix))
+
+
+@dataclass(frozen=True)
+class Barrier(Gate):
+    """A no-op that marks a layer boundary (drawn, never computed)."""
+
+    wires: tuple[int, ...]
+    text: str = ""
+    params: tuple[Expression, ...] = ()
+    kind = "Barrier"
+
+    @property
+    def name(self) -> str:
+        return "barrier"
+
+    @property
+    def is_real(self) -> bool:
+        return True
+
+    @property
+    def is_identity(self) -> bool:
+        return True
+
+    def inverse(self) -> Gate:
+        return self
+
+    def matrix(self, dims, angles=None, dtype=torch.float64):
+        device = angles.device if angles is not None else None
+        return torch.eye(math.prod(dims), dtype=dtype, device=device)
+
+    def options(self) -> dict:
+        return {"text": self.text} if self.text else {}
+
+
+# ----------------------------------------------------------------------------
+# controlled gates
+
+
+@dataclass(frozen=True)
+class Controlled(Gate):
+    """``base`` applied when every control wire is in one of its allowed
+    levels (``control_values[i]`` for ``controls[i]``); identity otherwise.
+    Default allowed level: the top level (1 for a qubit)."""
+
+    base: Gate
+    controls: tuple[int, ...]
+    control_values: tuple[tuple[int, ...], ...] | None = None
+    kind = "Controlled"
+
+    def __post_init__(self) -> None:
+        if not self.controls:
+            raise WireError("a controlled gate needs at least one control wire")
+        if self.control_values is not None and len(self.control_values) != len(self.controls):
+            raise WireError(
+                f"{len(self.controls)} control wires but {len(self.control_values)} lists of "
+                "control values; give one list of allowed levels per control wire"
+            )
+
+    @property
+    def wires(self) -> tuple[int, ...]:  # type: ignore[override]
+        return self.controls + self.base.wires
+
+    @property
+    def params(self) -> tuple[Expression, ...]:  # type: ignore[override]
+        return self.base.params
+
+    def with_params(self, params):
+        return replace(self, base=self.base.with_params(params))
+
+    def with_wires(self, wires):
+        n = len(self.controls)
+        return replace(self, controls=tuple(wires[:n]), base=self.base.with_wires(wires[n:]))
+
+    @property
+    def name(self) -> str:
+        return "C" + self.base.name
+
+    @property
+    def is_real(self) -> bool:
+        return self.base.is_real
+
+    def _allowed(self, dims: Sequence[int]) -> list[tuple[int, ...]]:
+        if self.control_values is not None:
+            return [tuple(v) for v in self.control_values]
+        return [(d - 1,) for d in dims[: len(self.controls)]]
+
+    def check(self, dims: Sequence[int]) -> None:
+        n = len(self.controls)
+        for wire, d, allowed in zip(self.controls, dims, self._allowed(dims)):
+            if not allowed or min(allowed) < 0 or max(allowed) >= d:
+                raise WireError(
+                    f"control levels {allowed} do not exist on wire {wire} of dimension {d}"
+                )
+        self.base.check(dims[n:])
+
+    def inverse(self) -> Gate:
+        return replace(self, base=self.base.inverse())
+
+    def control_projector(self, dims: Sequence[int]) -> np.ndarray:
+        """The diagonal (0/1) of the projector onto the active control states."""
+        parts = []
+        for d, allowed in zip(dims, self._allowed(dims)):
+            v = np.zeros(d)
+            v[list(allowed)] = 1.0
+            parts.append(v)
+        return reduce(np.kron, parts)
+
+    def generator(self, dims: Sequence[int]) -> np.ndarray | None:
+        n = len(self.controls)
+        g = self.base.generator(dims[n:])
+        if g is None:
+            return None
+        return np.kron(np.diag(self.control_projector(dims[:n])), g)
+
+    def matrix(self, dims, angles=None, dtype=torch.float64):
+        n = len(self.controls)
+        base = self.base.matrix(dims[n:], angles, dtype)
+        p = torch.as_tensor(self.control_projector(dims[:n]), dtype=base.real.dtype,
+                            device=base.device).to(base.dtype)
+        eye = torch.eye(base.shape[-1], dtype=base.dtype, device=base.device)
+        # block diagonal over control states: base where active, identity elsewhere
+        blocks = p[:, None, None] * base.unsqueeze(-3) + (1 - p)[:, None, None] * eye
+        c, d = p.shape[0], base.shape[-1]
+        eye_c = torch.eye(c, dtype=base.dtype, device=base.device)
+        out = torch.einsum("...cij,ck->...cikj", blocks, eye_c)
+        return out.reshape(*out.shape[:-4], c * d, c * d)
+
+    def options(self) -> dict:
+        out = {"controls": list(self.controls), "base": self.base.to_json()}
+        if self.control_values is not None:
+            out["control_values"] = [list(v) for v in self.control_values]
+        return out
+
+    def to_json(self) -> dict:
+        return {"gate": self.kind, **self.options()}
+
+
+def controlled(
+    gate: Gate, controls: Sequence[int] | int, control_values: Sequence | None = None
+) -> Controlled:
+    """``gate`` controlled by ``controls`` (each active in the given levels)."""
+    values = None
+    if control_values is not None:
+        values = tuple(_tuple_of_ints(v, "control values") for v in control_values)
+    return Controlled(gate, _tuple_of_ints(controls, "controls"), values)
+
+
+# ----------------------------------------------------------------------------
+# JSON
+
+
+def gate_from_json(data: Mapping) -> Gate:
+    """Rebuild a gate from :meth:`Gate.to_json` output."""
+    if not isinstance(data, Mapping) or "gate" not in data:
+        raise DescriptionError(f"a gate description must be an object with a 'gate' key: {data!r}")
+    kind = data["gate"]
+    try:
+        if kind == "Controlled":
+            values = data.get("control_values")
+            return Controlled(
+                gate_from_json(data["base"]),
+                tuple(int(w) for w in data["controls"]),
+                None if values is None else tuple(tuple(int(x) for x in v) for v in values),
+            )
+        wires = tuple(int(w) for w in data["wires"])
+        params = tuple(Expression.from_json(p) for p in data.get("params", ()))
+        if kind == "PauliRotation":
+            return PauliRotation(str(data["pauli"]), wires, params)
+        if kind == "Givens":
+            return Givens(wires, tuple(int(v) for v in data["levels"]), params)
+        if kind == "Standard":
+            return StandardGate(str(data["name"]), wires)
+        if kind == "SignDiagonal":
+            signs = data.get("signs")
+            return SignDiagonal(wires, None if signs is None else tuple(int(s) for s in signs))
+        if kind == "Unitary":
+            real = np.asarray(data["real"], dtype=float)
+            imag = np.asarray(data.get("imag", np.zeros_like(real)), dtype=float)
+            return unitary(real + 1j * imag, wires)
+        if kind == "Barrier":
+            return Barrier(wires, str(data.get("text", "")))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, (WireError, NotUnitaryError, DescriptionError)):
+            raise
+        raise DescriptionError(f"malformed {kind} gate description {dict(data)!r}: {exc}") from exc
+    raise DescriptionError(
+        f"unknown gate kind {kind!r}; known: PauliRotation, Givens, Standard, SignDiagonal, "
+        "Unitary, Controlled, Barrier"
+    )
+
+
+def expected_params(gate: Gate) -> int:
+    """How many angles a gate of this class takes."""
+    return 1 if isinstance(gate, (PauliRotation, Givens)) else (
+        expected_params(gate.base) if isinstance(gate, Controlled) else 0
+    )

@@ -1,0 +1,251 @@
+"""Symbolic parameters: names, vectors of names, and affine expressions.
+
+A gate angle is an :class:`Expression` ``c + Σ a_i · θ_i``: a constant, one
+symbol, a symbol shared by several gates, or a scaled and shifted symbol.
+
+>>> theta = Parameter("theta")
+>>> e = 2 * theta + 0.5
+>>> e.evaluate({"theta": 1.0})
+2.5
+>>> str(-theta)
+'-theta'
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Union
+
+from qpeft.errors import ParameterError
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[[0-9]+\])?$")
+
+
+def _check_finite(value: float, what: str) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ParameterError(f"{what} is {value}; angles and coefficients must be finite numbers")
+    return value
+
+
+class _Algebra:
+    """Arithmetic shared by :class:`Parameter` and :class:`Expression`."""
+
+    def _expr(self) -> Expression:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __add__(self, other: ExpressionLike) -> Expression:
+        a, b = self._expr(), as_expression(other)
+        terms = dict(a.terms)
+        for name, coeff in b.terms:
+            terms[name] = terms.get(name, 0.0) + coeff
+        return Expression.make(terms, a.constant + b.constant)
+
+    __radd__ = __add__
+
+    def __neg__(self) -> Expression:
+        return self * -1.0
+
+    def __sub__(self, other: ExpressionLike) -> Expression:
+        return self + (-as_expression(other))
+
+    def __rsub__(self, other: ExpressionLike) -> Expression:
+        return as_expression(other) + (-self._expr())
+
+    def __mul__(self, factor: float) -> Expression:
+        if not isinstance(factor, (int, float)) or isinstance(factor, bool):
+            raise ParameterError(
+                f"an angle can only be scaled by a number, not {type(factor).__name__}: "
+                "expressions stay affine (a*theta + b)"
+            )
+        factor = _check_finite(factor, "scale factor")
+        e = self._expr()
+        return Expression.make({n: c * factor for n, c in e.terms}, e.constant * factor)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, divisor: float) -> Expression:
+        if divisor == 0:
+            raise ParameterError("division of a parameter by zero")
+        return self * (1.0 / divisor)
+
+
+@dataclass(frozen=True, eq=True, order=True)
+class Parameter(_Algebra):
+    """A named free angle. ``Parameter("theta")`` or ``Parameter("w[3]")``."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ParameterError(
+                f"invalid parameter name {self.name!r}: use letters, digits and underscores, "
+                "starting with a letter, optionally followed by an index such as 'w[3]'"
+            )
+
+    def _expr(self) -> Expression:
+        return Expression(((self.name, 1.0),), 0.0)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ParameterVector:
+    """``n`` parameters named ``name[0] … name[n-1]``.
+
+    >>> w = ParameterVector("w", 3)
+    >>> [p.name for p in w]
+    ['w[0]', 'w[1]', 'w[2]']
+    """
+
+    def __init__(self, name: str, length: int) -> None:
+        if not isinstance(length, int) or length < 0:
+            raise ParameterError(f"a parameter vector needs a length >= 0, got {length!r}")
+        Parameter(name)  # validates the base name
+        self.name = name
+        self._items = tuple(Parameter(f"{name}[{i}]") for i in range(length))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):  # noqa: ANN001 - int or slice
+        return self._items[index]
+
+    def __iter__(self) -> Iterator[Parameter]:
+        return iter(self._items)
+
+    def __repr__(self) -> str:
+        return f"ParameterVector({self.name!r}, {len(self)})"
+
+
+@dataclass(frozen=True, eq=True)
+class Expression(_Algebra):
+    """An affine angle ``constant + Σ coefficient · parameter``.
+
+    ``terms`` is sorted by name, so equal expressions compare and hash equal.
+    """
+
+    terms: tuple[tuple[str, float], ...]
+    constant: float = 0.0
+
+    @staticmethod
+    def make(terms: Mapping[str, float], constant: float = 0.0) -> Expression:
+        kept = tuple(sorted((n, float(c)) for n, c in terms.items() if c != 0.0))
+        return Expression(kept, _check_finite(constant, "constant"))
+
+    def _expr(self) -> Expression:
+        return self
+
+    @property
+    def parameters(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.terms)
+
+    @property
+    def is_constant(self) -> bool:
+        return not self.terms
+
+    def evaluate(self, values: Mapping[str, float]) -> float:
+        missing = [n for n in self.parameters if n not in values]
+        if missing:
+            raise ParameterError(
+                f"parameter(s) {', '.join(missing)} have no value; bind them or pass values for "
+                "every name in circuit.parameters"
+            )
+        total = self.constant
+        for name, coeff in self.terms:
+            total += coeff * _check_finite(values[name], f"value of {name}")
+        return total
+
+    def bind(self, values: Mapping[str, float]) -> Expression:
+        """Substitute the given names by numbers; others stay symbolic."""
+        constant = self.constant
+        terms: dict[str, float] = {}
+        for name, coeff in self.terms:
+            if name in values:
+                constant += coeff * _check_finite(values[name], f"value of {name}")
+            else:
+                terms[name] = coeff
+        return Expression.make(terms, constant)
+
+    def rename(self, mapping: Mapping[str, str]) -> Expression:
+        terms: dict[str, float] = {}
+        for name, coeff in self.terms:
+            new = mapping.get(name, name)
+            terms[new] = terms.get(new, 0.0) + coeff
+        return Expression.make(terms, self.constant)
+
+    def __str__(self) -> str:
+        parts: list[str] = []
+        for name, coeff in self.terms:
+            if coeff == 1.0:
+                text = name
+            elif coeff == -1.0:
+                text = f"-{name}"
+            else:
+                text = f"{coeff:g}*{name}"
+            if parts and not text.startswith("-"):
+                text = "+" + text
+            parts.append(text)
+        if self.constant != 0.0 or not parts:
+            c = f"{self.constant:.6g}"
+            parts.append(("+" + c) if parts and self.constant > 0 else c)
+        return "".join(parts)
+
+    # JSON form: a number, a bare name, or {"terms": [[name, coeff], ...], "constant": c}
+    def to_json(self) -> float | str | dict:
+        if self.is_constant:
+            return self.constant
+        if len(self.terms) == 1 and self.terms[0][1] == 1.0 and self.constant == 0.0:
+            return self.terms[0][0]
+        return {"terms": [[n, c] for n, c in self.terms], "constant": self.constant}
+
+    @staticmethod
+    def from_json(data: object) -> Expression:
+        from qpeft.errors import DescriptionError
+
+        try:
+            if isinstance(data, bool):
+                raise TypeError("a boolean is not an angle")
+            if isinstance(data, (int, float)):
+                return as_expression(float(data))
+            if isinstance(data, str):
+                return Parameter(data)._expr()
+            if isinstance(data, dict):
+                terms = {str(n): float(c) for n, c in data["terms"]}
+                for n in terms:
+                    Parameter(n)
+                return Expression.make(terms, float(data.get("constant", 0.0)))
+            raise TypeError(f"unexpected {type(data).__name__}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DescriptionError(
+                f"malformed angle {data!r} ({exc}); an angle is a number, a parameter name, or "
+                '{"terms": [[name, coefficient], ...], "constant": number}'
+            ) from exc
+
+
+ExpressionLike = Union[Expression, Parameter, float, int, str]
+
+
+def as_expression(value: ExpressionLike) -> Expression:
+    """Turn a number, a :class:`Parameter`, a name or an :class:`Expression`
+    into an :class:`Expression`."""
+    if isinstance(value, Expression):
+        return value
+    if isinstance(value, Parameter):
+        return value._expr()
+    if isinstance(value, str):
+        return Parameter(value)._expr()
+    if isinstance(value, bool):
+        raise ParameterError("a boolean is not an angle; pass a number or a Parameter")
+    if isinstance(value, (int, float)):
+        return Expression((), _check_finite(value, "angle"))
+    try:  # numpy / torch scalars
+        return Expression((), _check_finite(float(value), "angle"))
+    except (TypeError, ValueError):
+        raise ParameterError(
+            f"cannot use {type(value).__name__} as an angle; pass a number, a Parameter, "
+            "a parameter name or an affine expression"
+        ) from None
