@@ -8,3 +8,7 @@ from qpeft.ansatz import hardware_efficient
 
 def build(qubits: int = 4, layers: int = 2, entanglement: str = "linear"):
     return hardware_efficient(qubits, layers, entanglement=entanglement)
+
+
+def parameter_count(qubits: int = 4, layers: int = 2, entanglement: str = "linear") -> int:
+    return (layers + 1) * qubits

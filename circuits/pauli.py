@@ -11,3 +11,7 @@ from qpeft.ansatz import pauli
 
 def build(qubits: int = 4, layers: int = 2):
     return pauli(qubits=qubits, layers=layers)
+
+
+def parameter_count(qubits: int = 4, layers: int = 2) -> int:
+    return (2 * layers + 1) * qubits - 2 * layers

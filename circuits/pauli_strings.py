@@ -19,3 +19,7 @@ def build(qubits: int = 4, layers: int = 2):
             circuit.pauli_rotation("YZ", [a, a + 1], next(theta))
             circuit.pauli_rotation("ZY", [a, a + 1], next(theta))
     return circuit
+
+
+def parameter_count(qubits: int = 4, layers: int = 2) -> int:
+    return qubits + 2 * layers * (qubits - 1)

@@ -11,3 +11,10 @@ from qpeft.ansatz import for_dimension
 
 def build(dimension: int = 384, layers: int = 2):
     return for_dimension(dimension, layers=layers, method="qudit")
+
+
+def parameter_count(dimension: int = 384, layers: int = 2) -> int:
+    dims = list(build(dimension, 0).dims)
+    slots = sum(d - 1 for d in dims)
+    pairs = sum((dims[a] - 1) + (dims[a + 1] - 1) for a in range(len(dims) - 1))
+    return slots + layers * pairs

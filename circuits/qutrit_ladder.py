@@ -27,3 +27,7 @@ def build(dims: tuple = (3, 2, 2), layers: int = 2):
             circuit.append(GeneralizedCZ(wire, wire + 1))
         rotate_all()
     return circuit
+
+
+def parameter_count(dims: tuple = (3, 2, 2), layers: int = 2) -> int:
+    return (layers + 1) * sum(d - 1 for d in dims)

@@ -29,9 +29,8 @@ from qpeft.errors import QpeftError
 
 # Names defined in heavier modules, imported on first use.
 _LAZY = {
-    "compile": "qpeft.compile",
-    "CompiledCircuit": "qpeft.compile",
-    "mapping": "qpeft.compile.mappings",
+    "CompiledCircuit": "qpeft.compiler",
+    "mapping": "qpeft.compiler.mappings",
     "verify": "qpeft.interop.verify",
     "from_qiskit": "qpeft.interop.qiskit",
     "from_pennylane": "qpeft.interop.pennylane",
@@ -40,6 +39,13 @@ _LAZY = {
     "QPeftModel": "qpeft.adapters",
     "get_qpeft_model": "qpeft.adapters",
 }
+
+
+def compile(circuit, columns=None, **options):  # noqa: A001 - the public verb
+    """Compile a circuit into a torch module; see :func:`qpeft.compiler.compile_circuit`."""
+    from qpeft.compiler import compile_circuit
+
+    return compile_circuit(circuit, columns, **options)
 
 
 def __getattr__(name: str):
@@ -53,5 +59,5 @@ def __getattr__(name: str):
 
 __all__ = [
     "Circuit", "Expression", "Gate", "GeneralizedCZ", "Parameter", "ParameterVector",
-    "QpeftError", "SignDiagonal", "__version__", "ansatz", "load_ansatz", *_LAZY,
+    "QpeftError", "SignDiagonal", "__version__", "ansatz", "compile", "load_ansatz", *_LAZY,
 ]

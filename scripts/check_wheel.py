@@ -12,6 +12,7 @@ Run with the project's venv active: ``python scripts/check_wheel.py``.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,17 @@ def expected_files() -> set[str]:
     return expected
 
 
-def build_wheel(destination: Path) -> Path:
+def build_wheel(scratch: Path) -> Path:
+    """Build from a copy of the sources, so that no stale build/ folder leaks old files in."""
+    source = scratch / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
+    for folder in SOURCES:
+        shutil.copytree(
+            ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    destination = scratch / "dist"
     subprocess.run(
         [
             sys.executable,
@@ -51,7 +62,7 @@ def build_wheel(destination: Path) -> Path:
             "--no-build-isolation",
             "--wheel-dir",
             str(destination),
-            str(ROOT),
+            str(source),
         ],
         check=True,
     )
@@ -98,7 +109,7 @@ def catalog_listing(wheel: Path, target: Path) -> list[str]:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="qpeft-wheel-") as scratch:
         scratch_path = Path(scratch)
-        wheel = build_wheel(scratch_path / "dist")
+        wheel = build_wheel(scratch_path)
         with zipfile.ZipFile(wheel) as archive:
             shipped = set(archive.namelist())
         missing = sorted(expected_files() - shipped)

@@ -25,7 +25,6 @@ from qpeft.circuit import (
     ParameterVector,
     SignDiagonal,
     controlled,
-    givens,
 )
 from qpeft.errors import ConfigError
 

@@ -84,5 +84,7 @@ def load_ansatz(name_or_path: str | Path, **options) -> Circuit:
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"{name_or_path} could not build with {options}: {exc}") from exc
     if not isinstance(circuit, Circuit):
-        raise CatalogError(f"{name_or_path}: build() returned {type(circuit).__name__}, not Circuit")
+        raise CatalogError(
+            f"{name_or_path}: build() returned {type(circuit).__name__}, not a Circuit"
+        )
     return circuit

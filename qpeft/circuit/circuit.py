@@ -317,7 +317,9 @@ class Circuit:
     @classmethod
     def from_dict(cls, data: Mapping) -> Circuit:
         if not isinstance(data, Mapping):
-            raise DescriptionError(f"a circuit description is a JSON object, got {type(data).__name__}")
+            raise DescriptionError(
+                f"a circuit description is a JSON object, got {type(data).__name__}"
+            )
         if data.get("format") != FORMAT:
             raise DescriptionError(
                 f"not a qpeft circuit description (format {data.get('format')!r}, "

@@ -67,7 +67,9 @@ def _tuple_of_ints(values: Sequence[int] | int, what: str) -> tuple[int, ...]:
     try:
         out = tuple(int(v) for v in values)
     except TypeError:
-        raise WireError(f"{what} must be an integer or a sequence of integers, got {values!r}")
+        raise WireError(
+            f"{what} must be an integer or a sequence of integers, got {values!r}"
+        ) from None
     return out
 
 
@@ -102,7 +104,7 @@ class Gate(ABC):
     def is_identity(self) -> bool:
         return False
 
-    def check(self, dims: Sequence[int]) -> None:
+    def check(self, dims: Sequence[int]) -> None:  # noqa: B027 - most gates fit any wires
         """Raise :class:`WireError` if the gate does not fit wires of these dims."""
 
     @abstractmethod
@@ -647,6 +649,10 @@ def gate_from_json(data: Mapping) -> Gate:
     if not isinstance(data, Mapping) or "gate" not in data:
         raise DescriptionError(f"a gate description must be an object with a 'gate' key: {data!r}")
     kind = data["gate"]
+    known = ("PauliRotation", "Givens", "Standard", "SignDiagonal", "Unitary", "Controlled",
+             "Barrier")
+    if kind not in known:
+        raise DescriptionError(f"unknown gate kind {kind!r}; known: {', '.join(known)}")
     try:
         if kind == "Controlled":
             values = data.get("control_values")
@@ -672,14 +678,11 @@ def gate_from_json(data: Mapping) -> Gate:
             return unitary(real + 1j * imag, wires)
         if kind == "Barrier":
             return Barrier(wires, str(data.get("text", "")))
+        raise AssertionError(kind)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, (WireError, NotUnitaryError, DescriptionError)):
             raise
         raise DescriptionError(f"malformed {kind} gate description {dict(data)!r}: {exc}") from exc
-    raise DescriptionError(
-        f"unknown gate kind {kind!r}; known: PauliRotation, Givens, Standard, SignDiagonal, "
-        "Unitary, Controlled, Barrier"
-    )
 
 
 def expected_params(gate: Gate) -> int:

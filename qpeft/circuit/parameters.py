@@ -226,7 +226,7 @@ class Expression(_Algebra):
             ) from exc
 
 
-ExpressionLike = Union[Expression, Parameter, float, int, str]
+ExpressionLike = Union[Expression, Parameter, float, int, str]  # noqa: UP007 - runtime alias
 
 
 def as_expression(value: ExpressionLike) -> Expression:

@@ -35,10 +35,11 @@ def parameter_tensor(circuit, values) -> torch.Tensor:
     tensor = tensor.to(torch.float64).reshape(-1)
     if tensor.shape[0] != len(names):
         raise ParameterError(
-            f"expected {len(names)} values (one per circuit.parameters entry), got {tensor.shape[0]}"
+            f"expected {len(names)} values (one per circuit.parameters entry), "
+            f"got {tensor.shape[0]}"
         )
     if not torch.isfinite(tensor).all():
-        raise ParameterError("parameter values contain NaN or infinity")
+        raise ParameterError("parameter values contain NaN or infinity; pass finite angles")
     return tensor
 
 

@@ -281,9 +281,9 @@ class _GeneratorMapping(StiefelMapping):
         self, core_columns: torch.Tensor, bottom: torch.Tensor, scale: torch.Tensor
     ) -> torch.Tensor:
         """Lift the first K columns of a function of the core back to N rows."""
-        head = core_columns[..., : self.columns, :]
-        tail = core_columns[..., self.columns :, :]
-        return torch.cat([head, bottom @ (tail / scale)], dim=-2)
+        head = core_columns[..., : self.columns, :].to(bottom.dtype)
+        tail = (core_columns[..., self.columns :, :] / scale).to(bottom.dtype)
+        return torch.cat([head, bottom @ tail], dim=-2)
 
 
 def _gather_lower(
@@ -294,6 +294,19 @@ def _gather_lower(
     return padded[..., index].reshape(*values.shape[:-1], dimension, columns)
 
 
+def _gram(thin: torch.Tensor) -> torch.Tensor:
+    """``XᵀX`` for a tall ``(..., N, K)`` X, accumulated and returned in float64.
+
+    A float32 GEMM sums N products with a relative error near 1e-6 (near 1e-3
+    under TF32), which shows up directly in ``‖UᵀU − I‖``. The K×K Gram
+    matrix and the small algebra that follows it run in float64 for
+    ``O(N·K²)`` double-precision operations, which keeps float32 frames
+    orthonormal to a few 1e-7.
+    """
+    wide = thin.to(torch.float64)
+    return wide.mT @ wide
+
+
 def _core(skew: torch.Tensor, bottom: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The 2K×2K matrix ``T`` with ``A·W = W·T`` for ``W = [E_K, [0; B]/s]``.
 
@@ -302,10 +315,11 @@ def _core(skew: torch.Tensor, bottom: torch.Tensor) -> tuple[torch.Tensor, torch
     series ``f``, whether or not ``B`` has full rank. The scalar
     ``s = max(‖B‖_F, 1)`` balances the two off-diagonal blocks (both of size
     about ``‖B‖``); the result does not depend on ``s``, so it is held
-    constant under autograd.
+    constant under autograd. ``T`` is returned in float64 (see :func:`_gram`).
     """
     k = skew.shape[-1]
-    gram = bottom.mT @ bottom
+    skew = skew.to(torch.float64)
+    gram = _gram(bottom)
     scale = gram.diagonal(dim1=-2, dim2=-1).sum(-1).sqrt().clamp(min=1.0).detach()
     scale = scale[..., None, None]
     eye = torch.eye(k, dtype=skew.dtype, device=skew.device).expand_as(skew)
@@ -464,44 +478,50 @@ class HouseholderMapping(StiefelMapping):
         identity = self._identity_columns(values)
         vectors = _gather_lower(values, self._lower_index, self.dimension, self.columns)
         vectors = vectors + identity
-        gram = vectors.mT @ vectors
+        gram = _gram(vectors)
         inverse_t = gram.triu(1) + torch.diag_embed(gram.diagonal(dim1=-2, dim2=-1) / 2)
-        coefficients = torch.linalg.solve_triangular(
-            inverse_t, vectors[..., : self.columns, :].mT, upper=True
-        )
-        return vectors @ coefficients - identity
+        top = vectors[..., : self.columns, :].mT.to(torch.float64)
+        coefficients = torch.linalg.solve_triangular(inverse_t, top, upper=True)
+        return vectors @ coefficients.to(vectors.dtype) - identity
 
 
-def _givens_levels(dimension: int, columns: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Rotation levels ``(rows_a, rows_b, angle_index)`` in the order they are applied.
+_GivensLevel = tuple[np.ndarray, np.ndarray, int]
+
+
+def _givens_trees(dimension: int, columns: int) -> list[tuple[int, list[_GivensLevel]]]:
+    """The rotation trees ``(column, levels)`` in the order they are applied.
 
     Column ``k`` is loaded by a binary tree over rows ``k … N−1``: a range
     ``[lo, hi)`` of at least two rows is split at ``mid = lo + ⌈(hi−lo)/2⌉``,
     rotated in the plane ``(lo, mid)``, and both halves are split in turn.
-    Within a level the ranges are disjoint, so all its rotations commute.
-    Angles of column ``k`` are numbered breadth first, by increasing row within
-    a level, from the column's block offset. Columns are applied from ``K−1``
-    down to ``0`` (``U = R_0 R_1 ⋯ R_{K−1} E_K``), each tree root first.
+    Each level is ``(lo rows, mid rows, first angle)``; within a level the
+    ranges are disjoint, so its rotations commute. Angles of column ``k`` are
+    numbered breadth first, by increasing row within a level, from the
+    column's block offset, so the angles of one level are consecutive values.
+    Trees are applied from column ``K−1`` down to ``0``
+    (``U = R_0 R_1 ⋯ R_{K−1} E_K``), each one root level first.
     """
     offsets = _column_offsets(dimension, columns)
-    levels: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    trees: list[tuple[int, list[_GivensLevel]]] = []
     for column in reversed(range(columns)):
         low = np.array([column])
         high = np.array([dimension])
         angle = int(offsets[column])
+        levels: list[_GivensLevel] = []
         while True:
             split = high - low >= 2
             low, high = low[split], high[split]
             if low.size == 0:
                 break
             middle = low + (high - low + 1) // 2
-            levels.append((low, middle, np.arange(angle, angle + low.size)))
+            levels.append((low, middle, angle))
             angle += low.size
             low = np.stack([low, middle], axis=1).reshape(-1)
             high = np.stack([middle, high], axis=1).reshape(-1)
         if angle != offsets[column + 1]:
             raise AssertionError(f"Givens tree of column {column} used a wrong angle count")
-    return levels
+        trees.append((column, levels))
+    return trees
 
 
 class GivensMapping(StiefelMapping):
@@ -528,31 +548,64 @@ class GivensMapping(StiefelMapping):
 
     def __init__(self, dimension: int, columns: int, **options: object) -> None:
         super().__init__(dimension, columns, **options)
-        levels = _givens_levels(dimension, columns)
-        rows = [np.concatenate([a, b]) for a, b, _ in levels]
-        angles = [index for _, _, index in levels]
-        self._level_sizes = [int(index.size) for index in angles]
-        empty = np.zeros(0, dtype=np.int64)
-        for name, parts in (("_rows", rows), ("_angles", angles)):
-            flat = np.concatenate(parts) if parts else empty
-            self.register_buffer(
-                name, torch.as_tensor(flat, dtype=torch.long, device=self.device), persistent=False
-            )
+        # A tree works on its rows in activation order: row k first, then the
+        # mid rows of each level in turn. Rows already reached form a growing
+        # prefix and the rows of the next level are the next slice of the
+        # rest, so a level costs O(rows reached so far) instead of O(N).
+        self._block_sizes = [dimension - 1 - column for column in range(columns)]
+        self._plan: list[tuple[int, list[int]]] = []
+        self._level_sizes: list[int] = []
+        pending_rows, natural_order, low_positions = [], [], []
+        for column, levels in _givens_trees(dimension, columns):
+            order = np.concatenate([[column]] + [middle for _, middle, _ in levels])
+            position = np.empty(dimension, dtype=np.int64)
+            position[order] = np.arange(order.size)
+            pending_rows.append(order[1:])
+            natural_order.append(position[column:])
+            low_positions += [position[low] for low, _, _ in levels]
+            sizes = [low.size for low, _, _ in levels]
+            self._plan.append((column, sizes))
+            self._level_sizes += sizes
+        # Buffers are stored column by column (pending rows, natural order) or
+        # in application order (positions of the lo rows).
+        pending_rows.reverse()
+        natural_order.reverse()
+        for name, parts in (
+            ("_pending_rows", pending_rows),
+            ("_natural_order", natural_order),
+            ("_low_positions", low_positions),
+        ):
+            flat = np.concatenate([np.zeros(0, dtype=np.int64), *parts])
+            tensor = torch.as_tensor(flat, dtype=torch.long, device=self.device)
+            self.register_buffer(name, tensor, persistent=False)
 
     def _frame(self, values: torch.Tensor) -> torch.Tensor:
-        frame = self._identity_columns(values).contiguous()
-        cosines = values.cos()[..., self._angles, None]
-        sines = values.sin()[..., self._angles, None]
-        start = 0
-        for size in self._level_sizes:
-            stop = start + size
-            rows = self._rows[2 * start : 2 * stop]
-            pair = frame[..., rows, :]
-            upper, lower = pair[..., :size, :], pair[..., size:, :]
-            cos, sin = cosines[..., start:stop, :], sines[..., start:stop, :]
-            rotated = torch.cat([cos * upper - sin * lower, sin * upper + cos * lower], dim=-2)
-            frame = frame.index_copy(-2, rows, rotated)
-            start = stop
+        frame = self._identity_columns(values)
+        # rotations[..., i, :, :] = [[cos θ_i, −sin θ_i], [sin θ_i, cos θ_i]]
+        cos, sin = values.cos(), values.sin()
+        rotations = torch.stack([cos, -sin, sin, cos], dim=-1).unflatten(-1, (2, 2))
+        # Cut every tensor that levels read from into per-level pieces with one
+        # split: slicing the same tensor level by level would make autograd
+        # allocate a full-size gradient for every slice.
+        per_column = rotations.split(self._block_sizes, dim=-3)
+        pending_rows = self._pending_rows.split(self._block_sizes)
+        natural_order = self._natural_order.split([size + 1 for size in self._block_sizes])
+        low_positions = self._low_positions.split(self._level_sizes)
+        level = 0
+        for column, sizes in self._plan:
+            pending = frame.index_select(-2, pending_rows[column]).split(sizes, dim=-2)
+            angles = per_column[column].split(sizes, dim=-3)
+            lows_of_tree = low_positions[level : level + len(sizes)]
+            level += len(sizes)
+            reached = frame[..., column : column + 1, :]
+            for lows, new_rows, rotation in zip(lows_of_tree, pending, angles, strict=True):
+                pairs = torch.stack([reached.index_select(-2, lows), new_rows], dim=-2)
+                rotated = rotation @ pairs
+                reached = torch.cat(
+                    [reached.index_copy(-2, lows, rotated[..., 0, :]), rotated[..., 1, :]], dim=-2
+                )
+            reached = reached.index_select(-2, natural_order[column])
+            frame = torch.cat([frame[..., :column, :], reached], dim=-2)
         return frame
 
 
@@ -679,8 +732,10 @@ def dense_reference(
             )
             full = full @ (eye - 2 * torch.outer(vector, vector) / (vector @ vector))
         return -full[:, :columns]
-    for rows_a, rows_b, angle_index in _givens_levels(dimension, columns):
-        for a, b, angle in zip(rows_a.tolist(), rows_b.tolist(), angle_index.tolist(), strict=True):
+    levels = [level for _, tree in _givens_trees(dimension, columns) for level in tree]
+    for rows_a, rows_b, first in levels:
+        angles = range(first, first + rows_a.size)
+        for a, b, angle in zip(rows_a.tolist(), rows_b.tolist(), angles, strict=True):
             rotation = eye.clone()
             rotation[a, a] = rotation[b, b] = torch.cos(values[angle])
             rotation[b, a] = torch.sin(values[angle])

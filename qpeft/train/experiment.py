@@ -1,0 +1,413 @@
+"""One fine-tuning run from data to report, shared by ``qpeft finetune`` and
+``qpeft compare``.
+
+:func:`load_task` reads and splits the data, loads the tokenizer and
+tokenises once; :func:`run_method` then loads a fresh model, prepares it for
+a :class:`~qpeft.train.methods.MethodSpec`, trains, evaluates, saves the
+adapter and writes the report folder. Both commands take the options of
+:func:`add_task_arguments`, so "the same data and budget" means the same
+values of these options.
+
+The default budget (``--max-train 2000 --epochs 2 --max-eval 1000``, batch
+32, sequences of at most 64 tokens) finishes a LoRA run of the embedded
+MiniLM on a 2-core CPU in about two and a half minutes, well inside five;
+see docs/finetune.md for the measurements behind it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from qpeft.errors import ConfigError
+
+DEFAULT_MAX_TRAIN = 2000
+DEFAULT_MAX_EVAL = 1000
+DEFAULT_EPOCHS = 2
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_MAX_LENGTH = 64
+
+#: Written first into every run folder; its presence marks a qpeft run.
+RUN_MARKER = "run.json"
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.json"
+
+#: Settings that may change between an interrupted run and its resumption.
+_FREE_ON_RESUME = {"device"}
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """Data and budget shared by every method of a run or comparison."""
+
+    model: str = "embedded"
+    dataset: str = "embedded"
+    text_column: str | None = None
+    label_column: str | None = None
+    encoding: str | None = None
+    targets: tuple[str, ...] | None = None
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = DEFAULT_BATCH_SIZE
+    learning_rate: float | None = None
+    max_train: int | None = DEFAULT_MAX_TRAIN
+    max_eval: int | None = DEFAULT_MAX_EVAL
+    split_seed: int = 0
+    max_length: int = DEFAULT_MAX_LENGTH
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["targets"] = None if self.targets is None else list(self.targets)
+        return values
+
+
+def _positive_or_all(text: str) -> int | None:
+    """``0`` or ``all`` means no cap."""
+    if text.lower() in {"0", "all", "none"}:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of rows or 'all', not {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of rows, not {value}")
+    return value
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options for the data, the model and the training budget."""
+    data = parser.add_argument_group("data and model")
+    data.add_argument("--model", default="embedded",
+                      help="'embedded' (bundled all-MiniLM-L6-v2, default), a local model "
+                           "folder, or a Hugging Face hub name")
+    data.add_argument("--dataset", default="embedded",
+                      help="'embedded' (bundled tweet-sentiment corpus, default), a CSV file, "
+                           "or glue:TASK (needs the datasets package and network)")
+    data.add_argument("--text-column", help="CSV column holding the text (default: detected)")
+    data.add_argument("--label-column", help="CSV column holding the label (default: detected)")
+    data.add_argument("--encoding", help="text encoding of the CSV (default utf-8; the "
+                                         "embedded corpus is mac_roman)")
+    data.add_argument("--targets", help="comma-separated module-name suffixes to adapt "
+                                        "(default: the attention projections)")
+    data.add_argument("--split-seed", type=int, default=0,
+                      help="seed of the stratified 80/10/10 split (default 0)")
+    budget = parser.add_argument_group("budget")
+    budget.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                        help=f"passes over the training rows (default {DEFAULT_EPOCHS})")
+    budget.add_argument("--lr", type=float, default=None,
+                        help="learning rate (default: per method, see docs/finetune.md)")
+    budget.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"training batch size (default {DEFAULT_BATCH_SIZE})")
+    budget.add_argument("--max-train", type=_positive_or_all, default=DEFAULT_MAX_TRAIN,
+                        help=f"cap on training rows, stratified; 'all' for no cap "
+                             f"(default {DEFAULT_MAX_TRAIN})")
+    budget.add_argument("--max-eval", type=_positive_or_all, default=DEFAULT_MAX_EVAL,
+                        help=f"cap on validation and on test rows, stratified; 'all' for no "
+                             f"cap (default {DEFAULT_MAX_EVAL})")
+    budget.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+                        help=f"tokens per example (default {DEFAULT_MAX_LENGTH})")
+    budget.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    run = parser.add_argument_group("run folder")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run in --output-dir from its checkpoint")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace the run already in --output-dir")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def settings_from_args(args: argparse.Namespace) -> TaskSettings:
+    targets = None
+    if args.targets:
+        targets = tuple(part.strip() for part in args.targets.split(",") if part.strip())
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass only one")
+    if args.max_length < 8:
+        raise ConfigError(f"--max-length {args.max_length} is too short; use at least 8 tokens")
+    return TaskSettings(
+        model=args.model, dataset=args.dataset, text_column=args.text_column,
+        label_column=args.label_column, encoding=args.encoding, targets=targets,
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        max_train=args.max_train, max_eval=args.max_eval, split_seed=args.split_seed,
+        max_length=args.max_length, device=args.device,
+    )
+
+
+# ---------------------------------------------------------------------- data
+
+
+@dataclass
+class Task:
+    """Data ready for training: the split, the tokenizer and the encoded parts."""
+
+    settings: TaskSettings
+    splits: Any
+    model_source: Any
+    tokenizer: Any
+    train: Any
+    validation: Any
+    test: Any
+    load_seconds: float = 0.0
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(self.splits.label_names)
+
+
+def load_task(settings: TaskSettings) -> Task:
+    """Read, split and tokenise the data of ``settings``."""
+    from qpeft.train.data import encode, load_splits
+    from qpeft.train.models import load_tokenizer, resolve_model
+
+    started = time.perf_counter()
+    source = resolve_model(settings.model)
+    splits = load_splits(
+        settings.dataset, text_column=settings.text_column, label_column=settings.label_column,
+        encoding=settings.encoding, seed=settings.split_seed, max_train=settings.max_train,
+        max_eval=settings.max_eval,
+    )
+    tokenizer = load_tokenizer(source)
+    return Task(
+        settings=settings, splits=splits, model_source=source, tokenizer=tokenizer,
+        train=encode(tokenizer, splits.train, settings.max_length),
+        validation=encode(tokenizer, splits.validation, settings.max_length),
+        test=encode(tokenizer, splits.test, settings.max_length),
+        load_seconds=time.perf_counter() - started,
+    )
+
+
+# ---------------------------------------------------------------- run folder
+
+
+def prepare_output_dir(folder: Path, *, resume: bool, overwrite: bool,
+                       marker: str = RUN_MARKER) -> None:
+    """Make ``folder`` ready for a run.
+
+    An empty or missing folder is fine. A folder holding a qpeft run (it has
+    ``marker``) is refused unless ``resume`` (continue it) or ``overwrite``
+    (delete it). A non-empty folder that is not a qpeft run is always
+    refused, so that ``--overwrite`` cannot delete unrelated files.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; choose a folder for --output-dir")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not (folder / marker).is_file():
+            raise ConfigError(
+                f"{folder} is not empty and holds no qpeft run ({marker}); choose an empty "
+                "or new folder for --output-dir"
+            )
+        if overwrite:
+            shutil.rmtree(folder)
+        elif not resume:
+            raise ConfigError(
+                f"{folder} already holds a run; pass --resume to continue it, --overwrite to "
+                "replace it, or choose another --output-dir"
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def check_same_run(folder: Path, expected: Mapping[str, Any], marker: str = RUN_MARKER) -> None:
+    """Refuse to resume ``folder`` when its marker's settings differ from ``expected``."""
+    from qpeft.train.report import read_json
+
+    saved = read_json(folder / marker)
+    differences = [
+        key for key in sorted(set(saved) | set(expected))
+        if key != "settings" and saved.get(key) != expected.get(key)
+    ]
+    saved_settings = saved.get("settings", {})
+    expected_settings = expected.get("settings", {})
+    differences += [
+        f"--{key.replace('_', '-')}" for key in sorted(set(saved_settings) | set(expected_settings))
+        if key not in _FREE_ON_RESUME and saved_settings.get(key) != expected_settings.get(key)
+    ]
+    if differences:
+        raise ConfigError(
+            f"{folder} holds a run with other settings ({', '.join(differences)} differ); "
+            "resume with the original options, or pass --overwrite to start again"
+        )
+
+
+# ----------------------------------------------------------------------- run
+
+
+def environment(device: Any) -> dict[str, Any]:
+    """Versions and hardware, recorded with every result."""
+    import peft
+    import torch
+    import transformers
+
+    from qpeft import __version__
+
+    return {
+        "qpeft": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(device) if getattr(device, "type", "") == "cuda" else None,
+    }
+
+
+@dataclass
+class RunOutcome:
+    """The metrics of a finished run and whether they were read from disk."""
+
+    metrics: dict[str, Any]
+    reused: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def effective_spec(spec: Any, settings: TaskSettings) -> Any:
+    """``spec`` with its defaults filled and ``--lr`` applied."""
+    spec = spec.resolved()
+    if settings.learning_rate is not None:
+        spec = replace(spec, learning_rate=settings.learning_rate)
+    return spec
+
+
+def run_marker(kind: str, spec: Any, seed: int, settings: TaskSettings) -> dict[str, Any]:
+    """What ``run.json`` holds: enough to refuse resuming with other settings."""
+    spec = effective_spec(spec, settings)
+    return {"kind": kind, "method": spec.to_dict(), "seed": seed, "settings": settings.to_dict()}
+
+
+def finished_run(folder: Path, marker: Mapping[str, Any]) -> RunOutcome | None:
+    """The outcome of the complete run in ``folder``, if there is one; an
+    error if that run had other settings than ``marker``."""
+    from qpeft.train.report import read_json
+
+    if not (folder / RUN_MARKER).is_file() or not (folder / METRICS_NAME).is_file():
+        return None
+    check_same_run(folder, marker)
+    return RunOutcome(read_json(folder / METRICS_NAME), reused=True,
+                      history=read_json(folder / "history.json")["steps"])
+
+
+def run_method(
+    task: Task,
+    spec: Any,
+    seed: int,
+    folder: Path,
+    *,
+    kind: str = "finetune",
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_step: int | None = None,
+) -> RunOutcome:
+    """Train ``spec`` on ``task`` with ``seed`` and write the report into
+    ``folder`` (made ready by :func:`prepare_output_dir`). With ``resume``, a
+    complete run is read back and an interrupted one continues."""
+    import torch
+
+    from qpeft.train import metrics as scores
+    from qpeft.train.loop import TrainConfig, evaluate, release_free_memory, resolve_device, train
+    from qpeft.train.methods import prepare_model
+    from qpeft.train.models import load_sequence_classifier
+    from qpeft.train.report import write_json, write_run_report
+
+    settings = task.settings
+    spec = effective_spec(spec, settings)
+    marker = run_marker(kind, spec, seed, settings)
+    if resume and (folder / RUN_MARKER).is_file():
+        check_same_run(folder, marker)
+        finished = finished_run(folder, marker)
+        if finished is not None:
+            return finished
+    write_json(folder / RUN_MARKER, marker)
+
+    started = time.perf_counter()
+    device = resolve_device(settings.device)
+    release_free_memory()
+    torch.manual_seed(seed)
+    model = load_sequence_classifier(task.model_source, task.label_names)
+    prepared = prepare_model(model, spec, settings.targets)
+    counts = prepared.parameter_counts()
+    num_classes = len(task.label_names)
+    config = TrainConfig(
+        epochs=settings.epochs, batch_size=settings.batch_size,
+        learning_rate=spec.learning_rate, seed=seed,
+    )
+
+    def validate(epoch: int) -> dict[str, Any]:
+        predictions = evaluate(prepared.model, task.validation, batch_size=config.eval_batch_size,
+                               device=device, progress=progress, description="validation")
+        return {
+            **scores.classification_metrics(predictions.predicted_classes, predictions.labels,
+                                            num_classes),
+            "seconds": predictions.seconds,
+        }
+
+    result = train(
+        prepared.model, task.train, config,
+        head_parameter_names=prepared.head_parameter_names(), device=device,
+        checkpoint_path=folder / CHECKPOINT_NAME, resume=resume,
+        fingerprint={"method": spec.label, "model": task.model_source.location},
+        stop_after_step=stop_after_step, on_epoch_end=validate, progress=progress,
+        description=spec.label,
+    )
+    if not result.completed:
+        return RunOutcome({"completed": False, "steps": result.steps}, history=result.history)
+
+    test = evaluate(prepared.model, task.test, batch_size=config.eval_batch_size, device=device,
+                    progress=progress, description="test")
+    predicted = test.predicted_classes
+    final_validation = result.epoch_metrics[-1]
+    adapter_bytes = prepared.save_adapter(folder / "adapter")
+    evaluation_seconds = test.seconds + sum(entry["seconds"] for entry in result.epoch_metrics)
+    train_labels = task.splits.train.labels
+    metrics: dict[str, Any] = {
+        "label": spec.label,
+        "method": spec.to_dict(),
+        "seed": seed,
+        "test_accuracy": scores.accuracy(predicted, test.labels),
+        "test_macro_f1": scores.macro_f1(predicted, test.labels, num_classes),
+        "validation_accuracy": final_validation["accuracy"],
+        "validation_macro_f1": final_validation["macro_f1"],
+        "majority_baseline_test_accuracy": scores.majority_baseline_accuracy(
+            train_labels, test.labels),
+        "trainable_parameters_adapter": counts.adapter,
+        "trainable_parameters_with_head": counts.trainable,
+        "parameters": asdict(counts),
+        "adapter_bytes": adapter_bytes,
+        "timings": {
+            "steps": result.steps,
+            "train_seconds": result.train_seconds,
+            "seconds_per_step": result.seconds_per_step,
+            "evaluation_seconds": evaluation_seconds,
+            "data_seconds": task.load_seconds,
+            "total_seconds": time.perf_counter() - started,
+            "resumed_from_step": result.resumed_from_step,
+        },
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "memory_measure": result.memory_measure,
+        "label_names": list(task.label_names),
+        "test_confusion_matrix": scores.confusion_matrix(predicted, test.labels, num_classes),
+        "epoch_metrics": result.epoch_metrics,
+        "final_training_loss": result.history[-1]["loss"],
+        "data": {
+            **task.splits.description,
+            "train_class_counts": task.splits.train.class_counts(),
+            "test_class_counts": task.splits.test.class_counts(),
+        },
+        "config": {
+            **settings.to_dict(),
+            "model": task.model_source.name,
+            "model_location": task.model_source.location,
+            "targets": list(prepared.targets) or None,
+            "heads": list(prepared.heads),
+            "train": config.to_dict(),
+        },
+        "environment": environment(device),
+    }
+    write_run_report(folder, metrics, result.history)
+    (folder / CHECKPOINT_NAME).unlink(missing_ok=True)
+    return RunOutcome(metrics, history=result.history)

@@ -1,0 +1,584 @@
+"""The training loop: AdamW, linear warm-up and decay, gradient clipping,
+seeded batch order, resumable atomic checkpoints, evaluation and resource
+measurements.
+
+Reproducibility: the batch order of epoch ``e`` is a permutation drawn from
+a generator seeded with ``(seed, e)``, so it does not depend on what ran
+before; dropout draws from torch's global generator, whose state is saved in
+every checkpoint as it was at the start of the next step. A run interrupted
+and resumed with :func:`train` (``resume=True``) therefore ends with exactly
+the weights of an uninterrupted run on the same machine.
+
+A dataset for :func:`train` and :func:`evaluate` is any object with
+``__len__`` and ``batch(indices) -> dict`` of tensors that the model accepts
+as keyword arguments (``labels`` included); an optional ``lengths()`` lets
+evaluation batch examples of similar length together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import random
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qpeft.errors import ConfigError
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of one training run.
+
+    ``head_learning_rate`` ``None`` uses ``learning_rate`` for the head too.
+    ``warmup_steps`` overrides ``warmup_ratio`` (fraction of all steps).
+    Weight decay applies to matrices only (not to biases, norms, angles or
+    other 1-D parameters). ``max_grad_norm`` ``None`` disables clipping.
+    ``checkpoint_every`` is in optimizer steps; a checkpoint is also written
+    at the end of every epoch, at the end of training and on Ctrl-C.
+    """
+
+    epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    head_learning_rate: float | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    warmup_steps: int | None = None
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    eval_batch_size: int = 64
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, not {self.epochs}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"--lr must be positive, not {self.learning_rate}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError(f"warm-up ratio must be in [0, 1], not {self.warmup_ratio}")
+
+    def steps_per_epoch(self, examples: int) -> int:
+        return math.ceil(examples / self.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` measured.
+
+    ``history``: one ``{"step", "epoch", "loss", "learning_rate"}`` per step.
+    ``epoch_metrics``: what ``on_epoch_end`` returned, with ``epoch``.
+    ``train_seconds``: wall time of the training steps, summed over resumed
+    parts, without the ``on_epoch_end`` calls. ``peak_memory_bytes``: see
+    :class:`PeakMemory` (of the last resumed part only).
+    """
+
+    history: list[dict[str, float]]
+    epoch_metrics: list[dict[str, Any]]
+    steps: int
+    total_steps: int
+    train_seconds: float
+    peak_memory_bytes: int | None
+    memory_measure: str
+    resumed_from_step: int = 0
+    completed: bool = True
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.train_seconds / max(self.steps, 1)
+
+
+# ---------------------------------------------------------------- resources
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA when present)."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("--device mps was asked for but MPS is not available; use --device cpu")
+    return device
+
+
+def _resident_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc), so
+    that the next :class:`PeakMemory` starts from a low baseline."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class PeakMemory:
+    """Peak memory that a block of code added.
+
+    - CUDA device: ``torch.cuda.max_memory_allocated`` minus the allocation
+      at entry (tensors only, not the caching allocator's reserve).
+    - CPU on Linux: the process's resident set size (RSS), sampled every
+      ``interval`` seconds by a background thread; the result is the highest
+      sample minus the RSS at entry: the memory the block added (activations,
+      gradients, optimizer state, allocator growth), without the model weights
+      already loaded. Peaks shorter than ``interval`` can be missed.
+    - elsewhere: ``ru_maxrss`` growth (the process's all-time peak), which
+      reads 0 when an earlier peak was higher.
+
+    Example:
+        >>> with PeakMemory(torch.device("cpu")) as memory:
+        ...     block = torch.ones(4_000_000)  # 16 MB
+        >>> memory.peak_bytes > 0
+        True
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.01) -> None:
+        self.device = device
+        self.interval = interval
+        self.peak_bytes: int | None = None
+        self.measure = ""
+        self._baseline = 0
+        self._highest = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            value = _resident_bytes()
+            if value is not None:
+                self._highest = max(self._highest, value)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._baseline = torch.cuda.memory_allocated(self.device)
+            self.measure = "CUDA allocated tensors, peak minus start"
+            return self
+        resident = _resident_bytes()
+        if resident is not None:
+            self._baseline = self._highest = resident
+            self.measure = "process RSS sampled every 10 ms, peak minus start"
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        else:
+            self._baseline = self._max_rss()
+            self.measure = "ru_maxrss growth"
+        return self
+
+    @staticmethod
+    def _max_rss() -> int:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._baseline
+        elif self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            final = _resident_bytes()
+            if final is not None:
+                self._highest = max(self._highest, final)
+            self.peak_bytes = self._highest - self._baseline
+        else:
+            self.peak_bytes = max(self._max_rss() - self._baseline, 0)
+
+
+# ------------------------------------------------------------------ batching
+
+
+def epoch_order(examples: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch, a function of ``(seed, epoch)`` only.
+
+    Example:
+        >>> epoch_order(6, seed=0, epoch=1) == epoch_order(6, seed=0, epoch=1)
+        True
+        >>> sorted(epoch_order(6, seed=0, epoch=1))
+        [0, 1, 2, 3, 4, 5]
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(examples, generator=generator).tolist()
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        key: value.to(device) if isinstance(value, torch.Tensor) else value
+        for key, value in batch.items()
+    }
+
+
+def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear rise over ``warmup`` steps, then linear decay to 0.
+
+    Example:
+        >>> factor = linear_schedule(2, 10)
+        >>> [round(factor(step), 3) for step in (0, 1, 2, 6, 10)]
+        [0.0, 0.5, 1.0, 0.5, 0.0]
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(warmup, 1)
+        return max(0.0, (total - step) / max(total - warmup, 1))
+
+    return factor
+
+
+def _parameter_groups(
+    named: Sequence[tuple[str, torch.nn.Parameter]], config: TrainConfig, heads: set[str]
+) -> list[dict[str, Any]]:
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, parameter in named:
+        groups.setdefault((name in heads, parameter.ndim >= 2), []).append(parameter)
+    result = []
+    for (is_head, decays), parameters in sorted(groups.items()):
+        learning_rate = config.learning_rate
+        if is_head and config.head_learning_rate is not None:
+            learning_rate = config.head_learning_rate
+        result.append({
+            "params": parameters,
+            "lr": learning_rate,
+            "weight_decay": config.weight_decay if decays else 0.0,
+        })
+    return result
+
+
+# --------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
+    """Write ``state`` with ``torch.save`` to a temporary file beside ``path``,
+    then move it into place, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "wb") as file:
+            torch.save(dict(state), file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a truncated or foreign file
+        raise ConfigError(
+            f"{path} is not a readable qpeft checkpoint ({error}); start again with --overwrite"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path} is not a qpeft checkpoint of format {CHECKPOINT_FORMAT}; "
+                          "start again with --overwrite")
+    return state
+
+
+def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [
+        f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        for key in keys if saved.get(key) != current.get(key)
+    ]
+
+
+# ------------------------------------------------------------------ training
+
+
+def train(
+    model: torch.nn.Module,
+    dataset: Any,
+    config: TrainConfig,
+    *,
+    head_parameter_names: set[str] | frozenset[str] = frozenset(),
+    device: torch.device | str = "cpu",
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    fingerprint: Mapping[str, Any] | None = None,
+    stop_after_step: int | None = None,
+    compute_loss: Callable[[Any, Mapping[str, Any]], torch.Tensor] | None = None,
+    on_epoch_end: Callable[[int], Mapping[str, Any]] | None = None,
+    progress: bool = True,
+    description: str = "train",
+) -> TrainResult:
+    """Train the parameters of ``model`` that require gradients.
+
+    ``compute_loss(outputs, batch)`` defaults to ``outputs.loss``.
+    ``on_epoch_end(epoch)`` runs after each epoch (e.g. validation); its
+    result is kept in :attr:`TrainResult.epoch_metrics`.
+
+    With ``checkpoint_path``, checkpoints (trainable tensors, optimizer,
+    scheduler, RNG states, step, history, elapsed time) are written there;
+    ``resume=True`` continues from one if it exists, after checking that
+    ``fingerprint`` and the training configuration match.
+    ``stop_after_step`` ends the call after that global step with a
+    checkpoint written, as an interruption would (``completed`` is False).
+    """
+    device = torch.device(device)
+    if len(dataset) == 0:
+        raise ConfigError("the training set is empty; check --max-train and the dataset")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ConfigError("the model has no trainable parameter; check the method and targets")
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+
+    steps_per_epoch = config.steps_per_epoch(len(dataset))
+    total_steps = steps_per_epoch * config.epochs
+    warmup = (
+        config.warmup_steps if config.warmup_steps is not None
+        else round(config.warmup_ratio * total_steps)
+    )
+    full_fingerprint = {
+        **dict(fingerprint or {}),
+        **{f"train.{key}": value for key, value in config.to_dict().items()},
+        "examples": len(dataset),
+        "trainable": [[n, list(p.shape)] for n, p in named],
+    }
+
+    torch.manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(_parameter_groups(named, config, set(head_parameter_names)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total_steps))
+
+    start_step = 0
+    history: list[dict[str, float]] = []
+    epoch_metrics: list[dict[str, Any]] = []
+    previous_seconds = 0.0
+    if resume and path is not None and path.exists():
+        state = load_checkpoint(path)
+        mismatch = _differences(state["fingerprint"], full_fingerprint)
+        if mismatch:
+            raise ConfigError(
+                "the checkpoint was made with other settings (" + "; ".join(mismatch[:4])
+                + "); resume with the original settings or start again with --overwrite"
+            )
+        parameters = dict(named)
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                parameters[name].copy_(tensor)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start_step = int(state["step"])
+        history = list(state["history"])
+        epoch_metrics = list(state["epoch_metrics"])
+        previous_seconds = float(state["train_seconds"])
+
+    model.to(device)
+    rng_at_step_start = _rng_state()
+
+    def checkpoint(step: int, seconds: float) -> None:
+        if path is None:
+            return
+        save_checkpoint(path, {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "trainable": {n: p.detach().cpu().clone() for n, p in named},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_at_step_start,
+            "history": history,
+            "epoch_metrics": epoch_metrics,
+            "train_seconds": seconds,
+            "fingerprint": full_fingerprint,
+        })
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=start_step, desc=description, disable=not progress,
+               dynamic_ncols=True, leave=False)
+    step = start_step
+    outside_seconds = 0.0  # time spent in on_epoch_end and checkpoints
+    updating = False
+    order: list[int] = []
+    started = time.perf_counter()
+    memory = PeakMemory(device)
+    try:
+        with memory:
+            while step < total_steps:
+                epoch, position = divmod(step, steps_per_epoch)
+                if position == 0 or not order:
+                    order = epoch_order(len(dataset), config.seed, epoch)
+                rng_at_step_start = _rng_state()
+                indices = order[position * config.batch_size : (position + 1) * config.batch_size]
+                batch = _to_device(dataset.batch(indices), device)
+                model.train()
+                outputs = model(**batch)
+                loss = compute_loss(outputs, batch) if compute_loss else outputs.loss
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise ConfigError(
+                        f"the loss became {value} at step {step + 1}; lower the learning "
+                        "rate (--lr) or check the data"
+                    )
+                loss.backward()
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_([p for _, p in named], config.max_grad_norm)
+                updating = True
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                updating = False
+                step += 1
+                rng_at_step_start = _rng_state()
+                history.append({
+                    "step": step,
+                    "epoch": epoch + (position + 1) / steps_per_epoch,
+                    "loss": value,
+                    "learning_rate": optimizer.param_groups[0]["lr"],
+                })
+                bar.update(1)
+                bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+
+                aside = time.perf_counter()
+                epoch_done = step % steps_per_epoch == 0
+                if epoch_done and on_epoch_end is not None:
+                    epoch_metrics.append({"epoch": step // steps_per_epoch,
+                                          **dict(on_epoch_end(step // steps_per_epoch))})
+                    # whatever the callback drew must not change the next steps
+                    _set_rng_state(rng_at_step_start)
+                if (
+                    epoch_done or step == total_steps or step % config.checkpoint_every == 0
+                    or step == stop_after_step
+                ):
+                    outside_seconds += time.perf_counter() - aside
+                    elapsed = time.perf_counter() - started - outside_seconds
+                    aside = time.perf_counter()
+                    checkpoint(step, previous_seconds + elapsed)
+                outside_seconds += time.perf_counter() - aside
+                if step == stop_after_step and step < total_steps:
+                    break
+    except KeyboardInterrupt:
+        if not updating:
+            checkpoint(step, previous_seconds + time.perf_counter() - started - outside_seconds)
+        raise
+    finally:
+        bar.close()
+    seconds = previous_seconds + time.perf_counter() - started - outside_seconds
+    return TrainResult(
+        history=history,
+        epoch_metrics=epoch_metrics,
+        steps=step,
+        total_steps=total_steps,
+        train_seconds=seconds,
+        peak_memory_bytes=memory.peak_bytes,
+        memory_measure=memory.measure,
+        resumed_from_step=start_step,
+        completed=step >= total_steps,
+    )
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(_as_tuple(item) for item in value) if isinstance(value, (list, tuple)) else value
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class Predictions:
+    """Model outputs over a dataset, in dataset order: ``logits`` (CPU tensor,
+    ``examples × classes``) and the ``labels``."""
+
+    logits: torch.Tensor
+    labels: list[Any]
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def predicted_classes(self) -> list[int]:
+        return self.logits.argmax(dim=-1).tolist()
+
+
+def _batches(indices: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(indices), size):
+        yield list(indices[start : start + size])
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset: Any,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    description: str = "evaluate",
+) -> Predictions:
+    """Logits of ``model`` on every example of ``dataset`` (no gradients,
+    dropout off). Examples are batched by length when the dataset has
+    ``lengths()``, which cuts padding; the result is in dataset order."""
+    from tqdm.auto import tqdm
+
+    device = torch.device(device)
+    order = list(range(len(dataset)))
+    lengths = getattr(dataset, "lengths", None)
+    if callable(lengths):
+        sizes = lengths()
+        order.sort(key=lambda index: sizes[index])
+    was_training = model.training
+    model.eval()
+    outputs: list[torch.Tensor] = [torch.empty(0)] * len(dataset)
+    labels: list[Any] = [None] * len(dataset)
+    started = time.perf_counter()
+    try:
+        with torch.no_grad():
+            chunks = list(_batches(order, batch_size))
+            for indices in tqdm(chunks, desc=description, disable=not progress, leave=False,
+                                dynamic_ncols=True):
+                batch = dataset.batch(indices)
+                batch_labels = batch.pop("labels")
+                logits = model(**_to_device(batch, device)).logits.float().cpu()
+                for row, index in enumerate(indices):
+                    outputs[index] = logits[row]
+                    labels[index] = batch_labels[row].item()
+    finally:
+        model.train(was_training)
+    return Predictions(torch.stack(outputs), labels, time.perf_counter() - started)

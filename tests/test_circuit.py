@@ -1,0 +1,320 @@
+"""The ansatz-definition layer: parameters, gates, circuits, reference matrix."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import qpeft
+from qpeft.circuit import (
+    CX,
+    CZ,
+    RX,
+    RY,
+    RZ,
+    SWAP,
+    Circuit,
+    Expression,
+    GeneralizedCZ,
+    H,
+    Parameter,
+    ParameterVector,
+    SignDiagonal,
+    X,
+    Y,
+    Z,
+    controlled,
+    givens,
+    pauli_rotation,
+    unitary,
+)
+from qpeft.errors import (
+    DescriptionError,
+    NotUnitaryError,
+    ParameterError,
+    QpeftError,
+    WireError,
+)
+
+PAULI = {
+    "I": np.eye(2),
+    "X": np.array([[0, 1], [1, 0]]),
+    "Y": np.array([[0, -1j], [1j, 0]]),
+    "Z": np.diag([1, -1]),
+}
+
+
+def rotation(pauli: str, theta: float) -> np.ndarray:
+    generator = np.array([[1.0]])
+    for letter in pauli:
+        generator = np.kron(generator, PAULI[letter])
+    return scipy.linalg.expm(-0.5j * theta * generator)
+
+
+# -- parameters ------------------------------------------------------------------
+
+
+def test_expressions_are_affine_and_canonical():
+    a, b = Parameter("a"), Parameter("b")
+    e = 2 * a + 0.5 - b / 4
+    assert e.evaluate({"a": 1.0, "b": 2.0}) == pytest.approx(2.0)
+    assert e.parameters == ("a", "b")
+    assert (a + b) == (b + a) and hash(a + b) == hash(b + a)
+    assert (a - a).is_constant
+    assert e.bind({"a": 1.0}) == Expression.make({"b": -0.25}, 2.5)
+    assert Expression.from_json(e.to_json()) == e
+    with pytest.raises(ParameterError):
+        a * b  # not affine
+    with pytest.raises(ParameterError):
+        Parameter("not a name")
+    with pytest.raises(ParameterError):
+        a + float("nan")
+
+
+def test_parameter_vector_names_and_sharing():
+    w = ParameterVector("w", 3)
+    c = Circuit(2).ry(0, w[0]).ry(1, w[0]).rz(0, w[2]).rx(1, -w[1])
+    assert c.parameters == ("w[0]", "w[2]", "w[1]")  # order of first appearance
+    assert c.num_parameters == 3
+
+
+# -- gates -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pauli", ["X", "Y", "Z", "XY", "YZ", "ZZ", "XYZ", "YYY", "IY"])
+def test_pauli_rotation_matrix_generator_and_reality(pauli):
+    theta = 0.731
+    gate = pauli_rotation(pauli, list(range(len(pauli))), theta)
+    dims = (2,) * len(pauli)
+    m = gate.matrix(dims, torch.tensor([theta])).numpy()
+    np.testing.assert_allclose(m, rotation(pauli, theta), atol=1e-14)
+    np.testing.assert_allclose(
+        m, scipy.linalg.expm(-0.5j * theta * gate.generator(dims)), atol=1e-14
+    )
+    assert gate.is_real == (pauli.count("Y") % 2 == 1)
+    assert gate.is_real == (not np.iscomplexobj(m))
+
+
+def test_named_gates_match_textbook_matrices():
+    ry = RY(0, 0.4).matrix((2,), torch.tensor([0.4])).numpy()
+    c, s = math.cos(0.2), math.sin(0.2)
+    np.testing.assert_allclose(ry, [[c, -s], [s, c]])
+    rz = RZ(0, 0.4).matrix((2,), torch.tensor([0.4])).numpy()
+    np.testing.assert_allclose(rz, np.diag([np.exp(-0.2j), np.exp(0.2j)]))
+    rx = RX(0, 0.4).matrix((2,), torch.tensor([0.4])).numpy()
+    np.testing.assert_allclose(rx, [[c, -1j * s], [-1j * s, c]])
+    np.testing.assert_allclose(H(0).matrix((2,)).numpy(), np.array([[1, 1], [1, -1]]) / 2**0.5)
+    np.testing.assert_allclose(CX(0, 1).matrix((2, 2)).numpy(), np.eye(4)[[0, 1, 3, 2]])
+    np.testing.assert_allclose(CZ(0, 1).matrix((2, 2)).numpy(), np.diag([1, 1, 1, -1]))
+    np.testing.assert_allclose(SWAP(0, 1).matrix((2, 2)).numpy(), np.eye(4)[[0, 2, 1, 3]])
+    for gate, p in [(X(0), "X"), (Y(0), "Y"), (Z(0), "Z")]:
+        np.testing.assert_allclose(gate.matrix((2,)).numpy(), PAULI[p])
+
+
+def test_qudit_gates():
+    g = givens(0, (0, 2), 0.8)
+    m = g.matrix((3,), torch.tensor([0.8])).numpy()
+    c, s = math.cos(0.4), math.sin(0.4)
+    np.testing.assert_allclose(m, [[c, 0, -s], [0, 1, 0], [s, 0, c]])
+    np.testing.assert_allclose(m, scipy.linalg.expm(-0.4j * g.generator((3,))).real, atol=1e-14)
+    # generalized CZ: (-1)^(j·k) on a qutrit and a qubit
+    d = GeneralizedCZ(0, 1).matrix((3, 2)).numpy()
+    np.testing.assert_allclose(np.diag(d), [1, 1, 1, -1, 1, 1])
+    # on qubits it is CZ
+    np.testing.assert_allclose(GeneralizedCZ(0, 1).matrix((2, 2)).numpy(), np.diag([1, 1, 1, -1]))
+
+
+def test_controlled_gate_is_block_diagonal():
+    gate = controlled(RY(1, 0.6), 0, [(1, 2)])  # active on levels 1 and 2 of a qutrit
+    m = gate.matrix((3, 2), torch.tensor([0.6])).numpy()
+    ry = rotation("Y", 0.6).real
+    expected = scipy.linalg.block_diag(np.eye(2), ry, ry)
+    np.testing.assert_allclose(m, expected, atol=1e-14)
+    assert gate.is_real
+    g = gate.generator((3, 2))
+    np.testing.assert_allclose(scipy.linalg.expm(-0.3j * g), expected, atol=1e-14)
+
+
+GATES = [
+    RY(0, Parameter("a")),
+    RX(1, 2 * Parameter("a") + 1),
+    RZ(0, 0.3),
+    pauli_rotation("XY", [1, 0], Parameter("b")),
+    H(1),
+    CX(1, 0),
+    CZ(0, 1),
+    controlled(RX(1, Parameter("b")), 0),
+    unitary(np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))[0], [0, 1]),
+]
+
+
+@pytest.mark.parametrize("gate", GATES, ids=lambda g: g.name)
+def test_gate_inverse_is_adjoint(gate):
+    c = Circuit(2).append(gate)
+    values = {n: 0.37 for n in c.parameters}
+    m = c.matrix(values)
+    inverse = Circuit(2).append(gate.inverse()).matrix(values)
+    np.testing.assert_allclose(inverse @ m, np.eye(4), atol=1e-12)
+
+
+def test_custom_unitary_is_checked():
+    with pytest.raises(NotUnitaryError, match="not unitary"):
+        unitary(np.ones((2, 2)), 0)
+    with pytest.raises(NotUnitaryError, match="square"):
+        unitary(np.ones((2, 3)), 0)
+    with pytest.raises(WireError, match="does not fit"):
+        Circuit(2).unitary(np.eye(2), [0, 1])
+
+
+# -- circuits ----------------------------------------------------------------------
+
+
+def random_circuit(seed: int, dims=(2, 2, 2), length: int = 12) -> Circuit:
+    rng = np.random.default_rng(seed)
+    theta = ParameterVector("t", 3)
+    c = Circuit(list(dims))
+    qubits = [w for w, d in enumerate(dims) if d == 2]
+    for _ in range(length):
+        kind = rng.integers(0, 6)
+        angle = float(rng.normal()) * theta[int(rng.integers(0, 3))] + float(rng.normal())
+        w = [int(x) for x in rng.permutation(len(dims))]
+        q = [int(x) for x in rng.permutation(qubits)]
+        if kind == 0 and q:
+            c.ry(q[0], angle)
+        elif kind == 1 and len(q) > 1:
+            c.pauli_rotation("".join(rng.choice(list("XYZ"), 2)), q[:2], angle)
+        elif kind == 2 and len(q) > 1:
+            c.cx(q[0], q[1])
+        elif kind == 3:
+            d = dims[w[0]]
+            levels = [int(v) for v in rng.choice(d, 2, replace=False)]
+            c.givens(w[0], levels, angle)
+        elif kind == 4 and len(w) > 1:
+            c.gcz(w[0], w[1])
+        elif kind == 5 and q:
+            c.rz(q[0], angle)
+    return c
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("dims", [(2, 2, 2), (3, 2), (2, 3, 2)])
+def test_reference_matrix_is_unitary_and_inverse_is_adjoint(seed, dims):
+    c = random_circuit(seed, dims)
+    values = {n: 0.1 * (i + 1) for i, n in enumerate(c.parameters)}
+    m = c.matrix(values)
+    np.testing.assert_allclose(m.conj().T @ m, np.eye(c.dimension), atol=1e-12)
+    if c.is_real:
+        assert not np.iscomplexobj(m)
+    np.testing.assert_allclose(c.inverse().matrix(values) @ m, np.eye(c.dimension), atol=1e-12)
+
+
+def test_reference_matrix_agrees_with_kron_by_hand():
+    a = 0.3
+    c = Circuit(2).ry(0, a).cz(0, 1).rz(1, 0.2)
+    expected = np.kron(np.eye(2), rotation("Z", 0.2)) @ np.diag([1, 1, 1, -1]) @ np.kron(
+        rotation("Y", a), np.eye(2)
+    )
+    np.testing.assert_allclose(c.matrix(), expected, atol=1e-14)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.sampled_from([(2, 2, 2), (3, 2), (2, 5)]))
+def test_json_round_trip_and_fingerprint(seed, dims):
+    c = random_circuit(seed, dims)
+    again = Circuit.from_json(c.to_json())
+    assert again == c and hash(again) == hash(c)
+    assert again.fingerprint() == c.fingerprint()
+    assert json.loads(c.to_json())["format"] == "qpeft.circuit"
+
+
+def test_circuit_structure_queries():
+    c = qpeft.ansatz.pauli(qubits=4, layers=1)
+    assert c.dimension == 16 and c.dims == (2, 2, 2, 2)
+    assert c.depth() == 5  # RY, CZ, RY, CZ, RY
+    assert c.is_real
+    assert not Circuit(1).rx(0, "a").is_real
+    assert "RY(theta[0])" in str(c)
+
+
+def test_bind_partial_and_full():
+    c = Circuit(2).ry(0, "a").ry(1, 2 * Parameter("b") + 1)
+    half = c.bind({"a": 0.5})
+    assert half.parameters == ("b",)
+    full = c.bind([0.5, 0.25])
+    assert full.num_parameters == 0
+    np.testing.assert_allclose(full.matrix(), c.matrix({"a": 0.5, "b": 0.25}))
+    with pytest.raises(ParameterError, match="unknown parameter"):
+        c.bind({"zzz": 1.0})
+    with pytest.raises(ParameterError, match="expected 2 values"):
+        c.bind([1.0])
+
+
+def test_repeat_compose_and_rename():
+    layer = Circuit(2).ry(0, "a").cz(0, 1)
+    twice = layer.repeat(2)
+    assert twice.parameters == ("a_0", "a_1") and len(twice) == 4
+    shared = layer.repeat(3, share_parameters=True)
+    assert shared.parameters == ("a",)
+    values = {"a": 0.3}
+    np.testing.assert_allclose(
+        shared.matrix(values), np.linalg.matrix_power(layer.matrix(values), 3), atol=1e-14
+    )
+    big = Circuit(3).compose(layer, wires=[2, 0])
+    assert big.gates[1].wires == (2, 0)
+    np.testing.assert_allclose(
+        (layer + layer.rename({"a": "b"})).matrix({"a": 0.1, "b": 0.2}),
+        layer.matrix({"a": 0.2}) @ layer.matrix({"a": 0.1}),
+        atol=1e-14,
+    )
+
+
+def test_torch_reference_is_differentiable():
+    c = qpeft.ansatz.pauli(qubits=2, layers=1)
+    values = torch.randn(c.num_parameters, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: c.matrix(v, backend="torch"), (values,))
+
+
+# -- bad input -----------------------------------------------------------------------
+
+
+def test_bad_input_raises_typed_errors():
+    with pytest.raises(WireError, match="wires 0..1"):
+        Circuit(2).ry(2, 0.1)
+    with pytest.raises(WireError, match="dimension 3"):
+        Circuit([3, 2]).ry(0, 0.1)
+    with pytest.raises(WireError, match="same wire twice"):
+        Circuit(2).cz(1, 1)
+    with pytest.raises(WireError, match="levels"):
+        Circuit([3]).givens(0, (0, 3), 0.1)
+    with pytest.raises(ParameterError, match="unbound parameters"):
+        Circuit(1).ry(0, "a").matrix()
+    with pytest.raises(ParameterError, match="finite"):
+        Circuit(1).ry(0, "a").matrix([float("nan")])
+    with pytest.raises(ParameterError):
+        Circuit(1).ry(0, float("inf"))
+    with pytest.raises(DescriptionError, match="not valid JSON"):
+        Circuit.from_json("{not json")
+    with pytest.raises(DescriptionError, match="unknown gate kind"):
+        Circuit.from_json(json.dumps(
+            {"format": "qpeft.circuit", "version": 1, "dims": [2], "gates": [{"gate": "Foo"}]}
+        ))
+    with pytest.raises(DescriptionError, match="newer"):
+        Circuit.from_json(json.dumps(
+            {"format": "qpeft.circuit", "version": 99, "dims": [2], "gates": []}
+        ))
+    with pytest.raises(DescriptionError, match="malformed"):
+        Circuit.from_json(json.dumps({
+            "format": "qpeft.circuit", "version": 1, "dims": [2],
+            "gates": [{"gate": "PauliRotation", "wires": [0]}],
+        }))
+    with pytest.raises(WireError):
+        Circuit(1).append(SignDiagonal((0,), (1, 1, 1)))
+    # every error is a QpeftError
+    assert issubclass(WireError, QpeftError) and issubclass(ParameterError, QpeftError)
