@@ -1,7 +1,7 @@
 """Build the qpeft wheel and check that it ships every source file.
 
-The package list in pyproject.toml is explicit (the catalog folder circuits/
-is mapped to qpeft.catalog), so a new subpackage that is not added there would
+The package list comes from setup.py (the catalog folder circuits/
+is mapped to qpeft.catalog), so a packaging mistake would
 work in the editable install but be missing from a real install. This check
 builds the wheel, compares its contents with the files under qpeft/ and
 circuits/, then installs it into a scratch folder and lists the catalog with

@@ -18,7 +18,8 @@ if [ ! -x "$QPEFT_VENV/bin/python" ]; then
 fi
 
 qpeft_install_hash() {
-    "$QPEFT_VENV/bin/python" - "$QPEFT_ROOT/pyproject.toml" "$QPEFT_ROOT/requirements/constraints.txt" <<'PY'
+    "$QPEFT_VENV/bin/python" - "$QPEFT_ROOT/pyproject.toml" "$QPEFT_ROOT/setup.py" \
+        "$QPEFT_ROOT/requirements/constraints.txt" <<'PY'
 import hashlib
 import sys
 

@@ -532,9 +532,16 @@ class GivensMapping(StiefelMapping):
     acts on rows ``k … N−1`` only and turns ``e_k`` into any unit vector of
     those rows (tree-shaped hyperspherical coordinates), so by induction the
     map reaches every frame: column ``k`` is any unit vector orthogonal to the
-    columns before it. Each tree has ``⌈log₂(N−k)⌉`` levels of rotations on
-    disjoint row pairs; a level is one gather, one elementwise update and one
-    scatter over all its pairs. Total work ``O(N·K)``, ``O(K·log N)`` steps.
+    columns before it. The tree layout is described in :func:`_givens_trees`.
+
+    Each tree has ``⌈log₂(N−k)⌉`` levels of rotations on disjoint row pairs,
+    and a level is applied at once as a batch of 2×2 rotations. A tree works
+    on its rows in *activation order*: row ``k`` first, then the rows each
+    level reaches, in the order of the rows they pair with. The rows reached
+    so far form a prefix, the next level's rows are the next slice, and every
+    level but the last rotates the whole prefix, so no level gathers or
+    scatters rows of the full frame. Work ``O(N·K²)``; ``O(K·log N)``
+    sequential steps.
 
     Example:
         >>> import torch
@@ -548,29 +555,33 @@ class GivensMapping(StiefelMapping):
 
     def __init__(self, dimension: int, columns: int, **options: object) -> None:
         super().__init__(dimension, columns, **options)
-        # A tree works on its rows in activation order: row k first, then the
-        # mid rows of each level in turn. Rows already reached form a growing
-        # prefix and the rows of the next level are the next slice of the
-        # rest, so a level costs O(rows reached so far) instead of O(N).
-        self._block_sizes = [dimension - 1 - column for column in range(columns)]
-        self._plan: list[tuple[int, list[int]]] = []
         self._level_sizes: list[int] = []
-        pending_rows, natural_order, low_positions = [], [], []
+        # Per tree: (column, level sizes, whether each level rotates the whole
+        # prefix; the positions for the other levels are in _low_positions).
+        self._plan: list[tuple[int, list[int], list[bool]]] = []
+        angle_order, pending_rows, natural_order, low_positions = [], [], [], []
         for column, levels in _givens_trees(dimension, columns):
-            order = np.concatenate([[column]] + [middle for _, middle, _ in levels])
-            position = np.empty(dimension, dtype=np.int64)
-            position[order] = np.arange(order.size)
-            pending_rows.append(order[1:])
-            natural_order.append(position[column:])
-            low_positions += [position[low] for low, _, _ in levels]
+            order = [column]
+            position = {column: 0}
+            whole_prefix: list[bool] = []
+            for low, middle, first in levels:
+                reach = np.argsort([position[row] for row in low.tolist()], kind="stable")
+                lows = np.array([position[row] for row in low[reach].tolist()], dtype=np.int64)
+                whole = lows.size == len(order)  # lows are sorted and distinct
+                whole_prefix.append(whole)
+                if not whole:
+                    low_positions.append(lows)
+                angle_order.append(first + reach)
+                for row in middle[reach].tolist():
+                    position[row] = len(order)
+                    order.append(row)
+            pending_rows.append(np.array(order[1:], dtype=np.int64))
+            natural_order.append(np.array([position[row] for row in range(column, dimension)]))
             sizes = [low.size for low, _, _ in levels]
-            self._plan.append((column, sizes))
             self._level_sizes += sizes
-        # Buffers are stored column by column (pending rows, natural order) or
-        # in application order (positions of the lo rows).
-        pending_rows.reverse()
-        natural_order.reverse()
+            self._plan.append((column, sizes, whole_prefix))
         for name, parts in (
+            ("_angle_order", angle_order),
             ("_pending_rows", pending_rows),
             ("_natural_order", natural_order),
             ("_low_positions", low_positions),
@@ -578,33 +589,38 @@ class GivensMapping(StiefelMapping):
             flat = np.concatenate([np.zeros(0, dtype=np.int64), *parts])
             tensor = torch.as_tensor(flat, dtype=torch.long, device=self.device)
             self.register_buffer(name, tensor, persistent=False)
+        self._pending_sizes = [part.size for part in pending_rows]
+        self._natural_sizes = [part.size for part in natural_order]
+        self._low_sizes = [part.size for part in low_positions]
 
     def _frame(self, values: torch.Tensor) -> torch.Tensor:
         frame = self._identity_columns(values)
+        angles = values.index_select(-1, self._angle_order)
+        cos, sin = angles.cos(), angles.sin()
         # rotations[..., i, :, :] = [[cos θ_i, −sin θ_i], [sin θ_i, cos θ_i]]
-        cos, sin = values.cos(), values.sin()
         rotations = torch.stack([cos, -sin, sin, cos], dim=-1).unflatten(-1, (2, 2))
-        # Cut every tensor that levels read from into per-level pieces with one
-        # split: slicing the same tensor level by level would make autograd
+        # One split per tensor instead of a slice per level: autograd would
         # allocate a full-size gradient for every slice.
-        per_column = rotations.split(self._block_sizes, dim=-3)
-        pending_rows = self._pending_rows.split(self._block_sizes)
-        natural_order = self._natural_order.split([size + 1 for size in self._block_sizes])
-        low_positions = self._low_positions.split(self._level_sizes)
-        level = 0
-        for column, sizes in self._plan:
-            pending = frame.index_select(-2, pending_rows[column]).split(sizes, dim=-2)
-            angles = per_column[column].split(sizes, dim=-3)
-            lows_of_tree = low_positions[level : level + len(sizes)]
-            level += len(sizes)
+        per_level = iter(rotations.split(self._level_sizes, dim=-3))
+        low_positions = iter(self._low_positions.split(self._low_sizes))
+        pending_rows = self._pending_rows.split(self._pending_sizes)
+        natural_order = self._natural_order.split(self._natural_sizes)
+        for tree, (column, sizes, whole_prefix) in enumerate(self._plan):
+            pending = frame.index_select(-2, pending_rows[tree]).split(sizes, dim=-2)
             reached = frame[..., column : column + 1, :]
-            for lows, new_rows, rotation in zip(lows_of_tree, pending, angles, strict=True):
-                pairs = torch.stack([reached.index_select(-2, lows), new_rows], dim=-2)
-                rotated = rotation @ pairs
-                reached = torch.cat(
-                    [reached.index_copy(-2, lows, rotated[..., 0, :]), rotated[..., 1, :]], dim=-2
-                )
-            reached = reached.index_select(-2, natural_order[column])
+            for whole, new_rows in zip(whole_prefix, pending, strict=True):
+                rotation = next(per_level)
+                if whole:
+                    rotated = rotation @ torch.stack([reached, new_rows], dim=-2)
+                    reached = rotated.transpose(-3, -2).flatten(-3, -2)
+                else:
+                    lows = next(low_positions)
+                    pairs = torch.stack([reached.index_select(-2, lows), new_rows], dim=-2)
+                    rotated = rotation @ pairs
+                    reached = torch.cat(
+                        [reached.index_copy(-2, lows, rotated[..., 0, :]), rotated[..., 1, :]], -2
+                    )
+            reached = reached.index_select(-2, natural_order[tree])
             frame = torch.cat([frame[..., :column, :], reached], dim=-2)
         return frame
 

@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 64
     checkpoint_every: int = 50
+    gradient_accumulation: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -71,9 +72,18 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, not {self.learning_rate}")
         if not 0 <= self.warmup_ratio <= 1:
             raise ConfigError(f"warm-up ratio must be in [0, 1], not {self.warmup_ratio}")
+        if self.gradient_accumulation < 1:
+            raise ConfigError(
+                f"gradient accumulation must be at least 1, not {self.gradient_accumulation}"
+            )
+
+    @property
+    def examples_per_step(self) -> int:
+        """Examples per optimizer step: ``batch_size`` × ``gradient_accumulation``."""
+        return self.batch_size * self.gradient_accumulation
 
     def steps_per_epoch(self, examples: int) -> int:
-        return math.ceil(examples / self.batch_size)
+        return math.ceil(examples / self.examples_per_step)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -434,18 +444,23 @@ def train(
                 if position == 0 or not order:
                     order = epoch_order(len(dataset), config.seed, epoch)
                 rng_at_step_start = _rng_state()
-                indices = order[position * config.batch_size : (position + 1) * config.batch_size]
-                batch = _to_device(dataset.batch(indices), device)
+                per_step = config.examples_per_step
+                indices = order[position * per_step : (position + 1) * per_step]
                 model.train()
-                outputs = model(**batch)
-                loss = compute_loss(outputs, batch) if compute_loss else outputs.loss
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise ConfigError(
-                        f"the loss became {value} at step {step + 1}; lower the learning "
-                        "rate (--lr) or check the data"
-                    )
-                loss.backward()
+                value = 0.0
+                for micro in _batches(indices, config.batch_size):
+                    batch = _to_device(dataset.batch(micro), device)
+                    outputs = model(**batch)
+                    loss = compute_loss(outputs, batch) if compute_loss else outputs.loss
+                    if not math.isfinite(float(loss.detach())):
+                        raise ConfigError(
+                            f"the loss became {float(loss)} at step {step + 1}; lower the "
+                            "learning rate (--lr) or check the data"
+                        )
+                    # weight by size so that the step's gradient is the mean over its examples
+                    share = len(micro) / len(indices)
+                    (loss * share).backward()
+                    value += float(loss.detach()) * share
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_([p for _, p in named], config.max_grad_norm)
                 updating = True

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -220,17 +219,12 @@ def default_targets(model: Any) -> tuple[str, ...]:
 
 
 def head_modules(model: Any) -> tuple[str, ...]:
-    """Names of the newly initialised head modules of ``model``."""
+    """Names of the newly initialised head modules of ``model``; empty for a
+    model without one (a causal language model keeps its tied output layer)."""
     kind = model_type(model)
     if kind in HEAD_MODULES:
         return HEAD_MODULES[kind]
-    found = tuple(name for name in ("classifier", "score") if hasattr(model, name))
-    if not found:
-        raise ConfigError(
-            f"cannot find the classification head of this {kind or 'model'} "
-            "(no 'classifier' or 'score' module); load it with a *ForSequenceClassification class"
-        )
-    return found
+    return tuple(name for name in ("classifier", "score") if hasattr(model, name))
 
 
 def _linear_names(model: Any) -> list[str]:
@@ -329,7 +323,10 @@ class PreparedModel:
         """
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir()
         try:
             if self.spec.name == "qpeft":
                 self.model.save_pretrained(str(staging))
@@ -345,6 +342,11 @@ class PreparedModel:
                 (staging / "adapter_config.json").write_text(
                     json.dumps(config, indent=2) + "\n", encoding="utf-8"
                 )
+            umask = os.umask(0)
+            os.umask(umask)
+            for path in staging.rglob("*"):
+                if path.is_file():
+                    path.chmod(0o666 & ~umask)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)
@@ -392,17 +394,18 @@ def _wrap_peft(model: Any, spec: MethodSpec, heads: tuple[str, ...]) -> Any:
         config: Any = LoraConfig(
             r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout or 0.0,
             target_modules=targets,
-            modules_to_save=list(heads), fan_in_fan_out=fan_in_fan_out,
+            modules_to_save=list(heads) or None, fan_in_fan_out=fan_in_fan_out,
         )
     elif spec.name == "oft":
         config = OFTConfig(
             oft_block_size=spec.block_size, r=0, target_modules=targets,
-            modules_to_save=list(heads), fan_in_fan_out=fan_in_fan_out,
+            modules_to_save=list(heads) or None, fan_in_fan_out=fan_in_fan_out,
         )
     else:
         config = BOFTConfig(
             boft_block_size=spec.block_size, boft_n_butterfly_factor=spec.butterfly_factor,
-            target_modules=targets, modules_to_save=list(heads), fan_in_fan_out=fan_in_fan_out,
+            target_modules=targets, modules_to_save=list(heads) or None,
+            fan_in_fan_out=fan_in_fan_out,
         )
     try:
         return get_peft_model(model, config)
@@ -425,7 +428,7 @@ def _wrap_qpeft(model: Any, spec: MethodSpec, heads: tuple[str, ...]) -> Any:
         "target_modules": list(spec.targets or ()),
         "rank": spec.rank,
         "layers": spec.layers,
-        "modules_to_save": list(heads),
+        "modules_to_save": list(heads) or None,
     }
     if spec.ansatz is not None:
         options["ansatz"] = spec.ansatz

@@ -1,0 +1,103 @@
+"""Pieces every recipe uses: command-line options from the recipe dataclass,
+and the report written at the end of a recipe run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _parser_type(annotation: str) -> Any:
+    if "tuple" in annotation:
+        return lambda text: tuple(part.strip() for part in text.split(",") if part.strip())
+    if "float" in annotation:
+        return float
+    if "int" in annotation:
+        return int
+    return str
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, recipe_class: type) -> None:
+    """One ``--field-name`` option per field of the recipe dataclass, with the
+    recipe's value as default (booleans become ``--field``/``--no-field``)."""
+    for spec in dataclasses.fields(recipe_class):
+        option = "--" + spec.name.replace("_", "-")
+        default = spec.default
+        annotation = str(spec.type)
+        help_text = spec.metadata.get("help", "")
+        if annotation == "bool":
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=default,
+                                help=help_text)
+        else:
+            parser.add_argument(option, type=_parser_type(annotation), default=default,
+                                help=help_text)
+
+
+def recipe_from_args(recipe_class: type, args: argparse.Namespace) -> Any:
+    return recipe_class(**{spec.name: getattr(args, spec.name)
+                           for spec in dataclasses.fields(recipe_class)})
+
+
+def load_hub_dataset(name: str, loader: Any = None) -> Any:
+    """``loader(name)``, by default ``datasets.load_dataset(name)``."""
+    from qpeft.errors import ConfigError, DataError
+
+    if loader is None:
+        try:
+            from datasets import load_dataset as loader
+        except ImportError:
+            raise ConfigError(
+                f"the recipes read {name} with the 'datasets' package, which is not installed; "
+                "install it with `pip install datasets` (downloading needs network access)"
+            ) from None
+    try:
+        return loader(name)
+    except (OSError, ConnectionError, ValueError) as error:
+        raise DataError(
+            f"could not load the dataset {name!r} ({error}); check the name, the network "
+            "connection or the datasets cache"
+        ) from None
+
+
+def write_recipe_report(
+    folder: Path,
+    *,
+    recipe: Any,
+    source: str,
+    prepared: Any,
+    result: Any,
+    scores: Mapping[str, Any],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``metrics.json`` (scores, counts, timings, the recipe and its
+    source protocol), ``history.json``, ``loss.png`` and ``adapter/``."""
+    from qpeft.train.report import plot_loss, write_json
+
+    counts = prepared.parameter_counts()
+    adapter_bytes = prepared.save_adapter(folder / "adapter")
+    metrics = {
+        "recipe": type(recipe).__name__,
+        "protocol": source,
+        "label": prepared.spec.label,
+        **dict(scores),
+        "trainable_parameters_adapter": counts.adapter,
+        "trainable_parameters_with_head": counts.trainable,
+        "parameters": dataclasses.asdict(counts),
+        "adapter_bytes": adapter_bytes,
+        "timings": {
+            "steps": result.steps,
+            "train_seconds": result.train_seconds,
+            "seconds_per_step": result.seconds_per_step,
+        },
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "memory_measure": result.memory_measure,
+        "config": dataclasses.asdict(recipe),
+        **dict(extra or {}),
+    }
+    write_json(folder / "history.json", {"steps": result.history, "epochs": result.epoch_metrics})
+    plot_loss({prepared.spec.label: result.history}, folder / "loss.png")
+    write_json(folder / "metrics.json", metrics)
+    return metrics

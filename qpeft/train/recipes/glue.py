@@ -1,0 +1,203 @@
+"""GLUE with DeBERTaV3-base, following AdaLoRA's protocol.
+
+Protocol source: AdaLoRA (Zhang et al., ICLR 2023), the DeBERTaV3-base GLUE
+scripts released with it (github.com/QingruZhang/AdaLoRA,
+``NLU/scripts/run_debertav3_<task>.sh``); the Quantum-PEFT paper compares
+against this setup. Per task:
+
+=====  ========  ======  =======  =========  ===========  ============  =====
+task   lr        epochs  max len  warm-up    cls dropout  weight decay  α
+=====  ========  ======  =======  =========  ===========  ============  =====
+mnli   5e-4      7       256      1000 st.   0.15         0             16
+sst2   8e-4      24      128      1000 st.   0.0          0.01          16
+cola   8e-4      25      64       100 st.    0.10         0             32
+qqp    8e-4      5       320      2000 st.   0.15         0.01          16
+qnli   5e-4      5       512      500 st.    0.1          0.01          32
+rte    1.2e-3    50      320      200 st.    0.20         0.01          32
+mrpc   1e-3      30      320      10 %       0.0          0.01          32
+stsb   2.2e-3    25      128      100 st.    0.2          0.1           32
+=====  ========  ======  =======  =========  ===========  ============  =====
+
+Batch size 32, AdamW, linear schedule, adapters on all six weight matrices of
+every layer (query, key, value, attention output, intermediate, output), as
+in those scripts. α is LoRA's scale; AdaLoRA's budget schedule and
+orthogonality penalty are AdaLoRA-specific and not used here. Scores are on
+GLUE's validation split (test labels are hidden): accuracy, with Matthews
+correlation for CoLA, Pearson/Spearman for STS-B and F1 too for MRPC/QQP;
+the score after the last epoch is reported (the scripts evaluate
+periodically and papers usually quote the best evaluation).
+
+Run (online)::
+
+    python -m qpeft.train.recipes glue --task rte --method qpeft:K=4,L=2 --output-dir runs/rte
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qpeft.errors import ConfigError
+
+PROTOCOL = (
+    "AdaLoRA (Zhang et al., ICLR 2023) DeBERTaV3-base GLUE scripts, "
+    "github.com/QingruZhang/AdaLoRA NLU/scripts/run_debertav3_<task>.sh"
+)
+
+
+@dataclass(frozen=True)
+class TaskHyperparameters:
+    learning_rate: float
+    epochs: int
+    max_length: int
+    warmup_steps: int | None
+    warmup_ratio: float
+    cls_dropout: float
+    weight_decay: float
+    lora_alpha: float
+
+
+#: AdaLoRA's DeBERTaV3-base GLUE settings (see the module docstring).
+ADALORA_GLUE: dict[str, TaskHyperparameters] = {
+    "mnli": TaskHyperparameters(5e-4, 7, 256, 1000, 0.0, 0.15, 0.0, 16),
+    "sst2": TaskHyperparameters(8e-4, 24, 128, 1000, 0.0, 0.0, 0.01, 16),
+    "cola": TaskHyperparameters(8e-4, 25, 64, 100, 0.0, 0.10, 0.0, 32),
+    "qqp": TaskHyperparameters(8e-4, 5, 320, 2000, 0.0, 0.15, 0.01, 16),
+    "qnli": TaskHyperparameters(5e-4, 5, 512, 500, 0.0, 0.1, 0.01, 32),
+    "rte": TaskHyperparameters(1.2e-3, 50, 320, 200, 0.0, 0.20, 0.01, 32),
+    "mrpc": TaskHyperparameters(1e-3, 30, 320, None, 0.1, 0.0, 0.01, 32),
+    "stsb": TaskHyperparameters(2.2e-3, 25, 128, 100, 0.0, 0.2, 0.1, 32),
+}
+
+#: All six weight matrices of a DeBERTa-v2 layer (``output.dense`` also
+#: matches ``attention.output.dense``).
+DEBERTA_TARGETS = ("query_proj", "key_proj", "value_proj", "intermediate.dense", "output.dense")
+
+
+@dataclass(frozen=True)
+class GlueRecipe:
+    """A GLUE run; ``None`` fields take the task's protocol value."""
+
+    task: str = field(default="sst2", metadata={"help": "GLUE task"})
+    model: str = field(default="microsoft/deberta-v3-base", metadata={"help": "model"})
+    method: str = field(default="lora:r=8", metadata={
+        "help": "method spec, e.g. qpeft:K=4,L=2 or lora:r=8 (α defaults to the protocol's)"})
+    targets: tuple[str, ...] = field(default=DEBERTA_TARGETS,
+                                     metadata={"help": "comma-separated module suffixes"})
+    batch_size: int = 32
+    learning_rate: float | None = None
+    epochs: int | None = None
+    max_length: int | None = None
+    seed: int = 0
+    max_train: int | None = field(default=None, metadata={"help": "cap on training rows"})
+    max_eval: int | None = field(default=None, metadata={"help": "cap on evaluation rows"})
+    device: str = "auto"
+
+    def hyperparameters(self) -> TaskHyperparameters:
+        task = self.task.lower()
+        if task not in ADALORA_GLUE:
+            raise ConfigError(f"unknown GLUE task {self.task!r}; choose one of "
+                              f"{', '.join(ADALORA_GLUE)}")
+        return ADALORA_GLUE[task]
+
+
+def task_scores(task: str, predictions: Any) -> dict[str, float]:
+    """GLUE's metrics of ``task`` from :class:`~qpeft.train.loop.Predictions`."""
+    from qpeft.train import metrics
+
+    task = task.lower()
+    if task == "stsb":
+        values = predictions.logits.squeeze(-1).tolist()
+        return {"pearson": metrics.pearson(values, predictions.labels),
+                "spearman": metrics.spearman(values, predictions.labels)}
+    predicted = predictions.predicted_classes
+    scores = {"accuracy": metrics.accuracy(predicted, predictions.labels)}
+    if task == "cola":
+        scores["matthews_correlation"] = metrics.matthews_correlation(predicted,
+                                                                      predictions.labels)
+    if task in {"mrpc", "qqp"}:
+        scores["f1"] = metrics.binary_f1(predicted, predictions.labels)
+    return scores
+
+
+def run(
+    recipe: GlueRecipe,
+    output_dir: str | Path,
+    *,
+    model: Any = None,
+    tokenizer: Any = None,
+    loader: Any = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune on one GLUE task and write the report into ``output_dir``.
+
+    ``model``/``tokenizer`` default to ``recipe.model`` from the hub (with the
+    protocol's classifier dropout); ``loader`` defaults to
+    ``datasets.load_dataset`` (see :func:`qpeft.train.data.load_glue`).
+    """
+    from dataclasses import replace
+
+    import torch
+
+    from qpeft.train.data import encode, load_glue, stratified_sample
+    from qpeft.train.loop import TrainConfig, evaluate, resolve_device, train
+    from qpeft.train.methods import MethodSpec, prepare_model
+    from qpeft.train.models import load_sequence_classifier, load_tokenizer, resolve_model
+    from qpeft.train.recipes.common import write_recipe_report
+
+    started = time.perf_counter()
+    folder = Path(output_dir)
+    hyper = recipe.hyperparameters()
+    parts = load_glue(recipe.task, loader=loader)
+    train_data, evaluation_data = parts["train"], parts["evaluation"]
+    regression = train_data.label_names is None
+    if recipe.max_train is not None:
+        chosen = (range(min(recipe.max_train, len(train_data))) if regression else
+                  stratified_sample(train_data.labels, range(len(train_data)),
+                                    recipe.max_train, recipe.seed))
+        train_data = train_data.subset(list(chosen))
+    if recipe.max_eval is not None:
+        evaluation_data = evaluation_data.subset(range(min(recipe.max_eval,
+                                                           len(evaluation_data))))
+
+    torch.manual_seed(recipe.seed)
+    if model is None or tokenizer is None:
+        source = resolve_model(recipe.model)
+        tokenizer = load_tokenizer(source)
+        model = load_sequence_classifier(source, train_data.label_names,
+                                         cls_dropout=hyper.cls_dropout)
+    spec = MethodSpec.parse(recipe.method)
+    if spec.name == "lora" and spec.alpha is None:
+        spec = replace(spec, alpha=hyper.lora_alpha)
+    spec = replace(spec.resolved(), learning_rate=recipe.learning_rate or hyper.learning_rate)
+    prepared = prepare_model(model, spec, recipe.targets)
+    max_length = recipe.max_length or hyper.max_length
+    device = resolve_device(recipe.device)
+    config = TrainConfig(
+        epochs=recipe.epochs or hyper.epochs, batch_size=recipe.batch_size,
+        learning_rate=spec.learning_rate, weight_decay=hyper.weight_decay,
+        warmup_steps=hyper.warmup_steps, warmup_ratio=hyper.warmup_ratio, seed=recipe.seed,
+    )
+    evaluation_set = encode(tokenizer, evaluation_data, max_length)
+    result = train(
+        prepared.model, encode(tokenizer, train_data, max_length), config,
+        head_parameter_names=prepared.head_parameter_names(), device=device,
+        checkpoint_path=folder / "checkpoint.pt", resume=resume,
+        fingerprint={"recipe": "glue", "task": recipe.task, "method": spec.label},
+        progress=progress, description=f"{recipe.task} {spec.label}",
+    )
+    predictions = evaluate(prepared.model, evaluation_set, batch_size=config.eval_batch_size,
+                           device=device, progress=progress)
+    scores = task_scores(recipe.task, predictions)
+    metrics = write_recipe_report(
+        folder, recipe=recipe, source=PROTOCOL, prepared=prepared, result=result,
+        scores={"task": recipe.task, "evaluation_split": "validation", **scores},
+        extra={"hyperparameters": hyper.__dict__, "train_rows": len(train_data),
+               "evaluation_rows": len(evaluation_data),
+               "total_seconds": time.perf_counter() - started},
+    )
+    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    return metrics
