@@ -378,6 +378,24 @@ class Circuit:
             lines.append(f"  {gate.label:<28} @ {wires}")
         return "\n".join(lines)
 
+    def to_qiskit(self):
+        """This circuit as a Qiskit ``QuantumCircuit`` (qubit circuits)."""
+        from qpeft.interop.qiskit import to_qiskit
+
+        return to_qiskit(self)
+
+    def to_pennylane(self):
+        """A function applying this circuit's gates with PennyLane operations."""
+        from qpeft.interop.pennylane import to_pennylane
+
+        return to_pennylane(self)
+
+    def to_qasm(self, version: int = 3) -> str:
+        """OpenQASM text of this circuit (through Qiskit)."""
+        from qpeft.interop.qasm import to_qasm
+
+        return to_qasm(self, version=version)
+
     def draw(self, output: str = "text", **options):
         """A diagram: text (``output="text"``) or a matplotlib Figure (``"mpl"``)."""
         from qpeft.draw import draw

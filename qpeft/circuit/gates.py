@@ -196,7 +196,7 @@ class PauliRotation(Gate):
 
     @property
     def is_real(self) -> bool:
-        return self.pauli.count("Y") % 2 == 1 or set(self.pauli) <= {"I"}
+        return self.pauli.count("Y") % 2 == 1
 
     def check(self, dims: Sequence[int]) -> None:
         _require_qubits(self, dims)

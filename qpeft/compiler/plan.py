@@ -1,5 +1,6 @@
 """Compile-time planning: one circuit description in, a list of cheap
-tensor operations out. Everything here runs once per :func:`qpeft.compile`.
+tensor operations out. Everything here runs once per :func:`qpeft.compile`
+and is plain NumPy data; :mod:`qpeft.compiler.engine` turns it into torch.
 
 1. **Angles.** Every gate angle is affine in the free parameters, so all of
    them come from one matmul: ``angles = values @ weights.T + offset``.
@@ -13,8 +14,25 @@ tensor operations out. Everything here runs once per :func:`qpeft.compile`.
 4. **Moments.** Nodes are layered as soon as possible; in a moment all
    nodes act on different wires. The signed permutations of a moment merge
    into one full-register gather (often just a ±1 vector), and its matrix
-   nodes are grouped into Kronecker blocks of neighbouring wires applied by
-   one reshape-and-matmul each.
+   nodes are grouped into Kronecker blocks of neighbouring wires.
+5. **Layout schedule.** The state is a tensor with one axis per wire and
+   one for the K columns, stored in an order that changes as the schedule
+   runs. A block whose wires lead the order is applied by one batched
+   matrix product that also moves those axes to the back (the product
+   reads its operand transposed, so nothing is copied); a block whose wires
+   end the order is applied in place. Only when a block's wires are
+   elsewhere is the state reordered (one copy). For brickwork circuits this
+   costs about one copy per moment.
+
+>>> from qpeft.ansatz import pauli
+>>> plan = make_plan(pauli(qubits=8, layers=1), max_block=16)
+>>> [[block.wires for block in moment.blocks] for moment in plan.moments]
+[[(0, 1, 2, 3), (4, 5, 6, 7)], [(1, 2, 3, 4), (5, 6)]]
+>>> [len(block.stages) for block in plan.blocks]   # RY, CZ, RY merged into one product
+[2, 2, 1, 1]
+>>> schedule = make_schedule(plan, columns=4)
+>>> len(schedule.prepare), [type(step).__name__ for step in schedule.steps]
+(2, ['Reorder', 'ApplyBlock', 'ApplyBlock', 'Reorder'])
 """
 
 from __future__ import annotations
@@ -28,6 +46,9 @@ import torch
 from qpeft.circuit import Circuit, Gate
 from qpeft.circuit.gates import FixedGate
 from qpeft.errors import CompileError
+
+#: The axis id of the columns axis in a layout (wires are 0 … n-1).
+COLUMNS_AXIS = -1
 
 
 @dataclass
@@ -44,17 +65,26 @@ class RotationGroup:
     def is_real(self) -> bool:
         return all(np.abs(s.imag).max(initial=0.0) == 0 for s in self.step)
 
+    def is_diagonal(self, member: int) -> bool:
+        """True when member ``member``'s matrix is diagonal for every angle."""
+        return all(_is_diagonal(part[member]) for part in (self.fixed, self.projector, self.step))
+
 
 @dataclass
 class MatrixNode:
     """A dense matrix on ``wires``: a product of rotations and constants.
 
-    ``factors`` are applied first to last; each is ``("rotation", group, i)``
-    or ``("constant", array)``.
+    ``factors`` are applied first to last; each is ``("rotation", size, i)``
+    (member i of the rotation group of that size) or ``("constant", array)``.
     """
 
     wires: tuple[int, ...]
     factors: list[tuple] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        first = self.factors[0]
+        return first[1] if first[0] == "rotation" else first[1].shape[0]
 
 
 @dataclass
@@ -75,13 +105,33 @@ class SignedPermutation:
 
 @dataclass
 class Block:
-    """Matrix nodes on disjoint wires, applied together as one Kronecker block."""
+    """Matrix nodes on disjoint wires, applied together as one Kronecker block.
+
+    The block matrix is ``kron(node_0, node_1, …)``: the first node's wires
+    are the most significant digits of the block index.
+    """
 
     nodes: list[MatrixNode]
+    #: ±1 diagonal (over the block's index) applied before the block, or None
+    diagonal: np.ndarray | None = None
+    #: a block on the same wires that acts just before this one, merged into it
+    previous: Block | None = None
 
     @property
     def wires(self) -> tuple[int, ...]:
         return tuple(w for node in self.nodes for w in node.wires)
+
+    @property
+    def stages(self) -> list[Block]:
+        """The merged blocks, first to act first (the last one is ``self``)."""
+        chain = [] if self.previous is None else self.previous.stages
+        return [*chain, self]
+
+    @property
+    def signature(self) -> tuple[tuple[int, ...], ...]:
+        """The node sizes of each stage in Kronecker order: blocks with equal
+        signatures are built together."""
+        return tuple(tuple(node.size for node in stage.nodes) for stage in self.stages)
 
 
 @dataclass
@@ -98,12 +148,28 @@ class Plan:
     offset: np.ndarray  # (slots,)
     groups: list[RotationGroup]
     moments: list[Moment]
-    nodes: list  # MatrixNode | (SignedPermutation-on-wires tuple), in circuit order
+    nodes: list  # MatrixNode | ("perm", wires, source, sign), in circuit order
     is_real: bool
 
     @property
     def dimension(self) -> int:
         return math.prod(self.dims)
+
+    @property
+    def blocks(self) -> list[Block]:
+        """Every block, in schedule order (moment by moment)."""
+        return [block for moment in self.moments for block in moment.blocks]
+
+    def group(self, size: int) -> RotationGroup:
+        for group in self.groups:
+            if group.size == size:
+                return group
+        raise KeyError(size)
+
+
+def _is_diagonal(matrix: np.ndarray) -> bool:
+    off = np.asarray(matrix) - np.diag(np.diag(matrix))
+    return bool(np.abs(off).max(initial=0.0) == 0)
 
 
 def _signed_permutation_of(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -127,29 +193,32 @@ def expand_signed_permutation(
     source: np.ndarray, sign: np.ndarray, wires: tuple[int, ...], dims: tuple[int, ...]
 ) -> SignedPermutation:
     """A signed permutation on ``wires`` as one on the whole register."""
-    total = math.prod(dims)
-    index = np.arange(total).reshape(dims)
+    digits = [axis.reshape(-1) for axis in np.indices(dims)]
     # digits of every basis state on the gate's wires, as the gate's local index
-    local = np.zeros(dims, dtype=np.int64)
+    local = np.zeros(math.prod(dims), dtype=np.int64)
     for w in wires:
-        local = local * dims[w] + np.indices(dims)[w]
-    local = local.reshape(-1)
+        local = local * dims[w] + digits[w]
     new_local = source[local]
     # rebuild the full index with the gate's wires replaced by new_local digits
-    digits = [np.indices(dims)[w].reshape(-1).copy() for w in range(len(dims))]
+    new_digits = [d.copy() for d in digits]
     remaining = new_local.copy()
     for w in reversed(wires):
-        digits[w] = remaining % dims[w]
+        new_digits[w] = remaining % dims[w]
         remaining //= dims[w]
-    full_source = np.ravel_multi_index(digits, dims)
-    del index
+    full_source = np.ravel_multi_index(new_digits, dims)
     return SignedPermutation(full_source.astype(np.int64), sign[local].astype(float))
 
 
 def make_plan(circuit: Circuit, *, max_block: int = 16) -> Plan:
-    """Plan the evaluation of ``circuit`` (see the module docstring)."""
+    """Plan the evaluation of ``circuit`` (see the module docstring).
+
+    ``max_block`` bounds the size D of a Kronecker block (the product of its
+    wires' dimensions); a single gate larger than that is still one block.
+    """
     if not isinstance(circuit, Circuit):
         raise CompileError(f"qpeft.compile needs a Circuit, got {type(circuit).__name__}")
+    if isinstance(max_block, bool) or not isinstance(max_block, int) or max_block < 2:
+        raise CompileError(f"max_block must be an integer >= 2, got {max_block!r}")
     dims = circuit.dims
     names = circuit.parameters
     index = {n: i for i, n in enumerate(names)}
@@ -167,10 +236,10 @@ def make_plan(circuit: Circuit, *, max_block: int = 16) -> Plan:
             raw_nodes.append(_rotation_node(gate, gate_dims, index, weights_rows, offsets, groups,
                                             len(names)))
             continue
-        assert isinstance(gate, FixedGate) or not gate.params
-        constant = gate.matrix(gate_dims).numpy() if not isinstance(gate, FixedGate) else (
-            np.asarray(gate.constant_matrix(gate_dims))
-        )
+        if isinstance(gate, FixedGate):
+            constant = np.asarray(gate.constant_matrix(gate_dims))
+        else:
+            constant = gate.matrix(gate_dims).numpy()
         perm = _signed_permutation_of(constant)
         if perm is not None:
             raw_nodes.append(("perm", gate.wires, *perm))
@@ -181,6 +250,13 @@ def make_plan(circuit: Circuit, *, max_block: int = 16) -> Plan:
     moments = _moments(nodes, dims, max_block)
     group_list = [groups[k] for k in sorted(groups)]
     weights = np.array(weights_rows, dtype=float).reshape(len(offsets), len(names))
+    # realness from the matrices themselves (a rotation by an all-identity
+    # Pauli string is a complex global phase)
+    constants_real = all(
+        not np.iscomplexobj(f[1]) or np.abs(np.imag(f[1])).max(initial=0.0) == 0
+        for node in nodes if isinstance(node, MatrixNode) for f in node.factors
+        if f[0] == "constant"
+    )
     return Plan(
         dims=dims,
         num_parameters=len(names),
@@ -189,7 +265,7 @@ def make_plan(circuit: Circuit, *, max_block: int = 16) -> Plan:
         groups=group_list,
         moments=moments,
         nodes=nodes,
-        is_real=circuit.is_real,
+        is_real=constants_real and all(group.is_real for group in group_list),
     )
 
 
@@ -238,34 +314,103 @@ def _fuse_single_wire_runs(raw_nodes: list) -> list:
     return out
 
 
+def _wires_of(node) -> tuple[int, ...]:
+    return node.wires if isinstance(node, MatrixNode) else node[1]
+
+
+def _is_sign_node(node) -> bool:
+    return not isinstance(node, MatrixNode) and bool(
+        np.array_equal(node[2], np.arange(node[2].shape[0])))
+
+
 def _moments(nodes: list, dims: tuple[int, ...], max_block: int) -> list[Moment]:
+    """Layer the nodes as soon as possible, pack each layer's matrix nodes
+    into blocks, and absorb ±1 diagonals into the block that acts next on
+    all of their wires (diagonals commute, so later diagonals on the same
+    wires do not stand in the way). What is left of the signed
+    permutations of a layer merges into one full-register permutation."""
     level = [0] * len(dims)
-    layered: dict[int, list] = {}
-    for node in nodes:
-        wires = node.wires if isinstance(node, MatrixNode) else node[1]
+    depth_of: list[int] = []
+    layered: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        wires = _wires_of(node)
         top = max(level[w] for w in wires)
         for w in wires:
             level[w] = top + 1
-        layered.setdefault(top, []).append(node)
+        depth_of.append(top)
+        layered.setdefault(top, []).append(i)
+
+    blocks_at = {
+        depth: _blocks([nodes[i] for i in members if isinstance(nodes[i], MatrixNode)], dims,
+                       max_block)
+        for depth, members in layered.items()
+    }
+    block_of = {id(node): block for blocks in blocks_at.values() for block in blocks
+                for node in block.nodes}
+    absorbed: set[int] = set()
+    for i, node in enumerate(nodes):
+        if not _is_sign_node(node):
+            continue
+        targets = set()
+        for w in node[1]:
+            later = (j for j in range(i + 1, len(nodes))
+                     if w in _wires_of(nodes[j]) and not _is_sign_node(nodes[j]))
+            j = next(later, None)
+            targets.add(None if j is None or not isinstance(nodes[j], MatrixNode)
+                        else id(block_of[id(nodes[j])]))
+        if len(targets) != 1 or None in targets:
+            continue
+        block = next(block_of[id(nodes[j])] for j in range(i + 1, len(nodes))
+                     if isinstance(nodes[j], MatrixNode) and id(block_of[id(nodes[j])])
+                     in targets)
+        local = _local_signs(node[1], node[3], block.wires, dims)
+        block.diagonal = local if block.diagonal is None else block.diagonal * local
+        absorbed.add(i)
 
     moments: list[Moment] = []
     for depth in sorted(layered):
         perm: SignedPermutation | None = None
-        matrices: list[MatrixNode] = []
-        for node in layered[depth]:
-            if isinstance(node, MatrixNode):
-                matrices.append(node)
-            else:
-                _, wires, source, sign = node
-                step = expand_signed_permutation(source, sign, wires, dims)
-                perm = step if perm is None else perm.then(step)
-        blocks = _blocks(matrices, dims, max_block)
+        for i in layered[depth]:
+            node = nodes[i]
+            if isinstance(node, MatrixNode) or i in absorbed:
+                continue
+            _, wires, source, sign = node
+            step = expand_signed_permutation(source, sign, wires, dims)
+            perm = step if perm is None else perm.then(step)
+        blocks = blocks_at[depth]
+        if not blocks and perm is None:
+            continue
         if not blocks and moments and moments[-1].blocks == [] and perm is not None:
             previous = moments[-1].permutation
             moments[-1] = Moment(previous.then(perm) if previous else perm, [])
             continue
         moments.append(Moment(perm, blocks))
-    return moments
+    return _merge_repeated_blocks(moments)
+
+
+def _merge_repeated_blocks(moments: list[Moment]) -> list[Moment]:
+    """A block whose wires equal those of a block in the moment before (with
+    no permutation in between) absorbs it: one product instead of two."""
+    for t in range(1, len(moments)):
+        if moments[t].permutation is not None:
+            continue
+        earlier = moments[t - 1].blocks
+        for block in moments[t].blocks:
+            match = next((b for b in earlier if b.wires == block.wires), None)
+            if match is not None:
+                block.previous = match
+                earlier.remove(match)
+    return [m for m in moments if m.blocks or m.permutation is not None]
+
+
+def _local_signs(wires, sign, block_wires, dims) -> np.ndarray:
+    """A ±1 diagonal on ``wires`` as a vector over the index of ``block_wires``."""
+    local_dims = [dims[w] for w in block_wires]
+    digits = [axis.reshape(-1) for axis in np.indices(local_dims)]
+    index = np.zeros(len(digits[0]), dtype=np.int64)
+    for w in wires:
+        index = index * dims[w] + digits[block_wires.index(w)]
+    return np.asarray(sign, dtype=float)[index]
 
 
 def _blocks(nodes: list[MatrixNode], dims, max_block: int) -> list[Block]:
@@ -277,7 +422,8 @@ def _blocks(nodes: list[MatrixNode], dims, max_block: int) -> list[Block]:
             last = blocks[-1]
             last_size = math.prod(dims[w] for w in last.wires)
             contiguous = min(node.wires) == max(last.wires) + 1
-            if contiguous and last_size * size <= max_block and _is_ascending(last.wires + node.wires):
+            fits = last_size * size <= max_block
+            if contiguous and fits and _is_ascending(last.wires + node.wires):
                 last.nodes.append(node)
                 continue
         blocks.append(Block([node]))
@@ -289,6 +435,243 @@ def _is_ascending(wires: tuple[int, ...]) -> bool:
 
 
 def constant_tensor(array: np.ndarray, dtype: torch.dtype, complex_dtype: torch.dtype):
+    """A numpy array as a real tensor when it has no imaginary part, else complex."""
     if np.iscomplexobj(array) and np.abs(array.imag).max(initial=0.0) > 0:
         return torch.as_tensor(array, dtype=complex_dtype)
     return torch.as_tensor(np.real(array), dtype=dtype)
+
+
+# ---------------------------------------------------------------------------
+# layout schedule
+
+
+@dataclass(frozen=True)
+class ApplyBlock:
+    """Multiply block ``block`` (a D×D matrix) into the state.
+
+    ``leading``: the block's axes lead the layout; the state is read as
+    ``(B, D, R)`` and written as ``(B, R, D) = xᵀMᵀ``, which moves those axes
+    to the back. Otherwise they end the layout and ``(B, R, D) @ Mᵀ`` keeps it.
+    """
+
+    block: int
+    size: int
+    leading: bool
+
+
+@dataclass(frozen=True)
+class Reorder:
+    """Permute the state's axes: view it as ``shape`` and permute by ``order``
+    (axes that stay neighbours are merged into one, so ``shape`` is short)."""
+
+    shape: tuple[int, ...]
+    order: tuple[int, ...]
+
+    def inverse(self) -> Reorder:
+        shape = tuple(self.shape[o] for o in self.order)
+        order = tuple(int(i) for i in np.argsort(self.order))
+        return Reorder(shape, order)
+
+
+@dataclass(frozen=True, eq=False)
+class ApplySigns:
+    """Multiply the state, viewed as ``(B, before, K, after)``, by ``sign``
+    of shape ``(before, 1, after)`` (a product of diagonal ±1 gates)."""
+
+    sign: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class ApplyGather:
+    """With the columns axis last, ``new[:, p] = sign[p] * old[:, source[p]]``
+    along the register positions of the current layout."""
+
+    source: np.ndarray
+    sign: np.ndarray
+
+    def inverse(self) -> ApplyGather:
+        inverse = np.empty_like(self.source)
+        inverse[self.source] = np.arange(self.source.shape[0])
+        return ApplyGather(inverse, self.sign[inverse])
+
+
+@dataclass(frozen=True, eq=False)
+class PrepareGroup:
+    """One factor of a product state: the columns ``index[k]`` of block
+    ``block``'s matrix, or (``block`` None) the basis vectors ``index[k]`` of
+    ``size`` levels. ``index`` has length K, or 1 when all columns agree."""
+
+    block: int | None
+    size: int
+    index: np.ndarray
+
+
+@dataclass
+class Schedule:
+    """The steps that take the initial columns (canonical layout
+    ``(wire 0, …, wire n-1, columns)``) to the final state in the same layout.
+
+    ``prepare``: when the first moment is a set of blocks on runs of
+    neighbouring wires, the state after it is a product of one factor per
+    block (and per run of untouched wires): column k is the Kronecker
+    product of the blocks' columns selected by k's digits. It is built by
+    outer products instead of block products, and ``steps`` start after it.
+    """
+
+    steps: list
+    layouts: list[tuple[int, ...]]  # the axis order after each step
+    sizes: dict[int, int]  # axis id -> size
+    prepare: list[PrepareGroup] = field(default_factory=list)
+
+
+def canonical_layout(num_wires: int) -> tuple[int, ...]:
+    return (*range(num_wires), COLUMNS_AXIS)
+
+
+def make_schedule(plan: Plan, columns: int | list[int]) -> Schedule:
+    """Order the blocks of every moment and insert the reorders they need.
+
+    ``columns``: the column indices (or K, meaning ``0 … K-1``).
+    """
+    columns = list(range(columns)) if isinstance(columns, int) else list(columns)
+    num_wires = len(plan.dims)
+    sizes = {w: d for w, d in enumerate(plan.dims)}
+    sizes[COLUMNS_AXIS] = len(columns)
+    layout = canonical_layout(num_wires)
+    steps: list = []
+    layouts: list[tuple[int, ...]] = []
+    blocks = plan.blocks
+    block_id = {id(block): i for i, block in enumerate(blocks)}
+    moments = plan.moments
+    prepare = _product_state(moments[0], plan.dims, columns, block_id) if moments else []
+    if prepare:
+        moments = moments[1:]
+
+    def reorder(target: tuple[int, ...]) -> None:
+        nonlocal layout
+        if target != layout:
+            steps.append(_reorder_step(layout, target, sizes))
+            layouts.append(target)
+            layout = target
+
+    for moment in moments:
+        perm = moment.permutation
+        if perm is not None:
+            if perm.is_diagonal:
+                steps.append(_signs_step(perm.sign, layout, plan.dims))
+            else:
+                if layout[-1] != COLUMNS_AXIS:
+                    reorder(tuple(a for a in layout if a != COLUMNS_AXIS) + (COLUMNS_AXIS,))
+                steps.append(_gather_step(perm, layout, plan.dims))
+            layouts.append(layout)
+        remaining = list(moment.blocks)
+        while remaining:
+            block, placement = _next_block(remaining, layout)
+            remaining.remove(block)
+            wires = block.wires
+            m = len(wires)
+            if placement == "rotate":
+                start = _find_run(layout, wires)
+                reorder(layout[start:] + layout[:start])
+            elif placement == "move":
+                reorder(wires + tuple(a for a in layout if a not in wires))
+            size = math.prod(plan.dims[w] for w in wires)
+            leading = placement != "trailing"
+            steps.append(ApplyBlock(block_id[id(block)], size, leading))
+            if leading:
+                layout = layout[m:] + layout[:m]
+            layouts.append(layout)
+    reorder(canonical_layout(num_wires))
+    return Schedule(steps, layouts, sizes, prepare)
+
+
+def _product_state(moment: Moment, dims, columns: list[int], block_id) -> list[PrepareGroup]:
+    """The factors of the state after the first moment, or [] if it is not a product."""
+    if moment.permutation is not None or not moment.blocks:
+        return []
+    if not all(_is_ascending(block.wires) for block in moment.blocks):
+        return []
+    digits = np.array(np.unravel_index(columns, dims)).reshape(len(dims), -1)
+    starts = {block.wires[0]: block for block in moment.blocks}
+    groups: list[PrepareGroup] = []
+    wire = 0
+    while wire < len(dims):
+        block = starts.get(wire)
+        wires = block.wires if block is not None else (wire,)
+        index = np.zeros(len(columns), dtype=np.int64)
+        for w in wires:
+            index = index * dims[w] + digits[w]
+        if np.all(index == index[0]):
+            index = index[:1]
+        size = math.prod(dims[w] for w in wires)
+        if block is None and groups and groups[-1].block is None:
+            previous = groups[-1]  # merge runs of untouched wires into one factor
+            merged = previous.index * size + index
+            if np.all(merged == merged[0]):
+                merged = merged[:1]
+            groups[-1] = PrepareGroup(None, previous.size * size, merged)
+        else:
+            groups.append(PrepareGroup(None if block is None else block_id[id(block)], size,
+                                       index))
+        wire += len(wires)
+    return groups
+
+
+def _next_block(remaining: list[Block], layout: tuple[int, ...]) -> tuple[Block, str]:
+    """The cheapest block to apply next, and how: at the front, at the back,
+    after rotating the layout (one copy) or after moving its axes (one copy)."""
+    for block in remaining:
+        if layout[: len(block.wires)] == block.wires:
+            return block, "leading"
+    for block in remaining:
+        if layout[-len(block.wires):] == block.wires:
+            return block, "trailing"
+    runs = [(start, block) for block in remaining
+            if (start := _find_run(layout, block.wires)) is not None]
+    if runs:
+        return min(runs, key=lambda item: item[0])[1], "rotate"
+    return remaining[0], "move"
+
+
+def _find_run(layout: tuple[int, ...], wires: tuple[int, ...]) -> int | None:
+    """Where ``wires`` appear consecutively, in order, in ``layout`` (or None)."""
+    if wires[0] not in layout:
+        return None
+    start = layout.index(wires[0])
+    if layout[start:start + len(wires)] == wires:
+        return start
+    return None
+
+
+def _reorder_step(layout, target, sizes) -> Reorder:
+    # merge axes that are neighbours in both orders into groups
+    groups: list[list[int]] = []
+    for axis in layout:
+        if groups and target.index(axis) == target.index(groups[-1][-1]) + 1:
+            groups[-1].append(axis)
+        else:
+            groups.append([axis])
+    shape = tuple(math.prod(sizes[a] for a in g) for g in groups)
+    order = tuple(sorted(range(len(groups)), key=lambda i: target.index(groups[i][0])))
+    return Reorder(shape, order)
+
+
+def _register_positions(layout: tuple[int, ...], dims: tuple[int, ...]) -> np.ndarray:
+    """``reg[p]``: the canonical register index stored at register position p of ``layout``."""
+    wires = [a for a in layout if a != COLUMNS_AXIS]
+    canonical = np.arange(math.prod(dims)).reshape(dims)
+    return canonical.transpose(wires).reshape(-1)
+
+
+def _signs_step(sign: np.ndarray, layout, dims) -> ApplySigns:
+    reg = _register_positions(layout, dims)
+    split = layout.index(COLUMNS_AXIS)
+    before = math.prod(dims[a] for a in layout[:split])
+    return ApplySigns(sign[reg].reshape(before, 1, -1))
+
+
+def _gather_step(perm: SignedPermutation, layout, dims) -> ApplyGather:
+    reg = _register_positions(layout, dims)
+    position = np.empty_like(reg)
+    position[reg] = np.arange(reg.shape[0])
+    return ApplyGather(position[perm.source[reg]], perm.sign[reg])

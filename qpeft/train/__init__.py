@@ -12,9 +12,11 @@ The modules, in the order data flows through them:
   checkpoints, evaluation, timing and peak memory;
 - :mod:`qpeft.train.metrics`: accuracy, macro-F1, MCC, correlations, BLEU;
 - :mod:`qpeft.train.report`: ``metrics.json``, ``report.md`` and plots;
-- :mod:`qpeft.train.experiment`: one run from data to report, shared by
-- :mod:`qpeft.train.finetune` and :mod:`qpeft.train.compare` (the commands);
-- :mod:`qpeft.train.recipes`: the paper's GLUE, E2E and CIFAR-10 setups.
+- :mod:`qpeft.train.experiment`: one run from data to report, shared by the
+  two commands, :mod:`qpeft.train.finetune` and :mod:`qpeft.train.compare`;
+- :mod:`qpeft.train.recipes`: the paper's GLUE, E2E and CIFAR-10 setups;
+- :mod:`qpeft.train.testing`: a tiny model and synthetic data for trying the
+  harness in seconds.
 
 Importing this package imports neither torch nor transformers.
 """

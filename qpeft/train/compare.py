@@ -40,7 +40,9 @@ def _seeds(text: str) -> tuple[int, ...]:
     try:
         seeds = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, not {text!r}"
+        ) from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"expected distinct seeds, not {text!r}")
     return seeds
@@ -209,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
     from qpeft.errors import ConfigError
     from qpeft.train.experiment import (
         check_same_run,
+        choose_threads,
         load_task,
         prepare_output_dir,
         run_method,
@@ -232,8 +235,9 @@ def run(args: argparse.Namespace) -> int:
     write_json(folder / COMPARE_MARKER, {**marker, "methods": args.methods,
                                          "seeds": list(args.seeds)})
 
-    print(f"comparing {len(specs)} methods over seeds {', '.join(map(str, args.seeds))}: "
-          f"{', '.join(labels)}", file=sys.stderr)
+    threads = choose_threads(args.threads)
+    print(f"comparing {len(specs)} methods over seeds {', '.join(map(str, args.seeds))} on "
+          f"{threads} CPU thread(s): {', '.join(labels)}", file=sys.stderr)
     task = load_task(settings)
     runs: list[dict[str, Any]] = []
     histories: dict[str, list[dict[str, float]]] = {}

@@ -10,8 +10,8 @@ values of these options.
 
 The default budget (``--max-train 2000 --epochs 2 --max-eval 1000``, batch
 32, sequences of at most 64 tokens) finishes a LoRA run of the embedded
-MiniLM on a 2-core CPU in about two and a half minutes, well inside five;
-see docs/finetune.md for the measurements behind it.
+MiniLM on a 2-core CPU within five minutes (266 s measured on a shared
+machine with one thread); see docs/results.md for the measurements.
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def _positive_or_all(text: str) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of rows or 'all', not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a number of rows or 'all', not {text!r}"
+        ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a positive number of rows, not {value}")
     return value
@@ -113,12 +115,57 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help=f"tokens per example (default {DEFAULT_MAX_LENGTH})")
     budget.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    budget.add_argument("--threads", type=_threads, default="auto",
+                        help="CPU threads for torch; 'auto' (default) leaves out the cores that "
+                             "other processes keep busy (1-minute load average)")
     run = parser.add_argument_group("run folder")
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted run in --output-dir from its checkpoint")
     run.add_argument("--overwrite", action="store_true",
                      help="replace the run already in --output-dir")
     run.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _threads(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of threads or 'auto', not {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 thread, not {value}")
+    return value
+
+
+def choose_threads(requested: str | int) -> int:
+    """Set torch's CPU thread count and return it.
+
+    ``auto`` keeps torch's default unless other processes keep cores busy:
+    torch's threads wait for each other at every operation, so on a shared
+    machine fewer threads than cores run faster (on 2 cores at load 4, a
+    MiniLM LoRA step took 6.3 s with 2 threads and 2.0 s with 1). ``auto``
+    uses the cores left free by the 1-minute load average, at least one.
+    Results can differ in the last bits between thread counts.
+    """
+    import os
+
+    import torch
+
+    if requested == "auto":
+        default = torch.get_num_threads()
+        try:
+            cores = len(os.sched_getaffinity(0))
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return default
+        threads = max(1, min(default, round(cores - busy)))
+    else:
+        threads = int(requested)
+    torch.set_num_threads(threads)
+    return threads
 
 
 def settings_from_args(args: argparse.Namespace) -> TaskSettings:
@@ -212,12 +259,13 @@ def prepare_output_dir(folder: Path, *, resume: bool, overwrite: bool,
 
 
 def check_same_run(folder: Path, expected: Mapping[str, Any], marker: str = RUN_MARKER) -> None:
-    """Refuse to resume ``folder`` when its marker's settings differ from ``expected``."""
+    """Refuse to resume ``folder`` when its marker differs from ``expected``
+    (keys absent from ``expected`` are not compared)."""
     from qpeft.train.report import read_json
 
     saved = read_json(folder / marker)
     differences = [
-        key for key in sorted(set(saved) | set(expected))
+        key for key in sorted(expected)
         if key != "settings" and saved.get(key) != expected.get(key)
     ]
     saved_settings = saved.get("settings", {})
@@ -253,7 +301,8 @@ def environment(device: Any) -> dict[str, Any]:
         "platform": platform.platform(),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(device) if getattr(device, "type", "") == "cuda" else None,
+        "gpu": (torch.cuda.get_device_name(device)
+                if getattr(device, "type", "") == "cuda" else None),
     }
 
 

@@ -1,6 +1,6 @@
 """Fine-tune a classifier with Quantum-PEFT (or a baseline method) and write a report.
 
-Example (about two and a half minutes on a 2-core CPU, offline)::
+Example (under five minutes on a 2-core CPU, offline)::
 
     qpeft finetune --method lora --rank 4 --output-dir runs/lora-r4
 
@@ -67,6 +67,7 @@ def method_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run ``qpeft finetune``; returns the exit code."""
     from qpeft.train.experiment import (
+        choose_threads,
         finished_run,
         load_task,
         prepare_output_dir,
@@ -86,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
             print_summary(finished.metrics, folder)
             return 0
 
+    threads = choose_threads(args.threads)
     print(f"fine-tuning {spec.label}: model {settings.model}, data {settings.dataset}, "
-          f"report in {folder}", file=sys.stderr)
+          f"{threads} CPU thread(s), report in {folder}", file=sys.stderr)
     task = load_task(settings)
     try:
         outcome = run_method(task, spec, args.seed, folder, resume=args.resume,

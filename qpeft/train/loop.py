@@ -7,7 +7,8 @@ a generator seeded with ``(seed, e)``, so it does not depend on what ran
 before; dropout draws from torch's global generator, whose state is saved in
 every checkpoint as it was at the start of the next step. A run interrupted
 and resumed with :func:`train` (``resume=True``) therefore ends with exactly
-the weights of an uninterrupted run on the same machine.
+the weights of an uninterrupted run on the same machine with the same number
+of torch threads (sums may round differently with another count).
 
 A dataset for :func:`train` and :func:`evaluate` is any object with
 ``__len__`` and ``batch(indices) -> dict`` of tensors that the model accepts
@@ -127,7 +128,9 @@ def resolve_device(name: str | None) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        raise ConfigError(
+            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps was asked for but MPS is not available; use --device cpu")
     return device
@@ -454,8 +457,8 @@ def train(
                     loss = compute_loss(outputs, batch) if compute_loss else outputs.loss
                     if not math.isfinite(float(loss.detach())):
                         raise ConfigError(
-                            f"the loss became {float(loss)} at step {step + 1}; lower the "
-                            "learning rate (--lr) or check the data"
+                            f"the loss became {float(loss.detach())} at step {step + 1}; lower "
+                            "the learning rate (--lr) or check the data"
                         )
                     # weight by size so that the step's gradient is the mean over its examples
                     share = len(micro) / len(indices)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,12 +37,12 @@ METHODS = ("qpeft", "lora", "oft", "boft", "head", "full")
 #: Learning rate of each method when ``--lr`` is not given. Chosen on the
 #: default budget of ``qpeft finetune`` (see docs/finetune.md).
 DEFAULT_LEARNING_RATES = {
-    "head": 5e-3,
+    "head": 2e-2,
     "full": 1e-4,
     "lora": 2e-3,
     "oft": 2e-3,
     "boft": 2e-3,
-    "qpeft": 5e-3,
+    "qpeft": 1e-1,
 }
 
 #: Default ``rank`` of LoRA and Quantum-PEFT, ``layers`` of Quantum-PEFT,
@@ -50,19 +51,27 @@ DEFAULT_RANK = 4
 DEFAULT_LAYERS = 1
 DEFAULT_OFT_BLOCK_SIZE = 32
 DEFAULT_BOFT_BLOCK_SIZE = 4
-DEFAULT_BOFT_BUTTERFLY_FACTOR = 2
+#: peft runs BOFT with butterfly factor 1 unless its CUDA extension builds.
+DEFAULT_BOFT_BUTTERFLY_FACTOR = 1
 
-#: Attention projections per transformers ``model_type``: the default targets.
+_BERT_ATTENTION = ("query", "key", "value", "attention.output.dense")
+_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+#: Attention projections per transformers ``model_type``: the default
+#: targets. transformers has renamed modules between versions (ViT's
+#: ``query`` became ``q_proj`` in 5.x), so the names of the installed version
+#: are checked: the first spelling that matches a module of the model wins,
+#: then ``q_proj, k_proj, v_proj, o_proj``.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
-    "bert": ("query", "key", "value", "attention.output.dense"),
-    "roberta": ("query", "key", "value", "attention.output.dense"),
-    "xlm-roberta": ("query", "key", "value", "attention.output.dense"),
+    "bert": _BERT_ATTENTION,
+    "roberta": _BERT_ATTENTION,
+    "xlm-roberta": _BERT_ATTENTION,
     "deberta-v2": ("query_proj", "key_proj", "value_proj", "attention.output.dense"),
     "deberta": ("in_proj", "attention.output.dense"),
-    "vit": ("query", "key", "value", "attention.output.dense"),
+    "vit": _BERT_ATTENTION,
     "gpt2": ("c_attn", "attn.c_proj"),
-    "llama": ("q_proj", "k_proj", "v_proj", "o_proj"),
-    "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
+    "llama": _PROJECTIONS,
+    "mistral": _PROJECTIONS,
 }
 
 #: Newly initialised modules that every method trains, per ``model_type``
@@ -207,15 +216,25 @@ def model_type(model: Any) -> str:
     return getattr(config, "model_type", "") or ""
 
 
+def pick_targets(model: Any, *candidates: Sequence[str]) -> tuple[str, ...] | None:
+    """The first of ``candidates`` that names at least one module of ``model``."""
+    for candidate in candidates:
+        if matching_modules(model, candidate):
+            return tuple(candidate)
+    return None
+
+
 def default_targets(model: Any) -> tuple[str, ...]:
     """Attention projections of ``model`` (see :data:`DEFAULT_TARGETS`)."""
     kind = model_type(model)
-    if kind not in DEFAULT_TARGETS:
+    found = pick_targets(model, *([DEFAULT_TARGETS[kind]] if kind in DEFAULT_TARGETS else []),
+                         _PROJECTIONS)
+    if found is None:
         raise ConfigError(
             f"no default target modules for model type {kind!r}; name them with --targets "
             f"(for example: {', '.join(_linear_names(model)[:6])})"
         )
-    return DEFAULT_TARGETS[kind]
+    return found
 
 
 def head_modules(model: Any) -> tuple[str, ...]:
@@ -356,7 +375,9 @@ class PreparedModel:
         return sum(path.stat().st_size for path in target.rglob("*") if path.is_file())
 
 
-def prepare_model(model: Any, spec: MethodSpec, targets: Sequence[str] | None = None) -> PreparedModel:
+def prepare_model(
+    model: Any, spec: MethodSpec, targets: Sequence[str] | None = None
+) -> PreparedModel:
     """Wrap or freeze ``model`` for ``spec``; the head is always trainable.
 
     ``targets`` (module-name suffixes) default to :func:`default_targets`.
@@ -378,11 +399,50 @@ def prepare_model(model: Any, spec: MethodSpec, targets: Sequence[str] | None = 
             "pass suffixes of such names to --targets"
         )
     spec = replace(spec, targets=chosen)
+    if spec.name in {"oft", "boft"}:
+        _check_block_size(model, matched, spec)
     if spec.name == "qpeft":
         wrapped = _wrap_qpeft(model, spec, heads)
     else:
         wrapped = _wrap_peft(model, spec, heads)
     return PreparedModel(wrapped, spec, heads, chosen)
+
+
+def _check_block_size(model: Any, matched: Sequence[str], spec: MethodSpec) -> None:
+    """peft would silently change a block size that does not divide a layer's
+    width; refuse instead, so that the reported setting is the one trained."""
+    modules = dict(model.named_modules())
+    widths = set()
+    for name in matched:
+        module = modules[name]
+        width = getattr(module, "in_features", None)
+        if width is None and getattr(module, "weight", None) is not None:
+            width = module.weight.shape[0]  # transformers' Conv1D stores (in, out)
+        if width is not None:
+            widths.add(int(width))
+    widths = sorted(widths)
+    bad = [width for width in widths if width % (spec.block_size or 1)]
+    if bad:
+        raise ConfigError(
+            f"{spec.name} block size {spec.block_size} does not divide the layer width "
+            f"{bad[0]}; choose a block size that divides {', '.join(map(str, widths))}"
+        )
+
+
+def _check_butterfly(wrapped: Any, spec: MethodSpec) -> None:
+    if spec.name != "boft" or (spec.butterfly_factor or 1) == 1:
+        return
+    from peft.tuners.boft.layer import get_fbd_cuda
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(CUDA extension|butterfly_factor).*")
+        available = get_fbd_cuda()
+    if not available:
+        raise ConfigError(
+            f"peft trains BOFT with butterfly factor {spec.butterfly_factor} only with its CUDA "
+            "extension, which could not be built here (peft falls back to factor 1); use "
+            "boft:factor=1, or a CUDA machine with ninja"
+        )
 
 
 def _wrap_peft(model: Any, spec: MethodSpec, heads: tuple[str, ...]) -> Any:
@@ -408,12 +468,19 @@ def _wrap_peft(model: Any, spec: MethodSpec, heads: tuple[str, ...]) -> Any:
             fan_in_fan_out=fan_in_fan_out,
         )
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # peft 0.21 calls a transformers method deprecated in 5.x; nothing for users to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*",
+                                    category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*(CUDA extension|butterfly_factor).*")
+            wrapped = get_peft_model(model, config)
     except ValueError as error:
         raise ConfigError(
-            f"peft cannot build {spec.label} on this model ({error}); for OFT and BOFT the "
-            "layer widths must be divisible by the block size: choose another block size"
+            f"peft cannot build {spec.label} on this model ({error}); check the method's "
+            "settings against the layer widths"
         ) from None
+    _check_butterfly(wrapped, spec)
+    return wrapped
 
 
 def _wrap_qpeft(model: Any, spec: MethodSpec, heads: tuple[str, ...]) -> Any:

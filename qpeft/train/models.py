@@ -92,15 +92,20 @@ def resolve_model(spec: str | None) -> ModelSource:
 
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' loading report (the new classifier head is expected)."""
+    """Silence transformers' loading report and progress bar (the new
+    classifier head is expected)."""
     from transformers.utils import logging
 
     level = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
     logging.set_verbosity_error()
+    logging.disable_progress_bar()
     try:
         yield
     finally:
         logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def _load(loader: Any, source: ModelSource, **kwargs: Any) -> Any:

@@ -26,12 +26,12 @@ block ``k`` starts at ``k·N − k(k+1)/2``.
   one tree level act on disjoint row pairs and run as one vectorised update.
 
 No map ever builds an ``N×N`` matrix: every forward pass costs ``O(N·K²)``
-(Givens: ``O(N·K)`` work in ``O(K·log N)`` sequential steps). The ``N×N``
-constructions are kept in :func:`dense_reference` for tests.
+work (Taylor: per series term; Givens: in ``O(K·log N)`` sequential steps).
+The ``N×N`` constructions are kept in :func:`dense_reference` for tests.
 
 Example:
     >>> import torch
-    >>> from qpeft.compile.mappings import mapping
+    >>> from qpeft.compiler.mappings import mapping
     >>> frame = mapping("cayley", dimension=8, columns=2, dtype=torch.float64)
     >>> frame.num_parameters
     13
@@ -116,9 +116,9 @@ def _column_offsets(dimension: int, columns: int) -> np.ndarray:
 def _lower_trapezoid_index(dimension: int, columns: int) -> torch.Tensor:
     """Flat gather index that places the parameters below the diagonal of an N×K matrix.
 
-    Position ``(i, k)`` with ``i > k`` reads parameter ``offset_k + i − k − 1``;
-    all other positions read index ``-1`` of a zero-padded copy (a zero). The
-    index is shifted by one to address ``[0, values...]``.
+    The index addresses ``[0, values…]`` (the values behind one zero): position
+    ``(i, k)`` with ``i > k`` reads value ``offset_k + i − k − 1`` and every
+    other position reads the zero.
     """
     rows = np.arange(dimension)[:, None]
     cols = np.arange(columns)[None, :]
@@ -146,7 +146,7 @@ class StiefelMapping(torch.nn.Module):
 
     Example:
         >>> import torch
-        >>> from qpeft.compile.mappings import GivensMapping
+        >>> from qpeft.compiler.mappings import GivensMapping
         >>> frame = GivensMapping(dimension=6, columns=2)
         >>> frame(torch.zeros(frame.num_parameters))
         tensor([[1., 0.],
@@ -291,7 +291,7 @@ def _gather_lower(
 ) -> torch.Tensor:
     """Place values below the diagonal of a ``(..., N, K)`` matrix of zeros."""
     padded = torch.cat([values.new_zeros(*values.shape[:-1], 1), values], dim=-1)
-    return padded[..., index].reshape(*values.shape[:-1], dimension, columns)
+    return padded.index_select(-1, index).reshape(*values.shape[:-1], dimension, columns)
 
 
 def _gram(thin: torch.Tensor) -> torch.Tensor:
@@ -561,22 +561,24 @@ class GivensMapping(StiefelMapping):
         self._plan: list[tuple[int, list[int], list[bool]]] = []
         angle_order, pending_rows, natural_order, low_positions = [], [], [], []
         for column, levels in _givens_trees(dimension, columns):
-            order = [column]
-            position = {column: 0}
+            position = np.full(dimension, -1, dtype=np.int64)  # activation order
+            position[column] = 0
+            reached = 1
             whole_prefix: list[bool] = []
             for low, middle, first in levels:
-                reach = np.argsort([position[row] for row in low.tolist()], kind="stable")
-                lows = np.array([position[row] for row in low[reach].tolist()], dtype=np.int64)
-                whole = lows.size == len(order)  # lows are sorted and distinct
+                reach = np.argsort(position[low], kind="stable")
+                lows = position[low[reach]]
+                whole = lows.size == reached  # lows are distinct reached positions
                 whole_prefix.append(whole)
                 if not whole:
                     low_positions.append(lows)
                 angle_order.append(first + reach)
-                for row in middle[reach].tolist():
-                    position[row] = len(order)
-                    order.append(row)
-            pending_rows.append(np.array(order[1:], dtype=np.int64))
-            natural_order.append(np.array([position[row] for row in range(column, dimension)]))
+                position[middle[reach]] = np.arange(reached, reached + low.size)
+                reached += low.size
+            order = np.empty(dimension - column, dtype=np.int64)
+            order[position[column:]] = np.arange(column, dimension)
+            pending_rows.append(order[1:])
+            natural_order.append(position[column:])
             sizes = [low.size for low, _, _ in levels]
             self._level_sizes += sizes
             self._plan.append((column, sizes, whole_prefix))
@@ -595,13 +597,11 @@ class GivensMapping(StiefelMapping):
 
     def _frame(self, values: torch.Tensor) -> torch.Tensor:
         frame = self._identity_columns(values)
-        angles = values.index_select(-1, self._angle_order)
-        cos, sin = angles.cos(), angles.sin()
-        # rotations[..., i, :, :] = [[cos θ_i, −sin θ_i], [sin θ_i, cos θ_i]]
-        rotations = torch.stack([cos, -sin, sin, cos], dim=-1).unflatten(-1, (2, 2))
+        angles = values.index_select(-1, self._angle_order).unsqueeze(-1)
         # One split per tensor instead of a slice per level: autograd would
         # allocate a full-size gradient for every slice.
-        per_level = iter(rotations.split(self._level_sizes, dim=-3))
+        cosines = iter(angles.cos().split(self._level_sizes, dim=-2))
+        sines = iter(angles.sin().split(self._level_sizes, dim=-2))
         low_positions = iter(self._low_positions.split(self._low_sizes))
         pending_rows = self._pending_rows.split(self._pending_sizes)
         natural_order = self._natural_order.split(self._natural_sizes)
@@ -609,17 +609,14 @@ class GivensMapping(StiefelMapping):
             pending = frame.index_select(-2, pending_rows[tree]).split(sizes, dim=-2)
             reached = frame[..., column : column + 1, :]
             for whole, new_rows in zip(whole_prefix, pending, strict=True):
-                rotation = next(per_level)
-                if whole:
-                    rotated = rotation @ torch.stack([reached, new_rows], dim=-2)
-                    reached = rotated.transpose(-3, -2).flatten(-3, -2)
-                else:
-                    lows = next(low_positions)
-                    pairs = torch.stack([reached.index_select(-2, lows), new_rows], dim=-2)
-                    rotated = rotation @ pairs
-                    reached = torch.cat(
-                        [reached.index_copy(-2, lows, rotated[..., 0, :]), rotated[..., 1, :]], -2
-                    )
+                cos, sin = next(cosines), next(sines)
+                lows = None if whole else next(low_positions)
+                old_rows = reached if lows is None else reached.index_select(-2, lows)
+                rotated_old = cos * old_rows - sin * new_rows
+                rotated_new = sin * old_rows + cos * new_rows
+                if lows is not None:
+                    rotated_old = reached.index_copy(-2, lows, rotated_old)
+                reached = torch.cat([rotated_old, rotated_new], dim=-2)
             reached = reached.index_select(-2, natural_order[tree])
             frame = torch.cat([frame[..., :column, :], reached], dim=-2)
         return frame
@@ -644,9 +641,7 @@ def mapping(name: str, dimension: int, columns: int, **options: object) -> Stief
         >>> frame(torch.zeros(2, 3, frame.num_parameters, dtype=torch.float64)).shape
         torch.Size([2, 3, 16, 4])
     """
-    if name not in MAPPINGS:
-        raise CompileError(f"unknown mapping {name!r}; choose one of {', '.join(sorted(MAPPINGS))}")
-    cls = MAPPINGS[name]
+    cls = _mapping_class(name)
     accepted = _accepted_options(cls)
     unknown = sorted(set(options) - accepted)
     if unknown:
@@ -657,6 +652,12 @@ def mapping(name: str, dimension: int, columns: int, **options: object) -> Stief
     return cls(dimension, columns, **options)
 
 
+def _mapping_class(name: str) -> type[StiefelMapping]:
+    if name not in MAPPINGS:
+        raise CompileError(f"unknown mapping {name!r}; choose one of {', '.join(sorted(MAPPINGS))}")
+    return MAPPINGS[name]
+
+
 def _accepted_options(cls: type[StiefelMapping]) -> set[str]:
     accepted: set[str] = set()
     for klass in cls.__mro__:
@@ -665,6 +666,15 @@ def _accepted_options(cls: type[StiefelMapping]) -> set[str]:
         parameters = inspect.signature(klass.__init__).parameters.values()
         accepted |= {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
     return accepted
+
+
+def _check_count(values: torch.Tensor, dimension: int, columns: int) -> None:
+    count = parameter_count(dimension, columns)
+    if values.shape[-1:] != (count,):
+        raise ParameterError(
+            f"expected values of shape (..., {count}) for N={dimension}, K={columns}, "
+            f"got {tuple(values.shape)}"
+        )
 
 
 def generator_matrix(values: torch.Tensor, dimension: int, columns: int) -> torch.Tensor:
@@ -679,12 +689,7 @@ def generator_matrix(values: torch.Tensor, dimension: int, columns: int) -> torc
                 [ 1.,  0., -3.],
                 [ 2.,  3.,  0.]])
     """
-    count = parameter_count(dimension, columns)
-    if values.shape[-1] != count:
-        raise ParameterError(
-            f"expected values of shape (..., {count}) for N={dimension}, K={columns}, "
-            f"got {tuple(values.shape)}"
-        )
+    _check_count(values, dimension, columns)
     index = _lower_trapezoid_index(dimension, columns).to(values.device)
     lower = _gather_lower(values, index, dimension, columns)
     first = torch.cat(
@@ -718,8 +723,8 @@ def dense_reference(
         >>> bool(torch.allclose(fast, dense_reference("exponential", values, 3, 2)))
         True
     """
-    if name not in MAPPINGS:
-        raise CompileError(f"unknown mapping {name!r}; choose one of {', '.join(sorted(MAPPINGS))}")
+    _mapping_class(name)
+    _check_count(values, dimension, columns)
     eye = torch.eye(dimension, dtype=values.dtype, device=values.device)
     if name in ("exponential", "cayley", "taylor"):
         generator = generator_matrix(values, dimension, columns)

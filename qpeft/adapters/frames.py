@@ -1,0 +1,437 @@
+"""The orthonormal frames U and V of the adapters, computed in batches.
+
+A *frame* is the ``N × K`` matrix of the first K columns of an orthogonal
+``Q(θ)``. :class:`FrameSpec` says how one side of one adapter gets its frame:
+a compiled circuit (the paper's method) or one of the comparison mappings
+(Cayley, exponential, Householder, Givens, Taylor).
+
+Every adapted layer has two sides, and most sides of a transformer share a
+width and therefore a circuit: BERT's query/key/value/output projections all
+have ``N_in = N_out = hidden``. :func:`compute_frames` stacks the angle
+vectors of all sides with the same circuit (same fingerprint, same K, same
+quantization) into one ``(G, P)`` tensor and calls the compiled circuit once
+per group. :class:`FrameBank` does that for a whole model at the start of
+every forward pass and hands each layer its slices; in inference (no
+gradient needed) it keeps the frames until a parameter changes.
+
+>>> import torch
+>>> spec = resolve_frame_spec("qudit", width=24, columns=4, layers=2)
+>>> spec.dimension, spec.columns, spec.num_parameters, spec.periodic
+(24, 4, 19, True)
+>>> U = compiled_frame(spec, torch.device("cpu"), torch.float64)(torch.randn(3, 19).double())
+>>> U.shape, bool(torch.allclose(U[1].T @ U[1], torch.eye(4, dtype=torch.float64)))
+(torch.Size([3, 24, 4]), True)
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from qpeft.adapters.quantize import fake_quantize
+from qpeft.circuit import Circuit
+from qpeft.errors import ConfigError, QpeftError
+
+if TYPE_CHECKING:
+    from qpeft.adapters.layer import QPeftLinear
+
+SIDES = ("out", "in")
+"""``out``: U (N_out rows); ``in``: V (N_in rows)."""
+
+
+def mapping_names() -> tuple[str, ...]:
+    """Names of the comparison mappings (``qpeft.compiler.mappings``)."""
+    from qpeft.compiler.mappings import MAPPINGS
+
+    return tuple(sorted(MAPPINGS))
+
+
+@dataclass(frozen=True, eq=False)
+class FrameSpec:
+    """How one side's ``N × K`` frame is generated: a circuit or a named mapping.
+
+    Plain data: it is saved in ``adapter_config.json`` (:meth:`describe`) and
+    two specs with equal :attr:`group_key` evaluate in one batched call.
+
+    >>> import qpeft
+    >>> spec = FrameSpec.for_circuit(qpeft.ansatz.pauli(qubits=4, layers=1), columns=2)
+    >>> spec.dimension, spec.num_parameters
+    (16, 10)
+    """
+
+    dimension: int
+    columns: int
+    circuit: Circuit | None = None
+    mapping: str | None = None
+    mapping_options: tuple[tuple[str, Any], ...] = ()
+    fingerprint: str = field(default="", compare=False)
+    method: str = field(default="auto", compare=False)
+    periodic: bool = field(default=False, compare=False)
+    """True when every parameter is an angle of period 4π (see quantize.py): a
+    circuit whose gates use its parameters with integer coefficients."""
+
+    @classmethod
+    def for_circuit(cls, circuit: Circuit, columns: int) -> FrameSpec:
+        if not circuit.is_real:
+            raise ConfigError(
+                f"the circuit {circuit.name or circuit!r} is not real; adapter frames must be "
+                "real orthogonal (use RY, Givens, CZ and Pauli rotations with an odd number of Y)"
+            )
+        _check_columns(columns, circuit.dimension)
+        periodic = all(
+            coefficient == round(coefficient)
+            for gate in circuit.gates
+            for expression in getattr(gate, "params", ())
+            for _, coefficient in expression.terms
+        )
+        return cls(circuit.dimension, columns, circuit=circuit,
+                   fingerprint=circuit.fingerprint(), periodic=periodic)
+
+    @classmethod
+    def for_mapping(cls, name: str, dimension: int, columns: int,
+                    options: Mapping[str, Any] | None = None) -> FrameSpec:
+        if name not in mapping_names():
+            raise ConfigError(f"unknown mapping {name!r}; use one of {', '.join(mapping_names())}")
+        _check_columns(columns, dimension)
+        items = tuple(sorted((options or {}).items()))
+        return cls(dimension, columns, mapping=name, mapping_options=items)
+
+    @property
+    def num_parameters(self) -> int:
+        """P, the length of this side's parameter vector."""
+        if self.circuit is not None:
+            return self.circuit.num_parameters
+        from qpeft.compiler.mappings import parameter_count
+
+        return parameter_count(self.dimension, self.columns)
+
+    @property
+    def group_key(self) -> tuple:
+        """Specs with equal keys are evaluated together."""
+        if self.circuit is not None:
+            return ("circuit", self.fingerprint, self.columns)
+        return ("mapping", self.mapping, self.dimension, self.columns, self.mapping_options)
+
+    @property
+    def label(self) -> str:
+        """A short human-readable name."""
+        if self.circuit is not None:
+            return self.circuit.name or f"circuit {self.fingerprint[:12]}"
+        return f"{self.mapping}({self.dimension})"
+
+    def describe(self) -> dict[str, Any]:
+        """JSON description of a mapping spec (circuits are stored by fingerprint)."""
+        if self.circuit is not None:
+            return {"circuit": self.fingerprint}
+        return {"mapping": self.mapping, "dimension": self.dimension,
+                "options": dict(self.mapping_options)}
+
+    def build(self, dtype: torch.dtype, device: torch.device | str | None) -> nn.Module:
+        """A fresh torch module ``(..., P) -> (..., N, K)``."""
+        if self.circuit is not None:
+            return _compile_circuit(self.circuit, self.columns, dtype, device, self.method)
+        from qpeft.compiler.mappings import mapping
+
+        options = dict(self.mapping_options)
+        return mapping(self.mapping, self.dimension, self.columns, dtype=dtype, device=device,
+                       **options)
+
+
+def _check_columns(columns: int, dimension: int) -> None:
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ConfigError(f"rank must be a positive integer, got {columns!r}")
+    if columns > dimension:
+        raise ConfigError(
+            f"rank K={columns} is larger than a side of width {dimension} allows: a "
+            f"{dimension}-row frame has at most {dimension} orthonormal columns; "
+            f"use K <= {dimension}"
+        )
+
+
+def _compile_circuit(circuit: Circuit, columns: int, dtype: torch.dtype,
+                     device: torch.device | str | None, method: str) -> nn.Module:
+    from qpeft.compiler import compile_circuit  # the function behind qpeft.compile
+
+    return compile_circuit(circuit, columns, dtype=dtype, device=device, method=method)
+
+
+def resolve_frame_spec(
+    ansatz: str | Circuit,
+    width: int,
+    columns: int,
+    layers: int,
+    options: Mapping[str, Any] | None = None,
+    method: str = "auto",
+) -> FrameSpec:
+    """The frame of a side of ``width`` rows for an ansatz choice.
+
+    ``ansatz``: a :class:`Circuit` (its dimension must equal ``width``), a
+    mapping name, or a catalog name; a catalog builder that takes
+    ``dimension`` gets ``width``, one that takes ``qubits`` gets ``log2(width)``
+    (power-of-two widths only), one that takes ``layers`` gets ``layers``;
+    ``options`` are passed on.
+
+    >>> resolve_frame_spec("cayley", width=8, columns=2, layers=1).num_parameters
+    13
+    >>> resolve_frame_spec("pauli", width=24, columns=2, layers=1)
+    Traceback (most recent call last):
+    ...
+    qpeft.errors.ConfigError: ansatz 'pauli' needs a power-of-two width ...
+    """
+    options = dict(options or {})
+    if isinstance(ansatz, Circuit):
+        if ansatz.dimension != width:
+            raise ConfigError(
+                f"the circuit given as ansatz has dimension {ansatz.dimension} but the side it "
+                f"was given for has width {width}; give a circuit of dimension {width} (e.g. "
+                f"qpeft.ansatz.for_dimension({width}, layers={layers})) or a dict by width"
+            )
+        spec = FrameSpec.for_circuit(ansatz, columns)
+    elif not isinstance(ansatz, str):
+        raise ConfigError(f"ansatz must be a name or a Circuit, got {type(ansatz).__name__}")
+    elif ansatz in mapping_names():
+        spec = FrameSpec.for_mapping(ansatz, width, columns, options)
+    else:
+        spec = FrameSpec.for_circuit(_catalog_circuit(ansatz, width, layers, options), columns)
+    if spec.circuit is not None and method != "auto":
+        object.__setattr__(spec, "method", method)
+    return spec
+
+
+def _catalog_circuit(name: str, width: int, layers: int, options: dict[str, Any]) -> Circuit:
+    from qpeft.ansatz import ansatz_options, load_ansatz
+
+    try:
+        accepted = ansatz_options(name)
+    except QpeftError as error:
+        raise ConfigError(
+            f"{error}; or one of the mappings {', '.join(mapping_names())}"
+        ) from None
+    if "dimension" in accepted:
+        options.setdefault("dimension", width)
+    elif "qubits" in accepted:
+        qubits = int(round(math.log2(width)))
+        if 2**qubits != width:
+            raise ConfigError(
+                f"ansatz {name!r} needs a power-of-two width (it takes a qubit count), but a "
+                f"targeted side has width {width}; use ansatz='qudit' or 'shannon' for any width"
+            )
+        options.setdefault("qubits", qubits)
+    if "layers" in accepted:
+        options.setdefault("layers", layers)
+    circuit = load_ansatz(name, **options)
+    if circuit.dimension != width:
+        raise ConfigError(
+            f"ansatz {name!r} with options {options} built a circuit of dimension "
+            f"{circuit.dimension}, but the side has width {width}"
+        )
+    return circuit
+
+
+# -- compiled modules, built once per (group, device, dtype) ---------------------------------
+_COMPILED: dict[tuple, nn.Module] = {}
+
+
+def compiled_frame(spec: FrameSpec, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """The compiled module of ``spec`` on ``device`` in ``dtype``, built on first use."""
+    key = (spec.group_key, spec.method, str(device), dtype)
+    module = _COMPILED.get(key)
+    if module is None:
+        module = spec.build(dtype, device)
+        module.requires_grad_(False)
+        _COMPILED[key] = module
+    return module
+
+
+def clear_compiled_cache() -> None:
+    """Forget every compiled frame module (they are rebuilt on demand)."""
+    _COMPILED.clear()
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Frames are computed in float32, or float64 when the parameters are float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# -- batched evaluation ------------------------------------------------------------------------
+Slot = tuple["QPeftLinear", str, str]
+"""(layer, adapter name, side)."""
+
+
+def compute_frames(
+    slots: Iterable[Slot], values_of: Callable[[Slot], torch.Tensor]
+) -> dict[tuple[int, str, str], torch.Tensor]:
+    """Frames of many sides, one compiled call per group.
+
+    ``values_of(slot)`` gives the raw parameter vector of a side; slots whose
+    specs share a group key, quantization and device are stacked into one
+    ``(G, P)`` tensor, quantized together and evaluated in one call. Returns
+    ``{(id(layer), adapter, side): (N, K) frame}``.
+    """
+    groups: dict[tuple, list[tuple[Slot, torch.Tensor]]] = defaultdict(list)
+    for slot in slots:
+        layer, adapter, side = slot
+        spec = layer.frame_specs[adapter][side]
+        values = values_of(slot)
+        key = (spec.group_key, spec.method, layer.quantize_bits[adapter], values.device,
+               work_dtype(values.dtype))
+        groups[key].append((slot, values))
+    frames: dict[tuple[int, str, str], torch.Tensor] = {}
+    for (_, _, bits, device, dtype), members in groups.items():
+        first_layer, first_adapter, first_side = members[0][0]
+        spec = first_layer.frame_specs[first_adapter][first_side]
+        stacked = torch.stack([values.to(dtype) for _, values in members])
+        stacked = fake_quantize(stacked, bits, spec.periodic)
+        module = compiled_frame(spec, device, dtype)
+        with _no_autocast(device):
+            batch = module(stacked)
+        for index, ((layer, adapter, side), _) in enumerate(members):
+            frames[(id(layer), adapter, side)] = batch[index]
+    return frames
+
+
+class _no_autocast:
+    """Frames are computed in full precision even inside ``torch.autocast``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device_type = device.type
+        self.context = None
+
+    def __enter__(self) -> None:
+        if torch.amp.is_autocast_available(self.device_type):
+            self.context = torch.autocast(device_type=self.device_type, enabled=False)
+            self.context.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.context is not None:
+            self.context.__exit__(*exc)
+
+
+class FrameBank:
+    """Computes the frames of every adapted layer of a model once per forward pass.
+
+    :meth:`attach` installs a forward pre-hook on the model: before each
+    forward pass the bank evaluates the trainable frames of all active
+    adapters with :func:`compute_frames` (one call per circuit group) and
+    the layers read their slices with :meth:`lookup`. The frozen initial
+    frames of the ``offset`` init are cached on each layer and recomputed in
+    one batch when their values change. When no gradient is needed (inference
+    or ``torch.no_grad``) the trainable frames are reused too, as long as no
+    parameter changed (checked by tensor identity and version counter).
+    A layer called outside the model's forward computes its own frames.
+
+    >>> bank = FrameBank()
+    >>> bank.layers()
+    []
+    """
+
+    def __init__(self) -> None:
+        self._layers: list[weakref.ref] = []
+        self._frames: dict[tuple[int, str, str], torch.Tensor] = {}
+        self._signature: tuple | None = None
+        self._depth = 0
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # weak references and hook handles do not pickle; an unpickled bank
+        # serves no layers until set_layers() (the layers compute their own frames)
+        return {"_layers": [], "_frames": {}, "_signature": None, "_depth": 0, "_handles": []}
+
+    # -- membership --------------------------------------------------------------
+    def set_layers(self, layers: Iterable[QPeftLinear]) -> None:
+        """Serve these layers (replaces the previous set)."""
+        self._layers = [weakref.ref(layer) for layer in layers]
+        for layer in self.layers():
+            layer.frame_bank = self
+        self.invalidate()
+
+    def layers(self) -> list[QPeftLinear]:
+        return [layer for ref in self._layers if (layer := ref()) is not None]
+
+    def invalidate(self) -> None:
+        """Drop cached frames (after a change the version counters cannot see)."""
+        self._frames = {}
+        self._signature = None
+
+    # -- hooks ---------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Compute frames before every forward pass of ``model``."""
+        self.detach()
+        self._handles = [
+            model.register_forward_pre_hook(self._before_forward),
+            model.register_forward_hook(self._after_forward, always_call=True),
+        ]
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._depth = 0
+
+    def _before_forward(self, module: nn.Module, args: tuple) -> None:
+        self._depth += 1
+        if self._depth == 1:
+            self.refresh()
+
+    def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._depth = max(self._depth - 1, 0)
+        if self._depth == 0 and self._signature is None:
+            self._frames = {}  # frames with a graph are not kept past the pass
+
+    # -- evaluation ------------------------------------------------------------------
+    def slots(self) -> list[Slot]:
+        """(layer, adapter, side) of every side that contributes now."""
+        return [
+            (layer, adapter, side)
+            for layer in self.layers()
+            for adapter in layer.contributing_adapters()
+            for side in SIDES
+        ]
+
+    def refresh(self) -> None:
+        """Compute (or reuse) the frames of every contributing side."""
+        slots = self.slots()
+        layers = {id(layer): layer for layer, _, _ in slots}
+        initial = [slot for slot in slots if slot[0].initial_frames_stale(slot[1])]
+        if initial:
+            computed = compute_frames(initial, lambda s: s[0].initial_values(s[1], s[2]))
+            for layer, adapter, _ in initial:
+                layers[id(layer)].store_initial_frames(adapter, computed)
+        parameters = [layer.side_parameter(adapter, side) for layer, adapter, side in slots]
+        needs_graph = torch.is_grad_enabled() and any(p.requires_grad for p in parameters)
+        if needs_graph:
+            self._signature = None
+        else:
+            signature = tuple(
+                (id(layer), adapter, side, id(p), p._version, p.data_ptr(), p.dtype,
+                 p.device, layer.quantize_bits[adapter])
+                for (layer, adapter, side), p in zip(slots, parameters)
+            )
+            if signature == self._signature:
+                return
+            self._signature = signature
+        self._frames = compute_frames(slots, lambda s: s[0].side_parameter(s[1], s[2]))
+
+    def lookup(self, layer: QPeftLinear, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(U, V) of ``layer``'s adapter during a model forward pass, else None."""
+        if self._depth == 0:
+            return None
+        key = id(layer), adapter
+        out = self._frames.get((*key, "out"))
+        inp = self._frames.get((*key, "in"))
+        if out is None or inp is None:
+            return None
+        return out, inp
+
+
+__all__ = [
+    "FrameBank", "FrameSpec", "SIDES", "clear_compiled_cache", "compiled_frame",
+    "compute_frames", "mapping_names", "resolve_frame_spec", "work_dtype",
+]

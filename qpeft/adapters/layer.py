@@ -1,0 +1,530 @@
+"""The adapter layer :class:`QPeftLinear` and the trainable-copy wrapper
+:class:`ModulesToSaveWrapper`.
+
+``QPeftLinear`` wraps an ``nn.Linear`` or a transformers ``Conv1D`` (GPT-2,
+weight stored transposed) and adds ``α · U Λ Vᵀ dropout(x)``::
+
+    U = Q_out(θ_U)[:, :K]   (N_out × K)      V = Q_in(θ_V)[:, :K]   (N_in × K)
+
+computed as ``((x @ V) * αλ) @ Uᵀ``: no ``N × N`` and no ``N_out × N_in``
+matrix is formed in the forward pass. The layer owns its parameters
+(``qpeft_theta_out``, ``qpeft_theta_in``, ``qpeft_lambda``, one entry per
+named adapter), its frozen initial values (``qpeft_initial``) and its
+merge/unmerge, so a model wrapper only has to find and replace modules.
+
+>>> import torch
+>>> layer = QPeftLinear(torch.nn.Linear(24, 40), rank=4, layers=2)
+>>> x = torch.randn(3, 24)
+>>> torch.equal(layer(x), layer.base_layer(x))       # ΔW = 0 at initialisation
+True
+>>> [tuple(p.shape) for p in layer.adapter_parameters("default")]
+[(25,), (19,), (4,)]
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from qpeft.adapters.config import INIT_SCHEMES
+from qpeft.adapters.frames import (
+    SIDES,
+    FrameBank,
+    FrameSpec,
+    compute_frames,
+    resolve_frame_spec,
+    work_dtype,
+)
+from qpeft.adapters.quantize import check_bits, fake_quantize
+from qpeft.circuit import Circuit
+from qpeft.errors import ConfigError
+
+FrameChoice = FrameSpec | Circuit | str
+
+
+def conv1d_class() -> type | None:
+    """transformers' ``Conv1D`` if transformers is loaded (no import otherwise)."""
+    module = sys.modules.get("transformers.pytorch_utils")
+    return getattr(module, "Conv1D", None) if module is not None else None
+
+
+def is_supported_linear(module: nn.Module) -> bool:
+    """True for ``nn.Linear`` and transformers' ``Conv1D``."""
+    conv1d = conv1d_class()
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int, bool]:
+    """``(N_in, N_out, transposed)`` of a supported linear layer."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features, False
+    if is_supported_linear(module):  # Conv1D: y = x @ W + b, W of shape (N_in, N_out)
+        return int(module.weight.shape[0]), int(module.weight.shape[1]), True
+    raise ConfigError(
+        f"QPeftLinear wraps nn.Linear or transformers' Conv1D, got {type(module).__name__}"
+    )
+
+
+class _InitialValues(nn.Module):
+    """Frozen θ_U⁰, θ_V⁰, λ⁰ of the ``offset`` init (buffers, saved with the adapter)."""
+
+    def __init__(self, theta_out: torch.Tensor, theta_in: torch.Tensor, lam: torch.Tensor):
+        super().__init__()
+        self.register_buffer("theta_out", theta_out.detach().clone())
+        self.register_buffer("theta_in", theta_in.detach().clone())
+        self.register_buffer("lam", lam.detach().clone())
+
+
+class QPeftLinear(nn.Module):
+    """A linear layer plus Quantum-PEFT adapters ``α U Λ Vᵀ`` (see the module doc).
+
+    Args:
+        base_layer: the frozen ``nn.Linear`` or ``Conv1D``.
+        adapter_name: name of the first adapter.
+        **options: passed to :meth:`update_layer` (``rank``, ``layers``,
+            ``ansatz``, ``frame_out``, ``frame_in``, ``alpha``, …).
+
+    >>> import torch, qpeft
+    >>> layer = QPeftLinear(torch.nn.Linear(16, 12), rank=2,
+    ...                     frame_in=qpeft.ansatz.pauli(qubits=4, layers=1))
+    >>> layer.frame_specs["default"]["in"].num_parameters
+    10
+    """
+
+    adapter_layer_names = ("qpeft_theta_out", "qpeft_theta_in", "qpeft_lambda")
+    """Per-adapter trainable parameters (the names peft's tuners look for)."""
+    other_param_names = ("qpeft_initial", "qpeft_dropout")
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str = "default", **options: Any):
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features, self.out_features, self.transposed = linear_shape(base_layer)
+        self.qpeft_theta_out = nn.ParameterDict()
+        self.qpeft_theta_in = nn.ParameterDict()
+        self.qpeft_lambda = nn.ParameterDict()
+        self.qpeft_initial = nn.ModuleDict()
+        self.qpeft_dropout = nn.ModuleDict()
+        self.frame_specs: dict[str, dict[str, FrameSpec]] = {}
+        self.scaling: dict[str, float] = {}
+        self.rank: dict[str, int] = {}
+        self.active_rank: dict[str, int] = {}
+        self.quantize_bits: dict[str, int | None] = {}
+        self.init: dict[str, str] = {}
+        self.merged_adapters: list[str] = []
+        self._active_adapters: list[str] = [adapter_name]
+        self._disable_adapters = False
+        self._frame_bank_ref: weakref.ref | None = None
+        self._initial_frames: dict[str, tuple] = {}
+        self.update_layer(adapter_name, **options)
+
+    # -- adapters ------------------------------------------------------------------
+    def update_layer(
+        self,
+        adapter_name: str,
+        rank: int = 4,
+        *,
+        frame_out: FrameChoice | None = None,
+        frame_in: FrameChoice | None = None,
+        ansatz: str | Circuit = "qudit",
+        layers: int = 2,
+        ansatz_options: Mapping[str, Any] | None = None,
+        alpha: float = 1.0,
+        dropout: float = 0.0,
+        init: str = "offset",
+        init_lambda: float = 1.0,
+        active_rank: int | None = None,
+        quantize_bits: int | None = None,
+        compile_method: str = "auto",
+    ) -> None:
+        """Add (or replace) the adapter ``adapter_name``.
+
+        ``frame_out`` / ``frame_in`` choose the circuit of U / V: a
+        :class:`FrameSpec`, a :class:`~qpeft.circuit.Circuit` (of dimension
+        N_out / N_in), a catalog or mapping name; by default ``ansatz``
+        (``"qudit"``: :func:`qpeft.ansatz.for_dimension`) with ``layers``.
+        """
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ConfigError(f"rank must be a positive integer, got {rank!r}")
+        largest = min(self.in_features, self.out_features)
+        if rank > largest:
+            raise ConfigError(
+                f"rank K={rank} is larger than this layer allows: U has {self.out_features} "
+                f"rows and V has {self.in_features}, so K <= {largest}"
+            )
+        if init not in INIT_SCHEMES:
+            raise ConfigError(f"unknown init {init!r}; use one of {', '.join(INIT_SCHEMES)}")
+        if active_rank is not None and not 1 <= active_rank <= rank:
+            raise ConfigError(f"active_rank must lie in 1..{rank}, got {active_rank}")
+        specs = {
+            side: self._resolve(choice, width, rank, ansatz, layers, ansatz_options, compile_method)
+            for side, choice, width in (
+                ("out", frame_out, self.out_features), ("in", frame_in, self.in_features)
+            )
+        }
+        bits = check_bits(quantize_bits)
+        weight = self.base_layer.weight
+        dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        device = weight.device
+        theta_out = _random_angles(specs["out"], dtype, device)
+        theta_in = _random_angles(specs["in"], dtype, device)
+        lam_value = init_lambda if init == "offset" else 0.0
+        lam = torch.full((rank,), float(lam_value), dtype=dtype, device=device)
+        self.qpeft_theta_out[adapter_name] = nn.Parameter(theta_out)
+        self.qpeft_theta_in[adapter_name] = nn.Parameter(theta_in)
+        self.qpeft_lambda[adapter_name] = nn.Parameter(lam)
+        if init == "offset":
+            self.qpeft_initial[adapter_name] = _InitialValues(theta_out, theta_in, lam)
+        elif adapter_name in self.qpeft_initial:
+            del self.qpeft_initial[adapter_name]
+        self.qpeft_dropout[adapter_name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.frame_specs[adapter_name] = specs
+        self.scaling[adapter_name] = float(alpha)
+        self.rank[adapter_name] = rank
+        self.active_rank[adapter_name] = rank if active_rank is None else active_rank
+        self.quantize_bits[adapter_name] = bits
+        self.init[adapter_name] = init
+        self._initial_frames.pop(adapter_name, None)
+        self._set_requires_grad()
+
+    def _resolve(self, choice, width, rank, ansatz, layers, options, method) -> FrameSpec:
+        if isinstance(choice, FrameSpec):
+            if choice.dimension != width or choice.columns != rank:
+                raise ConfigError(
+                    f"frame spec of shape {choice.dimension}×{choice.columns} does not fit a "
+                    f"side of width {width} at rank {rank}"
+                )
+            return choice
+        return resolve_frame_spec(ansatz if choice is None else choice, width, rank, layers,
+                                  options, method)
+
+    def get_base_layer(self) -> nn.Module:
+        """The wrapped ``nn.Linear`` / ``Conv1D``."""
+        return self.base_layer
+
+    def adapter_parameters(self, adapter_name: str) -> list[nn.Parameter]:
+        """``[θ_U, θ_V, λ]`` of one adapter."""
+        return [getattr(self, name)[adapter_name] for name in self.adapter_layer_names]
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter (it must not be merged)."""
+        if adapter_name in self.merged_adapters:
+            raise ConfigError(f"adapter {adapter_name!r} is merged; unmerge it before deleting")
+        for name in (*self.adapter_layer_names, *self.other_param_names):
+            container = getattr(self, name)
+            if adapter_name in container:
+                del container[adapter_name]
+        for table in (self.frame_specs, self.scaling, self.rank, self.active_rank,
+                      self.quantize_bits, self.init, self._initial_frames):
+            table.pop(adapter_name, None)
+        self._active_adapters = [a for a in self._active_adapters if a != adapter_name]
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return list(self._active_adapters)
+
+    @property
+    def active_adapter(self) -> str | list[str]:
+        return self._active_adapters[0] if len(self._active_adapters) == 1 else self.active_adapters
+
+    def set_adapter(self, adapter_names: str | Iterable[str]) -> None:
+        """Make these adapters active (and the only trainable ones). Names this
+        layer does not hold are allowed (a model's adapters may target
+        different layers); they contribute nothing here."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        self._active_adapters = names
+        self._set_requires_grad()
+
+    def _set_requires_grad(self) -> None:
+        for name in self.adapter_layer_names:
+            for adapter, parameter in getattr(self, name).items():
+                parameter.requires_grad_(adapter in self._active_adapters)
+
+    @property
+    def disable_adapters(self) -> bool:
+        return self._disable_adapters
+
+    def enable_adapters(self, enabled: bool) -> None:
+        """Switch the adapters' contribution on or off."""
+        self._disable_adapters = not enabled
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def contributing_adapters(self) -> list[str]:
+        """Active adapters that add to the output now (not merged, not disabled)."""
+        if self._disable_adapters:
+            return []
+        return [a for a in self._active_adapters
+                if a in self.qpeft_lambda and a not in self.merged_adapters]
+
+    def set_active_rank(self, adapter_name: str, active_rank: int) -> None:
+        """Keep only the first ``active_rank`` values of λ (intrinsic-rank masking)."""
+        if adapter_name in self.merged_adapters:
+            raise ConfigError("unmerge the adapter before changing its active rank")
+        if not 1 <= active_rank <= self.rank[adapter_name]:
+            raise ConfigError(f"active_rank must lie in 1..{self.rank[adapter_name]}")
+        self.active_rank[adapter_name] = active_rank
+
+    def set_quantize_bits(self, adapter_name: str, bits: int | None) -> None:
+        """Quantize this adapter's angles and λ to ``bits`` bits (None: off)."""
+        if adapter_name in self.merged_adapters:
+            raise ConfigError("unmerge the adapter before changing its quantization")
+        self.quantize_bits[adapter_name] = check_bits(bits)
+        self._initial_frames.pop(adapter_name, None)
+
+    # -- the frame provider ----------------------------------------------------------
+    @property
+    def frame_bank(self) -> FrameBank | None:
+        return self._frame_bank_ref() if self._frame_bank_ref is not None else None
+
+    @frame_bank.setter
+    def frame_bank(self, bank: FrameBank | None) -> None:
+        self._frame_bank_ref = weakref.ref(bank) if bank is not None else None
+
+    def side_parameter(self, adapter_name: str, side: str) -> nn.Parameter:
+        """θ_U (``side="out"``) or θ_V (``side="in"``)."""
+        table = self.qpeft_theta_out if side == "out" else self.qpeft_theta_in
+        return table[adapter_name]
+
+    def initial_values(self, adapter_name: str, side: str) -> torch.Tensor:
+        initial = self.qpeft_initial[adapter_name]
+        return initial.theta_out if side == "out" else initial.theta_in
+
+    def _initial_signature(self, adapter_name: str) -> tuple:
+        initial = self.qpeft_initial[adapter_name]
+        return (self.quantize_bits[adapter_name],) + tuple(
+            (t.data_ptr(), t._version, t.dtype, t.device)
+            for t in (initial.theta_out, initial.theta_in)
+        )
+
+    def initial_frames_stale(self, adapter_name: str) -> bool:
+        """True when the ``offset`` init's frozen frames must be (re)computed."""
+        if self.init.get(adapter_name) != "offset":
+            return False
+        cached = self._initial_frames.get(adapter_name)
+        return cached is None or cached[0] != self._initial_signature(adapter_name)
+
+    def store_initial_frames(self, adapter_name: str, computed: Mapping) -> None:
+        key = id(self), adapter_name
+        self._initial_frames[adapter_name] = (
+            self._initial_signature(adapter_name),
+            computed[(*key, "out")].detach(),
+            computed[(*key, "in")].detach(),
+        )
+
+    def frames(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(U, V)``: ``(N_out, K)`` and ``(N_in, K)`` orthonormal frames (float32,
+        float64 for float64 parameters); from the model's frame bank when it
+        has them, else computed here."""
+        bank = self.frame_bank
+        if bank is not None:
+            found = bank.lookup(self, adapter_name)
+            if found is not None:
+                return found
+        slots = [(self, adapter_name, side) for side in SIDES]
+        computed = compute_frames(slots, lambda s: s[0].side_parameter(s[1], s[2]))
+        return computed[(id(self), adapter_name, "out")], computed[(id(self), adapter_name, "in")]
+
+    def initial_frames(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Frozen ``(U₀, V₀)`` of the ``offset`` init, or None."""
+        if self.init.get(adapter_name) != "offset":
+            return None
+        if self.initial_frames_stale(adapter_name):
+            slots = [(self, adapter_name, side) for side in SIDES]
+            with torch.no_grad():
+                computed = compute_frames(slots, lambda s: s[0].initial_values(s[1], s[2]))
+            self.store_initial_frames(adapter_name, computed)
+        return self._initial_frames[adapter_name][1:]
+
+    def effective_lambda(self, adapter_name: str, initial: bool = False) -> torch.Tensor:
+        """λ (or λ₀) as used in the forward pass: quantized, masked to the active rank."""
+        if initial:
+            source = self.qpeft_initial[adapter_name].lam
+        else:
+            source = self.qpeft_lambda[adapter_name]
+        values = fake_quantize(source.to(work_dtype(source.dtype)),
+                               self.quantize_bits[adapter_name], periodic=False)
+        active = self.active_rank[adapter_name]
+        if active < values.shape[-1]:
+            mask = torch.arange(values.shape[-1], device=values.device) < active
+            values = values * mask.to(values.dtype)
+        return values
+
+    def factors(self, adapter_name: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``[(U, c, V), …]`` with ``ΔW = Σ ± U diag(c) Vᵀ``: the trainable term
+        ``(U, αλ, V)``, and for the ``offset`` init the frozen term
+        ``(U₀, −αλ₀, V₀)``. The two terms are evaluated separately (not as one
+        rank-2K product) so that at initialisation they cancel exactly."""
+        U, V = self.frames(adapter_name)
+        alpha = self.scaling[adapter_name]
+        terms = [(U, alpha * self.effective_lambda(adapter_name), V)]
+        initial = self.initial_frames(adapter_name)
+        if initial is not None:
+            U0, V0 = initial
+            terms.append((U0, -alpha * self.effective_lambda(adapter_name, initial=True), V0))
+        return terms
+
+    # -- forward -------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        for adapter in self.contributing_adapters():
+            h = self.qpeft_dropout[adapter](x)
+            dtype = h.dtype
+            delta = None
+            for U, coefficients, V in self.factors(adapter):
+                term = ((h @ V.to(dtype)) * coefficients.to(dtype)) @ U.to(dtype).T
+                # (a·λ)·Uᵀ − (a·λ₀)·U₀ᵀ is an exact zero when the frames agree
+                delta = term if delta is None else delta + term
+            result = result + delta.to(result.dtype)
+        return result
+
+    # -- merging -------------------------------------------------------------------
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """``α (UΛVᵀ − U₀Λ₀V₀ᵀ)`` in the base weight's layout and dtype (transposed
+        for Conv1D). Forms the ``N_out × N_in`` matrix: for merging only."""
+        with torch.no_grad():
+            terms = self.factors(adapter_name)
+            delta = sum((U * coefficients) @ V.T for U, coefficients, V in terms)
+        if self.transposed:
+            delta = delta.T
+        return delta.to(self.base_layer.weight.dtype)
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """``W0 += ΔW`` for the active (or the given) adapters; exact to rounding,
+        and :meth:`unmerge` subtracts the same ΔW (no matrix inverse).
+
+        ``safe_merge`` checks the merged weight for NaN/inf before writing it.
+        """
+        names = self.active_adapters if adapter_names is None else list(adapter_names)
+        for adapter in names:
+            if adapter in self.merged_adapters or adapter not in self.qpeft_lambda:
+                continue
+            weight = self.base_layer.weight
+            delta = self.get_delta_weight(adapter)
+            with torch.no_grad():
+                if safe_merge:
+                    merged = weight.data + delta
+                    if not torch.isfinite(merged).all():
+                        raise ConfigError(
+                            f"merging adapter {adapter!r} gives NaN or infinite weights; "
+                            "the adapter is broken, not merged"
+                        )
+                    weight.data.copy_(merged)
+                else:
+                    weight.data += delta
+            self.merged_adapters.append(adapter)
+
+    def unmerge(self) -> None:
+        """Undo :meth:`merge` for every merged adapter (last merged first)."""
+        while self.merged_adapters:
+            adapter = self.merged_adapters[-1]
+            delta = self.get_delta_weight(adapter)
+            with torch.no_grad():
+                self.base_layer.weight.data -= delta
+            self.merged_adapters.pop()
+
+    # -- housekeeping ----------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_frame_bank_ref"] = None  # a weak reference neither pickles nor deep-copies
+        state["_initial_frames"] = {}
+        return state
+
+    def extra_repr(self) -> str:
+        parts = []
+        for adapter, specs in self.frame_specs.items():
+            parts.append(
+                f"{adapter}: K={self.rank[adapter]}, U={specs['out'].label} "
+                f"({specs['out'].num_parameters} params), V={specs['in'].label} "
+                f"({specs['in'].num_parameters} params)"
+            )
+        return "; ".join(parts)
+
+
+def _random_angles(spec: FrameSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Initial parameters of one side: uniform in [-π, π) for circuit angles; for
+    a comparison mapping (not angles) small normal values of scale 1/√N."""
+    count = spec.num_parameters
+    if spec.circuit is not None:
+        values = (torch.rand(count, dtype=dtype) * 2 - 1) * math.pi
+    else:
+        values = torch.randn(count, dtype=dtype) / math.sqrt(spec.dimension)
+    return values.to(device)
+
+
+class ModulesToSaveWrapper(nn.Module):
+    """A module trained in full, one copy per adapter (peft's ``modules_to_save``).
+
+    The original module stays frozen (used while adapters are disabled); each
+    adapter trains and saves its own copy.
+
+    >>> import torch
+    >>> head = ModulesToSaveWrapper(torch.nn.Linear(4, 2), "default")
+    >>> sorted(name for name, p in head.named_parameters() if p.requires_grad)
+    ['modules_to_save.default.bias', 'modules_to_save.default.weight']
+    """
+
+    def __init__(self, module_to_save: nn.Module, adapter_name: str) -> None:
+        super().__init__()
+        self.original_module = module_to_save
+        self.modules_to_save = nn.ModuleDict()
+        self._active_adapter = adapter_name
+        self._disable_adapters = False
+        self.update(adapter_name)
+        self.original_module.requires_grad_(False)
+
+    def update(self, adapter_name: str) -> None:
+        """Add a trainable copy for ``adapter_name``."""
+        self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
+        self.modules_to_save[adapter_name].requires_grad_(adapter_name == self._active_adapter)
+
+    @property
+    def active_module(self) -> nn.Module:
+        if self._disable_adapters or self._active_adapter not in self.modules_to_save:
+            return self.original_module
+        return self.modules_to_save[self._active_adapter]
+
+    @property
+    def active_adapter(self) -> str:
+        return self._active_adapter
+
+    def set_adapter(self, adapter_name: str) -> None:
+        self._active_adapter = adapter_name
+        for name, module in self.modules_to_save.items():
+            module.requires_grad_(name == adapter_name)
+
+    def enable_adapters(self, enabled: bool) -> None:
+        self._disable_adapters = not enabled
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name in self.modules_to_save:
+            del self.modules_to_save[adapter_name]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.active_module(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules", {})
+            if "original_module" not in modules:
+                raise
+            return getattr(self.active_module, name)
+
+
+__all__ = [
+    "ModulesToSaveWrapper", "QPeftLinear", "conv1d_class", "is_supported_linear", "linear_shape",
+]

@@ -1,0 +1,515 @@
+"""The model wrapper: find target layers, replace them with :class:`QPeftLinear`,
+and offer peft's model API (merge, disable, named adapters, save/load).
+
+>>> import torch, qpeft
+>>> base = torch.nn.Sequential(torch.nn.Linear(24, 48), torch.nn.ReLU(), torch.nn.Linear(48, 24))
+>>> model = qpeft.get_qpeft_model(base, qpeft.QPeftConfig(target_modules=["0", "2"], rank=2))
+>>> model.print_trainable_parameters()
+trainable params: 90 || all params: 2,466 || trainable%: 3.6496
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+from qpeft.adapters.config import ALL_LINEAR, QPeftConfig
+from qpeft.adapters.frames import FrameBank, FrameSpec, resolve_frame_spec
+from qpeft.adapters.layer import (
+    ModulesToSaveWrapper,
+    QPeftLinear,
+    is_supported_linear,
+    linear_shape,
+)
+from qpeft.errors import ConfigError
+
+PathSpecs = dict[str, dict[str, FrameSpec]]
+"""``{module path: {"out": spec of U, "in": spec of V}}``."""
+
+
+# -- which modules ------------------------------------------------------------------------------
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, QPeftLinear) or is_supported_linear(module)
+
+
+def _walk(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Named submodules, not looking inside adapter layers and saved-module wrappers."""
+    skip: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(prefix + ".") for prefix in skip):
+            continue
+        if isinstance(module, (QPeftLinear, ModulesToSaveWrapper)):
+            skip.append(name)
+        yield name, module
+
+
+def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Named linear layers (or already adapted ones)."""
+    return [(name, module) for name, module in _walk(model) if _is_linear(module)]
+
+
+def _suffix_match(key: str, names: list[str]) -> bool:
+    return any(key == n or key.endswith("." + n) for n in names)
+
+
+def _layer_index(key: str, pattern: list[str] | str | None) -> int | None:
+    if not pattern:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
+    else:
+        match = None
+        for name in [pattern] if isinstance(pattern, str) else pattern:
+            match = re.match(rf"(?:^|.*?\.){re.escape(name)}\.(?P<idx>\d+)\.", key)
+            if match is not None:
+                break
+    return int(match.group("idx")) if match else None
+
+
+def _excluded(config: QPeftConfig, key: str) -> bool:
+    excluded = config.exclude_modules
+    if isinstance(excluded, str):
+        if re.fullmatch(excluded, key):
+            return True
+    elif excluded and _suffix_match(key, excluded):
+        return True
+    return any(
+        re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", key) for m in config.modules_to_save or ()
+    )
+
+
+def _targeted(config: QPeftConfig, key: str) -> bool:
+    targets = config.target_modules
+    if isinstance(targets, str):
+        return re.fullmatch(targets, key) is not None
+    if not _suffix_match(key, list(targets or ())):
+        return False
+    if config.layers_to_transform is None:
+        return True
+    wanted = config.layers_to_transform
+    index = _layer_index(key, config.layers_pattern)
+    if index is None:
+        return False
+    return index == wanted if isinstance(wanted, int) else index in wanted
+
+
+def _output_embedding_names(model: nn.Module) -> set[str]:
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if head is None:
+        return set()
+    return {name for name, module in model.named_modules() if module is head}
+
+
+def linear_suffixes(model: nn.Module) -> list[str]:
+    """Distinct last names of the model's linear layers, e.g. ``['dense', 'query', …]``."""
+    return sorted({name.rsplit(".", 1)[-1] for name, _ in _candidates(model)})
+
+
+def find_target_modules(model: nn.Module, config: QPeftConfig) -> list[str]:
+    """Names of the linear layers ``config`` adapts; a ConfigError when there are none.
+
+    >>> import torch
+    >>> base = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    >>> find_target_modules(base, QPeftConfig(target_modules="all-linear", rank=1))
+    ['0', '1']
+    """
+    if config.target_modules is None:
+        raise ConfigError(
+            "target_modules is not set; name the linear layers to adapt, e.g. "
+            f"target_modules={linear_suffixes(model)[:4]} or 'all-linear'"
+        )
+    all_linear = isinstance(config.target_modules, str) and (
+        config.target_modules.lower() == ALL_LINEAR
+    )
+    heads = _output_embedding_names(model) if all_linear else set()
+    chosen = []
+    for name, module in _walk(model):
+        if _excluded(config, name):
+            continue
+        if all_linear:
+            hit = name not in heads
+        else:
+            hit = _targeted(config, name)
+        if not hit:
+            continue
+        if not _is_linear(module):
+            if all_linear:
+                continue
+            raise ConfigError(
+                f"target module {name!r} is a {type(module).__name__}; Quantum-PEFT adapts "
+                "nn.Linear and transformers' Conv1D layers only; target those "
+                f"(linear layers here end in: {', '.join(linear_suffixes(model))})"
+            )
+        chosen.append(name)
+    if not chosen:
+        raise ConfigError(
+            f"target_modules {config.target_modules!r} matches no linear layer of "
+            f"{type(model).__name__}; its linear layers end in: "
+            f"{', '.join(linear_suffixes(model)) or '(none)'}"
+        )
+    return chosen
+
+
+def find_modules_to_save(model: nn.Module, names: list[str] | None) -> list[str]:
+    """Module paths matched by ``modules_to_save`` (suffix match, outermost only)."""
+    found = [name for name, _ in _walk(model) if _suffix_match(name, list(names or ()))]
+    found = [name for name in found if not any(name.startswith(f + ".") for f in found)]
+    missing = [n for n in names or () if not any(_suffix_match(f, [n]) for f in found)]
+    if missing:
+        raise ConfigError(
+            f"modules_to_save {missing} match no module of {type(model).__name__}; "
+            "give names (or suffixes) of existing modules, e.g. 'classifier'"
+        )
+    return found
+
+
+def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+    parent_name, _, child = path.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), child
+
+
+def _layer_options(config: QPeftConfig) -> dict[str, Any]:
+    return {
+        "rank": config.rank, "layers": config.layers, "ansatz_options": config.ansatz_options,
+        "alpha": config.alpha, "dropout": config.dropout, "init": config.init,
+        "init_lambda": config.init_lambda, "active_rank": config.active_rank,
+        "quantize_bits": config.quantize_bits, "compile_method": config.compile_method,
+    }
+
+
+def plan_frames(model: nn.Module, config: QPeftConfig, paths: list[str]) -> PathSpecs:
+    """Resolve the U and V frame specs of every target (circuits built once per width)."""
+    by_width: dict[int, FrameSpec] = {}
+    plan: PathSpecs = {}
+    for path in paths:
+        module = model.get_submodule(path)
+        base = module.base_layer if isinstance(module, QPeftLinear) else module
+        n_in, n_out, _ = linear_shape(base)
+        if config.rank > min(n_in, n_out):
+            raise ConfigError(
+                f"rank K={config.rank} is larger than {path!r} allows: it maps {n_in} to "
+                f"{n_out} features, so K <= {min(n_in, n_out)}"
+            )
+        sides = {}
+        for side, width in (("out", n_out), ("in", n_in)):
+            if width not in by_width:
+                by_width[width] = resolve_frame_spec(
+                    config.ansatz_for(width), width, config.rank, config.layers,
+                    config.ansatz_options, config.compile_method,
+                )
+            sides[side] = by_width[width]
+        plan[path] = sides
+    return plan
+
+
+# -- the wrapper -------------------------------------------------------------------------------
+class QPeftModel(nn.Module):
+    """A model with Quantum-PEFT adapters; peft's ``PeftModel`` API.
+
+    The wrapped model is :attr:`base_model`; its targeted linear layers are
+    replaced in place by :class:`QPeftLinear`. Calls, ``generate`` and unknown
+    attributes pass through to it. Before every forward pass a
+    :class:`~qpeft.adapters.frames.FrameBank` computes U and V of all
+    adapted layers in one batched call per circuit.
+    """
+
+    def __init__(self, model: nn.Module, config: QPeftConfig, adapter_name: str = "default",
+                 *, frames: PathSpecs | None = None) -> None:
+        super().__init__()
+        if any(isinstance(m, (QPeftLinear, ModulesToSaveWrapper)) for m in model.modules()):
+            raise ConfigError(
+                "this model already holds Quantum-PEFT adapters; add another with "
+                "QPeftModel.add_adapter(name, config), or start from a fresh model"
+            )
+        self.base_model = model
+        self.peft_config: dict[str, QPeftConfig] = {}
+        self.active_adapter = adapter_name
+        self.frame_bank = FrameBank()
+        self._inject(adapter_name, config, frames)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        self._apply_active_adapter()
+        self.frame_bank.attach(model)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model" or "base_model" not in self.__dict__.get("_modules", {}):
+                raise
+            return getattr(self._modules["base_model"], name)
+
+    # -- injection -------------------------------------------------------------------
+    def _inject(self, adapter_name: str, config: QPeftConfig,
+                frames: PathSpecs | None = None) -> None:
+        """Add adapter ``adapter_name`` to every target (all checks before any change)."""
+        if adapter_name in self.peft_config:
+            raise ConfigError(f"an adapter named {adapter_name!r} exists already")
+        if not isinstance(config, QPeftConfig):
+            raise ConfigError(f"config must be a QPeftConfig, got {type(config).__name__}")
+        config.validate()
+        model = self.base_model
+        if frames is None:
+            frames = plan_frames(model, config, find_target_modules(model, config))
+        saved = find_modules_to_save(model, config.modules_to_save)
+        options = _layer_options(config)
+        for path, specs in frames.items():
+            module = model.get_submodule(path)
+            if isinstance(module, QPeftLinear):
+                module.update_layer(adapter_name, frame_out=specs["out"], frame_in=specs["in"],
+                                    **options)
+            else:
+                layer = QPeftLinear(module, adapter_name, frame_out=specs["out"],
+                                    frame_in=specs["in"], **options)
+                parent, child = _parent(model, path)
+                setattr(parent, child, layer)
+        for path in saved:
+            module = model.get_submodule(path)
+            if isinstance(module, ModulesToSaveWrapper):
+                module.update(adapter_name)
+            else:
+                parent, child = _parent(model, path)
+                setattr(parent, child, ModulesToSaveWrapper(module, adapter_name))
+        self.peft_config[adapter_name] = config
+        self._apply_active_adapter()
+
+    def _apply_active_adapter(self) -> None:
+        for layer in self.qpeft_layers().values():
+            layer.set_adapter(self.active_adapter)
+        for wrapper in self.saved_modules().values():
+            wrapper.set_adapter(self.active_adapter)
+        self.frame_bank.set_layers(self.qpeft_layers().values())
+
+    def qpeft_layers(self, adapter_name: str | None = None) -> dict[str, QPeftLinear]:
+        """``{path: layer}`` of the adapted layers (holding ``adapter_name`` if given)."""
+        return {
+            name: module for name, module in self.base_model.named_modules()
+            if isinstance(module, QPeftLinear)
+            and (adapter_name is None or adapter_name in module.qpeft_lambda)
+        }
+
+    def saved_modules(self, adapter_name: str | None = None) -> dict[str, ModulesToSaveWrapper]:
+        """``{path: wrapper}`` of the modules trained in full."""
+        return {
+            name: module for name, module in self.base_model.named_modules()
+            if isinstance(module, ModulesToSaveWrapper)
+            and (adapter_name is None or adapter_name in module.modules_to_save)
+        }
+
+    # -- named adapters ------------------------------------------------------------------
+    def add_adapter(self, adapter_name: str, peft_config: QPeftConfig) -> None:
+        """Add another adapter (inactive and frozen until :meth:`set_adapter`)."""
+        self._inject(adapter_name, peft_config)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the active adapter (the only trainable one)."""
+        if adapter_name not in self.peft_config:
+            raise ConfigError(
+                f"no adapter named {adapter_name!r}; adapters: {', '.join(self.peft_config)}"
+            )
+        if any(layer.merged for layer in self.qpeft_layers().values()):
+            raise ConfigError("unmerge the adapters (unmerge_adapter()) before switching")
+        self.active_adapter = adapter_name
+        self._apply_active_adapter()
+
+    @property
+    def active_adapters(self) -> list[str]:
+        return [self.active_adapter]
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter from every layer (not the active one)."""
+        if adapter_name not in self.peft_config:
+            raise ConfigError(f"no adapter named {adapter_name!r}")
+        if adapter_name == self.active_adapter:
+            raise ConfigError("cannot delete the active adapter; set_adapter() another first")
+        for layer in self.qpeft_layers(adapter_name).values():
+            layer.delete_adapter(adapter_name)
+        for wrapper in self.saved_modules(adapter_name).values():
+            wrapper.delete_adapter(adapter_name)
+        del self.peft_config[adapter_name]
+        self._apply_active_adapter()
+
+    # -- settings after training -----------------------------------------------------------
+    def quantize(self, bits: int | None, adapter_name: str | None = None) -> None:
+        """Post-training quantization: from now on the adapter's angles and λ are
+        used (and saved) as ``bits``-bit codes; ``None`` switches it off.
+
+        Training on continues as quantization-aware training (straight-through).
+        """
+        name = adapter_name or self.active_adapter
+        config = self.peft_config[name]
+        config.quantize_bits = bits
+        config.validate()
+        for layer in self.qpeft_layers(name).values():
+            layer.set_quantize_bits(name, bits)
+        self.frame_bank.invalidate()
+
+    def set_active_rank(self, active_rank: int | None, adapter_name: str | None = None) -> None:
+        """Use only the first K' values of λ (None: all K)."""
+        name = adapter_name or self.active_adapter
+        config = self.peft_config[name]
+        config.active_rank = active_rank
+        config.validate()
+        for layer in self.qpeft_layers(name).values():
+            layer.set_active_rank(name, active_rank or config.rank)
+        self.frame_bank.invalidate()
+
+    # -- merging ----------------------------------------------------------------------------
+    def merge_adapter(self, adapter_names: list[str] | None = None,
+                      safe_merge: bool = False) -> None:
+        """``W0 += α U Λ Vᵀ`` in every adapted layer (the active adapter by default)."""
+        names = adapter_names or [self.active_adapter]
+        for layer in self.qpeft_layers().values():
+            layer.merge(safe_merge=safe_merge, adapter_names=names)
+        self.frame_bank.invalidate()
+
+    def unmerge_adapter(self) -> None:
+        """Subtract what :meth:`merge_adapter` added (no inverse needed)."""
+        for layer in self.qpeft_layers().values():
+            layer.unmerge()
+        self.frame_bank.invalidate()
+
+    def merge_and_unload(self, safe_merge: bool = False,
+                         adapter_names: list[str] | None = None) -> nn.Module:
+        """Merge the adapter into the weights and return the plain base model
+        (adapted layers become their base layers again, saved modules their
+        trained copy)."""
+        self.merge_adapter(adapter_names, safe_merge=safe_merge)
+        return self._unload()
+
+    def unload(self) -> nn.Module:
+        """Remove every adapter without merging; return the original model."""
+        self.unmerge_adapter()
+        return self._unload()
+
+    def _unload(self) -> nn.Module:
+        model = self.base_model
+        for path, layer in self.qpeft_layers().items():
+            parent, child = _parent(model, path)
+            setattr(parent, child, layer.base_layer)
+        for path, wrapper in self.saved_modules().items():
+            parent, child = _parent(model, path)
+            setattr(parent, child, wrapper.active_module)
+        self.frame_bank.detach()
+        self.frame_bank.set_layers([])
+        return model
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Context manager: inside it the model computes the base model's outputs."""
+        layers = list(self.qpeft_layers().values())
+        wrappers = list(self.saved_modules().values())
+        for module in (*layers, *wrappers):
+            module.enable_adapters(False)
+        self.frame_bank.invalidate()
+        try:
+            yield
+        finally:
+            for module in (*layers, *wrappers):
+                module.enable_adapters(True)
+            self.frame_bank.invalidate()
+
+    # -- counting ---------------------------------------------------------------------------
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, all)`` parameter counts, as peft counts them."""
+        trainable = total = 0
+        for parameter in self.parameters():
+            total += parameter.numel()
+            if parameter.requires_grad:
+                trainable += parameter.numel()
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        """Print ``trainable params: N || all params: M || trainable%: x`` (peft's format)."""
+        trainable, total = self.get_nb_trainable_parameters()
+        print(
+            f"trainable params: {trainable:,d} || all params: {total:,d} || "
+            f"trainable%: {100 * trainable / total:.4f}"
+        )
+
+    # -- passthrough ------------------------------------------------------------------------
+    def get_base_model(self) -> nn.Module:
+        return self.base_model
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base_model(*args, **kwargs)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        return self.base_model.generate(*args, **kwargs)
+
+    # -- files ------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike,
+                        selected_adapters: list[str] | None = None) -> None:
+        """Write ``adapter_config.json`` and ``adapter_model.safetensors`` per adapter:
+        the ``"default"`` adapter in ``save_directory``, others in subfolders
+        named after them (as peft does)."""
+        from qpeft.adapters.io import save_adapter
+
+        for name in selected_adapters or list(self.peft_config):
+            if name not in self.peft_config:
+                raise ConfigError(f"no adapter named {name!r}")
+            target = save_directory if name == "default" else os.path.join(save_directory, name)
+            save_adapter(self, target, name)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, model_id: str | os.PathLike,
+                        adapter_name: str = "default", is_trainable: bool = False) -> QPeftModel:
+        """Load a saved adapter onto ``model``. Everything is read and checked
+        before the model is touched: a bad directory raises
+        :class:`~qpeft.errors.AdapterFileError` and leaves ``model`` as it was.
+        Unless ``is_trainable``, the adapter is frozen and the model in eval mode."""
+        from qpeft.adapters.io import apply_adapter, check_against_model, read_adapter
+
+        files = read_adapter(model_id)
+        check_against_model(files, model)
+        wrapped = cls(model, files.config, adapter_name, frames=files.frames)
+        apply_adapter(wrapped, files, adapter_name)
+        wrapped._finish_loading(adapter_name, is_trainable)
+        return wrapped
+
+    def load_adapter(self, model_id: str | os.PathLike, adapter_name: str,
+                     is_trainable: bool = False) -> None:
+        """Load a saved adapter as another named adapter (checked before any change)."""
+        from qpeft.adapters.io import apply_adapter, check_against_model, read_adapter
+
+        if adapter_name in self.peft_config:
+            raise ConfigError(f"an adapter named {adapter_name!r} exists already")
+        files = read_adapter(model_id)
+        check_against_model(files, self.base_model)
+        self._inject(adapter_name, files.config, files.frames)
+        apply_adapter(self, files, adapter_name)
+        self._finish_loading(adapter_name, is_trainable)
+
+    def _finish_loading(self, adapter_name: str, is_trainable: bool) -> None:
+        if not is_trainable:
+            for layer in self.qpeft_layers(adapter_name).values():
+                for parameter in layer.adapter_parameters(adapter_name):
+                    parameter.requires_grad_(False)
+            for wrapper in self.saved_modules(adapter_name).values():
+                wrapper.modules_to_save[adapter_name].requires_grad_(False)
+            self.eval()
+        self.frame_bank.invalidate()
+
+
+def get_qpeft_model(model: nn.Module, config: QPeftConfig,
+                    adapter_name: str = "default") -> QPeftModel:
+    """Wrap ``model`` with a Quantum-PEFT adapter (peft's ``get_peft_model``).
+
+    The base model's parameters are frozen; the adapter's angles and λ (and
+    the copies of ``modules_to_save``) are trainable.
+
+    >>> import torch, qpeft
+    >>> base = torch.nn.Sequential(torch.nn.Linear(24, 24))
+    >>> model = get_qpeft_model(base, qpeft.QPeftConfig(target_modules=["0"], rank=4))
+    >>> model.get_nb_trainable_parameters()[0]   # P_out + P_in + K = 19 + 19 + 4
+    42
+    """
+    return QPeftModel(model, config, adapter_name)
+
+
+__all__ = ["QPeftModel", "find_modules_to_save", "find_target_modules", "get_qpeft_model",
+           "linear_suffixes", "plan_frames"]

@@ -1,0 +1,2 @@
+"""Benchmarks: ``qpeft bench unitary`` times the circuit compiler against its
+peers (:mod:`qpeft.bench.unitary`)."""

@@ -1,0 +1,48 @@
+"""Benchmark the compiler and its peers (qpeft bench unitary)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+
+#: Benchmark name -> module exposing ``add_parser(bench_subparsers)`` and ``run(args)``.
+#: A module that does not exist is not offered.
+BENCHMARKS: dict[str, str] = {
+    "unitary": "qpeft.bench.unitary",
+    "train": "qpeft.bench.train",
+}
+
+
+def available_benchmarks() -> dict[str, str]:
+    """The benchmarks whose modules exist.
+
+    >>> "unitary" in available_benchmarks()
+    True
+    """
+    found = {}
+    for name, module_name in BENCHMARKS.items():
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is not None:
+            found[name] = module_name
+    return found
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``qpeft bench`` and one sub-subcommand per available benchmark."""
+    parser = subparsers.add_parser("bench", help=__doc__.splitlines()[0],
+                                   description=__doc__.splitlines()[0])
+    benchmarks = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for module_name in available_benchmarks().values():
+        importlib.import_module(module_name).add_parser(benchmarks)
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int | None:
+    """Run the benchmark named on the command line."""
+    module = importlib.import_module(BENCHMARKS[args.benchmark])
+    return module.run(args)

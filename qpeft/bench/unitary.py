@@ -1,0 +1,809 @@
+"""Benchmark the circuit compiler against its peers (``qpeft bench unitary``).
+
+What is timed, for each dimension N, is one **forward and backward** pass
+that produces the first K columns of an N×N orthogonal matrix from a
+parameter vector (the work an adapter does twice per layer and step):
+
+* ``columns`` – :func:`qpeft.compile` with ``method="columns"`` (the default);
+* ``tensornet`` – the same circuit contracted by opt_einsum;
+* ``dense`` – the whole N×N unitary, then sliced (small N only);
+* ``naive`` – a plain torch simulation, gate by gate: each gate's matrix is
+  built from its angle and applied with ``torch.tensordot`` on its axes, no
+  fusion, no batching of matrices (:class:`NaiveSimulator`);
+* ``qiskit`` – ``qiskit.quantum_info.Operator`` of the bound circuit
+  (forward only: Qiskit has no gradients), qubit registers only;
+* ``pennylane`` – ``qml.matrix`` with the torch interface, forward and
+  backward, qubit registers only;
+* ``cayley``, ``exponential``, ``householder``, ``givens``, ``taylor`` –
+  the alternative maps onto N×K orthonormal frames (``qpeft.compiler.mappings``).
+
+The circuit is :func:`qpeft.ansatz.pauli` for powers of two and
+:func:`qpeft.ansatz.for_dimension` (qudit register) otherwise. Fast methods
+are timed interleaved, ``repeats`` rounds of every method in turn, and the
+median is reported, so that load from other processes hits all of them
+alike. Qiskit and PennyLane take seconds to minutes; they run once per
+size and are skipped where an extrapolation from the smaller sizes says a
+run would take longer than ``slow_limit`` seconds.
+
+Two further measurements: the **batched** evaluation of the 72 frames that
+adapting every linear layer of a 6-layer, 384-wide BERT needs (one call per
+distinct dimension against 72 separate calls), and the **memory** held by
+autograd with and without ``recompute_backward``.
+
+>>> report = run_benchmark(BenchmarkConfig.quick())
+>>> sorted(report["targets"][0])
+['measured', 'name', 'status', 'threshold']
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+import qpeft
+from qpeft.ansatz import for_dimension, pauli
+from qpeft.circuit import Circuit
+from qpeft.circuit.gates import COMPLEX_OF, FixedGate
+from qpeft.compiler import compile_circuit
+from qpeft.compiler.recompute import autograd_saved_bytes
+from qpeft.errors import ConfigError, InteropError
+
+FAST_METHODS = ("columns", "tensornet", "dense", "naive")
+MAPPINGS = ("cayley", "exponential", "householder", "givens", "taylor")
+SLOW_METHODS = ("qiskit", "pennylane")
+ALL_METHODS = FAST_METHODS + SLOW_METHODS + MAPPINGS
+
+#: Default dimensions: the powers of two 2^8 … 2^14 and three transformer widths.
+DEFAULT_SIZES = (256, 384, 512, 768, 1024, 2048, 3072, 4096, 8192, 16384)
+#: The dense unitary is timed up to this N (it holds N×N numbers per saved state).
+DENSE_LIMIT = 1024
+
+
+# ---------------------------------------------------------------------------
+# peers
+
+
+class NaiveSimulator:
+    """A gate-by-gate torch simulation of a circuit's first K columns.
+
+    The honest baseline: every gate's constant parts are prepared once, but
+    each call builds every gate's matrix from its angle and contracts it
+    into the ``(d_0, …, d_{n-1}, K)`` state with ``torch.tensordot`` on the
+    gate's axes; no fusion, no batching. Differentiable.
+
+    >>> circuit = pauli(3, 1)
+    >>> values = torch.randn(circuit.num_parameters, dtype=torch.float64)
+    >>> U = NaiveSimulator(circuit, 2, torch.float64)(values)
+    >>> bool(torch.allclose(U, torch.as_tensor(circuit.matrix(values))[:, :2]))
+    True
+    """
+
+    def __init__(self, circuit: Circuit, columns: int, dtype: torch.dtype = torch.float32) -> None:
+        self.dims = circuit.dims
+        work = dtype if circuit.is_real else COMPLEX_OF[dtype]
+        index = {name: i for i, name in enumerate(circuit.parameters)}
+        self.gates: list[tuple] = []
+        for gate in circuit.gates:
+            if gate.is_identity:
+                continue
+            local = circuit.wire_dims(gate.wires)
+            if gate.params:
+                generator = gate.generator(local)
+                projector = generator @ generator
+                parts = [np.eye(len(generator)) - projector, projector, -1j * generator]
+                expr = gate.params[0]
+                terms = [(index[name], coeff) for name, coeff in expr.terms]
+                tensors = [_tensor(p, dtype, work) for p in parts]
+                self.gates.append(("rotation", gate.wires, local, tensors, terms, expr.constant))
+            else:
+                constant = (gate.constant_matrix(local) if isinstance(gate, FixedGate)
+                            else gate.matrix(local).numpy())
+                self.gates.append(("fixed", gate.wires, local, _tensor(constant, dtype, work)))
+        initial = torch.zeros(circuit.dimension, columns, dtype=work)
+        initial[torch.arange(columns), torch.arange(columns)] = 1
+        self.initial = initial
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        """values (P,) -> (N, K)."""
+        state = self.initial.reshape(*self.dims, -1)
+        for gate in self.gates:
+            wires, local = gate[1], gate[2]
+            if gate[0] == "rotation":
+                fixed, projector, step = gate[3]
+                theta = gate[5] + sum(coeff * values[i] for i, coeff in gate[4])
+                matrix = fixed + torch.cos(theta / 2) * projector + torch.sin(theta / 2) * step
+            else:
+                matrix = gate[3]
+            count = len(wires)
+            matrix = matrix.reshape(*local, *local).to(state.dtype)
+            state = torch.tensordot(matrix, state, dims=(list(range(count, 2 * count)),
+                                                         list(wires)))
+            state = torch.movedim(state, list(range(count)), list(wires))
+        return state.reshape(-1, state.shape[-1])
+
+
+def _tensor(array, dtype, work) -> torch.Tensor:
+    array = np.asarray(array)
+    if np.iscomplexobj(array) and np.abs(array.imag).max(initial=0.0) > 0:
+        return torch.as_tensor(array, dtype=work)
+    return torch.as_tensor(np.real(array), dtype=dtype)
+
+
+def _angle_values(circuit: Circuit, values) -> list:
+    """The numeric angle of every parameterized gate (floats or tensors)."""
+    index = {name: i for i, name in enumerate(circuit.parameters)}
+    out = []
+    for gate in circuit.gates:
+        if gate.params:
+            expr = gate.params[0]
+            out.append(expr.constant + sum(c * values[index[n]] for n, c in expr.terms))
+    return out
+
+
+def _require_qubits(circuit: Circuit, who: str) -> None:
+    if set(circuit.dims) != {2}:
+        raise InteropError(f"{who} takes qubit registers only; this circuit has dims "
+                           f"{circuit.dims}")
+
+
+def qiskit_circuit(circuit: Circuit, values: Sequence[float]):
+    """The bound circuit as a Qiskit ``QuantumCircuit`` whose ``Operator``
+    equals ``circuit.matrix(values)`` (qpeft wire w is Qiskit qubit n−1−w,
+    so the little-endian order of Qiskit gives the same matrix).
+
+    >>> from qiskit.quantum_info import Operator
+    >>> circuit = Circuit(2).ry(0, "a").cz(0, 1).rx(1, "b").cx(1, 0)
+    >>> qc = qiskit_circuit(circuit, [0.3, -0.7])
+    >>> bool(np.allclose(Operator(qc).data, circuit.matrix([0.3, -0.7])))
+    True
+    """
+    from qiskit import QuantumCircuit
+    from qiskit.circuit.library import UnitaryGate
+
+    _require_qubits(circuit, "the Qiskit benchmark helper")
+    n = circuit.num_wires
+    qc = QuantumCircuit(n)
+    angles = iter(_angle_values(circuit, [float(v) for v in values]))
+    native = {"RY": qc.ry, "RX": qc.rx, "RZ": qc.rz}
+    fixed = {"CZ": qc.cz, "CX": qc.cx, "SWAP": qc.swap, "H": qc.h, "X": qc.x, "Y": qc.y,
+             "Z": qc.z}
+    for gate in circuit.gates:
+        if gate.is_identity:
+            continue
+        qubits = [n - 1 - w for w in gate.wires]
+        if gate.params:
+            angle = next(angles)
+            if gate.name in native:
+                native[gate.name](angle, qubits[0])
+                continue
+            matrix = gate.matrix(circuit.wire_dims(gate.wires),
+                                 torch.tensor([angle], dtype=torch.float64)).numpy()
+        elif gate.name in fixed:
+            fixed[gate.name](*qubits)
+            continue
+        else:
+            matrix = gate.matrix(circuit.wire_dims(gate.wires)).numpy()
+        qc.append(UnitaryGate(matrix), qubits[::-1])
+    return qc
+
+
+def pennylane_function(circuit: Circuit) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``values -> circuit matrix`` through PennyLane's ``qml.matrix`` (torch
+    interface, differentiable); wire order ``range(n)``, wire 0 most significant.
+
+    >>> circuit = Circuit(2).ry(0, "a").cz(0, 1).ry(1, "b")
+    >>> matrix = pennylane_function(circuit)(torch.tensor([0.3, -0.7], dtype=torch.float64))
+    >>> bool(np.allclose(matrix.numpy(), circuit.matrix([0.3, -0.7])))
+    True
+    """
+    import pennylane as qml
+
+    _require_qubits(circuit, "the PennyLane benchmark helper")
+    native = {"RY": qml.RY, "RX": qml.RX, "RZ": qml.RZ}
+    fixed = {"CZ": qml.CZ, "CX": qml.CNOT, "SWAP": qml.SWAP, "H": qml.Hadamard,
+             "X": qml.PauliX, "Y": qml.PauliY, "Z": qml.PauliZ}
+
+    def qfunc(values: torch.Tensor) -> None:
+        angles = iter(_angle_values(circuit, values))
+        for gate in circuit.gates:
+            if gate.is_identity:
+                continue
+            wires = list(gate.wires)
+            if gate.params:
+                angle = next(angles)
+                if gate.name in native:
+                    native[gate.name](angle, wires=wires[0])
+                else:
+                    local = circuit.wire_dims(gate.wires)
+                    qml.QubitUnitary(gate.matrix(local, torch.as_tensor(angle).reshape(1)),
+                                     wires=wires)
+            elif gate.name in fixed:
+                fixed[gate.name](wires=wires)
+            else:
+                qml.QubitUnitary(gate.matrix(circuit.wire_dims(gate.wires)), wires=wires)
+
+    return qml.matrix(qfunc, wire_order=range(circuit.num_wires))
+
+
+def load_mappings():
+    """The module of the alternative Stiefel maps (``mapping(name, N, K, dtype=…)``)."""
+    return importlib.import_module("qpeft.compiler.mappings")
+
+
+# ---------------------------------------------------------------------------
+# timing
+
+
+def benchmark_circuit(dimension: int, layers: int) -> Circuit:
+    """The Pauli ansatz for a power of two, the qudit ansatz otherwise."""
+    if dimension >= 2 and dimension & (dimension - 1) == 0:
+        return pauli(dimension.bit_length() - 1, layers)
+    return for_dimension(dimension, layers)
+
+
+def _calibrate(fn: Callable[[], object], target: float = 0.01) -> int:
+    """Calls per sample so that one sample lasts about ``target`` seconds."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    return max(1, min(1000, int(target / once)))
+
+
+def _sample(fn: Callable[[], object], number: int) -> float:
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - start) / number
+
+
+def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed round-robin.
+
+    >>> times = time_interleaved({"a": lambda: sum(range(100))}, repeats=3)
+    >>> times["a"] > 0
+    True
+    """
+    numbers = {name: _calibrate(fn) for name, fn in functions.items()}
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, fn in functions.items():
+            samples[name].append(_sample(fn, numbers[name]))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def forward_backward(module: Callable[[torch.Tensor], torch.Tensor],
+                     values: torch.Tensor) -> Callable[[], object]:
+    """A closure running ``module(values)`` and the gradient of a weighted sum."""
+    values = values.detach().requires_grad_(True)
+    weight = None
+
+    def run() -> object:
+        nonlocal weight
+        out = module(values)
+        if out.is_complex():
+            out = torch.view_as_real(out)
+        if weight is None:
+            weight = torch.randn_like(out.detach())
+        return torch.autograd.grad((out * weight).sum(), values)
+
+    return run
+
+
+@dataclass
+class BenchmarkConfig:
+    """What ``qpeft bench unitary`` measures (see the module docstring)."""
+
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    columns: int = 4
+    layers: int = 2
+    repeats: int = 7
+    dtype: str = "float32"
+    methods: tuple[str, ...] = ALL_METHODS
+    slow_limit: float = 60.0
+    batched: bool = True
+    bert_layers: int = 6
+    memory_qubits: int = 14
+    memory_columns: int = 64
+    threads: int = 1
+
+    @classmethod
+    def quick(cls) -> BenchmarkConfig:
+        """A subset that runs in seconds (used by the tests)."""
+        return cls(sizes=(64, 96), columns=2, layers=1, repeats=3, slow_limit=5.0,
+                   bert_layers=1, memory_qubits=8, memory_columns=8)
+
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
+
+
+@dataclass
+class Measurement:
+    method: str
+    dimension: int
+    seconds: float | None
+    status: str = "ok"  # ok | skipped | n/a
+    note: str = ""
+
+
+@dataclass
+class _SlowTracker:
+    """Extrapolates the run time of a slow peer from its last two sizes."""
+
+    points: list[tuple[int, float]] = field(default_factory=list)
+
+    def predict(self, dimension: int) -> float | None:
+        if not self.points:
+            return None
+        (n1, t1) = self.points[-1]
+        exponent = 2.5
+        if len(self.points) >= 2:
+            n0, t0 = self.points[-2]
+            if t0 > 0 and n1 > n0:
+                exponent = max(1.0, math.log(t1 / t0) / math.log(n1 / n0))
+        return t1 * (dimension / n1) ** exponent
+
+
+def _fast_functions(circuit: Circuit, config: BenchmarkConfig) -> dict[str, Callable]:
+    dtype = config.torch_dtype()
+    dimension, k = circuit.dimension, config.columns
+    values = 0.5 * torch.randn(circuit.num_parameters, dtype=dtype)
+    functions: dict[str, Callable] = {}
+    wanted = set(config.methods)
+    if "columns" in wanted:
+        functions["columns"] = forward_backward(compile_circuit(circuit, k, dtype=dtype), values)
+    if "tensornet" in wanted:
+        network = compile_circuit(circuit, k, method="tensornet", dtype=dtype)
+        functions["tensornet"] = forward_backward(network, values)
+    if "dense" in wanted and dimension <= DENSE_LIMIT:
+        dense = compile_circuit(circuit, k, method="dense", dtype=dtype)
+        functions["dense"] = forward_backward(dense, values)
+    if "naive" in wanted:
+        functions["naive"] = forward_backward(NaiveSimulator(circuit, k, dtype), values)
+    mappings = [m for m in MAPPINGS if m in wanted]
+    if mappings:
+        module = load_mappings()
+        for name in mappings:
+            frame = module.mapping(name, dimension, k, dtype=dtype)
+            angles = 0.1 * torch.randn(frame.num_parameters, dtype=dtype)
+            functions[name] = forward_backward(frame, angles)
+    return functions
+
+
+def _slow_measurement(method: str, circuit: Circuit, config: BenchmarkConfig,
+                      tracker: _SlowTracker) -> Measurement:
+    dimension = circuit.dimension
+    if set(circuit.dims) != {2}:
+        return Measurement(method, dimension, None, "n/a",
+                           f"N not a power of two needs a qudit register; {method} takes "
+                           "qubits only")
+    predicted = tracker.predict(dimension)
+    if predicted is not None and predicted > config.slow_limit:
+        return Measurement(method, dimension, None, "skipped",
+                           f"estimated {predicted:.0f} s > {config.slow_limit:.0f} s limit")
+    values = 0.5 * np.random.default_rng(0).standard_normal(circuit.num_parameters)
+    if method == "qiskit":
+        from qiskit.quantum_info import Operator
+
+        start = time.perf_counter()
+        Operator(qiskit_circuit(circuit, values))
+        seconds = time.perf_counter() - start
+        note = "forward only (Qiskit has no gradients); 1 run"
+    else:
+        function = pennylane_function(circuit)
+        leaf = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+        start = time.perf_counter()
+        matrix = function(leaf)
+        torch.autograd.grad(matrix[:, : config.columns].real.sum(), leaf)
+        seconds = time.perf_counter() - start
+        note = "forward and backward; 1 run"
+    tracker.points.append((dimension, seconds))
+    return Measurement(method, dimension, seconds, "ok", note)
+
+
+def bert_frames(hidden: int = 384, intermediate: int = 1536, layers: int = 6) -> dict[int, int]:
+    """Frames (U or V) per dimension when every linear layer of a BERT is adapted.
+
+    Per layer: q, k, v, o are hidden×hidden (2 frames of size hidden each),
+    the intermediate dense is intermediate×hidden and the output dense
+    hidden×intermediate (one frame of each size each).
+
+    >>> bert_frames()
+    {384: 60, 1536: 12}
+    >>> sum(bert_frames().values())
+    72
+    """
+    return {hidden: layers * (4 * 2 + 2), intermediate: layers * 2}
+
+
+def measure_batched(config: BenchmarkConfig) -> dict:
+    """One call per distinct dimension (angles stacked) against one call per frame."""
+    dtype = config.torch_dtype()
+    frames = bert_frames(layers=config.bert_layers)
+    modules, values = {}, {}
+    for dimension, count in frames.items():
+        circuit = benchmark_circuit(dimension, config.layers)
+        modules[dimension] = compile_circuit(circuit, config.columns, dtype=dtype)
+        values[dimension] = (0.5 * torch.randn(count, circuit.num_parameters, dtype=dtype)
+                             ).requires_grad_(True)
+
+    def batched() -> object:
+        loss = sum(modules[d](values[d]).sum() for d in frames)
+        return torch.autograd.grad(loss, list(values.values()))
+
+    def separate() -> object:
+        loss = sum(modules[d](values[d][i]).sum() for d in frames for i in range(frames[d]))
+        return torch.autograd.grad(loss, list(values.values()))
+
+    times = time_interleaved({"batched": batched, "separate": separate}, config.repeats)
+    return {
+        "frames": {str(d): c for d, c in frames.items()},
+        "total_frames": sum(frames.values()),
+        "batched_seconds": times["batched"],
+        "separate_seconds": times["separate"],
+        "ratio": times["separate"] / times["batched"],
+    }
+
+
+def measure_memory(config: BenchmarkConfig) -> dict:
+    """Autograd-held bytes and backward time, standard path against recompute."""
+    dtype = config.torch_dtype()
+    circuit = pauli(config.memory_qubits, config.layers)
+    out: dict = {"dimension": circuit.dimension, "columns": config.memory_columns,
+                 "layers": config.layers}
+    values = 0.5 * torch.randn(circuit.num_parameters, dtype=dtype)
+    modules = {}
+    for recompute in (False, True):
+        name = "recompute" if recompute else "standard"
+        module = compile_circuit(circuit, config.memory_columns, dtype=dtype,
+                               recompute_backward=recompute)
+        modules[name] = module
+        leaf = values.clone().requires_grad_(True)
+        held, result = autograd_saved_bytes(module, leaf, exclude=list(module.buffers()))
+        out[f"{name}_saved_bytes"] = held
+        out["output_bytes"] = result.numel() * result.element_size()
+        del result
+    times = time_interleaved({name: forward_backward(m, values) for name, m in modules.items()},
+                             max(3, config.repeats // 2))
+    out["standard_seconds"] = times["standard"]
+    out["recompute_seconds"] = times["recompute"]
+    out["saved_ratio"] = out["standard_saved_bytes"] / max(out["recompute_saved_bytes"], 1)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the whole benchmark
+
+
+def run_benchmark(config: BenchmarkConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Run everything ``config`` asks for; returns a JSON-ready report."""
+    unknown = sorted(set(config.methods) - set(ALL_METHODS))
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from "
+                          f"{', '.join(ALL_METHODS)}")
+    if config.columns < 1 or any(n < 2 or config.columns > n for n in config.sizes):
+        raise ConfigError(f"--columns {config.columns} must lie in 1 … N for every size "
+                          f"{list(config.sizes)}")
+    note = progress or (lambda message: None)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run(config, note)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(config: BenchmarkConfig, note: Callable[[str], None]) -> dict:
+    torch.manual_seed(0)
+    measurements: list[Measurement] = []
+    trackers = {method: _SlowTracker() for method in SLOW_METHODS}
+    for dimension in sorted(config.sizes):
+        circuit = benchmark_circuit(dimension, config.layers)
+        note(f"N = {dimension}: fast methods")
+        times = time_interleaved(_fast_functions(circuit, config), config.repeats)
+        measurements += [Measurement(m, dimension, t) for m, t in times.items()]
+        if "dense" in config.methods and dimension > DENSE_LIMIT:
+            measurements.append(Measurement("dense", dimension, None, "skipped",
+                                            f"N×N unitary above N = {DENSE_LIMIT}"))
+        for method in SLOW_METHODS:
+            if method in config.methods:
+                note(f"N = {dimension}: {method}")
+                measurements.append(_slow_measurement(method, circuit, config,
+                                                      trackers[method]))
+    report: dict = {
+        "config": {**asdict(config), "torch": torch.__version__,
+                   "quantity": "seconds per forward+backward (median); qiskit: forward only"},
+        "measurements": [asdict(m) for m in measurements],
+    }
+    report["ratios"] = _ratios(measurements)
+    if config.batched:
+        note("batched against separate calls")
+        report["batched"] = measure_batched(config)
+    note("memory of the recompute backward")
+    report["memory"] = measure_memory(config)
+    report["targets"] = _targets(report, config)
+    return report
+
+
+def _ratios(measurements: list[Measurement]) -> dict[str, dict[str, float]]:
+    """peer time / columns time, per dimension and peer."""
+    by_size: dict[int, dict[str, float]] = {}
+    for m in measurements:
+        if m.seconds is not None:
+            by_size.setdefault(m.dimension, {})[m.method] = m.seconds
+    out: dict[str, dict[str, float]] = {}
+    for dimension, times in by_size.items():
+        base = times.get("columns")
+        if base:
+            out[str(dimension)] = {m: t / base for m, t in times.items() if m != "columns"}
+    return out
+
+
+def _targets(report: dict, config: BenchmarkConfig) -> list[dict]:
+    ratios = report["ratios"]
+    at = "4096"
+    where = f"N = 4096, K = {config.columns}, L = {config.layers}"
+
+    def target(name: str, threshold: float, measured: float | None) -> dict:
+        status = "not measured" if measured is None else (
+            "PASS" if measured >= threshold else "FAIL")
+        return {"name": name, "threshold": threshold, "measured": measured, "status": status}
+
+    out = [
+        target(f"columns vs naive torch simulation ({where})", 3.0,
+               ratios.get(at, {}).get("naive")),
+        target(f"columns vs Qiskit Operator ({where})", 5000.0,
+               ratios.get(at, {}).get("qiskit")),
+    ]
+    large = [(int(n), m, r) for n, peers in ratios.items() if int(n) >= 1024
+             for m, r in peers.items() if m in MAPPINGS]
+    worst = min((r for _, _, r in large), default=None)
+    out.append(target("columns faster than every alternative mapping for N >= 1024 "
+                      "(smallest ratio)", 1.0, worst))
+    batched = report.get("batched")
+    out.append(target(f"batched vs separate calls ({batched['total_frames']} BERT frames)"
+                      if batched else "batched vs separate calls", 5.0,
+                      batched["ratio"] if batched else None))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# output
+
+
+def _format_seconds(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.0f} µs"
+
+
+def _format_bytes(count: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+def render(report: dict, console=None) -> None:
+    """Print the report as rich tables: times, ratios, the extra cases, the targets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:
+        console = Console() if sys.stdout.isatty() else Console(width=160)
+    config = report["config"]
+    measured = report["measurements"]
+    methods = [m for m in ALL_METHODS if any(x["method"] == m for x in measured)]
+    sizes = sorted({x["dimension"] for x in measured})
+    cells = {(x["method"], x["dimension"]): x for x in measured}
+    times = Table(title=f"seconds per forward+backward (median of {config['repeats']} "
+                  f"interleaved rounds), K = {config['columns']}, L = {config['layers']}, "
+                  f"{config['dtype']}, {config['threads']} torch thread(s)")
+    ratios = Table(title="ratio: method time / columns time (> 1: columns is faster)")
+    for table in (times, ratios):
+        table.add_column("N", justify="right")
+    for method in methods:
+        times.add_column(method, justify="right")
+        if method != "columns":
+            ratios.add_column(method, justify="right")
+    notes: dict[str, str] = {}
+    for dimension in sizes:
+        time_row, ratio_row = [str(dimension)], [str(dimension)]
+        peers = report["ratios"].get(str(dimension), {})
+        for method in methods:
+            cell = cells.get((method, dimension))
+            if cell is None:
+                text = ""
+            elif cell["seconds"] is None:
+                text = cell["status"]
+                key = f"{method} {cell['status']}"
+                if key not in notes:  # the first (smallest) N says why
+                    where = f" from N = {dimension}" if cell["status"] == "skipped" else ""
+                    notes[key] = f"{cell['note']}{where}"
+            else:
+                text = _format_seconds(cell["seconds"])
+                if cell["note"]:
+                    notes[method] = cell["note"]
+            time_row.append(text)
+            if method != "columns":
+                ratio_row.append(f"{peers[method]:.3g}" if method in peers else text)
+        times.add_row(*time_row)
+        ratios.add_row(*ratio_row)
+    console.print(times)
+    console.print(ratios)
+    for key, text in notes.items():
+        console.print(f"  {key}: {text}")
+    batched = report.get("batched")
+    if batched:
+        console.print(
+            f"\nbatched: {batched['total_frames']} frames {batched['frames']} (dimension: "
+            f"count) — one call per dimension {_format_seconds(batched['batched_seconds'])}, "
+            f"{batched['total_frames']} separate calls "
+            f"{_format_seconds(batched['separate_seconds'])} (×{batched['ratio']:.3g})"
+        )
+    memory = report.get("memory")
+    if memory:
+        console.print(
+            f"memory: N = {memory['dimension']}, K = {memory['columns']}, L = "
+            f"{memory['layers']} — autograd holds {_format_bytes(memory['standard_saved_bytes'])} "
+            f"(standard) against {_format_bytes(memory['recompute_saved_bytes'])} "
+            f"(recompute_backward; the output alone is {_format_bytes(memory['output_bytes'])}); "
+            f"forward+backward {_format_seconds(memory['standard_seconds'])} against "
+            f"{_format_seconds(memory['recompute_seconds'])}"
+        )
+    targets = Table(title="targets")
+    for column in ("target", "threshold", "measured", "status"):
+        targets.add_column(column)
+    for t in report["targets"]:
+        value = "—" if t["measured"] is None else f"×{t['measured']:.3g}"
+        style = {"PASS": "green", "FAIL": "red"}.get(t["status"], "yellow")
+        targets.add_row(t["name"], f"≥ ×{t['threshold']:g}", value,
+                        f"[{style}]{t['status']}[/{style}]")
+    console.print(targets)
+
+
+def plot(report: dict, path: str) -> None:
+    """Time against N on log axes, one line per method (Fig. 6 of the paper, with peers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8.5, 4.5))
+    for method in ALL_METHODS:
+        points = sorted((x["dimension"], x["seconds"]) for x in report["measurements"]
+                        if x["method"] == method and x["seconds"] is not None)
+        if points:
+            sizes, seconds = zip(*points)
+            style = "-o" if method in FAST_METHODS else ("--s" if method in SLOW_METHODS
+                                                         else ":^")
+            axes.plot(sizes, seconds, style, label=method, markersize=4)
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.set_xlabel("N (rows of U)")
+    axes.set_ylabel("seconds per forward+backward")
+    config = report["config"]
+    axes.set_title(f"N×{config['columns']} orthonormal frame, L = {config['layers']}")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------------
+# command line
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--sizes takes comma-separated integers such as 256,384,4096, got {text!r}"
+        ) from None
+    if not sizes or min(sizes) < 2:
+        raise argparse.ArgumentTypeError("--sizes needs at least one dimension >= 2")
+    return sizes
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    methods = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}"
+        )
+    return methods
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``unitary`` under ``qpeft bench``."""
+    parser = subparsers.add_parser(
+        "unitary",
+        help="time the compiler against Qiskit, PennyLane, a naive simulator and the "
+             "alternative mappings",
+        description="Time one forward+backward pass producing U = Q(θ)[:, :K] with the "
+                    "compiler, a naive torch simulation, Qiskit, PennyLane and the alternative "
+                    "mappings; print ratios and PASS/FAIL for the performance targets.",
+    )
+    parser.add_argument("--sizes", type=_sizes, default=None,
+                        help="comma-separated dimensions N (default: 2^8 … 2^14, 384, 768, "
+                             "3072)")
+    parser.add_argument("--columns", type=int, default=4, help="K, columns of U (default 4)")
+    parser.add_argument("--layers", type=int, default=2, help="ansatz layers L (default 2)")
+    parser.add_argument("--repeats", type=int, default=7,
+                        help="interleaved rounds per method; the median is reported")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads for every torch method (default 1: on a machine "
+                             "shared with other jobs, multi-threaded BLAS calls wait for a "
+                             "scheduler slice and the timings become meaningless)")
+    parser.add_argument("--methods", type=_methods, default=ALL_METHODS,
+                        help=f"comma-separated subset of {','.join(ALL_METHODS)}")
+    parser.add_argument("--slow-limit", type=float, default=60.0,
+                        help="skip Qiskit/PennyLane where a run is estimated to take longer "
+                             "(seconds, default 60)")
+    parser.add_argument("--no-batched", action="store_true",
+                        help="skip the batched-against-separate BERT case")
+    parser.add_argument("--json", action="store_true",
+                        help="print the report as JSON on standard output (nothing else)")
+    parser.add_argument("--plot", metavar="FILE", help="save time against N (log axes) to FILE")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny subset that runs in seconds")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
+    if args.columns < 1 or args.layers < 0 or args.repeats < 1 or args.threads < 1:
+        raise ConfigError("--columns, --repeats and --threads must be >= 1 and --layers >= 0")
+    if args.quick:
+        config = BenchmarkConfig.quick()
+        config.threads = args.threads
+        if args.sizes is not None:
+            config.sizes = args.sizes
+        return config
+    return BenchmarkConfig(
+        sizes=args.sizes or DEFAULT_SIZES,
+        columns=args.columns,
+        layers=args.layers,
+        repeats=args.repeats,
+        dtype=args.dtype,
+        methods=args.methods,
+        slow_limit=args.slow_limit,
+        batched=not args.no_batched,
+        threads=args.threads,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """``qpeft bench unitary``."""
+    from rich.console import Console
+
+    config = config_from_args(args)
+    errors = Console(stderr=True)
+    with errors.status("benchmarking") as status:
+        report = run_benchmark(config, progress=lambda message: status.update(message))
+    if args.plot:
+        plot(report, args.plot)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render(report)
+        if args.plot:
+            Console().print(f"plot written to {args.plot}")
+    return 0

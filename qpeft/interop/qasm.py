@@ -1,0 +1,147 @@
+"""OpenQASM out and in, through Qiskit: :func:`to_qasm` and :func:`from_qasm`.
+
+Export lowers the circuit to the gates every OpenQASM reader knows (RX,
+RY, RZ, H, X, Y, Z, CX, CZ, SWAP and their controlled forms) with
+``qiskit.transpile(optimization_level=0)``, so multi-qubit Pauli rotations,
+sign diagonals and fixed unitaries come out as standard gates. A global
+phase, which OpenQASM 2 cannot state and Qiskit's OpenQASM 3 exporter
+drops, is written as ``p(φ) q[0]; x q[0]; p(φ) q[0]; x q[0];`` (that
+product is ``e^{iφ}·I``). The round trip keeps the matrix, not the gate
+list.
+
+OpenQASM 3 keeps symbolic angles (``input float[64] …;``); Qiskit writes
+``theta[3]`` as ``_theta_3_`` and :func:`from_qasm` turns it back.
+Reading OpenQASM 3 needs the optional package ``qiskit-qasm3-import``;
+OpenQASM 2 (``version=2``) needs nothing extra but only holds numbers.
+
+>>> from qpeft.circuit import Circuit
+>>> print(to_qasm(Circuit(2).ry(0, 0.5).cz(0, 1), version=2))
+OPENQASM 2.0;
+include "qelib1.inc";
+qreg q[2];
+ry(0.5) q[0];
+cz q[0],q[1];
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from qpeft.circuit import Circuit
+from qpeft.errors import InteropError
+from qpeft.interop.common import require_qubits
+from qpeft.interop.qiskit import from_qiskit, to_qiskit
+
+#: the gates an exported program uses
+QASM_GATES = ("rx", "ry", "rz", "h", "x", "y", "z", "cx", "cz", "swap", "p",
+              "crx", "cry", "crz", "cy", "ch", "ccx", "cswap")
+_ESCAPED_ELEMENT = re.compile(r"^_([A-Za-z_][A-Za-z0-9_]*)_([0-9]+)_$")
+_INSTALL = (
+    "reading OpenQASM 3 needs the package qiskit-qasm3-import: "
+    "pip install qiskit-qasm3-import (or pip install 'qiskit[qasm3-import]'); "
+    "OpenQASM 2 (to_qasm(circuit, version=2)) needs nothing extra"
+)
+
+
+def _lowered(circuit: Circuit):
+    """The circuit as a Qiskit circuit of :data:`QASM_GATES` only, its global
+    phase written as gates."""
+    from qiskit import transpile
+
+    qc = transpile(to_qiskit(circuit), basis_gates=list(QASM_GATES), optimization_level=0)
+    phase = qc.global_phase
+    numeric = not getattr(phase, "parameters", None)
+    if not numeric or abs(math.remainder(float(phase), 2 * math.pi)) > 1e-14:
+        qc.global_phase = 0.0
+        for _ in range(2):
+            qc.p(phase, 0)
+            qc.x(0)
+    return qc
+
+
+def to_qasm(circuit: Circuit, version: int = 3) -> str:
+    """The circuit as an OpenQASM program (qubit circuits only).
+
+    ``version=3`` (default) keeps free parameters as ``input float[64]``
+    declarations; ``version=2`` needs every parameter bound
+    (``circuit.bind(values)``).
+
+    >>> from qpeft.ansatz import pauli
+    >>> text = to_qasm(pauli(qubits=2, layers=1))
+    >>> text.splitlines()[0], text.count("ry(")
+    ('OPENQASM 3.0;', 4)
+    """
+    require_qubits(circuit, "to_qasm")
+    if version == 2 and circuit.parameters:
+        raise InteropError(
+            f"OpenQASM 2 holds no free parameters, and this circuit has "
+            f"{circuit.num_parameters}; bind them first (to_qasm(circuit.bind(values), "
+            "version=2)) or write OpenQASM 3"
+        )
+    qc = _lowered(circuit)
+    if version == 3:
+        from qiskit import qasm3
+
+        return qasm3.dumps(qc)
+    if version == 2:
+        from qiskit import qasm2
+
+        return qasm2.dumps(qc)
+    raise InteropError(f"unknown OpenQASM version {version!r}; use 2 or 3")
+
+
+def qasm3_import_available() -> bool:
+    """True when ``qiskit-qasm3-import`` (needed to read OpenQASM 3) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("qiskit_qasm3_import") is not None
+
+
+def from_qasm(text: str) -> Circuit:
+    """A qpeft circuit from an OpenQASM 2 or 3 program (read by its header).
+
+    Parameters Qiskit escaped on export (``_theta_3_``) get their vector
+    names back (``theta[3]``). Raises :class:`InteropError` with the
+    install command when OpenQASM 3 support is missing.
+
+    >>> from qpeft.circuit import Circuit
+    >>> circuit = Circuit(2).h(0).cx(0, 1)
+    >>> from_qasm(to_qasm(circuit, version=2)) == circuit
+    True
+    """
+    if not isinstance(text, str):
+        raise InteropError(f"from_qasm takes the program text, got {type(text).__name__}")
+    header = re.search(r"OPENQASM\s+([0-9]+)", text)
+    if header is None:
+        raise InteropError("no 'OPENQASM <version>;' header found; is this an OpenQASM program?")
+    version = int(header.group(1))
+    if version == 2:
+        from qiskit import qasm2
+
+        try:
+            qc = qasm2.loads(text, custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
+        except qasm2.QASM2ParseError as exc:
+            raise InteropError(f"invalid OpenQASM 2 program: {exc}") from exc
+        return from_qiskit(qc)
+    if version != 3:
+        raise InteropError(f"unknown OpenQASM version {version}; qpeft reads 2 and 3")
+    if not qasm3_import_available():
+        raise InteropError(_INSTALL)
+    from qiskit import qasm3
+
+    try:
+        qc = qasm3.loads(text)
+    except qasm3.QASM3ImporterError as exc:
+        raise InteropError(f"invalid OpenQASM 3 program: {exc}") from exc
+    circuit = from_qiskit(qc)
+    taken = set(circuit.parameters)
+    renames = {}
+    for name in circuit.parameters:
+        match = _ESCAPED_ELEMENT.match(name)
+        if match:
+            wanted = f"{match.group(1)}[{match.group(2)}]"
+            if wanted not in taken:
+                renames[name] = wanted
+                taken.add(wanted)
+    return circuit.rename(renames) if renames else circuit

@@ -1,0 +1,59 @@
+"""``python -m qpeft.train.recipes NAME [options]`` runs one recipe."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from qpeft.errors import QpeftError
+from qpeft.train.recipes import RECIPES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qpeft.train.recipes.common import add_recipe_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="python -m qpeft.train.recipes",
+        description="Run one of the paper's experiments (needs network access).",
+    )
+    subparsers = parser.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
+    for name, (module_name, class_name) in RECIPES.items():
+        module = importlib.import_module(module_name)
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        sub = subparsers.add_parser(name, help=summary, description=summary,
+                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_recipe_arguments(sub, getattr(module, class_name))
+        sub.add_argument("--output-dir", type=Path, required=True, help="report folder")
+        sub.add_argument("--resume", action="store_true", help="continue an interrupted run")
+        sub.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from qpeft.train.experiment import prepare_output_dir
+    from qpeft.train.recipes.common import recipe_from_args
+    from qpeft.train.report import write_json
+
+    args = build_parser().parse_args(argv)
+    module_name, class_name = RECIPES[args.recipe]
+    module = importlib.import_module(module_name)
+    try:
+        recipe = recipe_from_args(getattr(module, class_name), args)
+        prepare_output_dir(args.output_dir, resume=args.resume, overwrite=args.overwrite)
+        write_json(args.output_dir / "run.json", {"kind": f"recipe:{args.recipe}",
+                                                   "recipe": recipe.__dict__})
+        metrics = module.run(recipe, args.output_dir, resume=args.resume)
+    except QpeftError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    scores = {key: value for key, value in metrics.items() if isinstance(value, float)}
+    print(", ".join(f"{key} {value:.4f}" for key, value in scores.items()))
+    print(f"report: {args.output_dir / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

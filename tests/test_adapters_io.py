@@ -1,0 +1,246 @@
+"""Saving and loading adapters: exact round trips, the file format, bad directories."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from test_adapters_model import (  # noqa: F401 - _one_thread is an autouse fixture
+    BERT_TARGETS,
+    _one_thread,
+    perturb,
+    tiny_bert,
+    tiny_gpt2,
+    tokens,
+)
+
+from qpeft.adapters import QPeftConfig, QPeftLinear, QPeftModel, get_qpeft_model
+from qpeft.adapters.io import CONFIG_NAME, WEIGHTS_NAME
+from qpeft.errors import AdapterFileError
+
+
+def trained_bert(**options) -> QPeftModel:
+    config = QPeftConfig(target_modules=BERT_TARGETS, rank=4, modules_to_save=["classifier"],
+                         **options)
+    model = get_qpeft_model(tiny_bert(), config)
+    perturb(model)
+    with torch.no_grad():
+        model.get_submodule("base_model.classifier").modules_to_save["default"].bias.add_(0.3)
+    return model.eval()
+
+
+def assert_round_trip(model: QPeftModel, directory, factory) -> QPeftModel:
+    """Save ``model``, load it onto a fresh ``factory()`` model, compare outputs exactly."""
+    ids = tokens()
+    model.eval()
+    with torch.no_grad():
+        expected = model(ids).logits
+    model.save_pretrained(directory)
+    loaded = QPeftModel.from_pretrained(factory(), directory)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, expected)
+    return loaded
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_save_then_load_reproduces_outputs_exactly(tmp_path):
+    model = trained_bert()
+    loaded = assert_round_trip(model, tmp_path, tiny_bert)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    assert not loaded.training
+    trainable = QPeftModel.from_pretrained(tiny_bert(), tmp_path, is_trainable=True)
+    assert trainable.get_nb_trainable_parameters() == model.get_nb_trainable_parameters()
+
+
+def test_gpt2_round_trip_with_zero_lambda_init(tmp_path):
+    model = get_qpeft_model(tiny_gpt2(), QPeftConfig(target_modules="all-linear", rank=3,
+                                                     init="zero_lambda", layers=1))
+    perturb(model)
+    assert_round_trip(model, tmp_path, tiny_gpt2)
+
+
+def test_the_directory_holds_json_and_pure_safetensors(tmp_path):
+    model = trained_bert()
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    blob = (tmp_path / WEIGHTS_NAME).read_bytes()
+    (header_size,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + header_size])
+    assert blob[8:9] == b"{" and b"pickle" not in blob and not blob.startswith(b"PK")
+    names = set(header) - {"__metadata__"}
+    end = max(entry["data_offsets"][1] for name, entry in header.items() if name in names)
+    assert 8 + header_size + end == len(blob)  # tensors and nothing else
+    assert names == {"qpeft.theta", "qpeft.lambda", "qpeft.initial.theta",
+                     "qpeft.initial.lambda", "classifier.modules_to_save.weight",
+                     "classifier.modules_to_save.bias"}
+    angles = 16 * model.qpeft_layers()["bert.encoder.layer.0.attention.self.query"] \
+        .frame_specs["default"]["in"].num_parameters
+    assert header["qpeft.theta"]["shape"] == [angles] and header["qpeft.lambda"]["shape"] == [32]
+    document = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert document["format"] == "qpeft.adapter" and document["format_version"] == 1
+    assert document["target_modules"] == BERT_TARGETS and document["rank"] == 4
+    assert len(document["circuits"]) == 1  # one 48-wide circuit, shared by all 16 sides
+    fingerprint = next(iter(document["circuits"]))
+    assert all(m["out"] == m["in"] == {"circuit": fingerprint}
+               for m in document["modules"])
+    assert [m["path"] for m in document["modules"]] == list(model.qpeft_layers())
+
+
+def safetensors_header(path) -> dict:
+    blob = path.read_bytes()
+    (size,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8:8 + size])
+
+
+def adapter_bytes(header: dict) -> int:
+    """Bytes of the adapter's own tensors (not the saved head)."""
+    return sum(entry["data_offsets"][1] - entry["data_offsets"][0]
+               for name, entry in header.items() if name.startswith("qpeft."))
+
+
+def test_quantized_adapter_saves_smaller_and_loads_back_the_quantized_outputs(tmp_path):
+    ids = tokens()
+    full = trained_bert()
+    full.save_pretrained(tmp_path / "full")
+    quantized = trained_bert()
+    quantized.quantize(4)
+    with torch.no_grad():
+        expected = quantized(ids).logits
+        assert not torch.equal(expected, full(ids).logits)
+    quantized.save_pretrained(tmp_path / "q4")
+    headers = {name: safetensors_header(tmp_path / name / WEIGHTS_NAME) for name in ("full", "q4")}
+    codes = {name: entry for name, entry in headers["q4"].items() if name.endswith(".codes")}
+    assert {entry["dtype"] for entry in codes.values()} == {"U8"}
+    assert "qpeft.theta.scale" not in headers["q4"]  # angles need none: the grid is fixed
+    assert headers["q4"]["qpeft.lambda.scale"]["shape"] == [8]  # one power of two per module
+    angles = headers["full"]["qpeft.theta"]["shape"][0]
+    assert headers["q4"]["qpeft.theta.codes"]["shape"] == [angles // 2]  # 4 bits per angle
+    assert adapter_bytes(headers["q4"]) * 6 < adapter_bytes(headers["full"])
+    sizes = {name: (tmp_path / name / WEIGHTS_NAME).stat().st_size for name in headers}
+    assert sizes["q4"] < sizes["full"] - 2000
+    loaded = QPeftModel.from_pretrained(tiny_bert(), tmp_path / "q4")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, expected)
+
+
+def test_quantization_aware_training_round_trip(tmp_path):
+    model = get_qpeft_model(tiny_gpt2(), QPeftConfig(target_modules=["c_attn"], rank=2,
+                                                     quantize_bits=6))
+    model.train()
+    ids = tokens()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    for _ in range(3):
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert_round_trip(model, tmp_path, tiny_gpt2)
+
+
+def test_named_adapters_save_in_subfolders_and_load_as_named(tmp_path):
+    model = trained_bert()
+    model.add_adapter("second", QPeftConfig(target_modules=["value"], rank=2))
+    perturb(model)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "second" / CONFIG_NAME).is_file()
+    ids = tokens()
+    with torch.no_grad():
+        model.set_adapter("second")
+        expected = model(ids).logits
+    loaded = QPeftModel.from_pretrained(tiny_bert(), tmp_path)
+    loaded.load_adapter(tmp_path / "second", "second")
+    loaded.set_adapter("second")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, expected)
+
+
+def _assert_load_fails_and_model_unchanged(directory, match):
+    base = tiny_bert()
+    before = snapshot(base)
+    with pytest.raises(AdapterFileError, match=match):
+        QPeftModel.from_pretrained(base, directory)
+    assert not any(isinstance(m, QPeftLinear) for m in base.modules())
+    after = snapshot(base)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_missing_files(tmp_path):
+    _assert_load_fails_and_model_unchanged(tmp_path / "nowhere", "does not exist")
+    trained_bert().save_pretrained(tmp_path)
+    (tmp_path / WEIGHTS_NAME).unlink()
+    _assert_load_fails_and_model_unchanged(tmp_path, "adapter_model.safetensors is missing")
+    (tmp_path / CONFIG_NAME).unlink()
+    _assert_load_fails_and_model_unchanged(tmp_path, "adapter_config.json is missing")
+
+
+def test_truncated_files(tmp_path):
+    trained_bert().save_pretrained(tmp_path)
+    blob = (tmp_path / WEIGHTS_NAME).read_bytes()
+    (tmp_path / WEIGHTS_NAME).write_bytes(blob[: len(blob) // 2])
+    _assert_load_fails_and_model_unchanged(tmp_path, "truncated")
+    text = (tmp_path / CONFIG_NAME).read_text()
+    (tmp_path / CONFIG_NAME).write_text(text[: len(text) // 2])
+    _assert_load_fails_and_model_unchanged(tmp_path, "not valid JSON")
+
+
+def test_mismatched_files(tmp_path):
+    trained_bert().save_pretrained(tmp_path / "a")
+    get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2)).save_pretrained(
+        tmp_path / "b")
+    (tmp_path / "a" / WEIGHTS_NAME).write_bytes((tmp_path / "b" / WEIGHTS_NAME).read_bytes())
+    _assert_load_fails_and_model_unchanged(tmp_path / "a", "does not match")
+
+
+def test_a_reordered_module_list_is_refused(tmp_path):
+    trained_bert().save_pretrained(tmp_path)
+    document = json.loads((tmp_path / CONFIG_NAME).read_text())
+    document["modules"] = document["modules"][::-1]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(document))
+    _assert_load_fails_and_model_unchanged(tmp_path, "edited or reordered")
+
+
+def test_a_file_for_another_architecture(tmp_path):
+    model = get_qpeft_model(tiny_gpt2(), QPeftConfig(target_modules=["c_attn"], rank=2))
+    model.save_pretrained(tmp_path)
+    _assert_load_fails_and_model_unchanged(tmp_path, "has no module 'transformer.h.0.attn")
+
+
+def test_a_newer_format_version_is_refused(tmp_path):
+    trained_bert().save_pretrained(tmp_path)
+    document = json.loads((tmp_path / CONFIG_NAME).read_text())
+    document["format_version"] = 2
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(document))
+    _assert_load_fails_and_model_unchanged(tmp_path, "newer than this qpeft")
+
+
+def test_an_edited_circuit_is_refused(tmp_path):
+    trained_bert().save_pretrained(tmp_path)
+    document = json.loads((tmp_path / CONFIG_NAME).read_text())
+    circuit = next(iter(document["circuits"].values()))
+    circuit["gates"] = circuit["gates"][1:]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(document))
+    _assert_load_fails_and_model_unchanged(tmp_path, "fingerprint")
+
+
+def test_load_adapter_failure_leaves_the_wrapped_model_unchanged(tmp_path):
+    model = trained_bert()
+    model.save_pretrained(tmp_path)
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"\x00" * 16)
+    before = snapshot(model)
+    with pytest.raises(AdapterFileError):
+        model.load_adapter(tmp_path, "again")
+    assert list(model.peft_config) == ["default"]
+    after = snapshot(model)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_saving_replaces_files_atomically(tmp_path):
+    model = trained_bert()
+    model.save_pretrained(tmp_path)
+    model.save_pretrained(tmp_path)  # over an existing save: no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]

@@ -1,0 +1,334 @@
+"""QPeftModel on tiny BERT and GPT-2 models built from transformers configs."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as transformers_logging
+
+import qpeft
+from qpeft.adapters import QPeftConfig, QPeftLinear, QPeftModel, get_qpeft_model
+from qpeft.adapters.frames import compiled_frame
+from qpeft.errors import ConfigError
+
+transformers_logging.set_verbosity_error()
+
+BERT_TARGETS = ["query", "key", "value", "attention.output.dense"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matrices: a second thread only adds contention on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    """Hidden 48 (= 3·2⁴, not a power of two), intermediate 96, 2 layers, 3 labels."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=96,
+                        max_position_embeddings=32, num_labels=3)
+    return BertForSequenceClassification(config).eval()
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    """n_embd 24 (= 3·2³), 2 layers; c_attn maps 24 → 72, mlp.c_fc 24 → 96."""
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=100, n_embd=24, n_layer=2, n_head=4, n_positions=32,
+                        bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
+def tokens(batch: int = 4, length: int = 10, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 100, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def perturb(model: QPeftModel, scale: float = 0.5) -> None:
+    """Move every adapter value away from its initial value (as training would)."""
+    with torch.no_grad():
+        for layer in model.qpeft_layers().values():
+            for adapter in layer.qpeft_lambda:
+                for parameter in layer.adapter_parameters(adapter):
+                    parameter.add_(scale * torch.randn_like(parameter))
+
+
+def frame_parameter_count(model: QPeftModel, adapter: str = "default") -> int:
+    """Σ over adapted layers of P_out + P_in + K (closed form from the circuits)."""
+    total = 0
+    for layer in model.qpeft_layers(adapter).values():
+        specs = layer.frame_specs[adapter]
+        total += specs["out"].num_parameters + specs["in"].num_parameters + layer.rank[adapter]
+    return total
+
+
+# -- wrapping ----------------------------------------------------------------------------------
+def test_bert_output_at_init_equals_the_base_model():
+    ids = tokens()
+    reference = tiny_bert()(ids).logits
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=4,
+                                                     modules_to_save=["classifier"]))
+    assert len(model.qpeft_layers()) == 8
+    assert torch.equal(model(ids).logits, reference)
+
+
+def test_gpt2_conv1d_output_at_init_equals_the_base_model():
+    ids = tokens()
+    reference = tiny_gpt2()(ids).logits
+    model = get_qpeft_model(tiny_gpt2(), QPeftConfig(target_modules="all-linear", rank=4))
+    names = set(model.qpeft_layers())
+    assert "lm_head" not in names and "transformer.h.0.mlp.c_fc" in names
+    assert torch.equal(model(ids).logits, reference)
+
+
+def test_trainable_count_is_the_closed_form_and_peft_format():
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=4,
+                                                     layers=2, modules_to_save=["classifier"]))
+    circuit = qpeft.ansatz.for_dimension(48, layers=2)
+    head = 48 * 3 + 3
+    expected = 8 * (2 * circuit.num_parameters + 4) + head
+    assert frame_parameter_count(model) == 8 * (2 * circuit.num_parameters + 4)
+    trainable, total = model.get_nb_trainable_parameters()
+    assert trainable == expected
+    assert total == sum(p.numel() for p in tiny_bert().parameters()) + expected
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        model.print_trainable_parameters()
+    assert printed.getvalue() == (
+        f"trainable params: {trainable:,d} || all params: {total:,d} || "
+        f"trainable%: {100 * trainable / total:.4f}\n"
+    )
+
+
+def test_only_adapters_and_saved_modules_are_trainable():
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2,
+                                                     modules_to_save=["classifier"]))
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all(("qpeft_" in n) or (".modules_to_save.default." in n) for n in names)
+
+
+def test_layers_to_transform_and_exclude_modules():
+    config = QPeftConfig(target_modules=["query", "value"], rank=2, layers_to_transform=[1])
+    model = get_qpeft_model(tiny_bert(), config)
+    assert sorted(model.qpeft_layers()) == [
+        "bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.attention.self.value"
+    ]
+    config = QPeftConfig(target_modules="all-linear", rank=2, exclude_modules=["dense"])
+    names = get_qpeft_model(tiny_bert(), config).qpeft_layers()
+    assert names and not any(n.endswith("dense") for n in names)
+
+
+# -- training ----------------------------------------------------------------------------------
+def test_training_lowers_the_loss_moves_everything_and_keeps_frames_orthonormal():
+    model = get_qpeft_model(tiny_gpt2(), QPeftConfig(target_modules=["c_attn", "c_proj"],
+                                                     rank=4, modules_to_save=["ln_f"]))
+    model.train()
+    ids = tokens(batch=8, length=12)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    start = {n: p.detach().clone() for n, p in trainable.items()}
+    optimizer = torch.optim.Adam(trainable.values(), lr=2e-2)
+    losses = []
+    for _ in range(8):
+        loss = model(ids, labels=ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.01
+    assert all(not torch.equal(start[n], p) for n, p in trainable.items())
+    for layer in model.qpeft_layers().values():
+        U, V = layer.frames("default")
+        eye = torch.eye(4)
+        torch.testing.assert_close(U.T @ U, eye, atol=1e-5, rtol=0)
+        torch.testing.assert_close(V.T @ V, eye, atol=1e-5, rtol=0)
+
+
+def test_frames_are_computed_in_one_call_per_circuit_group_and_cached():
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS + ["dense"],
+                                                     rank=4))
+    layer = next(iter(model.qpeft_layers().values()))
+    # widths 48 and 96 → two circuits; every side of every layer is one of them
+    specs = {s.group_key: s for lay in model.qpeft_layers().values()
+             for s in lay.frame_specs["default"].values()}
+    assert len(specs) == 2
+    calls = []
+    handles = [
+        compiled_frame(spec, torch.device("cpu"), torch.float32).register_forward_hook(
+            lambda module, args, out: calls.append(tuple(args[0].shape)))
+        for spec in specs.values()
+    ]
+    try:
+        ids = tokens()
+        model.train()
+        model(ids)
+        # 16 sides of width 48 (8 attention layers × 2, the intermediate/output
+        # dense layers give 2 more) … all batched: one call per group (plus the
+        # frozen initial frames, computed once)
+        trainable_calls = len(calls)
+        assert trainable_calls == 4  # 2 groups × (trainable + initial)
+        calls.clear()
+        model(ids)
+        assert len(calls) == 2  # initial frames are cached
+        model.eval()
+        with torch.no_grad():
+            calls.clear()
+            first = model(ids).logits
+            second = model(ids).logits
+            assert len(calls) == 2 and torch.equal(first, second)  # cached on the 2nd pass
+            layer.qpeft_lambda["default"].add_(0.0)  # a version bump (no value change)
+            calls.clear()
+            model(ids)
+            assert len(calls) == 0  # λ is not a frame input: frames still valid
+            layer.qpeft_theta_in["default"].add_(0.1)
+            model(ids)
+            assert len(calls) == 2
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_bank_frames_equal_per_layer_frames():
+    model = get_qpeft_model(tiny_gpt2(), QPeftConfig(target_modules="all-linear", rank=3))
+    perturb(model)
+    ids = tokens()
+    batched = model(ids).logits
+    model.frame_bank.detach()  # every layer now computes its own frames
+    torch.testing.assert_close(model(ids).logits, batched, atol=1e-5, rtol=0)
+
+
+# -- merging -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("factory", [tiny_bert, tiny_gpt2])
+def test_merge_unmerge_and_merge_and_unload(factory):
+    targets = BERT_TARGETS if factory is tiny_bert else ["c_attn", "c_proj", "c_fc"]
+    model = get_qpeft_model(factory(), QPeftConfig(target_modules=targets, rank=4))
+    perturb(model)
+    ids = tokens()
+    weights = {
+        name: layer.base_layer.weight.detach().clone()
+        for name, layer in model.qpeft_layers().items()
+    }
+    with torch.no_grad():
+        unmerged = model(ids).logits
+        model.merge_adapter()
+        torch.testing.assert_close(model(ids).logits, unmerged, atol=1e-5, rtol=0)
+        model.unmerge_adapter()
+        for name, layer in model.qpeft_layers().items():
+            torch.testing.assert_close(layer.base_layer.weight, weights[name], atol=1e-6, rtol=0)
+        torch.testing.assert_close(model(ids).logits, unmerged, atol=1e-5, rtol=0)
+        plain = model.merge_and_unload()
+        assert not any(isinstance(m, QPeftLinear) for m in plain.modules())
+        torch.testing.assert_close(plain(ids).logits, unmerged, atol=1e-5, rtol=0)
+
+
+def test_disable_adapter_gives_the_base_outputs():
+    ids = tokens()
+    reference = tiny_bert()(ids).logits
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=4,
+                                                     modules_to_save=["classifier"]))
+    perturb(model)
+    with torch.no_grad():
+        model.get_submodule("base_model.classifier").modules_to_save["default"].weight.add_(1.0)
+        adapted = model(ids).logits
+        assert not torch.allclose(adapted, reference)
+        with model.disable_adapter():
+            assert torch.equal(model(ids).logits, reference)
+        assert torch.equal(model(ids).logits, adapted)
+
+
+def test_two_named_adapters_switch():
+    ids = tokens()
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2))
+    model.add_adapter("other", QPeftConfig(target_modules=["value"], rank=3, layers=1))
+    assert model.active_adapter == "default"
+    perturb(model)
+    with torch.no_grad():
+        first = model(ids).logits
+        model.set_adapter("other")
+        second = model(ids).logits
+        assert not torch.allclose(first, second)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert trainable and all(n.endswith(".other") for n in trainable)
+        model.set_adapter("default")
+        assert torch.equal(model(ids).logits, first)
+    with pytest.raises(ConfigError, match="no adapter named 'missing'"):
+        model.set_adapter("missing")
+    model.delete_adapter("other")
+    assert list(model.peft_config) == ["default"]
+
+
+def test_forward_generate_and_attribute_passthrough():
+    model = get_qpeft_model(tiny_gpt2(), QPeftConfig(target_modules=["c_attn"], rank=2))
+    assert model.config is model.base_model.config
+    assert model.get_base_model() is model.base_model
+    out = model.generate(tokens(batch=1, length=4), max_new_tokens=3, do_sample=False,
+                         pad_token_id=0)
+    assert out.shape == (1, 7)
+
+
+def test_active_rank_and_quantize_on_the_model():
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=4))
+    perturb(model)
+    model.set_active_rank(2)
+    assert model.peft_config["default"].active_rank == 2
+    for layer in model.qpeft_layers().values():
+        assert layer.effective_lambda("default")[2:].abs().max() == 0
+    model.quantize(3)
+    for layer in model.qpeft_layers().values():
+        assert layer.quantize_bits["default"] == 3
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_targets_that_match_nothing_list_the_linear_layers():
+    with pytest.raises(ConfigError, match="matches no linear layer.*query.*value") as error:
+        get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["q_proj"], rank=2))
+    assert "dense" in str(error.value)
+    with pytest.raises(ConfigError, match="target_modules is not set"):
+        get_qpeft_model(tiny_bert(), QPeftConfig(rank=2))
+    with pytest.raises(ConfigError, match="not a linear|Quantum-PEFT adapts"):
+        get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["attention"], rank=2))
+
+
+def test_wrapping_twice_is_refused():
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2))
+    with pytest.raises(ConfigError, match="already holds"):
+        get_qpeft_model(model.base_model, QPeftConfig(target_modules=["value"], rank=2))
+
+
+def test_rank_too_large_fails_before_any_change():
+    base = tiny_gpt2()
+    with pytest.raises(ConfigError, match="K <= 24"):
+        get_qpeft_model(base, QPeftConfig(target_modules=["c_attn"], rank=30))
+    assert not any(isinstance(m, QPeftLinear) for m in base.modules())
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="active_rank"):
+        QPeftConfig(target_modules=["q"], rank=2, active_rank=3)
+    with pytest.raises(ConfigError, match="newer"):
+        QPeftConfig(target_modules=["q"], format_version=99)
+    with pytest.raises(ConfigError, match="quantize_bits"):
+        QPeftConfig(target_modules=["q"], quantize_bits=1)
+    with pytest.raises(ConfigError, match="unknown init"):
+        QPeftConfig(target_modules=["q"], init="zeros")
+    with pytest.raises(ConfigError, match="unknown QPeftConfig field"):
+        QPeftConfig.from_dict({"target_modules": ["q"], "r": 4})
+    with pytest.raises(ConfigError, match="width 96"):
+        get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["intermediate.dense"],
+                                                 ansatz={48: "qudit"}))
+
+
+def test_ansatz_by_width_and_user_circuits():
+    circuit = qpeft.ansatz.for_dimension(48, layers=1, method="shannon")
+    config = QPeftConfig(target_modules=["query", "intermediate.dense"], rank=2,
+                         ansatz={48: circuit, 96: "cayley"})
+    model = get_qpeft_model(tiny_bert(), config)
+    layer = model.get_submodule("base_model.bert.encoder.layer.0.intermediate.dense")
+    assert layer.frame_specs["default"]["in"].circuit == circuit
+    assert layer.frame_specs["default"]["out"].mapping == "cayley"
+    assert QPeftConfig.from_dict(config.to_dict()) == config

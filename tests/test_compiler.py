@@ -1,0 +1,362 @@
+"""The compiler: every method against the reference matrix, gradients,
+batching, orthonormality at size, the catalog, errors and torch.compile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import qpeft
+from qpeft.ansatz import ansatz_options, catalog_names, for_dimension, load_ansatz, pauli
+from qpeft.circuit import (
+    Circuit,
+    Parameter,
+    SignDiagonal,
+    controlled,
+    givens,
+    pauli_rotation,
+)
+from qpeft.circuit.gates import RY, H, X
+from qpeft.compiler import METHODS, compile_circuit
+from qpeft.compiler.plan import ApplyBlock, ApplySigns, make_plan, make_schedule
+from qpeft.compiler.recompute import autograd_saved_bytes, recomputed_forward
+from qpeft.errors import CompileError, ParameterError, QpeftError
+
+COMPILED_METHODS = ("columns", "dense", "tensornet", "recompute")
+NAMES = [f"p{i}" for i in range(4)]
+
+
+def compiled(circuit: Circuit, columns, method: str, dtype=torch.float64):
+    """A compiled circuit for one of COMPILED_METHODS ("recompute": columns with
+    the memory-saving backward)."""
+    if method == "recompute":
+        return compile_circuit(circuit, columns, dtype=dtype, recompute_backward=True)
+    return compile_circuit(circuit, columns, method=method, dtype=dtype)
+
+
+def real_view(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
+# -- random circuits ------------------------------------------------------------
+
+
+@st.composite
+def angles(draw):
+    """A constant, one parameter, or an affine expression of shared parameters."""
+    kind = draw(st.sampled_from(["constant", "parameter", "affine"]))
+    if kind == "constant":
+        return draw(st.floats(-3, 3))
+    name = Parameter(draw(st.sampled_from(NAMES)))
+    if kind == "parameter":
+        return name
+    other = Parameter(draw(st.sampled_from(NAMES)))
+    return draw(st.floats(-2, 2)) * name + draw(st.floats(-1, 1)) * other + draw(st.floats(-1, 1))
+
+
+def random_unitary(size: int, real: bool, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    matrix = rng.standard_normal((size, size))
+    if not real:
+        matrix = matrix + 1j * rng.standard_normal((size, size))
+    q, r = np.linalg.qr(matrix)
+    return q * (np.diag(r) / np.abs(np.diag(r)))
+
+
+@st.composite
+def circuits(draw, max_wires: int = 4):
+    """Qubits and qudits; rotations, Pauli strings, Givens, fixed and controlled
+    gates, sign diagonals, fixed unitaries, shared parameters, constants."""
+    dims = draw(st.lists(st.sampled_from([2, 2, 3]), min_size=1, max_size=max_wires))
+    circuit = Circuit(dims)
+    qubits = [w for w, d in enumerate(dims) if d == 2]
+    wires = st.sampled_from(range(len(dims)))
+    for _ in range(draw(st.integers(1, 10))):
+        kind = draw(st.sampled_from(["rotation", "pauli", "givens", "fixed", "two", "signs",
+                                     "unitary", "controlled", "barrier"]))
+        if kind in ("rotation", "pauli", "fixed") and not qubits:
+            kind = "givens"
+        if kind == "rotation":
+            gate = draw(st.sampled_from(["ry", "rx", "rz"]))
+            getattr(circuit, gate)(draw(st.sampled_from(qubits)), draw(angles()))
+        elif kind == "pauli":
+            chosen = draw(st.lists(st.sampled_from(qubits), min_size=1, max_size=2, unique=True))
+            letters = draw(st.text("IXYZ", min_size=len(chosen), max_size=len(chosen)).filter(
+                lambda text: set(text) != {"I"}))  # all-I strings: a global phase
+            circuit.append(pauli_rotation(letters, chosen, draw(angles())))
+        elif kind == "givens":
+            wire = draw(wires)
+            levels = draw(st.lists(st.integers(0, dims[wire] - 1), min_size=2, max_size=2,
+                                   unique=True))
+            circuit.append(givens(wire, levels, draw(angles())))
+        elif kind == "fixed":
+            gate = draw(st.sampled_from([H, X]))
+            circuit.append(gate(draw(st.sampled_from(qubits))))
+        elif kind == "two":
+            if len(dims) < 2:
+                continue
+            a, b = draw(st.lists(wires, min_size=2, max_size=2, unique=True))
+            if dims[a] == dims[b] == 2:
+                getattr(circuit, draw(st.sampled_from(["cz", "cx", "swap"])))(a, b)
+            else:
+                circuit.gcz(a, b)
+        elif kind == "signs":
+            chosen = draw(st.lists(wires, min_size=1, max_size=2, unique=True))
+            size = int(np.prod([dims[w] for w in chosen]))
+            signs = draw(st.lists(st.sampled_from([1, -1]), min_size=size, max_size=size))
+            circuit.append(SignDiagonal(tuple(chosen), tuple(signs)))
+        elif kind == "unitary":
+            chosen = draw(st.lists(wires, min_size=1, max_size=2, unique=True))
+            size = int(np.prod([dims[w] for w in chosen]))
+            matrix = random_unitary(size, draw(st.booleans()), draw(st.integers(0, 999)))
+            circuit.unitary(matrix, chosen)
+        elif kind == "controlled":
+            if len(dims) < 2:
+                continue
+            control, target = draw(st.lists(wires, min_size=2, max_size=2, unique=True))
+            if dims[target] == 2:
+                base = RY(target, draw(angles()))
+            else:
+                base = givens(target, (0, dims[target] - 1), draw(angles()))
+            circuit.append(controlled(base, control))
+        else:
+            circuit.barrier()
+    return circuit
+
+
+@st.composite
+def column_choices(draw, dimension: int):
+    """None (all), a count K, or a list of distinct indices in any order."""
+    kind = draw(st.sampled_from(["all", "count", "list"]))
+    if kind == "all":
+        return None
+    if kind == "count":
+        return draw(st.integers(1, dimension))
+    return draw(st.lists(st.integers(0, dimension - 1), min_size=1, max_size=min(dimension, 5),
+                         unique=True))
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_every_method_equals_the_reference_matrix(data) -> None:
+    circuit = data.draw(circuits())
+    columns = data.draw(column_choices(circuit.dimension))
+    values = torch.as_tensor(data.draw(st.lists(st.floats(-4, 4), min_size=circuit.num_parameters,
+                                                max_size=circuit.num_parameters)),
+                             dtype=torch.float64)
+    reference = torch.as_tensor(circuit.matrix(values))
+    for method in COMPILED_METHODS:
+        frame = compiled(circuit, columns, method)
+        out = frame(values)
+        expected = reference[:, frame.columns]
+        assert out.shape == expected.shape
+        assert torch.allclose(out.to(expected.dtype), expected, atol=1e-12, rtol=0), method
+
+
+@settings(max_examples=10)
+@given(circuit=circuits(max_wires=3))
+def test_gradients_of_every_method_pass_gradcheck(circuit: Circuit) -> None:
+    if circuit.num_parameters == 0:
+        circuit = circuit.copy().ry(0, "extra") if circuit.dims[0] == 2 else circuit.copy().givens(
+            0, (0, 1), "extra")
+    values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    columns = list(range(min(3, circuit.dimension)))[::-1]
+    for method in COMPILED_METHODS:
+        frame = compiled(circuit, columns, method)
+        # fast mode checks random projections of the Jacobian (full check below)
+        assert torch.autograd.gradcheck(lambda v, f=frame: real_view(f(v)), (values,),
+                                        fast_mode=True), method
+
+
+@pytest.mark.parametrize("method", COMPILED_METHODS)
+def test_full_gradcheck_on_a_mixed_circuit(method: str) -> None:
+    circuit = (Circuit([2, 3, 2]).ry(0, "a").givens(1, (0, 2), "b").cz(0, 2)
+               .rx(2, 0.5 * Parameter("a")).append(controlled(RY(2, "c"), 1)).gcz(0, 1)
+               .ry(0, "c"))
+    frame = compiled(circuit, [3, 0, 7], method)
+    values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: real_view(frame(v)), (values,))
+
+
+@settings(max_examples=10)
+@given(circuit=circuits())
+def test_recomputed_gradients_equal_the_standard_path(circuit: Circuit) -> None:
+    if circuit.num_parameters == 0:
+        return
+    frame = compile_circuit(circuit, min(4, circuit.dimension), dtype=torch.float64)
+    values = torch.randn(3, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn_like(real_view(frame(values)))
+    standard, = torch.autograd.grad((real_view(frame(values)) * weight).sum(), values)
+    low_memory, = torch.autograd.grad(
+        (real_view(recomputed_forward(frame.engine, values)) * weight).sum(), values)
+    assert torch.allclose(standard, low_memory, atol=1e-10, rtol=0)
+
+
+def test_recompute_equals_standard_on_a_deep_circuit() -> None:
+    circuit = pauli(8, 6)
+    frame = compile_circuit(circuit, 8, dtype=torch.float64)
+    values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 256, 8, dtype=torch.float64)
+    standard, = torch.autograd.grad((frame(values) * weight).sum(), values)
+    low_memory, = torch.autograd.grad((frame.engine(values, keep_states=False) * weight).sum(),
+                                      values)
+    assert torch.allclose(standard, low_memory, atol=1e-10, rtol=0)
+
+
+def test_recompute_keeps_far_less_for_the_backward_pass() -> None:
+    circuit = pauli(10, 2)
+    held = {}
+    for recompute in (False, True):
+        frame = compile_circuit(circuit, 32, recompute_backward=recompute)
+        values = torch.randn(circuit.num_parameters, requires_grad=True)
+        held[recompute], out = autograd_saved_bytes(frame, values, exclude=frame.buffers())
+    state = out.numel() * out.element_size()
+    assert held[False] >= 4 * state  # several intermediate states
+    assert held[True] < 2 * state  # the output plus block-sized matrices
+
+
+@settings(max_examples=10)
+@given(circuit=circuits(), method=st.sampled_from(COMPILED_METHODS))
+def test_a_batched_call_equals_separate_calls(circuit: Circuit, method: str) -> None:
+    frame = compiled(circuit, min(3, circuit.dimension), method)
+    values = torch.randn(2, 3, circuit.num_parameters, dtype=torch.float64)
+    batched = frame(values)
+    assert batched.shape == (2, 3, circuit.dimension, frame.num_columns)
+    for i in range(2):
+        for j in range(3):
+            assert torch.allclose(batched[i, j], frame(values[i, j]), atol=1e-13, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "circuit",
+    [pauli(4, 2), pauli(8, 2), pauli(11, 2), pauli(14, 2), for_dimension(384, 2),
+     for_dimension(768, 2), for_dimension(3072, 2)],
+    ids=lambda c: str(c.dimension),
+)
+def test_float32_columns_are_orthonormal_at_size(circuit: Circuit) -> None:
+    frame = compile_circuit(circuit, 8)
+    U = frame(torch.rand(circuit.num_parameters) * 6.3)
+    assert U.dtype == torch.float32 and U.shape == (circuit.dimension, 8)
+    deviation = (U.T @ U - torch.eye(8)).abs().max()
+    assert deviation <= 1e-5
+
+
+def small_options(name: str) -> dict:
+    """Options that keep every catalog entry's reference matrix cheap."""
+    accepted = ansatz_options(name)
+    wanted = {"qubits": 4, "dimension": 24, "layers": 2}
+    return {key: value for key, value in wanted.items() if key in accepted}
+
+
+@pytest.mark.parametrize("name", catalog_names())
+def test_every_catalog_entry_compiles_and_matches_its_reference(name: str) -> None:
+    circuit = load_ansatz(name, **small_options(name))
+    values = torch.randn(circuit.num_parameters, dtype=torch.float64)
+    reference = torch.as_tensor(circuit.matrix(values))
+    for method in COMPILED_METHODS:
+        out = compiled(circuit, 4, method)(values)
+        assert torch.allclose(out, reference[:, :4], atol=1e-12, rtol=0), method
+
+
+def test_the_pauli_ansatz_plan_merges_its_layers() -> None:
+    plan = make_plan(pauli(12, 2))
+    # every CZ layer is absorbed into the next rotation blocks: no sign step remains
+    schedule = make_schedule(plan, 4)
+    assert not any(isinstance(step, ApplySigns) for step in schedule.steps)
+    assert len(schedule.prepare) == 3  # the first two layers form a product state
+    assert len(plan.blocks) == 12
+
+
+def test_cost_model_counts_the_schedule() -> None:
+    frame = compile_circuit(pauli(10, 2), 4)
+    cost = frame.cost()
+    schedule = frame.engine.schedule
+    blocks = [step for step in schedule.steps if isinstance(step, ApplyBlock)]
+    assert cost["state_numbers"] == 1024 * 4
+    assert cost["block_products"] == len(blocks) == 7
+    assert cost["multiply_adds"] == (sum(step.size for step in blocks)
+                                     + len(schedule.prepare) - 1) * 4096
+    network = compile_circuit(pauli(10, 2), 4, method="tensornet").cost()
+    assert network["largest_intermediate"] <= 4 * 4096
+
+
+# -- errors ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def frame():
+    return compile_circuit(pauli(3, 1), 2, dtype=torch.float64)
+
+
+def test_wrong_value_shape_is_a_parameter_error(frame) -> None:
+    with pytest.raises(ParameterError, match=r"shape \(\.\.\., 7\)"):
+        frame(torch.zeros(6))
+    with pytest.raises(ParameterError):
+        frame(torch.tensor(0.5))
+
+
+def test_nan_and_complex_values_are_parameter_errors(frame) -> None:
+    values = torch.zeros(7)
+    values[3] = float("nan")
+    with pytest.raises(ParameterError, match="NaN"):
+        frame(values)
+    with pytest.raises(ParameterError, match="real"):
+        frame(torch.zeros(7, dtype=torch.complex128))
+
+
+@pytest.mark.parametrize("columns", [0, 9, [8], [1, 1], [], True])
+def test_columns_out_of_range_are_compile_errors(columns) -> None:
+    with pytest.raises(CompileError):
+        compile_circuit(pauli(3, 1), columns)
+
+
+def test_bad_options_are_compile_errors() -> None:
+    with pytest.raises(CompileError, match="unknown method"):
+        compile_circuit(pauli(3, 1), 2, method="magic")
+    with pytest.raises(CompileError, match="recompute_backward"):
+        compile_circuit(pauli(3, 1), 2, method="tensornet", recompute_backward=True)
+    with pytest.raises(CompileError, match="max_block"):
+        compile_circuit(pauli(3, 1), 2, max_block=1)
+    with pytest.raises(CompileError, match="dtype"):
+        compile_circuit(pauli(3, 1), 2, dtype=torch.int64)
+    with pytest.raises(CompileError, match="Circuit"):
+        compile_circuit("pauli", 2)
+    assert issubclass(CompileError, QpeftError) and "auto" in METHODS
+
+
+def test_values_on_another_device_are_a_parameter_error() -> None:
+    frame = compile_circuit(pauli(3, 1), 2, device="meta")
+    with pytest.raises(ParameterError, match="meta"):
+        frame(torch.zeros(7))
+
+
+def test_columns_may_be_numpy_integers() -> None:
+    frame = compile_circuit(pauli(3, 1), np.int64(2))
+    assert frame(torch.zeros(7)).shape == (8, 2)
+    with pytest.raises(CompileError, match="count K"):
+        compile_circuit(pauli(3, 1), 2.5)
+
+
+def test_values_of_another_dtype_are_cast(frame) -> None:
+    assert frame(np.zeros(7, dtype=np.float32)).dtype == torch.float64
+    assert frame([0] * 7).dtype == torch.float64
+
+
+def test_torch_compile_gives_the_same_values_and_gradients() -> None:
+    circuit = pauli(3, 1)
+    frame = compile_circuit(circuit, 2, dtype=torch.float64)
+    fast = torch.compile(frame)
+    values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(fast(values), frame(values), atol=1e-14, rtol=0)
+    compiled_grad, = torch.autograd.grad(fast(values).pow(2).sum(), values)
+    eager_grad, = torch.autograd.grad(frame(values).pow(2).sum(), values)
+    assert torch.allclose(compiled_grad, eager_grad, atol=1e-13, rtol=0)
+
+
+def test_the_public_verb_compiles() -> None:
+    circuit = pauli(4, 1)
+    U = qpeft.compile(circuit, columns=3)(torch.zeros(circuit.num_parameters))
+    assert torch.equal(U, torch.eye(16, 3))

@@ -1,0 +1,100 @@
+"""``qpeft bench unitary`` and its peers: the naive simulator, the Qiskit and
+PennyLane helpers (checked against the reference matrix), the JSON report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from qpeft import cli
+from qpeft.ansatz import for_dimension, pauli
+from qpeft.bench import unitary
+from qpeft.circuit import Circuit
+from qpeft.errors import InteropError
+
+
+def mixed_circuit() -> Circuit:
+    return (Circuit(3).ry(0, "a").rx(1, "b").cz(0, 1).cx(2, 0).rz(2, "a").h(1)
+            .pauli_rotation("YZ", [1, 2], "c").swap(0, 2))
+
+
+def test_naive_simulator_equals_the_reference() -> None:
+    circuit = mixed_circuit()
+    values = torch.randn(circuit.num_parameters, dtype=torch.float64)
+    out = unitary.NaiveSimulator(circuit, 3, torch.float64)(values)
+    assert torch.allclose(out, torch.as_tensor(circuit.matrix(values))[:, :3], atol=1e-12)
+
+
+def test_naive_simulator_on_qudits() -> None:
+    circuit = for_dimension(24, 1)
+    values = torch.randn(circuit.num_parameters, dtype=torch.float64)
+    out = unitary.NaiveSimulator(circuit, 2, torch.float64)(values)
+    assert torch.allclose(out, torch.as_tensor(circuit.matrix(values))[:, :2], atol=1e-12)
+
+
+def test_qiskit_operator_of_the_converted_circuit_is_the_reference() -> None:
+    from qiskit.quantum_info import Operator
+
+    circuit = mixed_circuit()
+    values = [0.3, -1.1, 0.7]
+    assert np.allclose(Operator(unitary.qiskit_circuit(circuit, values)).data,
+                       circuit.matrix(values), atol=1e-12)
+
+
+def test_pennylane_matrix_of_the_converted_circuit_is_the_reference() -> None:
+    circuit = mixed_circuit()
+    values = torch.tensor([0.3, -1.1, 0.7], dtype=torch.float64)
+    matrix = unitary.pennylane_function(circuit)(values)
+    assert np.allclose(matrix.detach().numpy(), circuit.matrix(values), atol=1e-12)
+
+
+def test_peers_refuse_qudit_registers() -> None:
+    with pytest.raises(InteropError, match="qubit"):
+        unitary.qiskit_circuit(for_dimension(12, 1), [0.0] * for_dimension(12, 1).num_parameters)
+
+
+def test_bert_frames_count_72_for_six_layers() -> None:
+    assert unitary.bert_frames() == {384: 60, 1536: 12}
+    assert unitary.bert_frames(layers=1) == {384: 10, 1536: 2}
+
+
+def test_benchmark_circuit_picks_the_ansatz() -> None:
+    assert unitary.benchmark_circuit(256, 2) == pauli(8, 2)
+    assert unitary.benchmark_circuit(384, 2).dims == (3, 2, 2, 2, 2, 2, 2, 2)
+
+
+def test_quick_json_report(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "unitary", "--quick", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    measured = {(m["method"], m["dimension"]): m for m in report["measurements"]}
+    for method in unitary.ALL_METHODS:
+        cell = measured[(method, 64)]
+        assert cell["status"] == "ok" and cell["seconds"] > 0, method
+    assert measured[("qiskit", 96)]["status"] == "n/a"  # 96 = 3 · 2^5 is a qudit register
+    assert report["ratios"]["64"]["naive"] == pytest.approx(
+        measured[("naive", 64)]["seconds"] / measured[("columns", 64)]["seconds"])
+    assert report["batched"]["total_frames"] == 12
+    assert report["memory"]["recompute_saved_bytes"] < report["memory"]["standard_saved_bytes"]
+    statuses = {target["status"] for target in report["targets"]}
+    assert statuses <= {"PASS", "FAIL", "not measured"}
+    assert len(report["targets"]) == 4
+
+
+def test_table_and_plot(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    plot = tmp_path / "unitary.png"
+    code = cli.main(["bench", "unitary", "--quick", "--sizes", "32",
+                     "--plot", str(plot)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "targets" in text and "columns" in text and "ratio" in text
+    assert plot.stat().st_size > 1000
+
+
+def test_bad_arguments_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "unitary", "--sizes", "12,x"])
+    assert "--sizes" in capsys.readouterr().err
+    assert cli.main(["bench", "unitary", "--columns", "0"]) == cli.ERROR_EXIT_CODE

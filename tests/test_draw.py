@@ -1,0 +1,308 @@
+"""Drawing: the shared column layout, the text and matplotlib outputs, the CLI."""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch
+
+import qpeft
+from qpeft.ansatz import catalog_names, load_ansatz, pauli, real_amplitudes
+from qpeft.circuit import Circuit, ParameterVector
+from qpeft.cli import main
+from qpeft.draw import draw, draw_text, layout, save
+from qpeft.draw.mpl import draw_mpl
+from qpeft.draw.text import _LINES
+from qpeft.errors import ConfigError
+
+
+def small_circuit() -> Circuit:
+    theta = ParameterVector("theta", 2)
+    return (
+        Circuit(3)
+        .ry(0, theta[0])
+        .cx(0, 2)
+        .h(1)
+        .barrier("mix")
+        .swap(1, 2)
+        .cz(0, 1)
+        .rx(2, 2 * theta[1] + 0.5)
+    )
+
+
+GOLDEN = """\
+     ┌──────────┐         mix
+q0: ─┤ RY(θ[0]) ├─●────────┆────────────●──────────
+     └──────────┘ │ ┌───┐  ┆            │
+q1: ──────────────┼─┤ H ├──┆──×─────────●──────────
+                  │ └───┘  ┆  │ ┌────────────────┐
+q2: ──────────────⊕────────┆──×─┤ RX(2·θ[1]+0.5) ├─
+                                └────────────────┘"""
+
+
+# -- layout ------------------------------------------------------------------
+
+
+def test_text_matches_golden_drawing():
+    assert draw(small_circuit()) == GOLDEN
+    assert small_circuit().draw() == GOLDEN
+
+
+def test_a_gate_waits_for_the_wires_its_connector_crosses():
+    drawing = layout(Circuit(3).h(1).cx(0, 2).h(1))
+    assert [p.column for p in drawing.placements] == [0, 1, 2]
+
+
+def test_a_barrier_takes_a_column_across_all_wires():
+    drawing = layout(Circuit(3).h(0).barrier("b").h(2))
+    assert [p.column for p in drawing.placements] == [0, 1, 2]
+    assert drawing.is_barrier_column(1) and not drawing.is_barrier_column(0)
+
+
+def test_gates_on_disjoint_wires_share_a_column():
+    drawing = layout(pauli(qubits=4, layers=1))
+    assert [len(column) for column in drawing.columns()] == [4, 1, 2, 4, 1, 2]
+
+
+def test_line_characters_cover_every_light_and_heavy_junction():
+    assert len(_LINES) == 80  # 3 states (none, light, heavy) for 4 directions, minus blank
+    light_vertical_heavy_left = frozenset({("u", "LIGHT"), ("d", "LIGHT"), ("l", "HEAVY")})
+    assert _LINES[light_vertical_heavy_left] == "┥"
+
+
+# -- text --------------------------------------------------------------------
+
+
+def test_folding_keeps_every_line_within_the_width():
+    circuit = real_amplitudes(qubits=4, layers=4)
+    text = draw(circuit, width=60)
+    assert max(len(line) for line in text.splitlines()) <= 60
+    wire_rows = [line for line in text.splitlines() if line.startswith("q")]
+    blocks = [wire_rows[start:start + 4] for start in range(0, len(wire_rows), 4)]
+    assert len(blocks) > 1
+    for number, block in enumerate(blocks):
+        assert [row.split(":")[0] for row in block] == ["q0", "q1", "q2", "q3"]
+        assert all(row.endswith("»") == (number < len(blocks) - 1) for row in block)
+        assert all(row.split(": ", 1)[1].startswith("«") == (number > 0) for row in block)
+    unfolded = [line for line in draw(circuit, width=None).splitlines() if line.startswith("q")]
+    assert len(unfolded) == 4
+
+
+def test_folding_keeps_every_gate():
+    circuit = real_amplitudes(qubits=3, layers=5)
+    folded = draw(circuit, width=50)
+    assert folded.count("RY(") == draw(circuit, width=None).count("RY(") == 18
+
+
+def test_qudit_wires_are_labelled_with_their_dimension():
+    text = draw(load_ansatz("qudit", dimension=12, layers=1))
+    rows = text.splitlines()
+    assert rows[1].startswith("q0 (d=3): ━")
+    assert any(row.startswith("      q1: ─") for row in rows)
+    assert "G01(θ[0])" in text and "CZd" in text
+
+
+def test_qudit_controls_show_their_levels():
+    circuit = Circuit([3, 2]).controlled(qpeft.circuit.RY(1, "a"), 0, [[0, 2]])
+    assert "●[0,2]" in draw(circuit)
+
+
+def test_symbolic_and_bound_labels():
+    circuit = pauli(qubits=2, layers=1)
+    symbolic = draw(circuit)
+    assert "RY(θ[0])" in symbolic and "RY(θ[3])" in symbolic
+    bound = circuit.bind([math.pi / 2, 0.123456, -math.pi, 2.0])
+    text = draw(bound)
+    assert "RY(π/2)" in text and "RY(0.123)" in text and "RY(-π)" in text and "RY(2)" in text
+    assert "θ" not in text
+    assert "RY(0.12346)" in draw(bound, precision=5)
+    hidden = draw(circuit, show_parameters=False)
+    assert "RY" in hidden and "(" not in hidden
+
+
+def test_wrong_options_raise_typed_errors():
+    with pytest.raises(ConfigError, match="unknown option"):
+        draw(pauli(2, 1), fold=3)  # fold belongs to the mpl output
+    with pytest.raises(ConfigError, match="unknown output"):
+        draw(pauli(2, 1), output="latex")
+    with pytest.raises(ConfigError, match="width"):
+        draw_text(pauli(2, 1), width=0)
+    with pytest.raises(ConfigError, match="precision"):
+        draw(pauli(2, 1), precision=0)
+
+
+# -- matplotlib --------------------------------------------------------------
+
+
+def gate_patches(figure: Figure) -> list:
+    return [p for p in figure.axes[0].patches if p.get_gid() == "qpeft-gate"]
+
+
+def test_mpl_draws_one_gate_artist_per_gate():
+    circuit = small_circuit()
+    figure = draw(circuit, output="mpl")
+    assert isinstance(figure, Figure)
+    assert len(gate_patches(figure)) == 6
+    boxes = [p for p in figure.axes[0].patches if isinstance(p, FancyBboxPatch)]
+    assert len(boxes) == 3  # RY, H, RX; CX, SWAP and CZ are dots and crosses
+    barriers = [line for line in figure.axes[0].lines if line.get_gid() == "qpeft-barrier"]
+    assert len(barriers) == 1
+
+
+@pytest.mark.parametrize("name", catalog_names())
+def test_every_catalog_entry_draws(name):
+    options = load_small(name)
+    circuit = load_ansatz(name, **options)
+    gates = sum(not g.is_identity for g in circuit.gates)
+    assert len(gate_patches(draw_mpl(circuit))) == gates
+    assert draw(circuit).count("q0") >= 1
+
+
+def load_small(name: str) -> dict:
+    options = qpeft.ansatz.ansatz_options(name)
+    small = {"qubits": 3, "layers": 1, "dimension": 12}
+    return {key: value for key, value in small.items() if key in options}
+
+
+def test_mpl_folds_into_rows():
+    circuit = real_amplitudes(qubits=3, layers=4)  # 17 columns
+    single = draw_mpl(circuit, fold=None)
+    folded = draw_mpl(circuit, fold=6)
+    labels = [t for t in folded.axes[0].texts if t.get_text() == "$q_{0}$"]
+    assert len(labels) == 3
+    assert folded.get_size_inches()[0] < single.get_size_inches()[0]
+    assert folded.get_size_inches()[1] > single.get_size_inches()[1]
+    assert len(gate_patches(folded)) == len(gate_patches(single))
+
+
+def test_mpl_scale_enlarges_the_figure():
+    small = draw_mpl(pauli(2, 1))
+    large = draw_mpl(pauli(2, 1), scale=2)
+    np.testing.assert_allclose(large.get_size_inches(), 2 * small.get_size_inches())
+
+
+# -- saving and the command line --------------------------------------------
+
+
+def test_cli_writes_png_svg_and_text(tmp_path, capsys):
+    png, svg, txt = tmp_path / "c.png", tmp_path / "c.svg", tmp_path / "c.txt"
+    assert main(["draw", "pauli", "--qubits", "3", "--layers", "1", "--output", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(png)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 100
+    assert main(["draw", "qudit", "--dimension", "12", "--layers", "1", "--output", str(svg)]) == 0
+    root = ElementTree.parse(svg).getroot()
+    assert root.tag.endswith("svg")
+    assert 'id="qpeft-gate' in svg.read_text(encoding="utf-8")
+    assert main(["draw", "pauli", "--qubits", "3", "--layers", "1", "--output", str(txt)]) == 0
+    expected = draw(pauli(3, 1))
+    assert txt.read_text(encoding="utf-8") == expected + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "c.svg", "c.txt"]
+    capsys.readouterr()
+    assert main(["draw", "qutrit_ladder", "--option", "dims=(3, 2)", "--layers", "1"]) == 0
+    ladder = load_ansatz("qutrit_ladder", dims=(3, 2), layers=1)
+    assert capsys.readouterr().out == draw(ladder) + "\n"
+
+
+def test_svg_files_are_reproducible(tmp_path):
+    figure = draw_mpl(pauli(3, 1))
+    first = save(figure, tmp_path / "a.svg").read_bytes()
+    second = save(draw_mpl(pauli(3, 1)), tmp_path / "b.svg").read_bytes()
+    assert first == second
+
+
+def test_cli_reports_bad_outputs(tmp_path, capsys):
+    assert main(["draw", "pauli", "--output", str(tmp_path / "c.jpg")]) == 2
+    assert "--output" in capsys.readouterr().err
+    assert main(["draw", "pauli", "--output", str(tmp_path / "missing" / "c.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ConfigError, match=".txt"):
+        save("text", tmp_path / "c.png")
+
+
+# -- agreement with Qiskit's drawer -----------------------------------------
+
+
+def to_qiskit_by_hand(circuit: Circuit):
+    """The same circuit in Qiskit, wire w -> qubit w (names kept as labels)."""
+    qiskit = pytest.importorskip("qiskit")
+    from qiskit.circuit import Parameter
+
+    symbols: dict[str, Parameter] = {}
+    qc = qiskit.QuantumCircuit(circuit.num_wires)
+    for gate in circuit.gates:
+        if gate.name == "barrier":
+            qc.barrier(label=gate.text)
+            continue
+        if gate.name in ("RY", "RX", "RZ"):
+            ((name, _),) = gate.params[0].terms
+            symbol = symbols.setdefault(name, Parameter(name))
+            getattr(qc, gate.name.lower())(symbol, gate.wires[0])
+            continue
+        getattr(qc, gate.name.lower())(*gate.wires)
+    return qc
+
+
+def our_sequence(circuit: Circuit, wire: int) -> list[str]:
+    return [p.gate.name.lower() + ",".join(p.gate.params[0].parameters if p.gate.params else ())
+            for p in layout(circuit).wire_sequence(wire)]
+
+
+def qiskit_sequence(qc, qubit: int) -> list[str]:
+    out = []
+    for instruction in qc.data:
+        indices = [qc.find_bit(q).index for q in instruction.qubits]
+        if qubit in indices and instruction.operation.name != "barrier":
+            params = ",".join(str(p) for p in instruction.operation.params)
+            out.append(instruction.operation.name + params)
+    return out
+
+
+QISKIT_CASES = {
+    "pauli": pauli(qubits=4, layers=2),
+    "real_amplitudes_full": real_amplitudes(qubits=4, layers=2, entanglement="full"),
+    "mixed": Circuit(4).h(1).cx(0, 2).swap(1, 3).cz(0, 3).ry(2, "a").barrier("x").cx(3, 0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(QISKIT_CASES))
+def test_per_wire_order_matches_qiskit(name):
+    circuit = QISKIT_CASES[name]
+    qc = to_qiskit_by_hand(circuit)
+    for wire in range(circuit.num_wires):
+        assert our_sequence(circuit, wire) == qiskit_sequence(qc, wire)
+
+
+# Qiskit layers a circuit by its dependency graph, so in "mixed" it may draw a
+# gate before an earlier one whose connector merely crosses its wire; our
+# columns keep circuit order there. Without such crossings the columns agree.
+@pytest.mark.parametrize("name", ["pauli", "real_amplitudes_full"])
+def test_columns_match_qiskit_layers(name):
+    utils = pytest.importorskip("qiskit.visualization.circuit._utils")
+    layered = getattr(utils, "_get_layered_instructions", None)
+    if layered is None:
+        pytest.skip("this Qiskit has no _get_layered_instructions")
+    circuit = QISKIT_CASES[name]
+    qc = to_qiskit_by_hand(circuit)
+    _, _, layers = layered(qc)
+    theirs = []
+    for column, nodes in enumerate(layers):
+        for node in nodes:
+            wires = sorted(qc.find_bit(q).index for q in node.qargs)
+            theirs.append((column, node.op.name, tuple(wires)))
+    ours = [(p.column, p.gate.name.lower(), tuple(sorted(p.gate.wires)))
+            for p in layout(circuit).placements]
+    assert sorted(ours) == sorted(theirs)
+
+
+def test_the_folded_example_in_the_docs_is_current():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "drawing.md").read_text("utf-8")
+    expected = page.split("```text\n", 1)[1].split("\n```", 1)[0]
+    assert draw(load_ansatz("qudit", dimension=12, layers=1), width=70) == expected

@@ -1,0 +1,77 @@
+"""OpenQASM 2 and 3 out and in: the round trip keeps the matrix (phase included)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qpeft.ansatz import pauli
+from qpeft.circuit import RY, Circuit, Parameter, ParameterVector, controlled
+from qpeft.errors import InteropError
+from qpeft.interop import qasm
+from qpeft.interop.qasm import from_qasm, to_qasm
+
+
+def mixed_circuit() -> Circuit:
+    """Every kind of qubit gate, a shared vector parameter, affine angles and
+    an all-identity rotation (a global phase, which OpenQASM cannot state)."""
+    theta = ParameterVector("theta", 3)
+    circuit = (Circuit(3).ry(0, theta[0]).rx(1, 2 * theta[2] + 0.3).cz(0, 1)
+               .pauli_rotation("XIY", [2, 0, 1], theta[0]).swap(0, 2).h(1).y(2)
+               .append(controlled(RY(2, Parameter("b")), [0, 1], [[1], [0]]))
+               .unitary(np.linalg.qr(np.arange(16.0).reshape(4, 4) + np.eye(4))[0], [2, 0])
+               .gcz(1, 2).barrier("end"))
+    return circuit.pauli_rotation("II", [0, 1], theta[2])
+
+
+VALUES = {"theta[0]": 0.37, "theta[2]": -1.1, "b": 0.8}
+
+
+def test_openqasm_2_round_trip_keeps_the_matrix_and_phase():
+    circuit = mixed_circuit().bind(VALUES)
+    text = to_qasm(circuit, version=2)
+    assert text.startswith("OPENQASM 2.0;")
+    back = from_qasm(text)
+    np.testing.assert_allclose(back.matrix(), circuit.matrix(), atol=1e-10)
+
+
+def test_openqasm_3_keeps_parameters_as_inputs():
+    text = to_qasm(mixed_circuit())
+    assert text.startswith("OPENQASM 3.0;")
+    assert "input float[64] b;" in text
+    assert "input float[64] _theta_0_;" in text  # Qiskit's spelling of theta[0]
+
+
+def test_openqasm_3_round_trip_when_the_importer_is_installed():
+    pytest.importorskip("qiskit_qasm3_import")
+    circuit = mixed_circuit()
+    back = from_qasm(to_qasm(circuit))
+    assert set(back.parameters) == {"theta[0]", "theta[2]", "b"}
+    np.testing.assert_allclose(back.matrix(VALUES), circuit.matrix(VALUES), atol=1e-10)
+
+
+def test_reading_openqasm_3_without_the_importer_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(qasm, "qasm3_import_available", lambda: False)
+    with pytest.raises(InteropError, match="pip install qiskit-qasm3-import"):
+        from_qasm(to_qasm(pauli(2, 1)))
+
+
+def test_pauli_ansatz_round_trips_through_openqasm_2():
+    circuit = pauli(3, 1)
+    values = np.linspace(-1, 1, circuit.num_parameters)
+    back = from_qasm(to_qasm(circuit.bind(values), version=2))
+    assert {g.name for g in back.gates} == {"RY", "CZ", "barrier"}
+    np.testing.assert_allclose(back.matrix(), circuit.matrix(values), atol=1e-12)
+
+
+def test_helpful_errors():
+    with pytest.raises(InteropError, match="bind them first"):
+        to_qasm(pauli(2, 1), version=2)
+    with pytest.raises(InteropError, match="use 2 or 3"):
+        to_qasm(Circuit(1).h(0), version=4)
+    with pytest.raises(InteropError, match="header"):
+        from_qasm("qreg q[1];")
+    with pytest.raises(InteropError, match="invalid OpenQASM 2"):
+        from_qasm("OPENQASM 2.0;\nqreg q[1];\nfoo q[0];")
+    with pytest.raises(InteropError, match="embed_in_qubits"):
+        to_qasm(Circuit([3]).givens(0, (0, 2), 0.1))

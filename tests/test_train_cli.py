@@ -1,0 +1,207 @@
+"""``qpeft finetune`` and ``qpeft compare`` end to end on a tiny model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from qpeft import cli
+from qpeft.train import compare, finetune
+from qpeft.train.testing import write_sentiment_csv, write_tiny_bert
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("tiny")
+    return {
+        "model": str(write_tiny_bert(folder / "model")),
+        "dataset": str(write_sentiment_csv(folder / "sentiment.csv", rows=300)),
+    }
+
+
+def budget(tiny: dict[str, str], output: Path, *extra: str) -> list[str]:
+    return [
+        "--model", tiny["model"], "--dataset", tiny["dataset"], "--max-train", "96",
+        "--max-eval", "30", "--epochs", "2", "--batch-size", "16", "--no-progress",
+        "--threads", "1",
+        "--output-dir", str(output), *extra,
+    ]
+
+
+def test_finetune_writes_a_complete_report_and_refuses_to_overwrite_it(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "run"
+    assert cli.main(["finetune", "--method", "lora", "--rank", "2", *budget(tiny, output)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    names = {p.name for p in output.iterdir()}
+    assert names == {"run.json", "metrics.json", "history.json", "report.md", "loss.png",
+                     "accuracy_vs_parameters.png", "adapter"}  # the checkpoint is gone
+    metrics = json.loads((output / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_macro_f1", "validation_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["trainable_parameters_adapter"] == 2 * 4 * 2 * (32 + 32)
+    assert metrics["trainable_parameters_with_head"] == metrics["trainable_parameters_adapter"] + 99
+    assert metrics["majority_baseline_test_accuracy"] == pytest.approx(0.5)  # ratio 3:2:1
+    assert metrics["timings"]["steps"] == 2 * 6
+    assert metrics["data"]["sizes"] == {"train": 96, "validation": 30, "test": 30}
+    assert metrics["config"]["model_location"] == str(Path(tiny["model"]).resolve())
+    assert (output / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| test accuracy |" in (output / "report.md").read_text()
+
+    assert cli.main(["finetune", "--method", "lora", "--rank", "2", *budget(tiny, output)]) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+
+    # --resume of a complete run shows it again without training
+    before = (output / "metrics.json").stat().st_mtime_ns
+    assert cli.main(["finetune", "--method", "lora", "--rank", "2",
+                     *budget(tiny, output, "--resume")]) == 0
+    assert (output / "metrics.json").stat().st_mtime_ns == before
+    assert "holds a complete run" in capsys.readouterr().err
+
+    # ... but not with other settings
+    assert cli.main(["finetune", "--method", "lora", "--rank", "4",
+                     *budget(tiny, output, "--resume")]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_overwrite_replaces_a_run_but_never_a_foreign_folder(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "run"
+    args = ["finetune", "--method", "head", "--lr", "0.05", *budget(tiny, output)]
+    assert cli.main(args) == 0
+    first = json.loads((output / "metrics.json").read_text())
+    assert first["trainable_parameters_adapter"] == 0
+    assert first["method"]["learning_rate"] == 0.05
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert json.loads((output / "metrics.json").read_text())["test_accuracy"] == pytest.approx(
+        first["test_accuracy"])  # same seed, same result
+
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep me")
+    assert cli.main(["finetune", "--method", "head", *budget(tiny, foreign, "--overwrite")]) == 2
+    assert "holds no qpeft run" in capsys.readouterr().err
+    assert (foreign / "thesis.tex").read_text() == "keep me"
+
+
+def test_interrupted_finetune_resumes_to_the_uninterrupted_adapter(
+    tiny: dict[str, str], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from qpeft.train.experiment import (
+        load_task,
+        prepare_output_dir,
+        run_method,
+        settings_from_args,
+    )
+    from qpeft.train.methods import MethodSpec
+
+    parser = argparse.ArgumentParser()
+    finetune.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["finetune", *budget(tiny, tmp_path / "unused")])
+    task = load_task(settings_from_args(args))
+    spec = MethodSpec("lora", rank=2)
+
+    straight = tmp_path / "straight"
+    prepare_output_dir(straight, resume=False, overwrite=False)
+    run_method(task, spec, 3, straight, progress=False)
+
+    split = tmp_path / "split"
+    prepare_output_dir(split, resume=False, overwrite=False)
+    partial = run_method(task, spec, 3, split, progress=False, stop_after_step=5)
+    assert partial.metrics == {"completed": False, "steps": 5}
+    assert (split / "checkpoint.pt").is_file() and not (split / "metrics.json").exists()
+    resumed = run_method(task, spec, 3, split, progress=False, resume=True)
+    assert resumed.metrics["timings"]["resumed_from_step"] == 5
+
+    expected = load_file(straight / "adapter" / "adapter_model.safetensors")
+    got = load_file(split / "adapter" / "adapter_model.safetensors")
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+def test_compare_tables_every_method_over_seeds(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "cmp"
+    code = cli.main(["compare", "--methods", "head", "lora:r=2", "--seeds", "0,1",
+                     *budget(tiny, output, "--epochs", "1")])
+    assert code == 0
+    assert "qpeft compare" in capsys.readouterr().out
+    summary = json.loads((output / "compare.json").read_text())
+    rows = {row["label"]: row for row in summary["rows"]}
+    assert set(rows) == {"head", "lora r=2"}
+    assert rows["lora r=2"]["seeds"] == [0, 1]
+    accuracies = [run["test_accuracy"] for run in summary["runs"] if run["label"] == "lora r=2"]
+    assert rows["lora r=2"]["test_accuracy_mean"] == pytest.approx(sum(accuracies) / 2)
+    assert rows["lora r=2"]["test_accuracy_std"] is not None
+    assert rows["head"]["trainable_parameters_adapter"] == 0
+    assert rows["head"]["trainable_parameters_with_head"] == 99
+    table = (output / "compare.md").read_text()
+    assert "| lora r=2 | 1,024 | 1,123 |" in table
+    for name in ("accuracy_vs_parameters.png", "loss.png"):
+        assert (output / name).stat().st_size > 1000
+    assert (output / "runs" / "lora-r2" / "seed-1" / "metrics.json").is_file()
+
+    # resuming a finished comparison reuses every run
+    assert cli.main(["compare", "--methods", "head", "lora:r=2", "--seeds", "0,1",
+                     *budget(tiny, output, "--epochs", "1", "--resume")]) == 0
+    assert capsys.readouterr().err.count("(already done)") == 4
+
+
+def test_compare_refuses_duplicate_methods(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["compare", "--methods", "lora:r=2", "lora:rank=2",
+                     *budget(tiny, tmp_path / "cmp")]) == 2
+    assert "names a method twice" in capsys.readouterr().err
+
+
+def test_parser_options_and_defaults() -> None:
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers()
+    finetune.add_parser(subparsers)
+    compare.add_parser(subparsers)
+    args = parser.parse_args(["finetune"])
+    assert args.method == "qpeft" and args.func is finetune.run
+    assert (args.max_train, args.max_eval, args.epochs, args.batch_size) == (2000, 1000, 2, 32)
+    assert parser.parse_args(["finetune", "--max-train", "all"]).max_train is None
+    assert parser.parse_args(["compare", "--seeds", "4,5"]).seeds == (4, 5)
+    assert args.threads == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["finetune", "--threads", "0"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compare", "--seeds", "1,1"])
+
+
+def test_help_does_not_import_transformers_or_peft() -> None:
+    program = (
+        "import sys\n"
+        "from qpeft import cli\n"
+        "try:\n"
+        "    cli.main(['finetune', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('transformers' in sys.modules, 'peft' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip().splitlines()[-1] == "False False"
+    assert "--output-dir" in result.stdout

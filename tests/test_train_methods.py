@@ -1,0 +1,198 @@
+"""Method specs, trainable parameters and their exact counts, adapter files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import qpeft
+from qpeft.errors import ConfigError
+from qpeft.train.methods import (
+    DEFAULT_TARGETS,
+    MethodSpec,
+    default_targets,
+    matching_modules,
+    prepare_model,
+)
+from qpeft.train.testing import tiny_bert_config
+
+HIDDEN, LAYERS, CLASSES = 32, 2, 3
+HEAD = HIDDEN * CLASSES + CLASSES
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def bert():
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_bert_config())
+
+
+def model_size(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_specs_parse_with_aliases_and_fill_defaults() -> None:
+    assert MethodSpec.parse("qpeft:K=8,L=3,ansatz=pauli,alpha=2") == MethodSpec(
+        "qpeft", rank=8, layers=3, ansatz="pauli", alpha=2.0)
+    assert MethodSpec.parse(" LoRA : r = 4 ").resolved() == MethodSpec(
+        "lora", rank=4, alpha=8.0, learning_rate=2e-3)
+    assert MethodSpec.parse("boft").resolved().label == "boft b=4 m=1"
+    assert MethodSpec.parse("qpeft:K=4,L=2").resolved().slug == "qpeft-K4-L2"
+    assert MethodSpec.parse("head:lr=0.1").resolved().learning_rate == 0.1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("adapter", "unknown method 'adapter'"),
+        ("lora:r", "cannot read 'r'"),
+        ("lora:size=4", "cannot read 'size=4'"),
+        ("lora:r=four", "use numbers"),
+        ("lora:r=0", "rank must be at least 1"),
+        ("lora:dropout=1.5", "dropout must be in"),
+    ],
+)
+def test_bad_specs_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        MethodSpec.parse(text)
+
+
+def test_default_targets_are_the_attention_projections_of_bert() -> None:
+    model = bert()
+    assert default_targets(model) == DEFAULT_TARGETS["bert"]
+    matched = matching_modules(model, default_targets(model))
+    assert len(matched) == 4 * LAYERS
+    assert "bert.encoder.layer.0.attention.output.dense" in matched
+    assert "bert.encoder.layer.0.output.dense" not in matched
+
+
+def test_head_only_trains_the_classifier() -> None:
+    prepared = prepare_model(bert(), MethodSpec("head"))
+    assert {n for n, _ in prepared.trainable_parameters()} == {
+        "classifier.weight", "classifier.bias"}
+    counts = prepared.parameter_counts()
+    assert (counts.adapter, counts.head, counts.total) == (0, HEAD, model_size(bert()))
+
+
+def test_full_trains_everything() -> None:
+    prepared = prepare_model(bert(), MethodSpec("full"))
+    counts = prepared.parameter_counts()
+    assert counts.trainable == counts.total == model_size(bert())
+    assert counts.head == HEAD
+
+
+@pytest.mark.parametrize("rank", [1, 4])
+def test_lora_count_is_rank_times_widths_per_target(rank: int) -> None:
+    prepared = prepare_model(bert(), MethodSpec("lora", rank=rank))
+    counts = prepared.parameter_counts()
+    assert counts.adapter == 4 * LAYERS * rank * (HIDDEN + HIDDEN)
+    assert counts.head == HEAD
+    # peft's frozen copy of the head is not counted as a model weight
+    assert counts.total == model_size(bert()) + counts.adapter
+    assert prepared.head_parameter_names() == {
+        "base_model.model.classifier.modules_to_save.default.weight",
+        "base_model.model.classifier.modules_to_save.default.bias",
+    }
+
+
+def test_orthogonal_peft_methods_build_and_train_a_step() -> None:
+    for spec in (MethodSpec("oft", block_size=8), MethodSpec("boft", block_size=4)):
+        prepared = prepare_model(bert(), spec)
+        counts = prepared.parameter_counts()
+        assert 0 < counts.adapter < counts.total
+        before = {n: p.detach().clone() for n, p in prepared.trainable_parameters()}
+        ids = torch.tensor([[2, 5, 6, 3]])
+        prepared.model(input_ids=ids, labels=torch.tensor([1])).loss.backward()
+        torch.optim.SGD([p for _, p in prepared.trainable_parameters()], lr=1.0).step()
+        changed = [n for n, p in prepared.trainable_parameters() if not torch.equal(before[n], p)]
+        assert any("classifier" not in name for name in changed), spec.label
+
+
+def test_unmatched_targets_and_bad_block_sizes_are_explained() -> None:
+    with pytest.raises(ConfigError, match=r"no module .* matches the targets q_proj.*--targets"):
+        prepare_model(bert(), MethodSpec("lora"), targets=["q_proj"])
+    with pytest.raises(ConfigError, match="oft block size 5 does not divide the layer width 32"):
+        prepare_model(bert(), MethodSpec("oft", block_size=5))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="peft may build its BOFT extension here")
+def test_boft_butterfly_factor_without_peft_extension_is_refused() -> None:
+    with pytest.raises(ConfigError, match="butterfly factor 2 only with its CUDA extension"):
+        prepare_model(bert(), MethodSpec("boft", block_size=4, butterfly_factor=2))
+
+
+def test_saved_adapter_holds_exactly_the_trainable_tensors(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    prepared = prepare_model(bert(), MethodSpec("lora", rank=2))
+    with torch.no_grad():
+        for _, parameter in prepared.trainable_parameters():
+            parameter.add_(0.5)
+    size = prepared.save_adapter(tmp_path / "adapter")
+    files = sorted(p.name for p in (tmp_path / "adapter").iterdir())
+    assert files == ["adapter_config.json", "adapter_model.safetensors"]
+    assert size == sum(p.stat().st_size for p in (tmp_path / "adapter").iterdir())
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    state = prepared.trainable_state()
+    assert saved.keys() == state.keys()
+    assert all(torch.equal(saved[name], state[name]) for name in state)
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["method"]["rank"] == 2 and config["heads"] == ["classifier"]
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no staging folder left
+
+
+class FakeQPeftConfig:
+    def __init__(self, **options):
+        self.options = options
+
+
+def test_qpeft_method_passes_its_settings_to_get_qpeft_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    received = {}
+
+    def fake_get_qpeft_model(model, config):
+        received.update(config.options)
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith("classifier"))
+        return model
+
+    monkeypatch.setattr(qpeft, "QPeftConfig", FakeQPeftConfig, raising=False)
+    monkeypatch.setattr(qpeft, "get_qpeft_model", fake_get_qpeft_model, raising=False)
+    prepared = prepare_model(bert(), MethodSpec.parse("qpeft:K=4,L=2,ansatz=pauli,alpha=3"))
+    assert received == {
+        "target_modules": list(DEFAULT_TARGETS["bert"]), "rank": 4, "layers": 2,
+        "modules_to_save": ["classifier"], "ansatz": "pauli", "alpha": 3.0,
+    }
+    assert prepared.spec.label == "qpeft K=4 L=2 pauli"
+
+
+def test_qpeft_method_trains_counts_and_saves_with_the_real_adapters(tmp_path: Path) -> None:
+    prepared = prepare_model(bert(), MethodSpec("qpeft", rank=2, layers=1))
+    counts = prepared.parameter_counts()
+    assert counts.head == HEAD
+    assert counts.adapter == sum(
+        p.numel() for n, p in prepared.trainable_parameters() if "classifier" not in n)
+    assert 0 < counts.adapter < 4 * LAYERS * 2 * (HIDDEN + HIDDEN)  # fewer than LoRA r=2
+    before = prepared.trainable_state()
+    ids = torch.tensor([[2, 5, 6, 3], [2, 7, 8, 3]])
+    optimizer = torch.optim.SGD([p for _, p in prepared.trainable_parameters()], lr=0.5)
+    for _ in range(2):
+        prepared.model(input_ids=ids, labels=torch.tensor([1, 2])).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = prepared.trainable_state()
+    assert any(not torch.equal(before[n], after[n]) for n in before if "classifier" not in n)
+    size = prepared.save_adapter(tmp_path / "adapter")
+    assert size == sum(p.stat().st_size for p in (tmp_path / "adapter").iterdir())

@@ -1,0 +1,248 @@
+"""Every recipe's loading, training and evaluation code, offline, on tiny
+random models and synthetic data built here."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from qpeft.train.recipes import RECIPES, cifar10, e2e, glue
+from qpeft.train.recipes.__main__ import build_parser
+from qpeft.train.recipes.common import recipe_from_args
+from qpeft.train.testing import MARKERS, sentiment_rows, write_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Split:
+    def __init__(self, **columns: list) -> None:
+        self.columns = columns
+
+    def __getitem__(self, name: str) -> list:
+        return self.columns[name]
+
+
+# ------------------------------------------------------------------ GLUE
+
+
+def tiny_deberta(num_labels: int):
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(0)
+    return DebertaV2ForSequenceClassification(DebertaV2Config(
+        vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+        pooler_hidden_size=32, cls_dropout=0.0,
+    ))
+
+
+def glue_loader(name: str, task: str) -> dict[str, Split]:
+    rows = sentiment_rows(64, seed=1)
+    first = [text for text, _ in rows]
+    second = [label for _, label in rows]  # the second sentence reveals the answer
+    if task == "stsb":
+        scores = [float(index % 5) for index in range(len(rows))]
+        split = Split(sentence1=first, sentence2=[str(s) for s in scores], label=scores)
+    else:
+        labels = [0 if label == "positive" else 1 for _, label in rows]
+        split = Split(sentence1=first, sentence2=[MARKERS[y] for y in second], label=labels)
+    return {"train": split, "validation": split}
+
+
+def test_glue_recipe_trains_and_scores_rte(tmp_path: Path) -> None:
+    tokenizer = write_tokenizer(tmp_path / "tok")
+    recipe = glue.GlueRecipe(task="rte", method="lora:r=2", epochs=2, batch_size=16,
+                             max_length=24, learning_rate=5e-3, device="cpu")
+    metrics = glue.run(recipe, tmp_path / "rte", model=tiny_deberta(2), tokenizer=tokenizer,
+                       loader=glue_loader, progress=False)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["protocol"] == glue.PROTOCOL
+    assert metrics["hyperparameters"]["lora_alpha"] == 32  # RTE's α from the protocol
+    # all six matrices of both layers, r (in + out) each
+    assert metrics["trainable_parameters_adapter"] == 2 * 2 * (4 * (32 + 32) + 2 * (32 + 64))
+    # DeBERTa's new head is the pooler and the classifier
+    assert metrics["trainable_parameters_with_head"] - metrics["trainable_parameters_adapter"] \
+        == (32 * 32 + 32) + (32 * 2 + 2)
+    assert metrics["timings"]["steps"] == 2 * 4
+    assert (tmp_path / "rte" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_glue_recipe_runs_the_regression_task(tmp_path: Path) -> None:
+    tokenizer = write_tokenizer(tmp_path / "tok", words=(*_words(), *map(str, range(5))))
+    recipe = glue.GlueRecipe(task="stsb", method="head", epochs=1, max_length=24, device="cpu")
+    metrics = glue.run(recipe, tmp_path / "stsb", model=tiny_deberta(1), tokenizer=tokenizer,
+                       loader=glue_loader, progress=False)
+    assert -1.0 <= metrics["pearson"] <= 1.0 and -1.0 <= metrics["spearman"] <= 1.0
+
+
+def _words() -> tuple[str, ...]:
+    from qpeft.train.testing import VOCABULARY
+
+    return VOCABULARY
+
+
+def test_glue_task_scores_pick_each_task_metric() -> None:
+    from qpeft.train.loop import Predictions
+
+    logits = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    predictions = Predictions(logits, [1, 0, 0, 0])
+    assert glue.task_scores("cola", predictions) == {
+        "accuracy": 0.75, "matthews_correlation": pytest.approx(1 / 3 ** 0.5)}
+    assert glue.task_scores("mrpc", predictions)["f1"] == pytest.approx(2 / 3)
+    assert set(glue.task_scores("sst2", predictions)) == {"accuracy"}
+    assert glue.ADALORA_GLUE["mnli"].learning_rate == 5e-4
+
+
+# ------------------------------------------------------------------- E2E
+
+
+FOODS = ("pub", "cafe", "diner")
+AREAS = ("riverside", "centre")
+
+
+def e2e_loader(name: str) -> dict[str, Split]:
+    rng = random.Random(0)
+    meanings, texts = [], []
+    for _ in range(48):
+        food, area = rng.choice(FOODS), rng.choice(AREAS)
+        meanings.append(f"food [ {food} ] area [ {area} ]")
+        texts.append(f"a {food} in the {area}")
+    # every combination once, the first two twice: those carry two references
+    combinations = [(food, area) for food in FOODS for area in AREAS]
+    combinations += combinations[:2]
+    test_meanings = [f"food [ {food} ] area [ {area} ]" for food, area in combinations]
+    test_texts = [f"the {food} in a {area}" for food, area in combinations]
+    return {
+        "train": Split(meaning_representation=meanings, human_reference=texts),
+        "test": Split(meaning_representation=test_meanings, human_reference=test_texts),
+    }
+
+
+def tiny_gpt2_and_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>", "<unk>", "food", "area", "[", "]", "||", "a", "in", "the",
+             *FOODS, *AREAS]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>",
+                                        unk_token="<unk>")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(words), n_embd=32, n_layer=2, n_head=2, n_positions=64,
+        bos_token_id=1, eos_token_id=1,
+    ))
+    return model, tokenizer
+
+
+def test_causal_examples_mask_the_prompt_and_the_padding() -> None:
+    _, tokenizer = tiny_gpt2_and_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    dataset = e2e.CausalLMDataset(tokenizer, ["food [ pub ] ||", "area [ centre ] ||"],
+                                  ["a pub", "the centre in a cafe"], max_length=32)
+    batch = dataset.batch([0, 1])
+    eos = tokenizer.eos_token_id
+    assert batch["input_ids"][0].tolist()[:7] == tokenizer("food [ pub ] || a pub")["input_ids"]
+    assert batch["labels"][0].tolist() == [-100] * 5 + tokenizer("a pub")["input_ids"] + [eos] \
+        + [-100] * 3
+    assert batch["attention_mask"][0].tolist() == [1] * 8 + [0] * 3
+
+
+def test_e2e_recipe_trains_generates_and_scores_bleu(tmp_path: Path) -> None:
+    model, tokenizer = tiny_gpt2_and_tokenizer()
+    recipe = e2e.E2ERecipe(epochs=6, batch_size=8, learning_rate=1e-2, warmup_steps=2,
+                           num_beams=2, max_new_tokens=8, max_length=32, device="cpu")
+    metrics = e2e.run(recipe, tmp_path / "e2e", model=model, tokenizer=tokenizer,
+                      loader=e2e_loader, progress=False)
+    history = json.loads((tmp_path / "e2e" / "history.json").read_text())["steps"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert 0.0 <= metrics["bleu"] <= 1.0
+    generations = json.loads((tmp_path / "e2e" / "generations.json").read_text())
+    assert len(generations) == metrics["test_meaning_representations"] == 6
+    assert len(generations[0]["references"]) == 2
+    assert metrics["trainable_parameters_adapter"] == 2 * 4 * (32 + 96)  # c_attn is 32 -> 96
+
+
+# -------------------------------------------------------------- CIFAR-10
+
+
+def cifar_loader(name: str) -> dict[str, Split]:
+    rng = np.random.default_rng(0)
+
+    def images(count: int) -> tuple[list[np.ndarray], list[int]]:
+        labels = [index % 10 for index in range(count)]
+        pictures = []
+        for label in labels:
+            picture = rng.integers(0, 60, size=(16, 16, 3), dtype=np.uint8)
+            picture[: label + 1, :, label % 3] = 250  # the class shows as a bright band
+            pictures.append(picture)
+        return pictures, labels
+
+    train_images, train_labels = images(60)
+    test_images, test_labels = images(20)
+    return {"train": Split(img=train_images, label=train_labels),
+            "test": Split(img=test_images, label=test_labels)}
+
+
+def test_cifar10_recipe_trains_with_accumulation_and_flips(tmp_path: Path) -> None:
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    model = ViTForImageClassification(ViTConfig(
+        image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, num_labels=10,
+    ))
+    processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    recipe = cifar10.Cifar10Recipe(epochs=2, batch_size=9, gradient_accumulation=2,
+                                   device="cpu", method="lora:r=2")
+    metrics = cifar10.run(recipe, tmp_path / "cifar", model=model, processor=processor,
+                          loader=cifar_loader, progress=False)
+    # 6 images per class: 5 train (0.9 · 6, rounded) and 1 validation
+    assert metrics["train_images"] == 50 and metrics["validation_images"] == 10
+    assert metrics["timings"]["steps"] == 2 * 3  # 50 images, 18 per step
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["trainable_parameters_adapter"] == 2 * 2 * 2 * (32 + 32)
+
+
+def test_image_flips_mirror_and_follow_the_seed() -> None:
+    from transformers import ViTImageProcessor
+
+    picture = np.zeros((8, 8, 3), dtype=np.uint8)
+    picture[:, :4] = 255
+    processor = ViTImageProcessor(size={"height": 8, "width": 8})
+    plain = cifar10.ImageDataset([picture] * 16, [0] * 16, processor).batch(range(16))
+    flipping = cifar10.ImageDataset([picture] * 16, [0] * 16, processor, flip=True)
+    torch.manual_seed(3)
+    first = flipping.batch(range(16))["pixel_values"]
+    torch.manual_seed(3)
+    assert torch.equal(first, flipping.batch(range(16))["pixel_values"])
+    mirrored = [not torch.equal(first[i], plain["pixel_values"][i]) for i in range(16)]
+    assert 0 < sum(mirrored) < 16
+    index = mirrored.index(True)
+    assert torch.equal(first[index], plain["pixel_values"][index].flip(-1))
+
+
+# -------------------------------------------------------------- commands
+
+
+def test_every_recipe_field_is_a_command_line_option(tmp_path: Path) -> None:
+    parser = build_parser()
+    args = parser.parse_args(["glue", "--task", "cola", "--targets", "query_proj,value_proj",
+                              "--max-train", "100", "--output-dir", str(tmp_path)])
+    recipe = recipe_from_args(glue.GlueRecipe, args)
+    assert recipe.task == "cola" and recipe.targets == ("query_proj", "value_proj")
+    assert recipe.max_train == 100 and recipe.learning_rate is None
+    for name in RECIPES:
+        assert parser.parse_args([name, "--output-dir", str(tmp_path)]).recipe == name
