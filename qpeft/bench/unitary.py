@@ -50,7 +50,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-import qpeft
 from qpeft.ansatz import for_dimension, pauli
 from qpeft.circuit import Circuit
 from qpeft.circuit.gates import COMPLEX_OF, FixedGate
