@@ -44,7 +44,7 @@ def build_wheel(scratch: Path) -> Path:
     """Build from a copy of the sources, so that no stale build/ folder leaks old files in."""
     source = scratch / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy2(ROOT / name, source / name)
     for folder in SOURCES:
         shutil.copytree(
