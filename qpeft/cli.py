@@ -38,6 +38,17 @@ COMMANDS: dict[str, str] = {
     "count": "qpeft.adapters.count",
 }
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: …)`` to an option's help only where it says something:
+    not for a ``None`` default and not when the help already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 #: Exit code of a command that raised a QpeftError (argparse uses 2 for usage errors too).
 ERROR_EXIT_CODE = 2
 

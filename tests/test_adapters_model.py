@@ -20,13 +20,7 @@ transformers_logging.set_verbosity_error()
 BERT_TARGETS = ["query", "key", "value", "attention.output.dense"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: a second thread only adds contention on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_bert(seed: int = 0) -> BertForSequenceClassification:

@@ -15,13 +15,7 @@ from qpeft import cli
 from qpeft.train import compare, finetune
 from qpeft.train.testing import write_sentiment_csv, write_tiny_bert
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from qpeft.cli import DefaultsHelpFormatter
+
 DEFAULT_METHODS = (
     "head",
     "lora:r=1",
@@ -55,7 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     summary = __doc__.strip().splitlines()[0]
     parser = subparsers.add_parser(
         "compare", help=summary, description=summary,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument(
         "--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",

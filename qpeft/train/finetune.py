@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from qpeft.cli import DefaultsHelpFormatter
+
 DEFAULT_RUNS_FOLDER = Path("qpeft-runs") / "finetune"
 
 
@@ -27,7 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "finetune",
         help=__doc__.strip().splitlines()[0],
         description=__doc__.strip().splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     method = parser.add_argument_group("method")
     method.add_argument(

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from qpeft.cli import DefaultsHelpFormatter
 from qpeft.errors import QpeftError
 from qpeft.train.recipes import RECIPES
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(module_name)
         summary = (module.__doc__ or "").strip().splitlines()[0]
         sub = subparsers.add_parser(name, help=summary, description=summary,
-                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                    formatter_class=DefaultsHelpFormatter)
         add_recipe_arguments(sub, getattr(module, class_name))
         sub.add_argument("--output-dir", type=Path, required=True, help="report folder")
         sub.add_argument("--resume", action="store_true", help="continue an interrupted run")
