@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ddp_worker
 import pytest
 import torch
 from safetensors.torch import load_file
-
-import ddp_worker
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
