@@ -11,6 +11,7 @@ trainable params: 90 || all params: 2,466 || trainable%: 3.6496
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 from collections.abc import Iterator
@@ -207,6 +208,36 @@ def plan_frames(model: nn.Module, config: QPeftConfig, paths: list[str]) -> Path
 
 
 # -- the wrapper -------------------------------------------------------------------------------
+class _BaseCall:
+    """``model(...)`` with ``inspect.signature`` giving ``model.forward``'s signature."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.model.forward)
+
+
+def _call_base_model(self: QPeftModel, *args: Any, **kwargs: Any) -> Any:
+    return self.base_model(*args, **kwargs)
+
+
+class _Forward:
+    """``QPeftModel.forward``: calls the base model (with its hooks). On an
+    instance its signature is the base model's ``forward``, so tools that read
+    it see real argument names (transformers' ``Trainer`` keeps only the
+    dataset columns the model accepts)."""
+
+    def __get__(self, instance: QPeftModel | None, owner: type) -> Any:
+        if instance is None:
+            return _call_base_model
+        return _BaseCall(instance.base_model)
+
+
 class QPeftModel(nn.Module):
     """A model with Quantum-PEFT adapters; peft's ``PeftModel`` API.
 
@@ -435,8 +466,7 @@ class QPeftModel(nn.Module):
     def get_base_model(self) -> nn.Module:
         return self.base_model
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.base_model(*args, **kwargs)
+    forward = _Forward()
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         return self.base_model.generate(*args, **kwargs)

@@ -1,0 +1,323 @@
+"""The peft bridge: Quantum-PEFT through ``peft.get_peft_model`` on tiny BERT and GPT-2.
+
+The full cycle (wrap, train, save in peft's format, load onto a fresh model, merge)
+with exact assertions; the frame bank in peft's forward path; the version guard;
+and the standalone API staying free of peft.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+
+import peft
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+from transformers.utils import logging as transformers_logging
+
+import qpeft
+from qpeft.adapters import QPeftConfig, QPeftLinear, get_qpeft_model, peft_bridge
+from qpeft.adapters import frames as frames_module
+from qpeft.adapters import layer as layer_module
+from qpeft.adapters.peft_bridge import QPeftPeftConfig, QPeftTuner, QPeftTunerLinear
+from qpeft.errors import ConfigError
+
+transformers_logging.set_verbosity_error()
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    # peft asks transformers for a deprecated attribute; not ours to fix
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+]
+
+BERT_TARGETS = ["query", "key", "value", "attention.output.dense"]
+MERGE_TOLERANCE = 1e-5
+
+
+def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
+    """Hidden 32, intermediate 64, 2 layers, 3 labels."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=32, num_labels=3)
+    return BertForSequenceClassification(config).eval()
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    """n_embd 32, 2 layers: Conv1D layers 32 → 96 (c_attn), 32 → 128 (c_fc), 128 → 32."""
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=32,
+                        bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
+def tokens(batch: int = 4, length: int = 10, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 100, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def train(model: torch.nn.Module, ids: torch.Tensor, steps: int = 3) -> None:
+    """A few Adam steps on a made-up loss: every adapter value moves."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    model.train()
+    for _ in range(steps):
+        loss = model(ids).logits.square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def adapter_layers(model: torch.nn.Module) -> dict[str, QPeftLinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, QPeftLinear)}
+
+
+CASES = {
+    "bert": (tiny_bert, {"target_modules": BERT_TARGETS, "modules_to_save": ["classifier"]}),
+    "gpt2": (tiny_gpt2, {"target_modules": "all-linear"}),
+}
+
+
+# -- the full cycle ------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_wrap_train_save_load_merge(case, tmp_path):
+    make, options = CASES[case]
+    ids = tokens()
+    with torch.no_grad():
+        reference = make()(ids).logits
+    model = peft.get_peft_model(make(), QPeftPeftConfig(rank=4, **options))
+    assert isinstance(model.base_model, QPeftTuner)
+    layers = adapter_layers(model)
+    assert layers and all(isinstance(layer, QPeftTunerLinear) for layer in layers.values())
+    assert not any(name.endswith("lm_head") for name in layers)  # the output embedding stays
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, reference)  # ΔW = 0 at initialisation
+        with model.disable_adapter():
+            assert torch.equal(model(ids).logits, reference)
+
+    train(model, ids)
+    with torch.no_grad():
+        trained = model(ids).logits
+        with model.disable_adapter():
+            assert torch.equal(model(ids).logits, reference)
+    assert not torch.allclose(trained, reference, atol=1e-3)
+
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert not list(tmp_path.rglob("*.bin")) and not list(tmp_path.rglob("*.pt"))
+    document = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert document["peft_type"] == "QPEFT" and document["rank"] == 4
+    tensors = load_file(tmp_path / "adapter_model.safetensors")
+    for name, layer in layers.items():
+        key = name.removeprefix("base_model.model.")
+        stored = tensors[f"base_model.model.{key}.qpeft_theta_out"]
+        assert torch.equal(stored, layer.qpeft_theta_out["default"].detach())
+        assert torch.equal(tensors[f"base_model.model.{key}.qpeft_initial.lam"],
+                           layer.qpeft_initial["default"].lam)
+
+    loaded = PeftModel.from_pretrained(make(), tmp_path)
+    assert not any(p.requires_grad for p in loaded.parameters())
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, trained)
+    merged = loaded.merge_and_unload()
+    assert type(merged) is type(make())
+    assert not adapter_layers(merged) and not merged._forward_pre_hooks
+    with torch.no_grad():
+        assert (merged(ids).logits - trained).abs().max() < MERGE_TOLERANCE
+
+
+def test_peft_merge_adapter_and_unmerge_adapter():
+    ids = tokens()
+    model = peft.get_peft_model(tiny_gpt2(), QPeftPeftConfig(rank=4, target_modules="all-linear"))
+    train(model, ids, steps=1)
+    with torch.no_grad():
+        unmerged = model(ids).logits
+        model.merge_adapter()
+        assert (model(ids).logits - unmerged).abs().max() < MERGE_TOLERANCE
+        model.unmerge_adapter()
+        assert torch.allclose(model(ids).logits, unmerged, atol=MERGE_TOLERANCE)
+
+
+def test_named_adapters_switch_save_and_load(tmp_path):
+    ids = tokens()
+    with torch.no_grad():
+        reference = tiny_bert()(ids).logits
+    model = peft.get_peft_model(tiny_bert(), QPeftPeftConfig(rank=4, target_modules=["query"]))
+    train(model, ids, steps=1)
+    model.add_adapter("other", QPeftPeftConfig(rank=2, target_modules=["key"], ansatz="cayley"))
+    assert model.active_adapters == ["default"]
+    assert all(".default" in name for name, p in model.named_parameters() if p.requires_grad)
+    with torch.no_grad():
+        first = model(ids).logits
+        model.set_adapter("other")
+        assert torch.equal(model(ids).logits, reference)  # the new adapter starts at ΔW = 0
+    train(model, ids, steps=1)
+    with torch.no_grad():
+        second = model(ids).logits
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "other" / "adapter_model.safetensors").is_file()
+
+    loaded = PeftModel.from_pretrained(tiny_bert(), tmp_path, is_trainable=True)
+    assert any(p.requires_grad for p in loaded.parameters())
+    loaded.load_adapter(tmp_path / "other", "other")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, first)
+        loaded.set_adapter("other")
+        assert torch.equal(loaded(ids).logits, second)
+    loaded.delete_adapter("default")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, second)
+
+
+# -- the same adapters as the standalone API -----------------------------------------------------
+def test_the_bridge_builds_the_adapter_get_qpeft_model_builds():
+    ids = tokens()
+    options = {"target_modules": BERT_TARGETS, "rank": 3, "layers": 1}
+    torch.manual_seed(7)
+    bridged = peft.get_peft_model(tiny_bert(), QPeftPeftConfig(**options))
+    torch.manual_seed(7)
+    standalone = get_qpeft_model(tiny_bert(), QPeftConfig(**options))
+    ours = adapter_layers(bridged)
+    theirs = standalone.qpeft_layers()
+    assert [name.removeprefix("base_model.model.") for name in ours] == list(theirs)
+    with torch.no_grad():
+        for layer, twin in zip(ours.values(), theirs.values()):
+            for parameter, other in zip(layer.adapter_parameters("default"),
+                                        twin.adapter_parameters("default")):
+                assert torch.equal(parameter, other)
+                step = 0.3 * torch.sin(torch.arange(parameter.numel(), dtype=parameter.dtype))
+                parameter.add_(step)
+                other.add_(step)
+        assert torch.equal(bridged(ids).logits, standalone(ids).logits)
+    trainable = [p.numel() for p in standalone.parameters() if p.requires_grad]
+    assert bridged.get_nb_trainable_parameters()[0] == sum(trainable)
+
+
+# -- frames in peft's forward path ---------------------------------------------------------------
+def counted(monkeypatch, module, calls: list[str], label: str) -> None:
+    original = module.compute_frames
+
+    def wrapper(*args, **kwargs):
+        calls.append(label)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "compute_frames", wrapper)
+
+
+def test_the_frame_bank_serves_every_layer_in_one_call(monkeypatch):
+    ids = tokens()
+    model = peft.get_peft_model(tiny_bert(), QPeftPeftConfig(rank=4, target_modules=BERT_TARGETS))
+    model.train()
+    model(ids).logits.sum().backward()  # computes and caches the frozen initial frames
+    calls: list[str] = []
+    counted(monkeypatch, frames_module, calls, "bank")
+    counted(monkeypatch, layer_module, calls, "layer")
+    model(ids).logits.sum().backward()
+    # 8 layers, all 32 → 32: one circuit, so one batched call for all 16 frames
+    assert calls == ["bank"]
+
+
+def test_frames_follow_every_change_of_the_angles():
+    ids = tokens()
+    model = peft.get_peft_model(tiny_bert(), QPeftPeftConfig(rank=4, target_modules=BERT_TARGETS))
+    layers = adapter_layers(model)
+    with torch.no_grad():
+        before = model(ids).logits
+        for layer in layers.values():
+            layer.qpeft_theta_in["default"].add_(0.5)  # in place, as an optimizer step
+        after = model(ids).logits
+        model.base_model.frame_bank.detach()  # now every layer computes its own frames
+        alone = model(ids).logits
+    assert not torch.allclose(before, after, atol=1e-3)
+    assert torch.allclose(after, alone, atol=1e-6)
+
+
+# -- files ---------------------------------------------------------------------------------------
+def test_a_loaded_adapter_uses_the_recorded_circuits(tmp_path):
+    ids = tokens()
+    model = peft.get_peft_model(tiny_bert(), QPeftPeftConfig(rank=4, target_modules=BERT_TARGETS,
+                                                             layers=2))
+    train(model, ids, steps=1)
+    with torch.no_grad():
+        trained = model(ids).logits
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "adapter_config.json"
+    document = json.loads(path.read_text())
+    assert set(document["circuits"]) == {"32"}
+    document["layers"] = 1  # the catalog would now build another circuit, with fewer angles
+    path.write_text(json.dumps(document))
+    loaded = PeftModel.from_pretrained(tiny_bert(), tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, trained)
+
+
+def test_the_configuration_converts_both_ways(tmp_path):
+    circuit = qpeft.ansatz.for_dimension(32, layers=1)
+    config = QPeftConfig(target_modules=["query"], rank=2, ansatz={32: circuit}, alpha=0.5,
+                         init="zero_lambda", quantize_bits=8)
+    bridged = QPeftPeftConfig.from_qpeft_config(config, task_type="SEQ_CLS")
+    assert bridged.to_qpeft_config() == config
+    assert bridged.task_type == "SEQ_CLS"
+    bridged.save_pretrained(tmp_path)
+    loaded = peft.PeftConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, QPeftPeftConfig)
+    assert loaded.to_qpeft_config() == config
+
+
+def test_invalid_fields_raise_qpeft_errors():
+    with pytest.raises(ConfigError, match="rank must be a positive integer"):
+        QPeftPeftConfig(target_modules=["query"], rank=0)
+    with pytest.raises(ConfigError, match="matches no linear layer"):
+        peft.get_peft_model(tiny_bert(), QPeftPeftConfig(target_modules=["nothing"]))
+
+
+# -- registration and the version guard ----------------------------------------------------------
+def test_registration_is_idempotent():
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.utils.peft_types import PeftType
+
+    assert peft_bridge.register() is peft_bridge.register() is PeftType.QPEFT
+    assert PeftType("QPEFT") is PeftType.QPEFT
+    assert list(PeftType).count(PeftType.QPEFT) == 1
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.QPEFT] is QPeftTuner
+
+
+@pytest.mark.parametrize("version", ["0.13.2", "0.17.1", "1.0.0", "2.3.0"])
+def test_an_unsupported_peft_version_is_a_clear_error(monkeypatch, version):
+    monkeypatch.setattr(peft_bridge, "installed_peft_version", lambda: version)
+    message = rf"peft {re.escape(version)} is installed, but .* supports peft>=0\.18,<1\.0"
+    with pytest.raises(ConfigError, match=message):
+        peft_bridge.register()
+    with pytest.raises(ConfigError, match=message):
+        QPeftPeftConfig(target_modules=["query"])
+
+
+def test_missing_peft_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(peft_bridge, "installed_peft_version", lambda: None)
+    with pytest.raises(ConfigError, match="needs Hugging Face peft, which is not installed"):
+        peft_bridge.check_peft_version()
+
+
+@pytest.mark.parametrize("version", ["0.18.0", "0.21.2", "0.22.0.dev0", "0.99.1"])
+def test_supported_versions_pass(monkeypatch, version):
+    monkeypatch.setattr(peft_bridge, "installed_peft_version", lambda: version)
+    assert peft_bridge.check_peft_version() == version
+
+
+def test_the_standalone_api_does_not_import_peft():
+    script = textwrap.dedent("""
+        import sys, torch, qpeft
+        base = torch.nn.Sequential(torch.nn.Linear(8, 8))
+        model = qpeft.get_qpeft_model(base, qpeft.QPeftConfig(target_modules=["0"], rank=2))
+        model(torch.randn(2, 8))
+        print(sorted(name for name in sys.modules if name == "peft" or name.startswith("peft.")))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True, timeout=120)
+    assert result.stdout.strip() == "[]"
