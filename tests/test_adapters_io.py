@@ -7,9 +7,8 @@ import struct
 
 import pytest
 import torch
-from test_adapters_model import (  # noqa: F401 - _one_thread is an autouse fixture
+from test_adapters_model import (
     BERT_TARGETS,
-    _one_thread,
     perturb,
     tiny_bert,
     tiny_gpt2,
@@ -19,6 +18,8 @@ from test_adapters_model import (  # noqa: F401 - _one_thread is an autouse fixt
 from qpeft.adapters import QPeftConfig, QPeftLinear, QPeftModel, get_qpeft_model
 from qpeft.adapters.io import CONFIG_NAME, WEIGHTS_NAME
 from qpeft.errors import AdapterFileError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained_bert(**options) -> QPeftModel:

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from test_adapters_model import _one_thread  # noqa: F401 - an autouse fixture
 from transformers.pytorch_utils import Conv1D
 
 import qpeft
@@ -14,6 +13,8 @@ from qpeft.adapters import QPeftLinear
 from qpeft.adapters.frames import FrameSpec
 from qpeft.compiler.mappings import parameter_count
 from qpeft.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dense_update(layer: QPeftLinear, adapter: str = "default") -> torch.Tensor:

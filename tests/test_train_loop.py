@@ -22,15 +22,7 @@ from qpeft.train.loop import (
 from qpeft.train.methods import MethodSpec, prepare_model
 from qpeft.train.testing import sentiment_rows, tiny_bert_config, write_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and much faster than on two
-    when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

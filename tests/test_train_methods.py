@@ -23,12 +23,7 @@ HIDDEN, LAYERS, CLASSES = 32, 2, 3
 HEAD = HIDDEN * CLASSES + CLASSES
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bert():

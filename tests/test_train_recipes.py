@@ -16,13 +16,7 @@ from qpeft.train.recipes.__main__ import build_parser
 from qpeft.train.recipes.common import recipe_from_args
 from qpeft.train.testing import MARKERS, sentiment_rows, write_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Split:

@@ -70,7 +70,7 @@ def _layer_index(key: str, pattern: list[str] | str | None) -> int | None:
     return int(match.group("idx")) if match else None
 
 
-def _excluded(config: QPeftConfig, key: str) -> bool:
+def is_excluded(config: QPeftConfig, key: str) -> bool:
     excluded = config.exclude_modules
     if isinstance(excluded, str):
         if re.fullmatch(excluded, key):
@@ -129,7 +129,7 @@ def find_target_modules(model: nn.Module, config: QPeftConfig) -> list[str]:
     heads = _output_embedding_names(model) if all_linear else set()
     chosen = []
     for name, module in _walk(model):
-        if _excluded(config, name):
+        if is_excluded(config, name):
             continue
         if all_linear:
             hit = name not in heads
@@ -173,7 +173,7 @@ def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(parent_name) if parent_name else model), child
 
 
-def _layer_options(config: QPeftConfig) -> dict[str, Any]:
+def layer_options(config: QPeftConfig) -> dict[str, Any]:
     return {
         "rank": config.rank, "layers": config.layers, "ansatz_options": config.ansatz_options,
         "alpha": config.alpha, "dropout": config.dropout, "init": config.init,
@@ -205,6 +205,20 @@ def plan_frames(model: nn.Module, config: QPeftConfig, paths: list[str]) -> Path
             sides[side] = by_width[width]
         plan[path] = sides
     return plan
+
+
+def add_adapter_layer(module: nn.Module, adapter_name: str, specs: dict[str, FrameSpec],
+                      options: dict[str, Any],
+                      layer_class: type[QPeftLinear] = QPeftLinear) -> QPeftLinear | None:
+    """Give ``module`` the adapter ``adapter_name`` with frames ``specs``
+    (``{"out": …, "in": …}``): an adapter layer gets one more adapter and
+    ``None`` is returned; a linear layer is wrapped in a new ``layer_class``,
+    returned for the caller to put in its place."""
+    if isinstance(module, QPeftLinear):
+        module.update_layer(adapter_name, frame_out=specs["out"], frame_in=specs["in"], **options)
+        return None
+    return layer_class(module, adapter_name, frame_out=specs["out"], frame_in=specs["in"],
+                       **options)
 
 
 # -- the wrapper -------------------------------------------------------------------------------
@@ -287,15 +301,10 @@ class QPeftModel(nn.Module):
         if frames is None:
             frames = plan_frames(model, config, find_target_modules(model, config))
         saved = find_modules_to_save(model, config.modules_to_save)
-        options = _layer_options(config)
+        options = layer_options(config)
         for path, specs in frames.items():
-            module = model.get_submodule(path)
-            if isinstance(module, QPeftLinear):
-                module.update_layer(adapter_name, frame_out=specs["out"], frame_in=specs["in"],
-                                    **options)
-            else:
-                layer = QPeftLinear(module, adapter_name, frame_out=specs["out"],
-                                    frame_in=specs["in"], **options)
+            layer = add_adapter_layer(model.get_submodule(path), adapter_name, specs, options)
+            if layer is not None:
                 parent, child = _parent(model, path)
                 setattr(parent, child, layer)
         for path in saved:

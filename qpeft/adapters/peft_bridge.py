@@ -115,9 +115,10 @@ from qpeft.adapters.frames import FrameBank, FrameSpec, resolve_frame_spec  # no
 from qpeft.adapters.layer import QPeftLinear  # noqa: E402
 from qpeft.adapters.model import (  # noqa: E402
     PathSpecs,
-    _excluded,
-    _layer_options,
+    add_adapter_layer,
     find_target_modules,
+    is_excluded,
+    layer_options,
     plan_frames,
 )
 from qpeft.circuit import Circuit  # noqa: E402
@@ -241,7 +242,7 @@ class QPeftTuner(BaseTuner):
         plan = self._frames_for(peft_config)
         if key in plan:
             return True
-        return _ExcludedModule() if _excluded(peft_config, key) else False
+        return _ExcludedModule() if is_excluded(peft_config, key) else False
 
     def _frames_for(self, peft_config) -> PathSpecs:
         planned = self.__dict__.get("_plan")
@@ -258,13 +259,10 @@ class QPeftTuner(BaseTuner):
             plan.update(_recorded_frames(peft_config, plan_frames(self.model, config,
                                                                   [current_key])))
         specs = plan[current_key]
-        options = _layer_options(peft_config.to_qpeft_config())
-        if isinstance(target, QPeftLinear):
-            target.update_layer(adapter_name, frame_out=specs["out"], frame_in=specs["in"],
-                                **options)
+        options = layer_options(peft_config.to_qpeft_config())
+        layer = add_adapter_layer(target, adapter_name, specs, options, QPeftTunerLinear)
+        if layer is None:
             return
-        layer = QPeftTunerLinear(target, adapter_name, frame_out=specs["out"],
-                                 frame_in=specs["in"], **options)
         if adapter_name not in self.active_adapters:
             layer.requires_grad_(False)
         self._replace_module(parent, target_name, layer, target)
