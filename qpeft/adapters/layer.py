@@ -82,6 +82,31 @@ class _InitialValues(nn.Module):
         self.register_buffer("lam", lam.detach().clone())
 
 
+def _low_rank_update(h: torch.Tensor, terms: list) -> torch.Tensor:
+    """``h @ ΔWᵀ`` for ``ΔW = Σ U diag(c) Vᵀ`` over :meth:`QPeftLinear.factors`.
+
+    One term: ``((h V) c) Uᵀ``. Two terms (the trainable one and the frozen
+    initial one of the ``offset`` init), with ``p = (h V) c`` and
+    ``q = (h V₀) c₀``: ``p Uᵀ + q U₀ᵀ = (p + q) U₀ᵀ + p (U − U₀)ᵀ``, computed as
+    one product of rank 2K, so ``h`` is read once and the output written
+    once, as for a single term. At initialisation ``p + q`` and ``U − U₀`` are
+    exact zeros (the frames agree and ``c₀ = −c``), so the update is an exact
+    zero too.
+    """
+    dtype = h.dtype
+    if len(terms) == 1:
+        ((U, c, V),) = terms
+        return ((h @ V.to(dtype)) * c.to(dtype)) @ U.to(dtype).T
+    (U, c, V), (U0, c0, V0) = terms
+    rank = c.shape[-1]
+    projected = h @ torch.cat([V, V0], dim=1).to(dtype)
+    p = projected[..., :rank] * c.to(dtype)
+    q = projected[..., rank:] * c0.to(dtype)
+    left = torch.cat([p + q, p], dim=-1)
+    right = torch.cat([U0, U - U0], dim=1).to(dtype)
+    return left @ right.T
+
+
 class QPeftLinear(nn.Module):
     """A linear layer plus Quantum-PEFT adapters ``α U Λ Vᵀ`` (see the module doc).
 
@@ -361,8 +386,8 @@ class QPeftLinear(nn.Module):
     def factors(self, adapter_name: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``[(U, c, V), …]`` with ``ΔW = Σ ± U diag(c) Vᵀ``: the trainable term
         ``(U, αλ, V)``, and for the ``offset`` init the frozen term
-        ``(U₀, −αλ₀, V₀)``. The two terms are evaluated separately (not as one
-        rank-2K product) so that at initialisation they cancel exactly."""
+        ``(U₀, −αλ₀, V₀)``; the forward pass combines them so that at
+        initialisation they cancel exactly (see :func:`_low_rank_update`)."""
         U, V = self.frames(adapter_name)
         alpha = self.scaling[adapter_name]
         terms = [(U, alpha * self.effective_lambda(adapter_name), V)]
@@ -380,13 +405,7 @@ class QPeftLinear(nn.Module):
             return self.base_layer(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         for adapter in self.contributing_adapters():
-            h = self.qpeft_dropout[adapter](x)
-            dtype = h.dtype
-            delta = None
-            for U, coefficients, V in self.factors(adapter):
-                term = ((h @ V.to(dtype)) * coefficients.to(dtype)) @ U.to(dtype).T
-                # (a·λ)·Uᵀ − (a·λ₀)·U₀ᵀ is an exact zero when the frames agree
-                delta = term if delta is None else delta + term
+            delta = _low_rank_update(self.qpeft_dropout[adapter](x), self.factors(adapter))
             result = result + delta.to(result.dtype)
         return result
 
