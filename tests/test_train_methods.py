@@ -45,6 +45,10 @@ def test_specs_parse_with_aliases_and_fill_defaults() -> None:
     assert MethodSpec.parse("boft").resolved().label == "boft b=4 m=1"
     assert MethodSpec.parse("qpeft:K=4,L=2").resolved().slug == "qpeft-K4-L2"
     assert MethodSpec.parse("head:lr=0.1").resolved().learning_rate == 0.1
+    # the head's own learning rate: qpeft's default, or given; None = the method's rate
+    assert MethodSpec.parse("qpeft").resolved().head_learning_rate == 2e-2
+    assert MethodSpec.parse("qpeft:head_lr=5e-3").resolved().head_learning_rate == 5e-3
+    assert MethodSpec.parse("lora").resolved().head_learning_rate is None
 
 
 @pytest.mark.parametrize(
@@ -56,6 +60,7 @@ def test_specs_parse_with_aliases_and_fill_defaults() -> None:
         ("lora:r=four", "use numbers"),
         ("lora:r=0", "rank must be at least 1"),
         ("lora:dropout=1.5", "dropout must be in"),
+        ("qpeft:head_lr=0", "learning rates must be positive"),
     ],
 )
 def test_bad_specs_are_refused(text: str, message: str) -> None:

@@ -62,7 +62,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
         help="methods as name or name:key=value,... (keys r/K, L, ansatz, alpha, block, "
-             "factor, lr, dropout)",
+             "factor, lr, head_lr, dropout)",
     )
     parser.add_argument("--seeds", type=_seeds, default=DEFAULT_SEEDS,
                         help="comma-separated training seeds")

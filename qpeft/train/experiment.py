@@ -383,7 +383,7 @@ def run_method(
     num_classes = len(task.label_names)
     config = TrainConfig(
         epochs=settings.epochs, batch_size=settings.batch_size,
-        learning_rate=spec.learning_rate, seed=seed,
+        learning_rate=spec.learning_rate, head_learning_rate=spec.head_learning_rate, seed=seed,
     )
 
     def validate(epoch: int) -> dict[str, Any]:

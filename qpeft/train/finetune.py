@@ -43,6 +43,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     method.add_argument("--alpha", type=float,
                         help="scale α of qpeft, lora_alpha of lora (default 2·r for lora)")
     method.add_argument("--block-size", type=int, help="block size of oft (32) and boft (4)")
+    method.add_argument("--head-lr", type=float,
+                        help="learning rate of the new head (default: 2e-2 for qpeft, the "
+                             "method's learning rate for the others)")
     method.add_argument("--seed", type=int, default=0,
                         help="seed of the head initialisation, batch order and dropout")
     method.add_argument("--output-dir", type=Path,
@@ -61,7 +64,7 @@ def method_from_args(args: argparse.Namespace) -> Any:
     spec = MethodSpec.parse(args.method)
     given = {
         "rank": args.rank, "layers": args.layers, "ansatz": args.ansatz, "alpha": args.alpha,
-        "block_size": args.block_size,
+        "block_size": args.block_size, "head_learning_rate": args.head_lr,
     }
     return replace(spec, **{key: value for key, value in given.items() if value is not None})
 

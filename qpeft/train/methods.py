@@ -45,6 +45,11 @@ DEFAULT_LEARNING_RATES = {
     "qpeft": 1e-1,
 }
 
+#: Learning rate of the new head when ``head_lr`` is not given: ``None`` means
+#: the method's own learning rate. Quantum-PEFT's angle learning rate is far
+#: above what a freshly initialised linear head trains well with.
+DEFAULT_HEAD_LEARNING_RATES: dict[str, float | None] = {"qpeft": 2e-2}
+
 #: Default ``rank`` of LoRA and Quantum-PEFT, ``layers`` of Quantum-PEFT,
 #: block sizes of OFT and BOFT.
 DEFAULT_RANK = 4
@@ -89,6 +94,7 @@ _KEY_ALIASES = {
     "block": "block_size", "block_size": "block_size",
     "factor": "butterfly_factor", "butterfly_factor": "butterfly_factor",
     "lr": "learning_rate", "learning_rate": "learning_rate",
+    "head_lr": "head_learning_rate", "head_learning_rate": "head_learning_rate",
     "dropout": "dropout",
 }
 
@@ -118,6 +124,7 @@ class MethodSpec:
     learning_rate: float | None = None
     dropout: float | None = None
     targets: tuple[str, ...] | None = None
+    head_learning_rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.name not in METHODS:
@@ -126,8 +133,9 @@ class MethodSpec:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"{self.name} {key} must be at least 1, not {value}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ConfigError(f"learning rate must be positive, not {self.learning_rate}")
+        for rate in (self.learning_rate, self.head_learning_rate):
+            if rate is not None and not rate > 0:
+                raise ConfigError(f"learning rates must be positive, not {rate}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"adapter dropout must be in [0, 1), not {self.dropout}")
 
@@ -135,7 +143,7 @@ class MethodSpec:
     def parse(cls, text: str) -> MethodSpec:
         """Read ``name`` or ``name:key=value,...`` (keys: ``r``/``K``/``rank``,
         ``L``/``layers``, ``ansatz``, ``alpha``, ``block``, ``factor``, ``lr``,
-        ``dropout``)."""
+        ``head_lr``, ``dropout``)."""
         name, _, options = text.strip().partition(":")
         values: dict[str, Any] = {}
         for item in filter(None, (part.strip() for part in options.split(","))):
@@ -144,14 +152,14 @@ class MethodSpec:
             if not equals or field_name is None:
                 raise ConfigError(
                     f"cannot read {item!r} in method {text!r}; write name:key=value,... with "
-                    "keys r (or K), L, ansatz, alpha, block, factor, lr, dropout"
+                    "keys r (or K), L, ansatz, alpha, block, factor, lr, head_lr, dropout"
                 )
             values[field_name] = value.strip()
         try:
             for key in ("rank", "layers", "block_size", "butterfly_factor"):
                 if key in values:
                     values[key] = int(values[key])
-            for key in ("alpha", "learning_rate", "dropout"):
+            for key in ("alpha", "learning_rate", "head_learning_rate", "dropout"):
                 if key in values:
                     values[key] = float(values[key])
         except ValueError as error:
@@ -176,6 +184,8 @@ class MethodSpec:
                 values["butterfly_factor"] = DEFAULT_BOFT_BUTTERFLY_FACTOR
         if self.learning_rate is None:
             values["learning_rate"] = DEFAULT_LEARNING_RATES[self.name]
+        if self.head_learning_rate is None:
+            values["head_learning_rate"] = DEFAULT_HEAD_LEARNING_RATES.get(self.name)
         return replace(self, **values)
 
     @property
