@@ -18,7 +18,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
+from test_adapters_model import BERT_TARGETS, tiny_bert, tiny_gpt2, tokens
 from transformers.utils import logging as transformers_logging
 
 import qpeft
@@ -36,29 +36,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
 ]
 
-BERT_TARGETS = ["query", "key", "value", "attention.output.dense"]
 MERGE_TOLERANCE = 1e-5
 
-
-def tiny_bert(seed: int = 0) -> BertForSequenceClassification:
-    """Hidden 32, intermediate 64, 2 layers, 3 labels."""
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64,
-                        max_position_embeddings=32, num_labels=3)
-    return BertForSequenceClassification(config).eval()
-
-
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
-    """n_embd 32, 2 layers: Conv1D layers 32 → 96 (c_attn), 32 → 128 (c_fc), 128 → 32."""
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=32,
-                        bos_token_id=0, eos_token_id=0)
-    return GPT2LMHeadModel(config).eval()
-
-
-def tokens(batch: int = 4, length: int = 10, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, 100, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
 def train(model: torch.nn.Module, ids: torch.Tensor, steps: int = 3) -> None:
@@ -219,7 +198,7 @@ def test_the_frame_bank_serves_every_layer_in_one_call(monkeypatch):
     counted(monkeypatch, frames_module, calls, "bank")
     counted(monkeypatch, layer_module, calls, "layer")
     model(ids).logits.sum().backward()
-    # 8 layers, all 32 → 32: one circuit, so one batched call for all 16 frames
+    # 8 layers, all 48 → 48: one circuit, so one batched call for all 16 frames
     assert calls == ["bank"]
 
 
@@ -249,7 +228,7 @@ def test_a_loaded_adapter_uses_the_recorded_circuits(tmp_path):
     model.save_pretrained(tmp_path)
     path = tmp_path / "adapter_config.json"
     document = json.loads(path.read_text())
-    assert set(document["circuits"]) == {"32"}
+    assert set(document["circuits"]) == {"48"}
     document["layers"] = 1  # the catalog would now build another circuit, with fewer angles
     path.write_text(json.dumps(document))
     loaded = PeftModel.from_pretrained(tiny_bert(), tmp_path)

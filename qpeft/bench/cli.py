@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
 
 #: Benchmark name -> module exposing ``add_parser(bench_subparsers)`` and ``run(args)``.
 #: A module that does not exist is not offered.
@@ -46,3 +50,19 @@ def run(args: argparse.Namespace) -> int | None:
     """Run the benchmark named on the command line."""
     module = importlib.import_module(BENCHMARKS[args.benchmark])
     return module.run(args)
+
+
+def measure_and_print(run_benchmark: Callable[..., dict[str, Any]], config: Any,
+                      render: Callable[[dict[str, Any]], None], as_json: bool) -> dict[str, Any]:
+    """Run ``run_benchmark(config, progress=...)`` under a spinner on standard
+    error, then print the report: as JSON, or with ``render``. Returns it."""
+    from rich.console import Console
+
+    with Console(stderr=True).status("benchmarking") as status:
+        report = run_benchmark(config, progress=lambda message: status.update(message))
+    if as_json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        render(report)
+    return report

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 import warnings
@@ -532,15 +531,7 @@ def config_from_args(args: argparse.Namespace) -> TrainBenchConfig:
 
 def run(args: argparse.Namespace) -> int:
     """``qpeft bench train``."""
-    from rich.console import Console
+    from qpeft.bench.cli import measure_and_print
 
-    config = config_from_args(args)
-    errors = Console(stderr=True)
-    with errors.status("benchmarking") as status:
-        report = run_benchmark(config, progress=lambda message: status.update(message))
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        render(report)
+    measure_and_print(run_benchmark, config_from_args(args), render, args.json)
     return 0

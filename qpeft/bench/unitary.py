@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import statistics
 import sys
@@ -792,17 +791,11 @@ def run(args: argparse.Namespace) -> int:
     """``qpeft bench unitary``."""
     from rich.console import Console
 
-    config = config_from_args(args)
-    errors = Console(stderr=True)
-    with errors.status("benchmarking") as status:
-        report = run_benchmark(config, progress=lambda message: status.update(message))
+    from qpeft.bench.cli import measure_and_print
+
+    report = measure_and_print(run_benchmark, config_from_args(args), render, args.json)
     if args.plot:
         plot(report, args.plot)
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        render(report)
-        if args.plot:
+        if not args.json:
             Console().print(f"plot written to {args.plot}")
     return 0
