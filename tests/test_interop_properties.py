@@ -36,7 +36,7 @@ from qpeft.circuit import (
 from qpeft.interop.pennylane import from_pennylane, to_pennylane
 from qpeft.interop.qiskit import from_qiskit, qiskit_parameter_values, to_qiskit
 
-EXAMPLES = 60
+EXAMPLES = 200
 NAMES = ("a", "b", "theta[0]", "theta[3]", "w_1")
 ANGLE = st.floats(-3.2, 3.2, allow_nan=False, allow_infinity=False)
 
