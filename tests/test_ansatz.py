@@ -6,6 +6,7 @@ import importlib
 
 import numpy as np
 import pytest
+import torch
 
 import qpeft
 from qpeft.ansatz import catalog_names, for_dimension, load_ansatz, pauli, pauli_parameter_count
@@ -116,3 +117,26 @@ def test_load_ansatz_errors(tmp_path):
     bad.write_text("x = 1\n")
     with pytest.raises(CatalogError, match="build"):
         load_ansatz(str(bad))
+
+
+# The reference matrix expands every gate to the full space: the Shannon
+# construction of a width with many power-of-two blocks has thousands of gates.
+@pytest.mark.parametrize(("method", "largest"), [("qudit", 40), ("shannon", 24)])
+def test_for_dimension_is_orthogonal_for_every_small_width(method, largest):
+    for dimension in range(2, largest + 1):
+        c = for_dimension(dimension, layers=2, method=method)
+        m = c.matrix(np.random.default_rng(dimension).normal(size=c.num_parameters))
+        np.testing.assert_allclose(m.T @ m, np.eye(dimension), atol=1e-12,
+                                   err_msg=f"N = {dimension}")
+
+
+@pytest.mark.parametrize(
+    ("dimension", "method"),
+    [(width, "qudit") for width in TRANSFORMER_WIDTHS]
+    + [(width, "shannon") for width in (384, 768, 1536, 3072)],
+)
+def test_for_dimension_has_orthonormal_columns_at_transformer_widths(dimension, method):
+    c = for_dimension(dimension, layers=2, method=method)
+    frame = qpeft.compile(c, columns=16, dtype=torch.float64)
+    U = frame(torch.as_tensor(np.random.default_rng(dimension).normal(size=c.num_parameters)))
+    torch.testing.assert_close(U.T @ U, torch.eye(16, dtype=torch.float64), rtol=0, atol=1e-12)
