@@ -27,10 +27,9 @@ DEFAULT_METHODS = (
     "lora:r=4",
     "lora:r=8",
     "oft",
-    "qpeft:K=1,L=1",
     "qpeft:K=4,L=1",
-    "qpeft:K=4,L=2",
-    "qpeft:K=8,L=2",
+    "qpeft:K=32,L=2",
+    "qpeft:K=64,L=2",
     "full",
 )
 DEFAULT_SEEDS = (0, 1, 2)

@@ -37,8 +37,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="qpeft, lora, oft, boft, head (linear probe) or full; options may follow as "
              "name:key=value,... (for example lora:r=8)",
     )
-    method.add_argument("--rank", type=int, help="K of qpeft, r of lora (default 4)")
-    method.add_argument("--layers", type=int, help="circuit layers L of qpeft (default 1)")
+    method.add_argument("--rank", type=int, help="K of qpeft (default 32), r of lora (default 4)")
+    method.add_argument("--layers", type=int, help="circuit layers L of qpeft (default 2)")
     method.add_argument("--ansatz", help="circuit family of qpeft (default: qpeft's default)")
     method.add_argument("--alpha", type=float,
                         help="scale α of qpeft, lora_alpha of lora (default 2·r for lora)")
