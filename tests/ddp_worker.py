@@ -4,7 +4,8 @@ DistributedDataParallel (gloo, CPU) on this rank's share of it, and writes the
 trained adapter tensors of rank 0 to a safetensors file.
 
 Run by the test as ``python -m torch.distributed.run --standalone
---nproc_per_node 2 tests/ddp_worker.py OUT`` (or with ``--single``).
+--nproc_per_node 2 tests/ddp_worker.py OUT``; the test trains the
+one-process case itself with the same functions.
 Nothing here runs on import.
 """
 
@@ -76,11 +77,6 @@ def main(argv: list[str]) -> None:
 
     torch.set_num_threads(1)
     output = argv[0]
-    if "--single" in argv:
-        model = build_model()
-        train(model, model.config.vocab_size)
-        save_file(adapter_tensors(model), output)
-        return
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 

@@ -94,3 +94,16 @@ def test_torch_compile_of_an_adapted_model_matches_eager_outputs_and_gradients()
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-5)
     for compiled_grad, eager_grad in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_forward_shows_the_base_signature_and_rebinds_as_a_method() -> None:
+    import inspect
+    import types
+
+    model = adapted_bert()
+    assert "input_ids" in inspect.signature(model.forward).parameters
+    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(6))
+    # accelerate rebinds forward as MethodType(model.forward.__func__, model)
+    rebound = types.MethodType(model.forward.__func__, model)
+    with torch.no_grad():
+        assert torch.equal(rebound(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -223,17 +223,24 @@ def add_adapter_layer(module: nn.Module, adapter_name: str, specs: dict[str, Fra
 
 # -- the wrapper -------------------------------------------------------------------------------
 class _BaseCall:
-    """``model(...)`` with ``inspect.signature`` giving ``model.forward``'s signature."""
+    """``QPeftModel.forward`` on an instance: calls the base model, and
+    ``inspect.signature`` gives the base model's ``forward`` signature.
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    It also looks like a bound method (``__func__``, ``__self__``) to tools
+    that rebind ``forward`` that way, such as accelerate's mixed-precision
+    wrapper.
+    """
+
+    def __init__(self, owner: QPeftModel) -> None:
+        self.__self__ = owner
+        self.__func__ = _call_base_model
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
+        return self.__self__.base_model(*args, **kwargs)
 
     @property
     def __signature__(self) -> inspect.Signature:
-        return inspect.signature(self.model.forward)
+        return inspect.signature(self.__self__.base_model.forward)
 
 
 def _call_base_model(self: QPeftModel, *args: Any, **kwargs: Any) -> Any:
@@ -249,7 +256,7 @@ class _Forward:
     def __get__(self, instance: QPeftModel | None, owner: type) -> Any:
         if instance is None:
             return _call_base_model
-        return _BaseCall(instance.base_model)
+        return _BaseCall(instance)
 
 
 class QPeftModel(nn.Module):

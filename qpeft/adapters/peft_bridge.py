@@ -236,7 +236,7 @@ class QPeftTuner(BaseTuner):
         config = peft_config.to_qpeft_config()
         self._plan = (peft_config, _recorded_frames(
             peft_config, plan_frames(model, config, find_target_modules(model, config))
-        ))
+        ), config)
 
     def _check_target_module_exists(self, peft_config, key: str):
         plan = self._frames_for(peft_config)
@@ -254,12 +254,12 @@ class QPeftTuner(BaseTuner):
                             target_name: str, parent: nn.Module, current_key: str,
                             parameter_name: str | None = None) -> None:
         plan = self._frames_for(peft_config)
+        config = self._plan[2]
         if current_key not in plan:  # a module named by a state dict, not by the config
-            config = peft_config.to_qpeft_config()
             plan.update(_recorded_frames(peft_config, plan_frames(self.model, config,
                                                                   [current_key])))
         specs = plan[current_key]
-        options = layer_options(peft_config.to_qpeft_config())
+        options = layer_options(config)
         layer = add_adapter_layer(target, adapter_name, specs, options, QPeftTunerLinear)
         if layer is None:
             return

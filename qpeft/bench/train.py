@@ -169,16 +169,28 @@ class Trainer:
         self.model.train()
         self.batch = batch
         self.device = device
-        self.parameters = [p for _, p in prepared.trainable_parameters()]
-        self.optimizer = torch.optim.AdamW(self.parameters, lr=prepared.spec.learning_rate)
+        from qpeft.train.loop import TrainConfig, parameter_groups
+
+        named = list(prepared.trainable_parameters())
+        self.parameters = [p for _, p in named]
+        # the optimizer and clipping of `qpeft finetune`
+        self.config = TrainConfig(learning_rate=prepared.spec.learning_rate,
+                                  head_learning_rate=prepared.spec.head_learning_rate)
+        self.optimizer = torch.optim.AdamW(
+            parameter_groups(named, self.config, set(prepared.head_parameter_names())))
 
     def loss(self) -> torch.Tensor:
         return self.model(**self.batch).loss
 
+    def _update(self) -> None:
+        """Gradient clipping and the AdamW step, as in ``qpeft finetune``."""
+        torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        self.optimizer.step()
+
     def step(self) -> None:
         """Forward, backward, AdamW step."""
         self.loss().backward()
-        self.optimizer.step()
+        self._update()
         self.optimizer.zero_grad(set_to_none=True)
         _synchronize(self.device)
 
@@ -213,7 +225,7 @@ class Trainer:
         parameters = [*self.model.parameters(), *self.model.buffers()]
         saved, loss = autograd_saved_bytes(self.loss, exclude=parameters)
         loss.backward()
-        self.optimizer.step()
+        self._update()
         self.optimizer.zero_grad(set_to_none=True)
         gradients = sum(p.numel() * p.element_size() for p in self.parameters)
         optimizer = self._optimizer_bytes()

@@ -271,9 +271,11 @@ def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def _parameter_groups(
+def parameter_groups(
     named: Sequence[tuple[str, torch.nn.Parameter]], config: TrainConfig, heads: set[str]
 ) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the head's parameters (names in ``heads``) at
+    ``head_learning_rate``, weight decay on matrices only."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, parameter in named:
         groups.setdefault((name in heads, parameter.ndim >= 2), []).append(parameter)
@@ -384,7 +386,7 @@ def train(
     }
 
     torch.manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(_parameter_groups(named, config, set(head_parameter_names)))
+    optimizer = torch.optim.AdamW(parameter_groups(named, config, set(head_parameter_names)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(warmup, total_steps))
 
     start_step = 0

@@ -178,8 +178,9 @@ def run(
     device = resolve_device(recipe.device)
     config = TrainConfig(
         epochs=recipe.epochs or hyper.epochs, batch_size=recipe.batch_size,
-        learning_rate=spec.learning_rate, weight_decay=hyper.weight_decay,
-        warmup_steps=hyper.warmup_steps, warmup_ratio=hyper.warmup_ratio, seed=recipe.seed,
+        learning_rate=spec.learning_rate, head_learning_rate=spec.head_learning_rate,
+        weight_decay=hyper.weight_decay, warmup_steps=hyper.warmup_steps,
+        warmup_ratio=hyper.warmup_ratio, seed=recipe.seed,
     )
     evaluation_set = encode(tokenizer, evaluation_data, max_length)
     result = train(
