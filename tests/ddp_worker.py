@@ -11,6 +11,7 @@ Nothing here runs on import.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -83,11 +84,22 @@ def main(argv: list[str]) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     model = build_model()
-    train(DistributedDataParallel(model), model.config.vocab_size, rank, world)
+    wrapped = DistributedDataParallel(model)
+    train(wrapped, model.config.vocab_size, rank, world)
     if rank == 0:
         save_file(adapter_tensors(model), output)
     dist.barrier()
+    # Release the reducer (it holds gloo work objects) while the interpreter
+    # is fully alive, then leave without interpreter finalization: gloo's
+    # worker threads may otherwise still be joinable when the C++ runtime
+    # tears down, and the process aborts ("terminate called without an
+    # active exception") after its work is done.
+    del wrapped
+    gc.collect()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,20 @@ def test_qudit_gates():
     np.testing.assert_allclose(GeneralizedCZ(0, 1).matrix((2, 2)).numpy(), np.diag([1, 1, 1, -1]))
 
 
+def test_givens_on_several_pairs_equals_the_product_of_single_pairs():
+    pairs = [(0, 4), (1, 5), (6, 2)]
+    several = Circuit([7]).givens(0, pairs, "a")
+    singles = Circuit([7])
+    for pair in pairs:
+        singles.givens(0, pair, "a")
+    np.testing.assert_allclose(several.matrix([0.9]), singles.matrix([0.9]), atol=1e-15)
+    assert several.gates[0].pairs == tuple(pairs) and several.gates[0].levels == (0, 4, 1, 5, 6, 2)
+    assert Circuit.from_json(several.to_json()) == several
+    for bad in [(0, 1, 1, 2), (0, 1, 2), (3, 3)]:
+        with pytest.raises(WireError, match="none twice"):
+            givens(0, bad, 0.1)
+
+
 def test_controlled_gate_is_block_diagonal():
     gate = controlled(RY(1, 0.6), 0, [(1, 2)])  # active on levels 1 and 2 of a qutrit
     m = gate.matrix((3, 2), torch.tensor([0.6])).numpy()

@@ -25,16 +25,22 @@ from qpeft.compiler.plan import ApplyBlock, ApplySigns, make_plan, make_schedule
 from qpeft.compiler.recompute import autograd_saved_bytes, recomputed_forward
 from qpeft.errors import CompileError, ParameterError, QpeftError
 
-COMPILED_METHODS = ("columns", "dense", "tensornet", "recompute")
+COMPILED_METHODS = ("columns", "dense", "tensornet", "recompute", "pairs-dense",
+                    "pairs-tensornet", "pairs-recompute")
 NAMES = [f"p{i}" for i in range(4)]
 
 
 def compiled(circuit: Circuit, columns, method: str, dtype=torch.float64):
     """A compiled circuit for one of COMPILED_METHODS ("recompute": columns with
-    the memory-saving backward)."""
+    the memory-saving backward; "pairs-…": ``max_block=2``, so every rotation
+    on more than two levels that mixes them in pairs is a pair node)."""
+    options = {}
+    if method.startswith("pairs-"):
+        options["max_block"] = 2
+        method = method.removeprefix("pairs-")
     if method == "recompute":
-        return compile_circuit(circuit, columns, dtype=dtype, recompute_backward=True)
-    return compile_circuit(circuit, columns, method=method, dtype=dtype)
+        return compile_circuit(circuit, columns, dtype=dtype, recompute_backward=True, **options)
+    return compile_circuit(circuit, columns, method=method, dtype=dtype, **options)
 
 
 def real_view(tensor: torch.Tensor) -> torch.Tensor:
@@ -175,10 +181,36 @@ def test_gradients_of_every_method_pass_gradcheck(circuit: Circuit) -> None:
 def test_full_gradcheck_on_a_mixed_circuit(method: str) -> None:
     circuit = (Circuit([2, 3, 2]).ry(0, "a").givens(1, (0, 2), "b").cz(0, 2)
                .rx(2, 0.5 * Parameter("a")).append(controlled(RY(2, "c"), 1)).gcz(0, 1)
-               .ry(0, "c"))
+               .ry(0, "c").append(pauli_rotation("XX", [0, 2], "b")))
     frame = compiled(circuit, [3, 0, 7], method)
     values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: real_view(frame(v)), (values,))
+
+
+def test_rotations_on_many_levels_become_pair_nodes() -> None:
+    """Givens rotations, controlled rotations and complex Pauli rotations on
+    wires of more than ``max_block`` levels are pair nodes (no D×D matrix);
+    disjoint consecutive ones on the same wires merge into one node."""
+    from qpeft.compiler.plan import MatrixNode, PairNode
+
+    circuit = (Circuit([2, 3, 2]).givens(1, (0, 1), "a").givens(1, (0, 2), "b")
+               .append(controlled(RY(2, "c"), 1)).append(pauli_rotation("XX", [0, 2], "b")))
+    plan = make_plan(circuit, max_block=2)
+    assert not [n for n in plan.nodes if isinstance(n, MatrixNode)]
+    pairs = [n for n in plan.nodes if isinstance(n, PairNode)]
+    assert [(p.wires, p.size, p.is_real) for p in pairs] == [
+        ((1,), 3, True), ((1,), 3, True), ((1, 2), 6, True), ((0, 2), 4, False)]
+    merged = make_plan(Circuit([5]).givens(0, (0, 1), "a").givens(0, (2, 3), "b")
+                       .givens(0, (1, 2), "c"), max_block=2)
+    assert [p.touched.tolist() for p in merged.pairs] == [[True] * 4 + [False], [False, True,
+                                                                                True, False, False]]
+    # a pair node on wires that are not neighbours in the layout: one reorder
+    steps = make_schedule(plan, columns=2).steps
+    assert any(type(step).__name__ == "Reorder" for step in steps)
+    for method in ("qudit", "shannon"):
+        large = make_plan(for_dimension(4 * 37, layers=2, method=method))
+        assert large.pairs
+        assert all(n.size <= 16 for n in large.nodes if isinstance(n, MatrixNode))
 
 
 @settings(max_examples=10)

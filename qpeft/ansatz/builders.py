@@ -217,11 +217,10 @@ def _shannon_block(circuit, e, offset, odd, power, layers, theta, barriers) -> N
 
     def rotate(k: int) -> None:
         angle = next(theta)
-        if k < e:
+        if k < e:  # one Givens gate on every pair of levels that differ in bit k
             step = 2 ** (e - 1 - k)
-            for level in levels:
-                if not bit(level, k):
-                    circuit.givens(0, (level, level + step), angle)
+            circuit.givens(0, [(level, level + step) for level in levels if not bit(level, k)],
+                           angle)
         else:
             circuit.append(controlled(RY(k - e + 1, angle), 0, [levels]))
 

@@ -255,22 +255,38 @@ def pauli_rotation(pauli: str, wires: Sequence[int], theta: ExpressionLike) -> P
 class Givens(Gate):
     """A real rotation by θ/2 between two levels ``(i, j)`` of one wire:
     the RY matrix placed on rows/columns i and j, identity elsewhere. On a
-    qubit with levels (0, 1) it equals RY."""
+    qubit with levels (0, 1) it equals RY.
+
+    ``levels = (i₁, j₁, i₂, j₂, …)`` (all different) applies the same
+    rotation to every pair ``(iₖ, jₖ)`` at once: one angle, one gate (an RY
+    on a "virtual qubit" of a qudit, as in the Shannon ansatz)."""
 
     wires: tuple[int, ...]
-    levels: tuple[int, int]
+    levels: tuple[int, ...]
     params: tuple[Expression, ...]
     kind = "Givens"
 
     def __post_init__(self) -> None:
         if len(self.wires) != 1:
             raise WireError(f"Givens acts on one wire, got {len(self.wires)}")
-        if len(self.levels) != 2 or self.levels[0] == self.levels[1] or min(self.levels) < 0:
-            raise WireError(f"Givens needs two different levels (i, j) >= 0, got {self.levels!r}")
+        levels = self.levels
+        if (len(levels) < 2 or len(levels) % 2 or len(set(levels)) != len(levels)
+                or min(levels) < 0):
+            raise WireError(
+                "Givens needs pairs of different levels (i, j), or (i1, j1, i2, j2, …), all "
+                f">= 0 and none twice; got {levels!r}"
+            )
+
+    @property
+    def pairs(self) -> tuple[tuple[int, int], ...]:
+        """The level pairs ``((i₁, j₁), (i₂, j₂), …)``."""
+        return tuple(zip(self.levels[::2], self.levels[1::2]))
 
     @property
     def name(self) -> str:
-        return f"G{self.levels[0]}{self.levels[1]}" if max(self.levels) < 10 else "G"
+        if len(self.levels) == 2 and max(self.levels) < 10:
+            return f"G{self.levels[0]}{self.levels[1]}"
+        return "G"
 
     @property
     def is_real(self) -> bool:
@@ -288,7 +304,7 @@ class Givens(Gate):
 
     def generator(self, dims: Sequence[int]) -> np.ndarray:
         g = np.zeros((dims[0], dims[0]), dtype=complex)
-        i, j = self.levels
+        i, j = np.array(self.levels[::2]), np.array(self.levels[1::2])
         g[i, j], g[j, i] = -1j, 1j
         return g
 
@@ -299,9 +315,13 @@ class Givens(Gate):
         return {"levels": list(self.levels)}
 
 
-def givens(wire: int, levels: Sequence[int], theta: ExpressionLike) -> Givens:
-    """A real rotation between levels ``levels`` of qudit ``wire``."""
-    return Givens(_tuple_of_ints(wire, "wire"), tuple(int(v) for v in levels), _angle(theta))
+def givens(wire: int, levels: Sequence, theta: ExpressionLike) -> Givens:
+    """A real rotation between levels ``levels = (i, j)`` of qudit ``wire``;
+    ``levels`` may also list several pairs, ``[(i₁, j₁), (i₂, j₂), …]``,
+    rotated together by the same angle."""
+    flat = [v for pair in levels for v in pair] if levels and isinstance(
+        levels[0], (tuple, list)) else list(levels)
+    return Givens(_tuple_of_ints(wire, "wire"), tuple(int(v) for v in flat), _angle(theta))
 
 
 # ----------------------------------------------------------------------------

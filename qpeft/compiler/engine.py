@@ -47,6 +47,7 @@ from qpeft.circuit.gates import COMPLEX_OF
 from qpeft.compiler.plan import (
     ApplyBlock,
     ApplyGather,
+    ApplyPairs,
     ApplySigns,
     MatrixNode,
     Plan,
@@ -101,6 +102,21 @@ class MatrixBuilder(nn.Module):
             self._group_sizes.append(group.size)
             self._has_fixed[group.size] = bool(np.any(np.stack(group.fixed)))
         rotation_count = {group.size: len(group.slots) for group in plan.groups}
+
+        # pair nodes, one table per size D: slots (n, D) and coefficients (n, 2, 3, D)
+        pair_nodes: dict[int, list] = defaultdict(list)
+        self.pair_row: list[tuple[int, int]] = []
+        for pair in plan.pairs:
+            self.pair_row.append((pair.size, len(pair_nodes[pair.size])))
+            pair_nodes[pair.size].append(pair)
+        self._pair_sizes = sorted(pair_nodes)
+        for size, members in pair_nodes.items():
+            self.register_buffer(f"pair{size}_slot",
+                                 torch.as_tensor(np.stack([m.slot for m in members])),
+                                 persistent=False)
+            coefficients = np.stack([m.coefficients for m in members])
+            self.register_buffer(f"pair{size}_coefficients",
+                                 constant_tensor(coefficients, dtype, cplx), persistent=False)
 
         # every matrix node, classified by (size, number of factors)
         self.nodes: list[MatrixNode] = [node for block in plan.blocks for stage in block.stages
@@ -257,10 +273,27 @@ class MatrixBuilder(nn.Module):
             out.append(matrix.to(self.work_dtype))
         return out
 
+    def pair_tables(self, angles: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 2, D) coefficients (A, B) of every pair node, in ``plan.pairs`` order."""
+        tables = {}
+        for size in self._pair_sizes:
+            half = angles[:, getattr(self, f"pair{size}_slot")] * 0.5  # (B, n, D)
+            parts = getattr(self, f"pair{size}_coefficients")  # (n, 2, 3, D)
+            table = (parts[:, :, 0] + torch.cos(half)[:, :, None] * parts[:, :, 1]
+                     + torch.sin(half)[:, :, None] * parts[:, :, 2])
+            tables[size] = table.to(self.work_dtype).unbind(1)
+        return [tables[size][row] for size, row in self.pair_row]
+
     def forward(self, values: torch.Tensor) -> list[torch.Tensor]:
-        """(B, P) values -> the (B, D, D) matrix of every block, in ``plan.blocks`` order."""
-        tables = [table.unbind(1) for table in self.block_tables(self.node_tables(values))]
-        return [tables[c][j] for c, j in self.block_slot]
+        """(B, P) values -> the (B, D, D) matrix of every block, in ``plan.blocks``
+        order, then the (B, 2, D) coefficients of every pair node."""
+        blocks: list[torch.Tensor] = []
+        if self.block_slot:
+            tables = [table.unbind(1) for table in self.block_tables(self.node_tables(values))]
+            blocks = [tables[c][j] for c, j in self.block_slot]
+        if not self._pair_sizes:
+            return blocks
+        return blocks + self.pair_tables(self.angles(values))
 
 
 def _stage_index(stages: list, sizes: tuple[int, ...], offsets: dict[int, int],
@@ -333,6 +366,11 @@ class ColumnsEngine(nn.Module):
     def _register_step(self, step, name: str) -> tuple:
         if isinstance(step, ApplyBlock):
             return ("lead" if step.leading else "trail", step.block, step.size)
+        if isinstance(step, ApplyPairs):
+            partner = self.plan.pairs[step.pair].partner
+            self.register_buffer(f"{name}_partner", torch.as_tensor(partner), persistent=False)
+            return ("pairs", len(self.plan.blocks) + step.pair, step.before, step.size,
+                    step.after, f"{name}_partner")
         if isinstance(step, Reorder):
             return ("reorder", step.shape, tuple(o + 1 for o in step.order))
         if isinstance(step, ApplySigns):
@@ -352,17 +390,20 @@ class ColumnsEngine(nn.Module):
     def cost(self) -> dict[str, int]:
         """Multiply-adds and state size of one forward pass for one circuit.
 
-        ``multiply_adds``: D·N·K per block product plus N·K per outer product
-        of the product state; ``state_numbers``: N·K; ``block_products``:
-        the number of N-sized products; ``reorders``: copies of the state.
+        ``multiply_adds``: D·N·K per block product, N·K per outer product
+        of the product state and 2·N·K per pair step; ``state_numbers``:
+        N·K; ``block_products``: the number of N-sized products;
+        ``pair_steps``: pair nodes applied; ``reorders``: copies of the state.
         """
         state = self.dimension * self.num_columns
         blocks = [s for s in self.schedule.steps if isinstance(s, ApplyBlock)]
+        pairs = sum(isinstance(s, ApplyPairs) for s in self.schedule.steps)
         return {
             "multiply_adds": sum(s.size for s in blocks) * state
-            + max(len(self._prepare) - 1, 0) * state,
+            + max(len(self._prepare) - 1, 0) * state + 2 * pairs * state,
             "state_numbers": state,
             "block_products": len(blocks),
+            "pair_steps": pairs,
             "reorders": sum(isinstance(s, Reorder) for s in self.schedule.steps),
         }
 
@@ -414,10 +455,23 @@ class ColumnsEngine(nn.Module):
             _, sign, before, after = step
             view = state.view(batch, before, -1, after)
             return (view * getattr(self, sign)).view(batch, -1)
+        if kind == "pairs":
+            coefficients = matrices[step[1]]
+            return self._apply_pairs(step, state, coefficients[:, 0], coefficients[:, 1])
         _, source, sign = step
         k = self.num_columns
         view = state.view(batch, -1, k).index_select(1, getattr(self, source))
         return (view * getattr(self, sign)[:, None]).view(batch, -1)
+
+    def _apply_pairs(self, step: tuple, state: torch.Tensor, diagonal: torch.Tensor,
+                     paired: torch.Tensor) -> torch.Tensor:
+        """``new[i] = diagonal[i]·x[i] + paired[i]·x[partner[i]]`` on the step's axis."""
+        _, _, before, size, after, partner = step
+        batch = state.shape[0]
+        view = state.view(batch, before, size, after)
+        moved = view.index_select(2, getattr(self, partner))
+        new = diagonal.view(-1, 1, size, 1) * view + paired.view(-1, 1, size, 1) * moved
+        return new.reshape(batch, -1)
 
     def undo_step(self, index: int, state: torch.Tensor,
                   matrices: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -437,13 +491,26 @@ class ColumnsEngine(nn.Module):
         if kind == "trail":  # x (B, R, D) = y conj(M)
             _, block, size = step
             return torch.bmm(state.view(batch, -1, size), matrices[block].conj()).view(batch, -1)
+        if kind == "pairs":  # the adjoint pairs the same indices
+            coefficients = matrices[step[1]]
+            partner = getattr(self, step[5])
+            return self._apply_pairs(step, state, coefficients[:, 0].conj(),
+                                     coefficients[:, 1][:, partner].conj())
         return self.apply_step(step, state, matrices)
 
     def matrix_gradient(self, index: int, grad_after: torch.Tensor,
                         state_before: torch.Tensor) -> torch.Tensor:
-        """dL/dM (torch's convention ``grad · xᴴ``) of block step ``index``."""
-        kind, _, size = self._steps[index]
+        """dL/dM (torch's convention ``grad · xᴴ``) of block step ``index``; for a
+        pair step the (B, 2, D) gradient of its coefficients."""
+        step = self._steps[index]
         batch = grad_after.shape[0]
+        if step[0] == "pairs":
+            _, _, before, size, after, partner = step
+            grad = grad_after.view(batch, before, size, after)
+            state = state_before.view(batch, before, size, after).conj()
+            moved = state.index_select(2, getattr(self, partner))
+            return torch.stack([(grad * state).sum((1, 3)), (grad * moved).sum((1, 3))], dim=1)
+        kind, _, size = step
         grad = grad_after.view(batch, -1, size).transpose(1, 2)  # (B, D, R)
         if kind == "lead":
             before = state_before.view(batch, size, -1).transpose(1, 2)  # (B, R, D)
@@ -493,7 +560,7 @@ class ScheduleFunction(torch.autograd.Function):
         kept: list[torch.Tensor] = []
         state = initial
         for step in engine._steps:
-            if keep_states and step[0] in ("lead", "trail"):
+            if keep_states and step[0] in ("lead", "trail", "pairs"):
                 kept.append(state)
             state = engine.apply_step(step, state, matrices)
         ctx.engine = engine
@@ -514,7 +581,7 @@ class ScheduleFunction(torch.autograd.Function):
         state = None if ctx.keep_states else rest[0]
         for index in range(len(engine._steps) - 1, -1, -1):
             kind = engine._steps[index][0]
-            block_step = kind in ("lead", "trail")
+            block_step = kind in ("lead", "trail", "pairs")
             if ctx.keep_states:
                 before = rest.pop() if block_step else None
             else:

@@ -10,7 +10,11 @@ and is plain NumPy data; :mod:`qpeft.compiler.engine` turns it into torch.
 3. **Nodes.** Parameter-free gates whose matrix is a signed permutation
    (X, CX, SWAP, Z, CZ, generalized CZ, ±1 diagonals) become index gathers
    and sign flips; runs of consecutive gates on one wire fuse into one
-   matrix product.
+   matrix product. A rotation on wires of total dimension D > ``max_block``
+   that mixes basis states only in disjoint pairs (a Givens rotation between
+   two levels of a large qudit, a controlled rotation) never becomes a D×D
+   matrix: it is a :class:`PairNode`, ``new[i] = A[i]·x[i] + B[i]·x[partner[i]]``,
+   and consecutive such rotations on disjoint pairs merge into one node.
 4. **Moments.** Nodes are layered as soon as possible; in a moment all
    nodes act on different wires. The signed permutations of a moment merge
    into one full-register gather (often just a ±1 vector), and its matrix
@@ -88,6 +92,93 @@ class MatrixNode:
 
 
 @dataclass
+class PairNode:
+    """Rotations on ``wires`` that each mix basis states in disjoint pairs.
+
+    Over the local index i of the wires (size D):
+    ``new[i] = A[i]·x[i] + B[i]·x[partner[i]]`` where
+    ``A = a₀ + a₁·cos(θ/2) + a₂·sin(θ/2)`` (likewise B) with θ the angle in
+    slot ``slot[i]``. ``coefficients[r, c]`` holds (A, B)[r] and
+    (constant, cos, sin)[c]. An untouched index has A = 1, B = 0.
+    """
+
+    wires: tuple[int, ...]
+    partner: np.ndarray  # (D,) int64, an involution
+    slot: np.ndarray  # (D,) int64
+    coefficients: np.ndarray  # (2, 3, D)
+    touched: np.ndarray  # (D,) bool
+
+    @property
+    def size(self) -> int:
+        return int(self.partner.shape[0])
+
+    @property
+    def is_real(self) -> bool:
+        return bool(np.abs(np.imag(self.coefficients)).max(initial=0.0) == 0)
+
+    def merge(self, other: PairNode) -> bool:
+        """Absorb ``other`` (acting after this node) when it is on the same
+        wires and touches none of this node's indices; returns whether it did."""
+        if other.wires != self.wires or np.any(self.touched & other.touched):
+            return False
+        take = other.touched
+        self.partner = np.where(take, other.partner, self.partner)
+        self.slot = np.where(take, other.slot, self.slot)
+        self.coefficients = np.where(take, other.coefficients, self.coefficients)
+        self.touched = self.touched | take
+        return True
+
+    def dense(self, coefficients):
+        """The D×D matrix for evaluated coefficients ``(..., 2, D)`` (torch)."""
+        size = self.size
+        rows = torch.arange(size)
+        matrix = coefficients.new_zeros(*coefficients.shape[:-2], size, size)
+        matrix[..., rows, rows] = coefficients[..., 0, :]
+        moved = torch.as_tensor(self.partner) != rows
+        matrix[..., rows[moved], torch.as_tensor(self.partner)[moved]] = (
+            coefficients[..., 1, :][..., moved])
+        return matrix
+
+
+def pair_structure(generator: np.ndarray) -> np.ndarray | None:
+    """``partner`` when every row of ``generator`` has at most one nonzero
+    entry off the diagonal and the pattern pairs rows off symmetrically,
+    else None."""
+    nonzero = generator != 0
+    size = generator.shape[0]
+    rows = np.arange(size)
+    off = nonzero.copy()
+    off[rows, rows] = False
+    counts = off.sum(axis=1)
+    if np.any(counts > 1):
+        return None
+    partner = np.where(counts == 1, off.argmax(axis=1), rows)
+    if not np.array_equal(partner[partner], rows) or not np.array_equal(off[partner, rows],
+                                                                        counts == 1):
+        return None
+    return partner
+
+
+def _pair_coefficients(generator: np.ndarray, partner: np.ndarray) -> np.ndarray:
+    """(2, 3, D) coefficients of exp(-iθG/2) = (I − G²) + cos(θ/2)·G² − i·sin(θ/2)·G
+    on the pairs, computed per 2×2 block without forming G²."""
+    rows = np.arange(partner.shape[0])
+    paired = partner != rows
+    g_ii = generator[rows, rows]
+    g_jj = generator[partner, partner]
+    g_ij = np.where(paired, generator[rows, partner], 0)
+    g_ji = np.where(paired, generator[partner, rows], 0)
+    square_ii = g_ii * g_ii + g_ij * g_ji
+    square_ij = g_ii * g_ij + g_ij * g_jj
+    out = np.empty((2, 3, rows.shape[0]), dtype=complex)
+    out[0] = [1 - square_ii, square_ii, -1j * g_ii]
+    out[1] = [-square_ij, square_ij, -1j * g_ij]
+    if np.abs(out.imag).max(initial=0.0) == 0:
+        return out.real.copy()
+    return out
+
+
+@dataclass
 class SignedPermutation:
     """``new_state[i] = sign[i] * state[source[i]]`` on the full register."""
 
@@ -138,6 +229,7 @@ class Block:
 class Moment:
     permutation: SignedPermutation | None
     blocks: list[Block]
+    pairs: list[PairNode] = field(default_factory=list)
 
 
 @dataclass
@@ -159,6 +251,11 @@ class Plan:
     def blocks(self) -> list[Block]:
         """Every block, in schedule order (moment by moment)."""
         return [block for moment in self.moments for block in moment.blocks]
+
+    @property
+    def pairs(self) -> list[PairNode]:
+        """Every pair node, in schedule order (moment by moment)."""
+        return [pair for moment in self.moments for pair in moment.pairs]
 
     def group(self, size: int) -> RotationGroup:
         for group in self.groups:
@@ -233,8 +330,16 @@ def make_plan(circuit: Circuit, *, max_block: int = 16) -> Plan:
             continue
         gate_dims = circuit.wire_dims(gate.wires)
         if gate.params:
-            raw_nodes.append(_rotation_node(gate, gate_dims, index, weights_rows, offsets, groups,
-                                            len(names)))
+            generator = _generator(gate, gate_dims)
+            slot = _angle_slot(gate, index, weights_rows, offsets, len(names))
+            partner = pair_structure(generator) if math.prod(gate_dims) > max_block else None
+            if partner is not None:
+                size = partner.shape[0]
+                touched = np.any(generator != 0, axis=1)
+                raw_nodes.append(PairNode(gate.wires, partner, np.full(size, slot),
+                                          _pair_coefficients(generator, partner), touched))
+            else:
+                raw_nodes.append(_rotation_node(gate.wires, generator, slot, groups))
             continue
         if isinstance(gate, FixedGate):
             constant = np.asarray(gate.constant_matrix(gate_dims))
@@ -246,7 +351,7 @@ def make_plan(circuit: Circuit, *, max_block: int = 16) -> Plan:
         else:
             raw_nodes.append(MatrixNode(gate.wires, [("constant", constant)]))
 
-    nodes = _fuse_single_wire_runs(raw_nodes)
+    nodes = _fuse_single_wire_runs(_merge_pair_nodes(raw_nodes))
     moments = _moments(nodes, dims, max_block)
     group_list = [groups[k] for k in sorted(groups)]
     weights = np.array(weights_rows, dtype=float).reshape(len(offsets), len(names))
@@ -265,24 +370,33 @@ def make_plan(circuit: Circuit, *, max_block: int = 16) -> Plan:
         groups=group_list,
         moments=moments,
         nodes=nodes,
-        is_real=constants_real and all(group.is_real for group in group_list),
+        is_real=constants_real and all(group.is_real for group in group_list)
+        and all(node.is_real for node in nodes if isinstance(node, PairNode)),
     )
 
 
-def _rotation_node(gate: Gate, gate_dims, index, weights_rows, offsets, groups, num_params):
+def _generator(gate: Gate, gate_dims) -> np.ndarray:
     generator = gate.generator(gate_dims)
     if generator is None or len(gate.params) != 1:
         raise CompileError(
             f"{gate.name} is parameterized but is not a one-angle rotation with a generator; "
             "qpeft compiles rotations exp(-iθG/2) only"
         )
+    return generator
+
+
+def _angle_slot(gate: Gate, index, weights_rows, offsets, num_params) -> int:
+    """Add the gate's angle (affine in the parameters) as a new slot."""
     expr = gate.params[0]
     row = np.zeros(num_params)
     for name, coeff in expr.terms:
         row[index[name]] += coeff
-    slot = len(offsets)
     weights_rows.append(row)
     offsets.append(expr.constant)
+    return len(offsets) - 1
+
+
+def _rotation_node(wires, generator: np.ndarray, slot: int, groups) -> MatrixNode:
     size = generator.shape[0]
     group = groups.setdefault(size, RotationGroup(size))
     projector = generator @ generator
@@ -290,7 +404,26 @@ def _rotation_node(gate: Gate, gate_dims, index, weights_rows, offsets, groups, 
     group.fixed.append(np.eye(size) - projector)
     group.projector.append(projector)
     group.step.append(-1j * generator)
-    return MatrixNode(gate.wires, [("rotation", size, len(group.slots) - 1)])
+    return MatrixNode(tuple(wires), [("rotation", size, len(group.slots) - 1)])
+
+
+def _merge_pair_nodes(raw_nodes: list) -> list:
+    """Merge a pair node into the pair node before it on the same wires
+    when nothing acts on those wires in between and their pairs are disjoint."""
+    out: list = []
+    last: dict[int, object] = {}  # wire -> the latest node acting on it
+    for node in raw_nodes:
+        wires = _wires_of(node)
+        if isinstance(node, PairNode):
+            before = {id(last.get(w)): last.get(w) for w in wires}
+            if len(before) == 1:
+                previous = next(iter(before.values()))
+                if isinstance(previous, PairNode) and previous.merge(node):
+                    continue
+        out.append(node)
+        for w in wires:
+            last[w] = node
+    return out
 
 
 def _fuse_single_wire_runs(raw_nodes: list) -> list:
@@ -307,7 +440,7 @@ def _fuse_single_wire_runs(raw_nodes: list) -> list:
             open_run[wire] = fresh
             out.append(fresh)
             continue
-        wires = node.wires if isinstance(node, MatrixNode) else node[1]
+        wires = _wires_of(node)
         for w in wires:
             open_run.pop(w, None)
         out.append(node)
@@ -315,12 +448,11 @@ def _fuse_single_wire_runs(raw_nodes: list) -> list:
 
 
 def _wires_of(node) -> tuple[int, ...]:
-    return node.wires if isinstance(node, MatrixNode) else node[1]
+    return node.wires if isinstance(node, (MatrixNode, PairNode)) else node[1]
 
 
 def _is_sign_node(node) -> bool:
-    return not isinstance(node, MatrixNode) and bool(
-        np.array_equal(node[2], np.arange(node[2].shape[0])))
+    return isinstance(node, tuple) and bool(np.array_equal(node[2], np.arange(node[2].shape[0])))
 
 
 def _moments(nodes: list, dims: tuple[int, ...], max_block: int) -> list[Moment]:
@@ -370,21 +502,23 @@ def _moments(nodes: list, dims: tuple[int, ...], max_block: int) -> list[Moment]
     moments: list[Moment] = []
     for depth in sorted(layered):
         perm: SignedPermutation | None = None
+        pairs = [nodes[i] for i in layered[depth] if isinstance(nodes[i], PairNode)]
         for i in layered[depth]:
             node = nodes[i]
-            if isinstance(node, MatrixNode) or i in absorbed:
+            if not isinstance(node, tuple) or i in absorbed:
                 continue
             _, wires, source, sign = node
             step = expand_signed_permutation(source, sign, wires, dims)
             perm = step if perm is None else perm.then(step)
         blocks = blocks_at[depth]
-        if not blocks and perm is None:
+        if not blocks and not pairs and perm is None:
             continue
-        if not blocks and moments and moments[-1].blocks == [] and perm is not None:
+        if (not blocks and not pairs and moments and not moments[-1].blocks
+                and not moments[-1].pairs):
             previous = moments[-1].permutation
             moments[-1] = Moment(previous.then(perm) if previous else perm, [])
             continue
-        moments.append(Moment(perm, blocks))
+        moments.append(Moment(perm, blocks, pairs))
     return _merge_repeated_blocks(moments)
 
 
@@ -400,7 +534,7 @@ def _merge_repeated_blocks(moments: list[Moment]) -> list[Moment]:
             if match is not None:
                 block.previous = match
                 earlier.remove(match)
-    return [m for m in moments if m.blocks or m.permutation is not None]
+    return [m for m in moments if m.blocks or m.pairs or m.permutation is not None]
 
 
 def _local_signs(wires, sign, block_wires, dims) -> np.ndarray:
@@ -481,6 +615,17 @@ class ApplySigns:
     sign: np.ndarray
 
 
+@dataclass(frozen=True)
+class ApplyPairs:
+    """Apply pair node ``pair``: the state viewed as ``(B, before, size, after)``
+    with the node's wires as the middle axis."""
+
+    pair: int
+    before: int
+    size: int
+    after: int
+
+
 @dataclass(frozen=True, eq=False)
 class ApplyGather:
     """With the columns axis last, ``new[:, p] = sign[p] * old[:, source[p]]``
@@ -542,6 +687,7 @@ def make_schedule(plan: Plan, columns: int | list[int]) -> Schedule:
     layouts: list[tuple[int, ...]] = []
     blocks = plan.blocks
     block_id = {id(block): i for i, block in enumerate(blocks)}
+    pair_id = {id(pair): i for i, pair in enumerate(plan.pairs)}
     moments = plan.moments
     prepare = _product_state(moments[0], plan.dims, columns, block_id) if moments else []
     if prepare:
@@ -563,6 +709,15 @@ def make_schedule(plan: Plan, columns: int | list[int]) -> Schedule:
                 if layout[-1] != COLUMNS_AXIS:
                     reorder(tuple(a for a in layout if a != COLUMNS_AXIS) + (COLUMNS_AXIS,))
                 steps.append(_gather_step(perm, layout, plan.dims))
+            layouts.append(layout)
+        for pair in moment.pairs:
+            start = _find_run(layout, pair.wires)
+            if start is None:
+                reorder(pair.wires + tuple(a for a in layout if a not in pair.wires))
+                start = 0
+            end = start + len(pair.wires)
+            steps.append(ApplyPairs(pair_id[id(pair)], math.prod(sizes[a] for a in layout[:start]),
+                                    pair.size, math.prod(sizes[a] for a in layout[end:])))
             layouts.append(layout)
         remaining = list(moment.blocks)
         while remaining:
@@ -587,7 +742,7 @@ def make_schedule(plan: Plan, columns: int | list[int]) -> Schedule:
 
 def _product_state(moment: Moment, dims, columns: list[int], block_id) -> list[PrepareGroup]:
     """The factors of the state after the first moment, or [] if it is not a product."""
-    if moment.permutation is not None or not moment.blocks:
+    if moment.permutation is not None or moment.pairs or not moment.blocks:
         return []
     if not all(_is_ascending(block.wires) for block in moment.blocks):
         return []

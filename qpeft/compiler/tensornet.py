@@ -41,7 +41,7 @@ from torch import nn
 
 from qpeft.circuit.gates import COMPLEX_OF
 from qpeft.compiler.engine import MatrixBuilder
-from qpeft.compiler.plan import MatrixNode, Plan, _is_diagonal, constant_tensor
+from qpeft.compiler.plan import MatrixNode, PairNode, Plan, _is_diagonal, constant_tensor
 
 #: Intermediates of the contraction may hold up to this many times B·N·K numbers.
 MEMORY_FACTOR = 4
@@ -100,7 +100,18 @@ class TensorNetwork(nn.Module):
         constant(joint, "".join(current[w] for w in varying) + column)
 
         node_index = {id(node): i for i, node in enumerate(self.builder.nodes)}
+        pair_index = {id(pair): i for i, pair in enumerate(plan.pairs)}
         for node in plan.nodes:
+            if isinstance(node, PairNode):
+                local = tuple(dims[w] for w in node.wires)
+                outputs = [symbols.new() for _ in node.wires]
+                indices = "".join(outputs) + "".join(current[w] for w in node.wires)
+                for w, s in zip(node.wires, outputs):
+                    current[w] = s
+                self._operands.append(("pair", pair_index[id(node)], local))
+                terms.append(batch + indices)
+                shapes.append((1, *local, *local))
+                continue
             if isinstance(node, MatrixNode):
                 wires = node.wires
                 local = tuple(dims[w] for w in wires)
@@ -147,8 +158,11 @@ class TensorNetwork(nn.Module):
             shapes.append((1,))
         self.equation = ",".join(terms) + "->" + self.output
         state = math.prod(dims) * len(self.columns)
+        # the limit must admit the largest operand, or opt_einsum falls back
+        # to one einsum over every operand at once
+        limit = max(MEMORY_FACTOR * state, *(math.prod(shape) for shape in shapes))
         self.expression = opt_einsum.contract_expression(
-            self.equation, *shapes, optimize=optimize, memory_limit=MEMORY_FACTOR * state
+            self.equation, *shapes, optimize=optimize, memory_limit=limit
         )
         _, info = opt_einsum.contract_path(self.equation, *shapes, shapes=True,
                                            optimize=self.expression.contraction_list and [
@@ -168,10 +182,15 @@ class TensorNetwork(nn.Module):
         """The network's tensors for parameter values ``(B, P)``."""
         batch = values.shape[0]
         tables = self.builder.node_tables(values) if self.builder.nodes else {}
+        pairs = self.builder.pair_tables(self.builder.angles(values)) if self.plan.pairs else []
         out = []
         for recipe in self._operands:
             if recipe[0] == "buffer":
                 out.append(getattr(self, recipe[1]))
+            elif recipe[0] == "pair":
+                _, index, local = recipe
+                matrix = self.plan.pairs[index].dense(pairs[index])
+                out.append(matrix.reshape(batch, *local, *local))
             elif recipe[0] == "ones":
                 out.append(torch.ones(batch, dtype=self.work_dtype, device=values.device))
             else:

@@ -324,6 +324,10 @@ def describe(gate: Gate, dims: Sequence[int], precision: int = 3) -> Glyph:
         pins = tuple(zip(gate.wires, gate.pauli))
         return Glyph("pauli", _span_box(gate.wires, name, _angle(gate, precision), pins))
     if isinstance(gate, Givens):
+        if len(gate.pairs) > 1:
+            count = len(gate.pairs)
+            name = Label(f"G×{count}", f"$G_{{\\times {count}}}$")
+            return Glyph("givens", _span_box(gate.wires, name, _angle(gate, precision)))
         i, j = gate.levels
         short = max(gate.levels) < 10
         name = Label(f"G{i}{j}" if short else f"G[{i},{j}]",
