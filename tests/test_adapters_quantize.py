@@ -18,7 +18,9 @@ from qpeft.adapters.quantize import (
     fake_quantize,
     pack_codes,
     packed_size,
+    pow2_codes,
     pow2_scale,
+    pow2_values,
     quantized_values,
     unpack_codes,
 )
@@ -61,8 +63,15 @@ def test_pow2_scale_is_a_power_of_two_that_covers_the_range(values, bits):
     assert math.log2(scale) == round(math.log2(scale))
     largest = 2 ** (bits - 1) - 1
     assert x.abs().max().item() <= largest * scale
-    if x.abs().max() > 0:
+    if x.abs().max() > 0 and scale > 2.0**-149:  # 2⁻¹⁴⁹: float32's smallest positive number
         assert x.abs().max().item() > largest * scale / 2  # the smallest such power
+
+
+def test_pow2_scale_of_subnormal_values_stays_representable():
+    x = torch.tensor([1.4e-45, -1.4e-45], dtype=torch.float32)  # ±2⁻¹⁴⁹
+    scale = pow2_scale(x, 3)
+    assert scale.item() == 2.0**-149 and scale.dtype == torch.float32
+    assert torch.equal(pow2_values(*pow2_codes(x, 3)), x)
 
 
 def test_straight_through_gradient():

@@ -110,16 +110,20 @@ def pow2_scale(values: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-row power-of-two scale (last axis reduced, kept), the smallest with
     ``max|x| / scale ≤ 2**(bits-1) - 1``.
 
-    An all-zero row gets scale 1.
+    An all-zero row gets scale 1; rows so small that the power falls below
+    the dtype's smallest positive number get that number (2⁻¹⁴⁹ in float32).
     """
     largest = 2 ** (bits - 1) - 1
-    amax = values.detach().abs().amax(dim=-1, keepdim=True) / largest
+    # in float64, so that max|x| / largest of a subnormal x does not round to 0
+    amax = values.detach().abs().amax(dim=-1, keepdim=True).double() / largest
     mantissa, exponent = torch.frexp(amax)
     # amax = m·2^e with m in [0.5, 1): the smallest power of two >= amax is
     # 2^(e-1) when m == 0.5 exactly, else 2^e
     exponent = exponent - (mantissa == 0.5).to(exponent.dtype)
+    info = torch.finfo(values.dtype)
+    exponent = exponent.clamp(min=round(math.log2(info.tiny * info.eps)))
     scale = torch.ldexp(torch.ones_like(amax), exponent)
-    return torch.where(amax > 0, scale, torch.ones_like(amax))
+    return torch.where(amax > 0, scale, torch.ones_like(amax)).to(values.dtype)
 
 
 def pow2_codes(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

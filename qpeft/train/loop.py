@@ -171,9 +171,10 @@ class PeakMemory:
       reads 0 when an earlier peak was higher.
 
     Example:
+        >>> release_free_memory()  # so that no collection frees memory inside the block
         >>> with PeakMemory(torch.device("cpu")) as memory:
-        ...     block = torch.ones(4_000_000)  # 16 MB
-        >>> memory.peak_bytes > 0
+        ...     block = torch.ones(16_000_000)  # 64 MB: fresh pages (above the mmap threshold)
+        >>> memory.peak_bytes > 32_000_000
         True
     """
 
