@@ -3,6 +3,8 @@ batching, orthonormality at size, the catalog, errors and torch.compile."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from qpeft.circuit import (
 )
 from qpeft.circuit.gates import RY, H, X
 from qpeft.compiler import METHODS, compile_circuit
+from qpeft.compiler import plan as plan_module
 from qpeft.compiler.plan import ApplyBlock, ApplySigns, make_plan, make_schedule
 from qpeft.compiler.recompute import autograd_saved_bytes, recomputed_forward
 from qpeft.errors import CompileError, ParameterError, QpeftError
@@ -30,17 +33,18 @@ COMPILED_METHODS = ("columns", "dense", "tensornet", "recompute", "pairs-dense",
 NAMES = [f"p{i}" for i in range(4)]
 
 
-def compiled(circuit: Circuit, columns, method: str, dtype=torch.float64):
+def compiled(circuit: Circuit, columns, method: str, dtype=torch.float64, max_block=16):
     """A compiled circuit for one of COMPILED_METHODS ("recompute": columns with
-    the memory-saving backward; "pairs-…": ``max_block=2``, so every rotation
-    on more than two levels that mixes them in pairs is a pair node)."""
-    options = {}
+    the memory-saving backward; "pairs-…": ``max_block=2`` and no size rule,
+    so every rotation on more than two levels that mixes them in pairs is a
+    pair node)."""
     if method.startswith("pairs-"):
-        options["max_block"] = 2
-        method = method.removeprefix("pairs-")
+        with mock.patch.object(plan_module, "PAIR_RATIO", 0):
+            return compiled(circuit, columns, method.removeprefix("pairs-"), dtype, max_block=2)
     if method == "recompute":
-        return compile_circuit(circuit, columns, dtype=dtype, recompute_backward=True, **options)
-    return compile_circuit(circuit, columns, method=method, dtype=dtype, **options)
+        return compile_circuit(circuit, columns, dtype=dtype, recompute_backward=True,
+                               max_block=max_block)
+    return compile_circuit(circuit, columns, method=method, dtype=dtype, max_block=max_block)
 
 
 def real_view(tensor: torch.Tensor) -> torch.Tensor:
@@ -195,22 +199,27 @@ def test_rotations_on_many_levels_become_pair_nodes() -> None:
 
     circuit = (Circuit([2, 3, 2]).givens(1, (0, 1), "a").givens(1, (0, 2), "b")
                .append(controlled(RY(2, "c"), 1)).append(pauli_rotation("XX", [0, 2], "b")))
-    plan = make_plan(circuit, max_block=2)
+    with mock.patch.object(plan_module, "PAIR_RATIO", 0):
+        plan = make_plan(circuit, max_block=2)
     assert not [n for n in plan.nodes if isinstance(n, MatrixNode)]
     pairs = [n for n in plan.nodes if isinstance(n, PairNode)]
     assert [(p.wires, p.size, p.is_real) for p in pairs] == [
         ((1,), 3, True), ((1,), 3, True), ((1, 2), 6, True), ((0, 2), 4, False)]
-    merged = make_plan(Circuit([5]).givens(0, (0, 1), "a").givens(0, (2, 3), "b")
-                       .givens(0, (1, 2), "c"), max_block=2)
+    with mock.patch.object(plan_module, "PAIR_RATIO", 0):
+        merged = make_plan(Circuit([5]).givens(0, (0, 1), "a").givens(0, (2, 3), "b")
+                           .givens(0, (1, 2), "c"), max_block=2)
     assert [p.touched.tolist() for p in merged.pairs] == [[True] * 4 + [False], [False, True,
                                                                                 True, False, False]]
     # a pair node on wires that are not neighbours in the layout: one reorder
     steps = make_schedule(plan, columns=2).steps
     assert any(type(step).__name__ == "Reorder" for step in steps)
-    for method in ("qudit", "shannon"):
-        large = make_plan(for_dimension(4 * 37, layers=2, method=method))
-        assert large.pairs
-        assert all(n.size <= 16 for n in large.nodes if isinstance(n, MatrixNode))
+    # one wire: a pair node only where D is large next to N
+    for dimension, expected in [(2 * 37, True), (4 * 37, False), (293, True)]:
+        large = make_plan(for_dimension(dimension, layers=2))
+        assert bool(large.pairs) == expected, dimension
+        assert all(n.size <= 37 for n in large.nodes if isinstance(n, MatrixNode))
+    shannon = make_plan(for_dimension(37 * 2**6, layers=2, method="shannon"))
+    assert shannon.pairs  # the rotations controlled by the 37-level wire
 
 
 @settings(max_examples=10)

@@ -64,6 +64,17 @@ def test_bert_frames_count_72_for_six_layers() -> None:
 def test_benchmark_circuit_picks_the_ansatz() -> None:
     assert unitary.benchmark_circuit(256, 2) == pauli(8, 2)
     assert unitary.benchmark_circuit(384, 2).dims == (3, 2, 2, 2, 2, 2, 2, 2)
+    assert unitary.benchmark_circuit(384, 2, "shannon") == for_dimension(384, 2, method="shannon")
+
+
+def test_shannon_construction_is_benchmarked(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["bench", "unitary", "--quick", "--json", "--sizes", "40",
+                     "--construction", "shannon", "--methods", "columns,naive"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["config"]["construction"] == "shannon"
+    assert {m["method"] for m in report["measurements"] if m["status"] == "ok"} == {
+        "columns", "naive"}
 
 
 def test_quick_json_report(capsys: pytest.CaptureFixture[str]) -> None:

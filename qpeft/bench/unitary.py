@@ -242,11 +242,12 @@ def load_mappings():
 # timing
 
 
-def benchmark_circuit(dimension: int, layers: int) -> Circuit:
-    """The Pauli ansatz for a power of two, the qudit ansatz otherwise."""
+def benchmark_circuit(dimension: int, layers: int, construction: str = "qudit") -> Circuit:
+    """The Pauli ansatz for a power of two, ``for_dimension(N, layers,
+    method=construction)`` otherwise."""
     if dimension >= 2 and dimension & (dimension - 1) == 0:
         return pauli(dimension.bit_length() - 1, layers)
-    return for_dimension(dimension, layers)
+    return for_dimension(dimension, layers, method=construction)
 
 
 def _calibrate(fn: Callable[[], object], target: float = 0.01) -> int:
@@ -314,6 +315,7 @@ class BenchmarkConfig:
     memory_qubits: int = 14
     memory_columns: int = 64
     threads: int = 1
+    construction: str = "qudit"
 
     @classmethod
     def quick(cls) -> BenchmarkConfig:
@@ -506,7 +508,7 @@ def _run(config: BenchmarkConfig, note: Callable[[str], None]) -> dict:
     measurements: list[Measurement] = []
     trackers = {method: _SlowTracker() for method in SLOW_METHODS}
     for dimension in sorted(config.sizes):
-        circuit = benchmark_circuit(dimension, config.layers)
+        circuit = benchmark_circuit(dimension, config.layers, config.construction)
         note(f"N = {dimension}: fast methods")
         times = time_interleaved(_fast_functions(circuit, config), config.repeats)
         measurements += [Measurement(m, dimension, t) for m, t in times.items()]
@@ -742,6 +744,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "3072)")
     parser.add_argument("--columns", type=int, default=4, help="K, columns of U (default 4)")
     parser.add_argument("--layers", type=int, default=2, help="ansatz layers L (default 2)")
+    parser.add_argument("--construction", choices=("qudit", "shannon"), default="qudit",
+                        help="for_dimension method for N that are not powers of two")
     parser.add_argument("--repeats", type=int, default=7,
                         help="interleaved rounds per method; the median is reported")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -771,6 +775,8 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     if args.quick:
         config = BenchmarkConfig.quick()
         config.threads = args.threads
+        config.construction = args.construction
+        config.methods = args.methods
         if args.sizes is not None:
             config.sizes = args.sizes
         return config
@@ -784,6 +790,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         slow_limit=args.slow_limit,
         batched=not args.no_batched,
         threads=args.threads,
+        construction=args.construction,
     )
 
 

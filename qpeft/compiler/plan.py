@@ -13,8 +13,9 @@ and is plain NumPy data; :mod:`qpeft.compiler.engine` turns it into torch.
    matrix product. A rotation on wires of total dimension D > ``max_block``
    that mixes basis states only in disjoint pairs (a Givens rotation between
    two levels of a large qudit, a controlled rotation) never becomes a D×D
-   matrix: it is a :class:`PairNode`, ``new[i] = A[i]·x[i] + B[i]·x[partner[i]]``,
-   and consecutive such rotations on disjoint pairs merge into one node.
+   matrix when D is large next to N (:data:`PAIR_RATIO`): it is a
+   :class:`PairNode`, ``new[i] = A[i]·x[i] + B[i]·x[partner[i]]``, and
+   consecutive such rotations on disjoint pairs merge into one node.
 4. **Moments.** Nodes are layered as soon as possible; in a moment all
    nodes act on different wires. The signed permutations of a moment merge
    into one full-register gather (often just a ±1 vector), and its matrix
@@ -53,6 +54,14 @@ from qpeft.errors import CompileError
 
 #: The axis id of the columns axis in a layout (wires are 0 … n-1).
 COLUMNS_AXIS = -1
+
+#: A pairwise rotation on one wire of D levels in an N-dimensional register
+#: becomes a pair node when D³ > PAIR_RATIO·N, else a D×D matrix. A run of c
+#: rotations as one matrix costs c·D³ (the chain of products) + D·N·K
+#: multiply-adds in batched matrix products; as pair nodes, 3·c·N·K
+#: elementwise operations, each about 40 times as expensive on a CPU
+#: (measured). With K ≈ 4: D³ against ~500·N.
+PAIR_RATIO = 512
 
 
 @dataclass
@@ -332,7 +341,7 @@ def make_plan(circuit: Circuit, *, max_block: int = 16) -> Plan:
         if gate.params:
             generator = _generator(gate, gate_dims)
             slot = _angle_slot(gate, index, weights_rows, offsets, len(names))
-            partner = pair_structure(generator) if math.prod(gate_dims) > max_block else None
+            partner = _pair_partner(generator, gate_dims, max_block, circuit.dimension)
             if partner is not None:
                 size = partner.shape[0]
                 touched = np.any(generator != 0, axis=1)
@@ -373,6 +382,16 @@ def make_plan(circuit: Circuit, *, max_block: int = 16) -> Plan:
         is_real=constants_real and all(group.is_real for group in group_list)
         and all(node.is_real for node in nodes if isinstance(node, PairNode)),
     )
+
+
+def _pair_partner(generator, gate_dims, max_block: int, dimension: int):
+    """The partner map when the rotation should be a pair node, else None:
+    when D > ``max_block`` and, on one wire, D³ > ``PAIR_RATIO``·N (a run
+    of rotations on one small wire is cheaper as one D×D matrix)."""
+    size = math.prod(gate_dims)
+    if size <= max_block or (len(gate_dims) == 1 and size**3 <= PAIR_RATIO * dimension):
+        return None
+    return pair_structure(generator)
 
 
 def _generator(gate: Gate, gate_dims) -> np.ndarray:
