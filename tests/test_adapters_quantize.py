@@ -72,6 +72,10 @@ def test_pow2_scale_of_subnormal_values_stays_representable():
     scale = pow2_scale(x, 3)
     assert scale.item() == 2.0**-149 and scale.dtype == torch.float32
     assert torch.equal(pow2_values(*pow2_codes(x, 3)), x)
+    x = torch.tensor([5e-324, -5e-324], dtype=torch.float64)  # ±2⁻¹⁰⁷⁴
+    scale = pow2_scale(x, 8)
+    assert scale.item() == 2.0**-1074 and scale.dtype == torch.float64
+    assert torch.equal(pow2_values(*pow2_codes(x, 8), torch.float64), x)
 
 
 def test_straight_through_gradient():

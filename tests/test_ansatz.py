@@ -135,6 +135,19 @@ def test_for_dimension_is_orthogonal_for_every_small_width(method, largest):
 
 
 @pytest.mark.parametrize("method", ["qudit", "shannon"])
+@pytest.mark.parametrize("dimension", [74, 131])
+def test_compiled_pair_nodes_equal_the_reference(method, dimension):
+    """Widths whose large wire is compiled as pair nodes (no D×D matrices):
+    the ground truth for the sweep below, beyond N = 40."""
+    c = for_dimension(dimension, layers=2, method=method)
+    values = np.random.default_rng(dimension).normal(size=c.num_parameters)
+    compiled = qpeft.compile(c, method="dense", dtype=torch.float64)
+    assert compiled.engine.plan.pairs
+    np.testing.assert_allclose(compiled(torch.as_tensor(values)).numpy(), c.matrix(values),
+                               atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["qudit", "shannon"])
 def test_for_dimension_is_orthogonal_for_every_width_up_to_300(method):
     """The whole N×N matrix (compiled, float64, angles spread over [0, 4π))."""
     generator = torch.Generator().manual_seed(300)

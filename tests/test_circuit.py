@@ -16,6 +16,7 @@ import qpeft
 from qpeft.circuit import (
     CX,
     CZ,
+    FORMAT_VERSION,
     RX,
     RY,
     RZ,
@@ -143,6 +144,15 @@ def test_givens_on_several_pairs_equals_the_product_of_single_pairs():
     for bad in [(0, 1, 1, 2), (0, 1, 2), (3, 3)]:
         with pytest.raises(WireError, match="none twice"):
             givens(0, bad, 0.1)
+    # levels as arrays, one pair or several
+    assert givens(0, np.array([0, 2]), 0.3).levels == (0, 2)
+    assert givens(0, torch.tensor([0, 2]), 0.3).levels == (0, 2)
+    assert givens(0, np.array([[0, 4], [1, 5]]), 0.3).levels == (0, 4, 1, 5)
+    # descriptions with several pairs are version 2; others stay version 1
+    assert several.to_dict()["version"] == 2 and singles.to_dict()["version"] == 1
+    newer = {**several.to_dict(), "version": FORMAT_VERSION + 1}
+    with pytest.raises(DescriptionError, match="upgrade qpeft"):
+        Circuit.from_json(json.dumps(newer))
 
 
 def test_controlled_gate_is_block_diagonal():

@@ -114,16 +114,20 @@ def pow2_scale(values: torch.Tensor, bits: int) -> torch.Tensor:
     the dtype's smallest positive number get that number (2⁻¹⁴⁹ in float32).
     """
     largest = 2 ** (bits - 1) - 1
-    # in float64, so that max|x| / largest of a subnormal x does not round to 0
-    amax = values.detach().abs().amax(dim=-1, keepdim=True).double() / largest
+    amax = values.detach().abs().amax(dim=-1, keepdim=True)
+    # amax / largest = (m / largest)·2^e with amax = m·2^e, m in [0.5, 1):
+    # m / largest never underflows (max|x| / largest of a subnormal would);
+    # float64 keeps it exact enough to tell a power of two (not on MPS)
     mantissa, exponent = torch.frexp(amax)
-    # amax = m·2^e with m in [0.5, 1): the smallest power of two >= amax is
-    # 2^(e-1) when m == 0.5 exactly, else 2^e
-    exponent = exponent - (mantissa == 0.5).to(exponent.dtype)
+    work = torch.float32 if values.device.type == "mps" else torch.float64
+    ratio, shift = torch.frexp(mantissa.to(work) / largest)
+    # ratio·2^shift·2^e with ratio in [0.5, 1): the smallest power of two at
+    # least that is 2^(shift+e-1) when ratio == 0.5 exactly, else 2^(shift+e)
+    exponent = exponent + shift.to(exponent.dtype) - (ratio == 0.5).to(exponent.dtype)
     info = torch.finfo(values.dtype)
     exponent = exponent.clamp(min=round(math.log2(info.tiny * info.eps)))
     scale = torch.ldexp(torch.ones_like(amax), exponent)
-    return torch.where(amax > 0, scale, torch.ones_like(amax)).to(values.dtype)
+    return torch.where(amax > 0, scale, torch.ones_like(amax))
 
 
 def pow2_codes(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,7 +29,19 @@ from qpeft.circuit.parameters import Expression, ExpressionLike, Parameter
 from qpeft.errors import DescriptionError, ParameterError, WireError
 
 FORMAT = "qpeft.circuit"
-FORMAT_VERSION = 1
+#: The newest description version: 2 adds Givens gates on several level
+#: pairs. A description is written with the oldest version that holds it, so
+#: circuits without such gates still load in releases that read version 1.
+FORMAT_VERSION = 2
+
+
+def _description_version(gates: Sequence[g.Gate]) -> int:
+    def multi_pair(gate: g.Gate) -> bool:
+        if isinstance(gate, g.Controlled):
+            return multi_pair(gate.base)
+        return isinstance(gate, g.Givens) and len(gate.levels) > 2
+
+    return 2 if any(multi_pair(gate) for gate in gates) else 1
 
 
 class Circuit:
@@ -303,7 +315,7 @@ class Circuit:
     def to_dict(self) -> dict:
         data = {
             "format": FORMAT,
-            "version": FORMAT_VERSION,
+            "version": _description_version(self._gates),
             "dims": list(self._dims),
             "gates": [gate.to_json() for gate in self._gates],
         }

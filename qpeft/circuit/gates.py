@@ -319,9 +319,10 @@ def givens(wire: int, levels: Sequence, theta: ExpressionLike) -> Givens:
     """A real rotation between levels ``levels = (i, j)`` of qudit ``wire``;
     ``levels`` may also list several pairs, ``[(i₁, j₁), (i₂, j₂), …]``,
     rotated together by the same angle."""
-    flat = [v for pair in levels for v in pair] if levels and isinstance(
-        levels[0], (tuple, list)) else list(levels)
-    return Givens(_tuple_of_ints(wire, "wire"), tuple(int(v) for v in flat), _angle(theta))
+    items = list(levels)
+    if len(items) and np.ndim(items[0]) > 0:  # pairs: [(i1, j1), (i2, j2), …]
+        items = [v for pair in items for v in np.asarray(pair).reshape(-1).tolist()]
+    return Givens(_tuple_of_ints(wire, "wire"), tuple(int(v) for v in items), _angle(theta))
 
 
 # ----------------------------------------------------------------------------
