@@ -137,15 +137,24 @@ class PairNode:
         self.touched = self.touched | take
         return True
 
+    @property
+    def is_diagonal(self) -> bool:
+        """True when no index is paired with another (A alone acts)."""
+        return bool(np.array_equal(self.partner, np.arange(self.size)))
+
     def dense(self, coefficients):
         """The D×D matrix for evaluated coefficients ``(..., 2, D)`` (torch)."""
         size = self.size
-        rows = torch.arange(size)
+        rows = np.arange(size)
+        moved = self.partner != rows
+        index = {"device": coefficients.device, "dtype": torch.long}
         matrix = coefficients.new_zeros(*coefficients.shape[:-2], size, size)
-        matrix[..., rows, rows] = coefficients[..., 0, :]
-        moved = torch.as_tensor(self.partner) != rows
-        matrix[..., rows[moved], torch.as_tensor(self.partner)[moved]] = (
-            coefficients[..., 1, :][..., moved])
+        diagonal = torch.as_tensor(rows, **index)
+        matrix[..., diagonal, diagonal] = coefficients[..., 0, :]
+        if moved.any():
+            source = torch.as_tensor(rows[moved], **index)
+            matrix[..., source, torch.as_tensor(self.partner[moved], **index)] = (
+                coefficients[..., 1, :].index_select(-1, source))
         return matrix
 
 

@@ -104,13 +104,17 @@ class TensorNetwork(nn.Module):
         for node in plan.nodes:
             if isinstance(node, PairNode):
                 local = tuple(dims[w] for w in node.wires)
-                outputs = [symbols.new() for _ in node.wires]
-                indices = "".join(outputs) + "".join(current[w] for w in node.wires)
-                for w, s in zip(node.wires, outputs):
-                    current[w] = s
-                self._operands.append(("pair", pair_index[id(node)], local))
+                diagonal = node.is_diagonal
+                if diagonal:  # a diagonal: input and output index are the same
+                    indices = "".join(current[w] for w in node.wires)
+                else:
+                    outputs = [symbols.new() for _ in node.wires]
+                    indices = "".join(outputs) + "".join(current[w] for w in node.wires)
+                    for w, s in zip(node.wires, outputs):
+                        current[w] = s
+                self._operands.append(("pair", pair_index[id(node)], local, diagonal))
                 terms.append(batch + indices)
-                shapes.append((1, *local, *local))
+                shapes.append((1, *local, *(() if diagonal else local)))
                 continue
             if isinstance(node, MatrixNode):
                 wires = node.wires
@@ -188,9 +192,12 @@ class TensorNetwork(nn.Module):
             if recipe[0] == "buffer":
                 out.append(getattr(self, recipe[1]))
             elif recipe[0] == "pair":
-                _, index, local = recipe
-                matrix = self.plan.pairs[index].dense(pairs[index])
-                out.append(matrix.reshape(batch, *local, *local))
+                _, index, local, diagonal = recipe
+                if diagonal:
+                    out.append(pairs[index][:, 0].reshape(batch, *local))
+                else:
+                    matrix = self.plan.pairs[index].dense(pairs[index])
+                    out.append(matrix.reshape(batch, *local, *local))
             elif recipe[0] == "ones":
                 out.append(torch.ones(batch, dtype=self.work_dtype, device=values.device))
             else:
