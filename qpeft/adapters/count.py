@@ -152,7 +152,7 @@ def local_skeleton(folder: str | Path) -> nn.Module:
             "counting a model folder needs transformers; install it with "
             "`pip install 'qpeft[models]'`, or use a built-in model"
         ) from None
-    from qpeft.train.models import quiet_transformers
+    from qpeft.models import quiet_transformers
 
     try:
         with quiet_transformers():
@@ -374,7 +374,7 @@ def count_model(model: str, config_options: dict[str, Any], targets: str = "atte
     else:
         folder = Path(model)
         if name == "embedded":
-            from qpeft.train.models import EMBEDDED_MODEL_NAME, embedded_model_dir
+            from qpeft.models import EMBEDDED_MODEL_NAME, embedded_model_dir
 
             folder, title = embedded_model_dir(), EMBEDDED_MODEL_NAME
         else:

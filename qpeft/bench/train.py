@@ -55,7 +55,7 @@ REFERENCE = "lora"
 #: A peer that peft cannot build or run on the model is reported as skipped;
 #: Quantum-PEFT and the reference must work.
 OPTIONAL = ("oft", "boft")
-#: ``--model`` of the embedded all-MiniLM-L6-v2 (see :mod:`qpeft.train.models`).
+#: ``--model`` of the embedded all-MiniLM-L6-v2 (see :mod:`qpeft.models`).
 EMBEDDED = "embedded"
 #: The model of ``--quick``: :func:`qpeft.train.testing.tiny_bert_config`.
 TINY = "tiny"
@@ -123,7 +123,7 @@ def load_base_model(config: TrainBenchConfig) -> Any:
         from qpeft.train.testing import tiny_bert_config
 
         return BertForSequenceClassification(tiny_bert_config(num_labels=len(LABELS)))
-    from qpeft.train.models import load_sequence_classifier, resolve_model
+    from qpeft.models import load_sequence_classifier, resolve_model
 
     return load_sequence_classifier(resolve_model(config.model), LABELS)
 

@@ -4,8 +4,9 @@ The modules, in the order data flows through them:
 
 - :mod:`qpeft.train.data`: CSV and GLUE loading, validation, the seeded
   stratified split, tokenisation with dynamic padding;
-- :mod:`qpeft.train.models`: where ``--model`` points (embedded MiniLM, a
-  local folder or a hub name) and loading it;
+- :mod:`qpeft.models` (outside this package: ``qpeft count`` uses it
+  too): where ``--model`` points (embedded MiniLM, a local folder or a hub
+  name) and loading it;
 - :mod:`qpeft.train.methods`: what is trained (head, full, LoRA, OFT, BOFT,
   Quantum-PEFT) and how trainable parameters are counted and saved;
 - :mod:`qpeft.train.loop`: the seeded training loop with atomic, resumable

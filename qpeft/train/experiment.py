@@ -208,8 +208,8 @@ class Task:
 
 def load_task(settings: TaskSettings) -> Task:
     """Read, split and tokenise the data of ``settings``."""
+    from qpeft.models import load_tokenizer, resolve_model
     from qpeft.train.data import encode, load_splits
-    from qpeft.train.models import load_tokenizer, resolve_model
 
     started = time.perf_counter()
     source = resolve_model(settings.model)
@@ -357,10 +357,10 @@ def run_method(
     complete run is read back and an interrupted one continues."""
     import torch
 
+    from qpeft.models import load_sequence_classifier
     from qpeft.train import metrics as scores
     from qpeft.train.loop import TrainConfig, evaluate, release_free_memory, resolve_device, train
     from qpeft.train.methods import prepare_model
-    from qpeft.train.models import load_sequence_classifier
     from qpeft.train.report import write_json, write_run_report
 
     settings = task.settings

@@ -117,11 +117,11 @@ def run(
     validation and test accuracy into ``output_dir``."""
     import torch
 
+    from qpeft.models import quiet_transformers, resolve_model
     from qpeft.train import metrics as scores
     from qpeft.train.data import stratified_sample, stratified_split
     from qpeft.train.loop import TrainConfig, evaluate, resolve_device, train
     from qpeft.train.methods import MethodSpec, pick_targets, prepare_model
-    from qpeft.train.models import quiet_transformers, resolve_model
     from qpeft.train.recipes.common import load_hub_dataset, write_recipe_report
 
     started = time.perf_counter()

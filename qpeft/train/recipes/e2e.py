@@ -206,10 +206,10 @@ def run(
     (with ``generations.json``) into ``output_dir``."""
     import torch
 
+    from qpeft.models import quiet_transformers, resolve_model
     from qpeft.train.loop import TrainConfig, resolve_device, train
     from qpeft.train.methods import MethodSpec, prepare_model
     from qpeft.train.metrics import corpus_bleu
-    from qpeft.train.models import quiet_transformers, resolve_model
     from qpeft.train.recipes.common import load_hub_dataset, write_recipe_report
     from qpeft.train.report import write_json
 

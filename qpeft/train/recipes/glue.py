@@ -142,10 +142,10 @@ def run(
 
     import torch
 
+    from qpeft.models import load_sequence_classifier, load_tokenizer, resolve_model
     from qpeft.train.data import encode, load_glue, stratified_sample
     from qpeft.train.loop import TrainConfig, evaluate, resolve_device, train
     from qpeft.train.methods import MethodSpec, prepare_model
-    from qpeft.train.models import load_sequence_classifier, load_tokenizer, resolve_model
     from qpeft.train.recipes.common import write_recipe_report
 
     started = time.perf_counter()
