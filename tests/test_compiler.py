@@ -191,6 +191,58 @@ def test_full_gradcheck_on_a_mixed_circuit(method: str) -> None:
     assert torch.autograd.gradcheck(lambda v: real_view(frame(v)), (values,))
 
 
+def check_builder_backward(circuit: Circuit, method: str) -> None:
+    """BuildFunction's backward (cumulative products, index_add, stage
+    products, rotation derivatives) gives the gradient autograd gets through
+    the same forward operations."""
+    from qpeft.compiler.blocks import BuildFunction
+
+    builder = compiled(circuit, [0], method).engine.builder
+    values = torch.randn(3, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    classes, groups = builder.tables(values)
+    reference = [*classes, *groups]
+    if not reference:
+        return
+    written = BuildFunction.apply(builder, values)
+    assert len(written) == len(reference)
+    weights = [torch.randn_like(t) for t in reference]
+    for t, r in zip(written, reference):
+        torch.testing.assert_close(t, r, rtol=0, atol=0)
+
+    def gradient(outputs):
+        loss = sum((real_view(t) * real_view(w)).sum() for t, w in zip(outputs, weights))
+        if not loss.requires_grad:
+            return torch.zeros_like(values)
+        return torch.autograd.grad(loss, values)[0]
+
+    torch.testing.assert_close(gradient(written), gradient(reference), rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(circuit=circuits(), pairs=st.booleans())
+def test_written_out_builder_backward_equals_autograd(circuit: Circuit, pairs: bool) -> None:
+    check_builder_backward(circuit, "pairs-dense" if pairs else "columns")
+
+
+@pytest.mark.parametrize("method", ["columns", "pairs-dense"])
+@pytest.mark.parametrize("name", ["pauli", "complex", "complex-kron", "chains"])
+def test_written_out_builder_backward_on_every_kind_of_block(name: str, method: str) -> None:
+    """Blocks of several stages (pauli: the first layer and the entangled
+    pairs), complex Kronecker factors and pair nodes, nodes that are runs of
+    several gates with constants between them."""
+    circuit = {
+        "pauli": pauli(4, 2),
+        "complex": Circuit([2, 3, 2]).ry(0, "a").givens(1, (0, 2), "b").cz(0, 2)
+        .rx(2, 0.5 * Parameter("a")).append(controlled(RY(2, "c"), 1)).gcz(0, 1)
+        .ry(0, "c").append(pauli_rotation("XX", [0, 2], "b")).rz(0, "d"),
+        "complex-kron": Circuit([2, 2]).rx(0, "a").rx(1, "b").cz(0, 1).rx(0, "c").rz(1, "d")
+        .cz(0, 1).rx(0, "e").rx(1, "a"),
+        "chains": Circuit([2, 2]).ry(0, "a").h(0).rx(0, "b").y(0).ry(0, "a").cz(0, 1)
+        .ry(1, "c").x(1).ry(1, "d"),
+    }[name]
+    check_builder_backward(circuit, method)
+
+
 def test_rotations_on_many_levels_become_pair_nodes() -> None:
     """Givens rotations, controlled rotations and complex Pauli rotations on
     wires of more than ``max_block`` levels are pair nodes (no D×D matrix);

@@ -4,6 +4,7 @@ PennyLane helpers (checked against the reference matrix), the JSON report."""
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from qpeft import cli
 from qpeft.ansatz import for_dimension, pauli
 from qpeft.bench import unitary
 from qpeft.circuit import Circuit
-from qpeft.errors import InteropError
+from qpeft.errors import ConfigError, InteropError
 
 
 def mixed_circuit() -> Circuit:
@@ -109,3 +110,38 @@ def test_bad_arguments_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["bench", "unitary", "--sizes", "12,x"])
     assert "--sizes" in capsys.readouterr().err
     assert cli.main(["bench", "unitary", "--columns", "0"]) == cli.ERROR_EXIT_CODE
+
+
+def test_torch_compile_option_compiles_before_timing() -> None:
+    """--torch-compile wraps the torch methods in torch.compile and compiles
+    them up front (dynamo records their graphs); the result is unchanged."""
+    from torch._dynamo.utils import counters
+
+    config = unitary.BenchmarkConfig(sizes=(8,), columns=2, layers=1,
+                                     methods=("columns", "householder"), torch_compile=True)
+    counters.clear()
+    torch.manual_seed(0)
+    compiled = unitary._fast_functions(pauli(3, 1), config)
+    assert set(compiled) == {"columns", "householder"}
+    assert counters["stats"]["unique_graphs"] >= 2
+    config.torch_compile = False
+    torch.manual_seed(0)
+    eager = unitary._fast_functions(pauli(3, 1), config)
+    for function in eager.values():  # the compiled warm-up calls (they draw the weights)
+        function()
+    for name in compiled:
+        for got, expected in zip(compiled[name](), eager[name]()):
+            torch.testing.assert_close(got, expected)
+
+
+def test_torch_compile_failure_is_a_config_error() -> None:
+    def broken(module):
+        def run(*arguments):
+            raise RuntimeError("no working C++ compiler")
+        return run
+
+    config = unitary.BenchmarkConfig(sizes=(8,), columns=2, layers=1, methods=("columns",),
+                                     torch_compile=True)
+    with mock.patch.object(torch, "compile", broken), \
+            pytest.raises(ConfigError, match="C\\+\\+ compiler.*without --torch-compile"):
+        unitary._fast_functions(pauli(3, 1), config)

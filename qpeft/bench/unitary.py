@@ -17,6 +17,9 @@ parameter vector (the work an adapter does twice per layer and step):
 * ``cayley``, ``exponential``, ``householder``, ``givens``, ``taylor`` –
   the alternative maps onto N×K orthonormal frames (``qpeft.compiler.mappings``).
 
+With ``torch_compile`` (``--torch-compile``) every torch method is wrapped
+in ``torch.compile`` and compiled before it is timed.
+
 The circuit is :func:`qpeft.ansatz.pauli` for powers of two and
 :func:`qpeft.ansatz.for_dimension` (qudit register) otherwise. Fast methods
 are timed interleaved, ``repeats`` rounds of every method in turn, and the
@@ -316,6 +319,7 @@ class BenchmarkConfig:
     memory_columns: int = 64
     threads: int = 1
     construction: str = "qudit"
+    torch_compile: bool = False
 
     @classmethod
     def quick(cls) -> BenchmarkConfig:
@@ -358,26 +362,46 @@ def _fast_functions(circuit: Circuit, config: BenchmarkConfig) -> dict[str, Call
     dtype = config.torch_dtype()
     dimension, k = circuit.dimension, config.columns
     values = 0.5 * torch.randn(circuit.num_parameters, dtype=dtype)
-    functions: dict[str, Callable] = {}
+    modules: dict[str, tuple[Callable, torch.Tensor]] = {}
     wanted = set(config.methods)
     if "columns" in wanted:
-        functions["columns"] = forward_backward(compile_circuit(circuit, k, dtype=dtype), values)
+        modules["columns"] = compile_circuit(circuit, k, dtype=dtype), values
     if "tensornet" in wanted:
-        network = compile_circuit(circuit, k, method="tensornet", dtype=dtype)
-        functions["tensornet"] = forward_backward(network, values)
+        modules["tensornet"] = compile_circuit(circuit, k, method="tensornet", dtype=dtype), values
     if "dense" in wanted and dimension <= DENSE_LIMIT:
-        dense = compile_circuit(circuit, k, method="dense", dtype=dtype)
-        functions["dense"] = forward_backward(dense, values)
+        modules["dense"] = compile_circuit(circuit, k, method="dense", dtype=dtype), values
     if "naive" in wanted:
-        functions["naive"] = forward_backward(NaiveSimulator(circuit, k, dtype), values)
+        modules["naive"] = NaiveSimulator(circuit, k, dtype), values
     mappings = [m for m in MAPPINGS if m in wanted]
     if mappings:
         module = load_mappings()
         for name in mappings:
             frame = module.mapping(name, dimension, k, dtype=dtype)
-            angles = 0.1 * torch.randn(frame.num_parameters, dtype=dtype)
-            functions[name] = forward_backward(frame, angles)
+            modules[name] = frame, 0.1 * torch.randn(frame.num_parameters, dtype=dtype)
+    if config.torch_compile:
+        # one cache per size: dynamo compiles a code object (e.g. the forward shared by every
+        # compiled circuit) for a limited number of modules, then silently runs it eagerly
+        torch._dynamo.reset()
+    functions = {}
+    for name, (module, arguments) in modules.items():
+        function = forward_backward(torch.compile(module) if config.torch_compile else module,
+                                    arguments)
+        if config.torch_compile:
+            _compile_now(name, function)
+        functions[name] = function
     return functions
+
+
+def _compile_now(name: str, function: Callable[[], object]) -> None:
+    """Run once, so that compilation is not timed; a failure says what to do."""
+    try:
+        function()
+    except Exception as error:  # torch raises many types here (BackendCompilerFailed, …)
+        raise ConfigError(
+            f"--torch-compile: torch.compile of {name} failed ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); on CPU the inductor backend "
+            "needs a C++ compiler (gcc or clang) on PATH, or run without --torch-compile"
+        ) from error
 
 
 def _slow_measurement(method: str, circuit: Circuit, config: BenchmarkConfig,
@@ -610,7 +634,9 @@ def render(report: dict, console=None) -> None:
     cells = {(x["method"], x["dimension"]): x for x in measured}
     times = Table(title=f"seconds per forward+backward (median of {config['repeats']} "
                   f"interleaved rounds), K = {config['columns']}, L = {config['layers']}, "
-                  f"{config['dtype']}, {config['threads']} torch thread(s)")
+                  f"{config['dtype']}, {config['threads']} torch thread(s)"
+                  + (", torch methods under torch.compile" if config.get("torch_compile")
+                     else ""))
     ratios = Table(title="ratio: method time / columns time (> 1: columns is faster)")
     for table in (times, ratios):
         table.add_column("N", justify="right")
@@ -760,6 +786,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "(seconds, default 60)")
     parser.add_argument("--no-batched", action="store_true",
                         help="skip the batched-against-separate BERT case")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="time every torch method (compiler, naive simulation, mappings) "
+                             "wrapped in torch.compile; compilation (10-20 s per method and "
+                             "size) runs before timing and is not counted")
     parser.add_argument("--json", action="store_true",
                         help="print the report as JSON on standard output (nothing else)")
     parser.add_argument("--plot", metavar="FILE", help="save time against N (log axes) to FILE")
@@ -777,6 +807,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         config.threads = args.threads
         config.construction = args.construction
         config.methods = args.methods
+        config.torch_compile = args.torch_compile
         if args.sizes is not None:
             config.sizes = args.sizes
         return config
@@ -791,6 +822,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         batched=not args.no_batched,
         threads=args.threads,
         construction=args.construction,
+        torch_compile=args.torch_compile,
     )
 
 

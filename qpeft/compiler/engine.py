@@ -2,13 +2,10 @@
 
 Two parts:
 
-* :class:`MatrixBuilder` turns parameter values into the matrix of every
-  block with a fixed, small number of batched tensor operations, whatever
-  the size of the circuit: one matmul for all angles, one expression per
-  rotation size for all rotation matrices, one gather and a few products
-  for nodes that are runs of several gates, and per class of equally shaped
-  blocks one gather and one product over the factors for each stage (entry
-  (I, J) of a Kronecker product is a product of one entry per factor).
+* :class:`~qpeft.compiler.blocks.MatrixBuilder` (in :mod:`qpeft.compiler.blocks`)
+  turns parameter values into the matrix of every block with a fixed,
+  small number of batched tensor operations, whatever the size of the
+  circuit, and has its backward pass written out;
 * :class:`ColumnsEngine` runs the layout schedule of
   :func:`~qpeft.compiler.plan.make_schedule` on the state, a ``(B, N·K)``
   tensor: B circuits evaluated together (the leading batch of the parameter
@@ -36,293 +33,23 @@ torch.Size([2, 8, 2])
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from qpeft.circuit.gates import COMPLEX_OF
+from qpeft.compiler.blocks import MatrixBuilder
 from qpeft.compiler.plan import (
     ApplyBlock,
     ApplyGather,
     ApplyPairs,
     ApplySigns,
-    MatrixNode,
     Plan,
     Reorder,
-    constant_tensor,
     make_schedule,
 )
-
-
-def _common(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if x.dtype == y.dtype:
-        return x, y
-    common = torch.promote_types(x.dtype, y.dtype)
-    return x.to(common), y.to(common)
-
-
-class MatrixBuilder(nn.Module):
-    """Builds every node and block matrix of a plan from parameter values.
-
-    The constants live in buffers, so ``.to(device)`` moves them; the build
-    is differentiable with respect to the values.
-
-    >>> import torch
-    >>> from qpeft.ansatz import pauli
-    >>> from qpeft.compiler.plan import make_plan
-    >>> plan = make_plan(pauli(4, 1))
-    >>> builder = MatrixBuilder(plan, torch.float64)
-    >>> [tuple(m.shape) for m in builder(torch.zeros(3, 10, dtype=torch.float64))]
-    [(3, 16, 16), (3, 4, 4)]
-    """
-
-    def __init__(self, plan: Plan, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.real_dtype = dtype
-        self.work_dtype = dtype if plan.is_real else COMPLEX_OF.get(dtype, dtype)
-        cplx = COMPLEX_OF.get(dtype, dtype)
-        self.register_buffer("weights_t", torch.as_tensor(plan.weights.T.copy(), dtype=dtype),
-                             persistent=False)
-        self.register_buffer("offset", torch.as_tensor(plan.offset, dtype=dtype), persistent=False)
-        self.register_buffer("signs", torch.tensor([[1.0, -1.0]], dtype=dtype), persistent=False)
-
-        # rotation groups, one per matrix size
-        self._group_sizes: list[int] = []
-        self._has_fixed: dict[int, bool] = {}
-        for group in plan.groups:
-            name = f"rotation{group.size}"
-            self.register_buffer(f"{name}_slots", torch.as_tensor(group.slots, dtype=torch.long),
-                                 persistent=False)
-            for part in ("fixed", "projector", "step"):
-                stacked = constant_tensor(np.stack(getattr(group, part)), dtype, cplx)
-                self.register_buffer(f"{name}_{part}", stacked, persistent=False)
-            self._group_sizes.append(group.size)
-            self._has_fixed[group.size] = bool(np.any(np.stack(group.fixed)))
-        rotation_count = {group.size: len(group.slots) for group in plan.groups}
-
-        # pair nodes, one table per size D: slots (n, D) and coefficients (n, 2, 3, D)
-        pair_nodes: dict[int, list] = defaultdict(list)
-        self.pair_row: list[tuple[int, int]] = []
-        for pair in plan.pairs:
-            self.pair_row.append((pair.size, len(pair_nodes[pair.size])))
-            pair_nodes[pair.size].append(pair)
-        self._pair_sizes = sorted(pair_nodes)
-        for size, members in pair_nodes.items():
-            self.register_buffer(f"pair{size}_slot",
-                                 torch.as_tensor(np.stack([m.slot for m in members])),
-                                 persistent=False)
-            coefficients = np.stack([m.coefficients for m in members])
-            self.register_buffer(f"pair{size}_coefficients",
-                                 constant_tensor(coefficients, dtype, cplx), persistent=False)
-
-        # every matrix node, classified by (size, number of factors)
-        self.nodes: list[MatrixNode] = [node for block in plan.blocks for stage in block.stages
-                                        for node in stage.nodes]
-        constants: dict[int, list[np.ndarray]] = defaultdict(list)
-        chains: dict[tuple[int, int], list[int]] = defaultdict(list)  # (size, length) -> nodes
-        factor_rows: list[list[int]] = []
-        for index, node in enumerate(self.nodes):
-            rows = []
-            for factor in node.factors:
-                if factor[0] == "rotation":
-                    rows.append(factor[2])
-                else:
-                    size = factor[1].shape[0]
-                    rows.append(-1 - len(constants[size]))  # resolved below
-                    constants[size].append(factor[1])
-            factor_rows.append(rows)
-            chains[(node.size, len(rows))].append(index)
-        self._constant_sizes = sorted(constants)
-        for size in self._constant_sizes:
-            self.register_buffer(f"constant{size}",
-                                 constant_tensor(np.stack(constants[size]), dtype, cplx),
-                                 persistent=False)
-        # node tables: for each size, the chain classes in order; node -> (size, row)
-        self._chains: list[tuple[int, int, str | None]] = []
-        self.node_row: list[tuple[int, int]] = [(0, 0)] * len(self.nodes)
-        table_length: dict[int, int] = defaultdict(int)
-        for (size, length), members in sorted(chains.items()):
-            offset = rotation_count.get(size, 0)
-            rows = np.array([[r if r >= 0 else offset - 1 - r for r in factor_rows[i]]
-                             for i in members], dtype=np.int64)
-            identity = length == 1 and np.array_equal(
-                rows[:, 0], np.arange(offset + len(constants.get(size, ())))
-            )
-            name = None
-            if not identity:
-                name = f"chain{size}_{length}"
-                self.register_buffer(name, torch.as_tensor(rows), persistent=False)
-            self._chains.append((size, length, name))
-            for j, i in enumerate(members):
-                self.node_row[i] = (size, table_length[size] + j)
-            table_length[size] += len(members)
-
-        # blocks, classified by signature; block -> (class, position in class)
-        node_index = {id(node): i for i, node in enumerate(self.nodes)}
-        classes: dict[tuple, list[int]] = defaultdict(list)
-        blocks = plan.blocks
-        for b, block in enumerate(blocks):
-            classes[block.signature].append(b)
-        # Every stage matrix is gathered entry by entry from one flat table that
-        # holds all node matrices and the constants ±1: entry (I, J) of a
-        # Kronecker product is the product of one entry of each factor (and of
-        # the absorbed diagonal's sign for column J).
-        self._table_sizes = sorted(table_length)
-        offsets, position = {}, 0
-        for size in self._table_sizes:
-            offsets[size] = position
-            position += table_length[size] * size * size
-        sign_offset = position  # the table ends with [1, -1]
-        self._classes: list[list[tuple[str, int]]] = []  # per stage: (index buffer, D)
-        self.block_slot: list[tuple[int, int]] = [(0, 0)] * len(blocks)
-        for c, (signature, members) in enumerate(classes.items()):
-            chains = [blocks[b].stages for b in members]
-            recipe = []
-            for s, sizes in enumerate(signature):
-                index = _stage_index([chain[s] for chain in chains], sizes, offsets, sign_offset,
-                                     lambda node: self.node_row[node_index[id(node)]][1])
-                name = f"class{c}_stage{s}"
-                self.register_buffer(name, torch.as_tensor(index), persistent=False)
-                recipe.append((name, math.prod(sizes)))
-            self._classes.append(recipe)
-            for j, b in enumerate(members):
-                self.block_slot[b] = (c, j)
-
-    # -- pieces ---------------------------------------------------------------
-    def angles(self, values: torch.Tensor) -> torch.Tensor:
-        """(B, P) parameter values -> (B, S) gate angles."""
-        if self.offset.shape[0] == 0:
-            return values.new_zeros(values.shape[0], 0)
-        return torch.addmm(self.offset, values, self.weights_t)
-
-    def rotation_tables(self, angles: torch.Tensor) -> dict[int, torch.Tensor]:
-        """(B, G, D, D) matrices of every rotation, one tensor per size D."""
-        out = {}
-        for size in self._group_sizes:
-            name = f"rotation{size}"
-            half = angles[:, getattr(self, f"{name}_slots")] * 0.5
-            cos = torch.cos(half)[..., None, None]
-            sin = torch.sin(half)[..., None, None]
-            projector = getattr(self, f"{name}_projector")
-            step = getattr(self, f"{name}_step")
-            matrix = cos * projector + sin * step
-            if self._has_fixed[size]:
-                matrix = matrix + getattr(self, f"{name}_fixed")
-            out[size] = matrix
-        return out
-
-    def node_tables(self, values: torch.Tensor) -> dict[int, torch.Tensor]:
-        """(B, n_D, D, D) matrices of every node of size D (rows: :attr:`node_row`)."""
-        batch = values.shape[0]
-        rotations = self.rotation_tables(self.angles(values))
-        factors: dict[int, torch.Tensor] = {}
-        for size in set(rotations) | set(self._constant_sizes):
-            parts = []
-            if size in rotations:
-                parts.append(rotations[size])
-            if size in self._constant_sizes:
-                constant = getattr(self, f"constant{size}")
-                parts.append(constant.expand(batch, *constant.shape))
-            if len(parts) == 2:
-                parts = list(_common(*parts))
-            factors[size] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        pieces: dict[int, list[torch.Tensor]] = defaultdict(list)
-        for size, length, name in self._chains:
-            table = factors[size]
-            if name is None:
-                pieces[size].append(table)
-                continue
-            rows = getattr(self, name)
-            matrix = table[:, rows[:, 0]]
-            for k in range(1, length):
-                nxt, matrix = _common(table[:, rows[:, k]], matrix)
-                matrix = nxt @ matrix
-            pieces[size].append(matrix)
-        return {size: parts[0] if len(parts) == 1 else torch.cat(list(_promote(parts)), dim=1)
-                for size, parts in pieces.items()}
-
-    def flat_table(self, nodes: dict[int, torch.Tensor]) -> torch.Tensor:
-        """(B, F): every node matrix flattened, sizes in order, then ``[1, -1]``."""
-        batch = next(iter(nodes.values())).shape[0] if nodes else 1
-        parts = [nodes[size].reshape(batch, -1) for size in self._table_sizes]
-        parts.append(self.signs.expand(batch, 2))
-        return torch.cat(_promote(parts), dim=1)
-
-    def block_tables(self, nodes: dict[int, torch.Tensor]) -> list[torch.Tensor]:
-        """(B, n_c, D, D) matrices of the blocks of each class (in the work dtype):
-        per stage the Kronecker product of its nodes times its ±1 diagonal
-        (one gather and one product), and the product of the stages."""
-        flat = self.flat_table(nodes)
-        batch = flat.shape[0]
-        out = []
-        for recipe in self._classes:
-            matrix = None
-            for name, size in recipe:
-                index = getattr(self, name)  # (n_c, factors, D·D)
-                entries = flat.index_select(1, index.view(-1)).view(batch, *index.shape)
-                # a chain of products: its backward is cheaper than prod's
-                parts = entries.unbind(2)
-                stage = parts[0]
-                for part in parts[1:]:
-                    stage = stage * part
-                stage = stage.view(batch, -1, size, size)
-                matrix = stage if matrix is None else stage @ matrix
-            out.append(matrix.to(self.work_dtype))
-        return out
-
-    def pair_tables(self, angles: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 2, D) coefficients (A, B) of every pair node, in ``plan.pairs`` order."""
-        tables = {}
-        for size in self._pair_sizes:
-            half = angles[:, getattr(self, f"pair{size}_slot")] * 0.5  # (B, n, D)
-            parts = getattr(self, f"pair{size}_coefficients")  # (n, 2, 3, D)
-            table = (parts[:, :, 0] + torch.cos(half)[:, :, None] * parts[:, :, 1]
-                     + torch.sin(half)[:, :, None] * parts[:, :, 2])
-            tables[size] = table.to(self.work_dtype).unbind(1)
-        return [tables[size][row] for size, row in self.pair_row]
-
-    def forward(self, values: torch.Tensor) -> list[torch.Tensor]:
-        """(B, P) values -> the (B, D, D) matrix of every block, in ``plan.blocks``
-        order, then the (B, 2, D) coefficients of every pair node."""
-        blocks: list[torch.Tensor] = []
-        if self.block_slot:
-            tables = [table.unbind(1) for table in self.block_tables(self.node_tables(values))]
-            blocks = [tables[c][j] for c, j in self.block_slot]
-        if not self._pair_sizes:
-            return blocks
-        return blocks + self.pair_tables(self.angles(values))
-
-
-def _stage_index(stages: list, sizes: tuple[int, ...], offsets: dict[int, int],
-                 sign_offset: int, row_of) -> np.ndarray:
-    """``index[b, f, I·D + J]``: where factor f of entry (I, J) of stage ``b``'s
-    matrix sits in the flat table (the last factor is the sign of column J
-    when any stage of the class has an absorbed diagonal)."""
-    size = math.prod(sizes)
-    rows = np.indices((size, size)).reshape(2, -1)
-    digits = [np.array(np.unravel_index(axis, sizes)).reshape(len(sizes), -1) for axis in rows]
-    with_signs = any(stage.diagonal is not None for stage in stages)
-    index = np.empty((len(stages), len(sizes) + with_signs, size * size), dtype=np.int64)
-    for b, stage in enumerate(stages):
-        for f, (node, d) in enumerate(zip(stage.nodes, sizes)):
-            index[b, f] = offsets[d] + row_of(node) * d * d + digits[0][f] * d + digits[1][f]
-        if with_signs:
-            signs = np.ones(size) if stage.diagonal is None else stage.diagonal
-            index[b, -1] = sign_offset + (signs[rows[1]] < 0)
-    return index
-
-
-def _promote(parts: list[torch.Tensor]) -> list[torch.Tensor]:
-    dtype = parts[0].dtype
-    for part in parts[1:]:
-        dtype = torch.promote_types(dtype, part.dtype)
-    return [part.to(dtype) for part in parts]
 
 
 class ColumnsEngine(nn.Module):

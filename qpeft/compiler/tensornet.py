@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from qpeft.circuit.gates import COMPLEX_OF
-from qpeft.compiler.engine import MatrixBuilder
+from qpeft.compiler.blocks import MatrixBuilder
 from qpeft.compiler.plan import MatrixNode, PairNode, Plan, _is_diagonal, constant_tensor
 
 #: Intermediates of the contraction may hold up to this many times B·N·K numbers.

@@ -1,0 +1,516 @@
+"""Build the matrix of every block of a :class:`~qpeft.compiler.plan.Plan`
+from parameter values, forward and backward.
+
+:class:`MatrixBuilder` needs a fixed, small number of batched tensor
+operations, whatever the size of the circuit: one matmul for all angles, one
+expression per rotation size for all rotation matrices, one gather and a
+few products for nodes that are runs of several gates, then **one gather
+and one product for the entries of every block matrix at once** (entry
+(I, J) of a Kronecker product is a product of one entry per factor, and
+the factor lists of all blocks are padded to one length with the constant
+1), and one matrix product per extra stage of a block.
+
+The backward pass is written out (:class:`BuildFunction`, one autograd
+node): the gradient of each entry is the output gradient times the product
+of the other factors (two cumulative products), scattered back to the node
+matrices by one ``index_add``, taken through the rotation expressions to
+the angles, and through the angle matmul to the values. Letting autograd
+record the forward instead costs one graph node per product, view and
+gather (about 70 for ``pauli(10, 2)``), which dominated the time of a
+small frame.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from qpeft.circuit.gates import COMPLEX_OF
+from qpeft.compiler.plan import MatrixNode, Plan, constant_tensor
+
+
+def _common(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if x.dtype == y.dtype:
+        return x, y
+    common = torch.promote_types(x.dtype, y.dtype)
+    return x.to(common), y.to(common)
+
+
+def _promote(parts: list[torch.Tensor]) -> list[torch.Tensor]:
+    dtype = parts[0].dtype
+    for part in parts[1:]:
+        dtype = torch.promote_types(dtype, part.dtype)
+    return [part.to(dtype) for part in parts]
+
+
+def _like(grad: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``grad`` in ``reference``'s dtype; the real part when that is real
+    (torch's convention for a real tensor that was promoted to complex)."""
+    if grad.is_complex() and not reference.is_complex():
+        grad = grad.real
+    return grad.to(reference.dtype)
+
+
+class MatrixBuilder(nn.Module):
+    """Builds every node and block matrix of a plan from parameter values.
+
+    The constants live in buffers, so ``.to(device)`` moves them. Calling the
+    builder returns the ``(B, D, D)`` matrix of every block in
+    ``plan.blocks`` order, then the ``(B, 2, D)`` coefficients of every pair
+    node; :meth:`tables` returns them grouped (one tensor per class of
+    equally shaped blocks and per pair size). Both are differentiable with
+    respect to the values.
+
+    >>> import torch
+    >>> from qpeft.ansatz import pauli
+    >>> from qpeft.compiler.plan import make_plan
+    >>> plan = make_plan(pauli(4, 1))
+    >>> builder = MatrixBuilder(plan, torch.float64)
+    >>> [tuple(m.shape) for m in builder(torch.zeros(3, 10, dtype=torch.float64))]
+    [(3, 16, 16), (3, 4, 4)]
+    """
+
+    def __init__(self, plan: Plan, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.real_dtype = dtype
+        self.work_dtype = dtype if plan.is_real else COMPLEX_OF.get(dtype, dtype)
+        cplx = COMPLEX_OF.get(dtype, dtype)
+        self.register_buffer("weights_t", torch.as_tensor(plan.weights.T.copy(), dtype=dtype),
+                             persistent=False)
+        self.register_buffer("offset", torch.as_tensor(plan.offset, dtype=dtype), persistent=False)
+        self.register_buffer("signs", torch.tensor([[1.0, -1.0]], dtype=dtype), persistent=False)
+
+        # rotation groups, one per matrix size
+        self._group_sizes: list[int] = []
+        self._has_fixed: dict[int, bool] = {}
+        for group in plan.groups:
+            name = f"rotation{group.size}"
+            self.register_buffer(f"{name}_slots", torch.as_tensor(group.slots, dtype=torch.long),
+                                 persistent=False)
+            for part in ("fixed", "projector", "step"):
+                stacked = constant_tensor(np.stack(getattr(group, part)), dtype, cplx)
+                self.register_buffer(f"{name}_{part}", stacked, persistent=False)
+            self._group_sizes.append(group.size)
+            self._has_fixed[group.size] = bool(np.any(np.stack(group.fixed)))
+        rotation_count = {group.size: len(group.slots) for group in plan.groups}
+        self._rotation_count = rotation_count
+
+        # pair nodes, one table per size D: slots (n, D) and coefficients (n, 2, 3, D)
+        pair_nodes: dict[int, list] = defaultdict(list)
+        self.pair_row: list[tuple[int, int]] = []
+        for pair in plan.pairs:
+            self.pair_row.append((pair.size, len(pair_nodes[pair.size])))
+            pair_nodes[pair.size].append(pair)
+        self._pair_sizes = sorted(pair_nodes)
+        for size, members in pair_nodes.items():
+            self.register_buffer(f"pair{size}_slot",
+                                 torch.as_tensor(np.stack([m.slot for m in members])),
+                                 persistent=False)
+            coefficients = np.stack([m.coefficients for m in members])
+            self.register_buffer(f"pair{size}_coefficients",
+                                 constant_tensor(coefficients, dtype, cplx), persistent=False)
+
+        # every matrix node, classified by (size, number of factors)
+        self.nodes: list[MatrixNode] = [node for block in plan.blocks for stage in block.stages
+                                        for node in stage.nodes]
+        constants: dict[int, list[np.ndarray]] = defaultdict(list)
+        chains: dict[tuple[int, int], list[int]] = defaultdict(list)  # (size, length) -> nodes
+        factor_rows: list[list[int]] = []
+        for index, node in enumerate(self.nodes):
+            rows = []
+            for factor in node.factors:
+                if factor[0] == "rotation":
+                    rows.append(factor[2])
+                else:
+                    size = factor[1].shape[0]
+                    rows.append(-1 - len(constants[size]))  # resolved below
+                    constants[size].append(factor[1])
+            factor_rows.append(rows)
+            chains[(node.size, len(rows))].append(index)
+        self._constant_sizes = sorted(constants)
+        for size in self._constant_sizes:
+            self.register_buffer(f"constant{size}",
+                                 constant_tensor(np.stack(constants[size]), dtype, cplx),
+                                 persistent=False)
+        # node tables: for each size, the chain classes in order; node -> (size, row)
+        self._chains: list[tuple[int, int, str | None]] = []
+        self.node_row: list[tuple[int, int]] = [(0, 0)] * len(self.nodes)
+        table_length: dict[int, int] = defaultdict(int)
+        for (size, length), members in sorted(chains.items()):
+            offset = rotation_count.get(size, 0)
+            rows = np.array([[r if r >= 0 else offset - 1 - r for r in factor_rows[i]]
+                             for i in members], dtype=np.int64)
+            identity = length == 1 and np.array_equal(
+                rows[:, 0], np.arange(offset + len(constants.get(size, ())))
+            )
+            name = None
+            if not identity:
+                name = f"chain{size}_{length}"
+                self.register_buffer(name, torch.as_tensor(rows), persistent=False)
+            self._chains.append((size, length, name))
+            for j, i in enumerate(members):
+                self.node_row[i] = (size, table_length[size] + j)
+            table_length[size] += len(members)
+        self._table_length = dict(table_length)
+
+        # blocks, classified by signature; block -> (class, position in class)
+        node_index = {id(node): i for i, node in enumerate(self.nodes)}
+        classes: dict[tuple, list[int]] = defaultdict(list)
+        blocks = plan.blocks
+        for b, block in enumerate(blocks):
+            classes[block.signature].append(b)
+        # Every stage matrix is gathered entry by entry from one flat table that
+        # holds all node matrices and the constants ±1: entry (I, J) of a
+        # Kronecker product is the product of one entry of each factor (and of
+        # the absorbed diagonal's sign for column J). All stages of all classes
+        # share one index, their factor lists padded with the constant 1.
+        self._table_sizes = sorted(table_length)
+        offsets, position = {}, 0
+        for size in self._table_sizes:
+            offsets[size] = position
+            position += table_length[size] * size * size
+        sign_offset = position  # the table ends with [1, -1]
+        self._flat_length = position + 2
+        stage_rows: list[np.ndarray] = []
+        entry = 0
+        self._classes: list[list[tuple[int, int, int]]] = []  # per stage: (entry, count, D)
+        self.block_slot: list[tuple[int, int]] = [(0, 0)] * len(blocks)
+        for c, (signature, members) in enumerate(classes.items()):
+            stages = [blocks[b].stages for b in members]
+            recipe = []
+            for s, sizes in enumerate(signature):
+                index = _stage_index([chain[s] for chain in stages], sizes, offsets, sign_offset,
+                                     lambda node: self.node_row[node_index[id(node)]][1])
+                size = math.prod(sizes)
+                # (count, factors, D·D) -> one row of factor positions per entry
+                stage_rows.append(index.transpose(0, 2, 1).reshape(-1, index.shape[1]))
+                recipe.append((entry, len(members), size))
+                entry += len(members) * size * size
+            self._classes.append(recipe)
+            for j, b in enumerate(members):
+                self.block_slot[b] = (c, j)
+        self._entries = entry
+        if stage_rows:
+            width = max(rows.shape[1] for rows in stage_rows)
+            padded = np.full((entry, width), sign_offset, dtype=np.int64)
+            start = 0
+            for rows in stage_rows:
+                padded[start: start + rows.shape[0], : rows.shape[1]] = rows
+                start += rows.shape[0]
+            self.register_buffer("stage_index", torch.as_tensor(padded.reshape(-1)),
+                                 persistent=False)
+            self._factors = width
+
+    # -- forward: plain tensor operations (autograd can differentiate them) ---
+    def angles(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, P) parameter values -> (B, S) gate angles."""
+        if self.offset.shape[0] == 0:
+            return values.new_zeros(values.shape[0], 0)
+        return torch.addmm(self.offset, values, self.weights_t)
+
+    def rotation_tables(self, angles: torch.Tensor, saved: dict | None = None
+                        ) -> dict[int, torch.Tensor]:
+        """(B, G, D, D) matrices of every rotation, one tensor per size D."""
+        out = {}
+        for size in self._group_sizes:
+            name = f"rotation{size}"
+            half = angles[:, getattr(self, f"{name}_slots")] * 0.5
+            cos, sin = torch.cos(half), torch.sin(half)
+            if saved is not None:
+                saved[f"trig{size}"] = (cos, sin)
+            projector = getattr(self, f"{name}_projector")
+            step = getattr(self, f"{name}_step")
+            matrix = cos[..., None, None] * projector + sin[..., None, None] * step
+            if self._has_fixed[size]:
+                matrix = matrix + getattr(self, f"{name}_fixed")
+            out[size] = matrix
+        return out
+
+    def node_tables(self, values: torch.Tensor, saved: dict | None = None,
+                    angles: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+        """(B, n_D, D, D) matrices of every node of size D (rows: :attr:`node_row`)."""
+        batch = values.shape[0]
+        angles = self.angles(values) if angles is None else angles
+        rotations = self.rotation_tables(angles, saved)
+        factors: dict[int, torch.Tensor] = {}
+        for size in set(rotations) | set(self._constant_sizes):
+            parts = []
+            if size in rotations:
+                parts.append(rotations[size])
+            if size in self._constant_sizes:
+                constant = getattr(self, f"constant{size}")
+                parts.append(constant.expand(batch, *constant.shape))
+            if len(parts) == 2:
+                parts = list(_common(*parts))
+            factors[size] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if saved is not None:
+            saved["factors"] = factors
+        pieces: dict[int, list[torch.Tensor]] = defaultdict(list)
+        for size, length, name in self._chains:
+            table = factors[size]
+            if name is None:
+                pieces[size].append(table)
+                continue
+            rows = getattr(self, name)
+            matrix = table[:, rows[:, 0]]
+            chain = [matrix]
+            for k in range(1, length):
+                nxt, matrix = _common(table[:, rows[:, k]], matrix)
+                matrix = nxt @ matrix
+                chain.append(matrix)
+            if saved is not None:
+                saved[name] = chain
+            pieces[size].append(matrix)
+        return {size: parts[0] if len(parts) == 1 else torch.cat(list(_promote(parts)), dim=1)
+                for size, parts in pieces.items()}
+
+    def flat_table(self, nodes: dict[int, torch.Tensor]) -> torch.Tensor:
+        """(B, F): every node matrix flattened, sizes in order, then ``[1, -1]``."""
+        batch = next(iter(nodes.values())).shape[0] if nodes else 1
+        parts = [nodes[size].reshape(batch, -1) for size in self._table_sizes]
+        parts.append(self.signs.expand(batch, 2))
+        return torch.cat(_promote(parts), dim=1)
+
+    def pair_groups(self, angles: torch.Tensor, saved: dict | None = None) -> list[torch.Tensor]:
+        """(B, n, 2, D) coefficients (A, B) of the pair nodes of each size D."""
+        out = []
+        for size in self._pair_sizes:
+            half = angles[:, getattr(self, f"pair{size}_slot")] * 0.5  # (B, n, D)
+            cos, sin = torch.cos(half), torch.sin(half)
+            if saved is not None:
+                saved[f"pair_trig{size}"] = (cos, sin)
+            parts = getattr(self, f"pair{size}_coefficients")  # (n, 2, 3, D)
+            table = (parts[:, :, 0] + cos[:, :, None] * parts[:, :, 1]
+                     + sin[:, :, None] * parts[:, :, 2])
+            out.append(table.to(self.work_dtype))
+        return out
+
+    def pair_tables(self, angles: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 2, D) coefficients (A, B) of every pair node, in ``plan.pairs`` order."""
+        groups = [table.unbind(1) for table in self.pair_groups(angles)]
+        return [groups[self._pair_sizes.index(size)][row] for size, row in self.pair_row]
+
+    def tables(self, values: torch.Tensor, saved: dict | None = None
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(B, P) values -> the (B, n_c, D, D) matrices of the blocks of each
+        class (rows: :attr:`block_slot`) and the (B, n, 2, D) coefficients of
+        the pair nodes of each size. ``saved`` (a dict) receives what
+        :meth:`backward_tables` needs."""
+        batch = values.shape[0]
+        angles = self.angles(values)
+        classes = []
+        if self._classes:
+            flat = self.flat_table(self.node_tables(values, saved, angles))
+            entries = flat.index_select(1, self.stage_index).view(batch, self._entries, -1)
+            products = entries.prod(2)
+            kept = []
+            for recipe in self._classes:
+                matrix = None
+                for entry, count, size in recipe:
+                    stage = products[:, entry: entry + count * size * size]
+                    stage = stage.view(batch, count, size, size)
+                    if matrix is not None:
+                        kept.append((stage, matrix))
+                        matrix = stage @ matrix
+                    else:
+                        matrix = stage
+                classes.append(matrix.to(self.work_dtype))
+            if saved is not None:
+                saved["entries"] = entries
+                saved["stages"] = kept
+        pairs = self.pair_groups(angles, saved) if self._pair_sizes else []
+        return classes, pairs
+
+    def forward(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """(B, P) values -> the (B, D, D) matrix of every block, in ``plan.blocks``
+        order, then the (B, 2, D) coefficients of every pair node.
+
+        With gradients wanted, one :class:`BuildFunction` node computes them;
+        under ``torch.compile`` the plain operations are traced instead.
+        """
+        if torch.is_grad_enabled() and values.requires_grad \
+                and not torch.compiler.is_compiling():
+            out = BuildFunction.apply(self, values)
+            classes, pairs = out[: len(self._classes)], out[len(self._classes):]
+        else:
+            classes, pairs = self.tables(values)
+        blocks: list[torch.Tensor] = []
+        if self.block_slot:
+            unbound = [table.unbind(1) for table in classes]
+            blocks = [unbound[c][j] for c, j in self.block_slot]
+        if not self._pair_sizes:
+            return blocks
+        groups = [table.unbind(1) for table in pairs]
+        return blocks + [groups[self._pair_sizes.index(size)][row] for size, row in self.pair_row]
+
+    # -- backward, written out ------------------------------------------------
+    def backward_tables(self, values: torch.Tensor, saved: dict,
+                        grad_classes: list[torch.Tensor | None],
+                        grad_pairs: list[torch.Tensor | None]) -> torch.Tensor:
+        """The gradient with respect to the (B, P) values, given the gradients
+        of the outputs of :meth:`tables` (None for an unused one) and what
+        :meth:`tables` put in ``saved``."""
+        batch = values.shape[0]
+        grad_angles = values.new_zeros(batch, self.offset.shape[0])
+        if self._classes:
+            entries = saved["entries"]
+            kept = list(saved["stages"])
+            parts = []
+            for recipe, grad in zip(reversed(self._classes), reversed(grad_classes)):
+                _, count, size = recipe[-1]
+                if grad is None:
+                    grad = entries.new_zeros(batch, count, size, size)
+                grad = _like(grad, entries)
+                for _ in recipe[1:]:  # through the products of the stages, last first
+                    stage, before = kept.pop()
+                    parts.append(grad @ before.mH)
+                    grad = stage.mH @ grad
+                parts.append(grad)
+            # parts hold the stage gradients last to first: reverse to entry order
+            grad_products = torch.cat([part.reshape(batch, -1) for part in reversed(parts)], 1)
+            grad_entries = grad_products[..., None] * _others(entries).conj()
+            grad_flat = entries.new_zeros(batch, self._flat_length).index_add_(
+                1, self.stage_index, grad_entries.view(batch, -1))
+            self._nodes_backward(grad_flat, saved, grad_angles)
+        for size, grad in zip(self._pair_sizes, grad_pairs):
+            if grad is None:
+                continue
+            cos, sin = saved[f"pair_trig{size}"]  # (B, n, D)
+            parts = getattr(self, f"pair{size}_coefficients")  # (n, 2, 3, D)
+            along_cos = (grad * parts[:, :, 1].conj()).sum(2).real
+            along_sin = (grad * parts[:, :, 2].conj()).sum(2).real
+            grad_half = along_sin * cos - along_cos * sin
+            grad_angles.index_add_(1, getattr(self, f"pair{size}_slot").view(-1),
+                                   0.5 * grad_half.reshape(batch, -1))
+        if grad_angles.shape[1] == 0:
+            return values.new_zeros(values.shape)
+        return grad_angles @ self.weights_t.T
+
+    def _nodes_backward(self, grad_flat: torch.Tensor, saved: dict,
+                        grad_angles: torch.Tensor) -> None:
+        """From the gradient of the flat table to the angles (in place)."""
+        batch = grad_flat.shape[0]
+        factors: dict[int, torch.Tensor] = saved["factors"]
+        grad_nodes, position = {}, 0
+        for size in self._table_sizes:
+            count = self._table_length[size]
+            grad_nodes[size] = grad_flat[:, position: position + count * size * size].view(
+                batch, count, size, size)
+            position += count * size * size
+        grad_factors: dict[int, torch.Tensor] = {}
+        start: dict[int, int] = defaultdict(int)
+        for size, length, name in self._chains:
+            table = factors[size]
+            if size not in grad_factors:
+                grad_factors[size] = torch.zeros_like(table)
+            grad_table = grad_factors[size]
+            if name is None:
+                count = table.shape[1]
+                grad_table += _like(grad_nodes[size][:, start[size]: start[size] + count], table)
+                start[size] += count
+                continue
+            rows = getattr(self, name)
+            count = rows.shape[0]
+            grad = grad_nodes[size][:, start[size]: start[size] + count]
+            start[size] += count
+            chain = saved[name]
+            for k in range(length - 1, 0, -1):
+                before = chain[k - 1].to(chain[k].dtype)
+                nxt = table[:, rows[:, k]].to(chain[k].dtype)
+                grad = _like(grad, chain[k])
+                grad_table.index_add_(1, rows[:, k], _like(grad @ before.mH, table))
+                grad = nxt.mH @ grad
+            grad_table.index_add_(1, rows[:, 0], _like(grad, table))
+        for size in self._group_sizes:
+            if size not in grad_factors:
+                continue
+            name = f"rotation{size}"
+            cos, sin = saved[f"trig{size}"]
+            grad = grad_factors[size][:, : self._rotation_count[size]]
+            along_cos = (grad * getattr(self, f"{name}_projector").conj()).sum((-2, -1)).real
+            along_sin = (grad * getattr(self, f"{name}_step").conj()).sum((-2, -1)).real
+            grad_angles.index_add_(1, getattr(self, f"{name}_slots"),
+                                   0.5 * (along_sin * cos - along_cos * sin))
+
+
+def _others(entries: torch.Tensor) -> torch.Tensor:
+    """Along the last axis, the product of every entry but the one at each
+    position (exact with zeros: two cumulative products, no division)."""
+    ones = entries.new_ones(*entries.shape[:-1], 1)
+    before = torch.cat([ones, entries[..., :-1].cumprod(-1)], -1)
+    after = torch.cat([entries.flip(-1)[..., :-1].cumprod(-1).flip(-1), ones], -1)
+    return before * after
+
+
+def _pack(tree: Any, tensors: list[torch.Tensor]) -> Any:
+    """``tree`` with every tensor replaced by its position in ``tensors``."""
+    if isinstance(tree, torch.Tensor):
+        tensors.append(tree)
+        return ("tensor", len(tensors) - 1)
+    if isinstance(tree, dict):
+        return ("dict", {key: _pack(value, tensors) for key, value in tree.items()})
+    if isinstance(tree, (list, tuple)):
+        return ("list", [_pack(value, tensors) for value in tree])
+    return ("value", tree)
+
+
+def _unpack(spec: Any, tensors: tuple[torch.Tensor, ...]) -> Any:
+    kind, content = spec
+    if kind == "tensor":
+        return tensors[content]
+    if kind == "dict":
+        return {key: _unpack(value, tensors) for key, value in content.items()}
+    if kind == "list":
+        return [_unpack(value, tensors) for value in content]
+    return content
+
+
+class BuildFunction(torch.autograd.Function):
+    """:meth:`MatrixBuilder.tables` as one autograd node whose backward is
+    :meth:`MatrixBuilder.backward_tables`. Inputs: the builder and the (B, P)
+    values; outputs: the class tables, then the pair tables."""
+
+    @staticmethod
+    def forward(ctx: Any, builder: MatrixBuilder, values: torch.Tensor) -> tuple:
+        saved: dict = {}
+        classes, pairs = builder.tables(values, saved)
+        tensors: list[torch.Tensor] = []
+        ctx.spec = _pack(saved, tensors)
+        ctx.builder = builder
+        ctx.classes = len(classes)
+        ctx.save_for_backward(values, *tensors)
+        return (*classes, *pairs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple:
+        values, *tensors = ctx.saved_tensors
+        saved = _unpack(ctx.spec, tuple(tensors))
+        grad = ctx.builder.backward_tables(values, saved, list(grads[: ctx.classes]),
+                                           list(grads[ctx.classes:]))
+        return None, grad
+
+
+def _stage_index(stages: list, sizes: tuple[int, ...], offsets: dict[int, int],
+                 sign_offset: int, row_of) -> np.ndarray:
+    """``index[b, f, I·D + J]``: where factor f of entry (I, J) of stage ``b``'s
+    matrix sits in the flat table (the last factor is the sign of column J
+    when any stage of the class has an absorbed diagonal)."""
+    size = math.prod(sizes)
+    rows = np.indices((size, size)).reshape(2, -1)
+    digits = [np.array(np.unravel_index(axis, sizes)).reshape(len(sizes), -1) for axis in rows]
+    with_signs = any(stage.diagonal is not None for stage in stages)
+    index = np.empty((len(stages), len(sizes) + with_signs, size * size), dtype=np.int64)
+    for b, stage in enumerate(stages):
+        for f, (node, d) in enumerate(zip(stage.nodes, sizes)):
+            index[b, f] = offsets[d] + row_of(node) * d * d + digits[0][f] * d + digits[1][f]
+        if with_signs:
+            signs = np.ones(size) if stage.diagonal is None else stage.diagonal
+            index[b, -1] = sign_offset + (signs[rows[1]] < 0)
+    return index
