@@ -205,7 +205,6 @@ class MatrixBuilder(nn.Module):
                 start += rows.shape[0]
             self.register_buffer("stage_index", torch.as_tensor(padded.reshape(-1)),
                                  persistent=False)
-            self._factors = width
 
     # -- forward: plain tensor operations (autograd can differentiate them) ---
     def angles(self, values: torch.Tensor) -> torch.Tensor:
