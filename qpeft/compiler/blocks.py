@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from qpeft.circuit.gates import COMPLEX_OF
 from qpeft.compiler.plan import MatrixNode, Plan, constant_tensor
+from qpeft.errors import CompileError
 
 
 def _common(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,7 +354,12 @@ class MatrixBuilder(nn.Module):
                         grad_pairs: list[torch.Tensor | None]) -> torch.Tensor:
         """The gradient with respect to the (B, P) values, given the gradients
         of the outputs of :meth:`tables` (None for an unused one) and what
-        :meth:`tables` put in ``saved``."""
+        :meth:`tables` put in ``saved``.
+
+        Every operation is out of place and no slice spans a whole axis, so
+        the backward also runs under vmap (batched gradients, e.g.
+        ``torch.autograd.functional.jacobian(..., vectorize=True)``).
+        """
         batch = values.shape[0]
         grad_angles = values.new_zeros(batch, self.offset.shape[0])
         if self._classes:
@@ -374,9 +379,9 @@ class MatrixBuilder(nn.Module):
             # parts hold the stage gradients last to first: reverse to entry order
             grad_products = torch.cat([part.reshape(batch, -1) for part in reversed(parts)], 1)
             grad_entries = grad_products[..., None] * _others(entries).conj()
-            grad_flat = entries.new_zeros(batch, self._flat_length).index_add_(
-                1, self.stage_index, grad_entries.view(batch, -1))
-            self._nodes_backward(grad_flat, saved, grad_angles)
+            grad_flat = entries.new_zeros(batch, self._flat_length).index_add(
+                1, self.stage_index, grad_entries.reshape(batch, -1))
+            grad_angles = grad_angles + self._nodes_backward(grad_flat, saved)
         for size, grad in zip(self._pair_sizes, grad_pairs):
             if grad is None:
                 continue
@@ -385,57 +390,64 @@ class MatrixBuilder(nn.Module):
             along_cos = (grad * parts[:, :, 1].conj()).sum(2).real
             along_sin = (grad * parts[:, :, 2].conj()).sum(2).real
             grad_half = along_sin * cos - along_cos * sin
-            grad_angles.index_add_(1, getattr(self, f"pair{size}_slot").view(-1),
-                                   0.5 * grad_half.reshape(batch, -1))
+            grad_angles = grad_angles.index_add(1, getattr(self, f"pair{size}_slot").view(-1),
+                                                0.5 * grad_half.reshape(batch, -1))
         if grad_angles.shape[1] == 0:
             return values.new_zeros(values.shape)
         return grad_angles @ self.weights_t.T
 
-    def _nodes_backward(self, grad_flat: torch.Tensor, saved: dict,
-                        grad_angles: torch.Tensor) -> None:
-        """From the gradient of the flat table to the angles (in place)."""
+    def _nodes_backward(self, grad_flat: torch.Tensor, saved: dict) -> torch.Tensor:
+        """From the gradient of the flat table to the (B, S) angles."""
         batch = grad_flat.shape[0]
         factors: dict[int, torch.Tensor] = saved["factors"]
-        grad_nodes, position = {}, 0
-        for size in self._table_sizes:
-            count = self._table_length[size]
-            grad_nodes[size] = grad_flat[:, position: position + count * size * size].view(
-                batch, count, size, size)
-            position += count * size * size
+        # the flat table holds the node tables of each size, then [1, -1]: never a whole axis
+        lengths = [self._table_length[size] * size * size for size in self._table_sizes]
+        pieces = grad_flat.split([*lengths, 2], dim=1)
+        chain_counts: dict[int, list[int]] = defaultdict(list)
+        for size, _, name in self._chains:
+            count = factors[size].shape[1] if name is None else getattr(self, name).shape[0]
+            chain_counts[size].append(count)
+        grad_chains: dict[int, list[torch.Tensor]] = {}
+        for size, piece in zip(self._table_sizes, pieces):
+            grad_nodes = piece.reshape(batch, self._table_length[size], size, size)
+            counts = chain_counts[size]
+            grad_chains[size] = [grad_nodes] if len(counts) == 1 else list(
+                grad_nodes.split(counts, dim=1))
         grad_factors: dict[int, torch.Tensor] = {}
-        start: dict[int, int] = defaultdict(int)
         for size, length, name in self._chains:
             table = factors[size]
-            if size not in grad_factors:
-                grad_factors[size] = torch.zeros_like(table)
-            grad_table = grad_factors[size]
+            grad = grad_chains[size].pop(0)
             if name is None:
-                count = table.shape[1]
-                grad_table += _like(grad_nodes[size][:, start[size]: start[size] + count], table)
-                start[size] += count
-                continue
-            rows = getattr(self, name)
-            count = rows.shape[0]
-            grad = grad_nodes[size][:, start[size]: start[size] + count]
-            start[size] += count
-            chain = saved[name]
-            for k in range(length - 1, 0, -1):
-                before = chain[k - 1].to(chain[k].dtype)
-                nxt = table[:, rows[:, k]].to(chain[k].dtype)
-                grad = _like(grad, chain[k])
-                grad_table.index_add_(1, rows[:, k], _like(grad @ before.mH, table))
-                grad = nxt.mH @ grad
-            grad_table.index_add_(1, rows[:, 0], _like(grad, table))
+                contribution = _like(grad, table)
+            else:
+                rows = getattr(self, name)
+                chain = saved[name]
+                contribution = torch.zeros_like(table)
+                for k in range(length - 1, 0, -1):
+                    before = chain[k - 1].to(chain[k].dtype)
+                    nxt = table[:, rows[:, k]].to(chain[k].dtype)
+                    grad = _like(grad, chain[k])
+                    contribution = contribution.index_add(1, rows[:, k],
+                                                          _like(grad @ before.mH, table))
+                    grad = nxt.mH @ grad
+                contribution = contribution.index_add(1, rows[:, 0], _like(grad, table))
+            grad_factors[size] = (contribution if size not in grad_factors
+                                  else grad_factors[size] + contribution)
+        grad_angles = grad_flat.new_zeros(batch, self.offset.shape[0], dtype=self.offset.dtype)
         for size in self._group_sizes:
             if size not in grad_factors:
                 continue
             name = f"rotation{size}"
             cos, sin = saved[f"trig{size}"]
-            grad = grad_factors[size][:, : self._rotation_count[size]]
+            grad = grad_factors[size]
+            count = self._rotation_count[size]
+            if count < grad.shape[1]:  # the constants follow the rotations
+                grad = grad.narrow(1, 0, count)
             along_cos = (grad * getattr(self, f"{name}_projector").conj()).sum((-2, -1)).real
             along_sin = (grad * getattr(self, f"{name}_step").conj()).sum((-2, -1)).real
-            grad_angles.index_add_(1, getattr(self, f"{name}_slots"),
-                                   0.5 * (along_sin * cos - along_cos * sin))
+            grad_angles = grad_angles.index_add(1, getattr(self, f"{name}_slots"),
+                                                0.5 * (along_sin * cos - along_cos * sin))
+        return grad_angles
 
 
 def _others(entries: torch.Tensor) -> torch.Tensor:
@@ -487,13 +499,27 @@ class BuildFunction(torch.autograd.Function):
         return (*classes, *pairs)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple:
+        refuse_second_derivatives()
         values, *tensors = ctx.saved_tensors
         saved = _unpack(ctx.spec, tuple(tensors))
-        grad = ctx.builder.backward_tables(values, saved, list(grads[: ctx.classes]),
-                                           list(grads[ctx.classes:]))
+        with torch.no_grad():
+            grad = ctx.builder.backward_tables(values, saved, list(grads[: ctx.classes]),
+                                               list(grads[ctx.classes:]))
         return None, grad
+
+
+def refuse_second_derivatives() -> None:
+    """Raise when a written-out backward is asked to build a graph itself
+    (``create_graph=True``): its operations would not be differentiated, and
+    a Hessian would silently miss their part."""
+    if torch.is_grad_enabled():
+        raise CompileError(
+            "the compiled circuit's backward pass is written out and gives first derivatives "
+            "only, but a graph of the gradient was asked for (create_graph=True, e.g. for a "
+            "Hessian); compile with method='tensornet', which autograd differentiates to any "
+            "order"
+        )
 
 
 def _stage_index(stages: list, sizes: tuple[int, ...], offsets: dict[int, int],

@@ -38,9 +38,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from qpeft.compiler.blocks import MatrixBuilder
+from qpeft.compiler.blocks import MatrixBuilder, refuse_second_derivatives
 from qpeft.compiler.plan import (
     ApplyBlock,
     ApplyGather,
@@ -300,8 +299,13 @@ class ScheduleFunction(torch.autograd.Function):
         return state
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        refuse_second_derivatives()
+        with torch.no_grad():
+            return ScheduleFunction._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx: Any, grad: torch.Tensor) -> tuple:
         engine: ColumnsEngine = ctx.engine
         saved = ctx.saved_tensors
         matrices, rest = saved[: ctx.count], list(saved[ctx.count:])
