@@ -16,8 +16,9 @@ of the other factors (two cumulative products), scattered back to the node
 matrices by one ``index_add``, taken through the rotation expressions to
 the angles, and through the angle matmul to the values. Letting autograd
 record the forward instead costs one graph node per product, view and
-gather (about 70 for ``pauli(10, 2)``), which dominated the time of a
-small frame.
+gather (about 70 for ``pauli(10, 2)``): 0.42 ms against 0.24 ms written
+out. The backward is out of place, so it also runs under vmap; it gives
+first derivatives only and refuses ``create_graph=True``.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ class MatrixBuilder(nn.Module):
     builder returns the ``(B, D, D)`` matrix of every block in
     ``plan.blocks`` order, then the ``(B, 2, D)`` coefficients of every pair
     node; :meth:`tables` returns them grouped (one tensor per class of
-    equally shaped blocks and per pair size). Both are differentiable with
-    respect to the values.
+    equally shaped blocks and per pair size). Calling the builder gives first
+    derivatives through :class:`BuildFunction`; :meth:`tables` is plain
+    tensor operations, differentiable by autograd to any order.
 
     >>> import torch
     >>> from qpeft.ansatz import pauli
