@@ -481,6 +481,14 @@ def test_second_derivatives_are_refused_not_wrong(method: str) -> None:
     assert torch.autograd.gradgradcheck(lambda v: network(v), (values,))
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_an_empty_batch_gives_an_empty_frame(method: str) -> None:
+    circuit = Circuit([3, 2]).givens(0, (0, 2), "a").rx(1, "b")  # RX: the frame is complex
+    frame = compile_circuit(circuit, 2, method=method, dtype=torch.float64)
+    out = frame(torch.zeros(0, 3, circuit.num_parameters, dtype=torch.float64))
+    assert out.shape == (0, 3, 6, 2) and out.dtype == torch.complex128
+
+
 def test_the_public_verb_compiles() -> None:
     circuit = pauli(4, 1)
     U = qpeft.compile(circuit, columns=3)(torch.zeros(circuit.num_parameters))

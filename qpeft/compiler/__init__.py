@@ -119,6 +119,9 @@ class CompiledCircuit(nn.Module):
                 "parameter values contain NaN or infinity; check the optimiser step (learning "
                 "rate, gradient clipping) or the values loaded from disk"
             )
+        if flat.shape[0] == 0:  # an empty batch: nothing to evaluate
+            return flat.new_zeros(*lead, self.dimension, self.num_columns,
+                                  dtype=self.engine.work_dtype)
         if self.recompute_backward:
             from qpeft.compiler.recompute import recomputed_forward
 
