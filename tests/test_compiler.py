@@ -8,7 +8,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import qpeft
@@ -221,15 +221,18 @@ def check_builder_backward(circuit: Circuit, method: str) -> None:
 @settings(max_examples=40, deadline=None)
 @given(circuit=circuits(), pairs=st.booleans())
 def test_written_out_builder_backward_equals_autograd(circuit: Circuit, pairs: bool) -> None:
+    note(f"gates: {list(circuit.gates)}")
     check_builder_backward(circuit, "pairs-dense" if pairs else "columns")
 
 
 @pytest.mark.parametrize("method", ["columns", "pairs-dense"])
-@pytest.mark.parametrize("name", ["pauli", "complex", "complex-kron", "chains"])
+@pytest.mark.parametrize("name", ["pauli", "complex", "complex-kron", "chains", "subnormal"])
 def test_written_out_builder_backward_on_every_kind_of_block(name: str, method: str) -> None:
     """Blocks of several stages (pauli: the first layer and the entangled
     pairs), complex Kronecker factors and pair nodes, nodes that are runs of
-    several gates with constants between them."""
+    several gates with constants between them, and a subnormal matrix entry
+    (sin of half a subnormal angle: autograd through prod() divided by it and
+    gave NaN; the products are a chain of multiplications)."""
     circuit = {
         "pauli": pauli(4, 2),
         "complex": Circuit([2, 3, 2]).ry(0, "a").givens(1, (0, 2), "b").cz(0, 2)
@@ -237,6 +240,8 @@ def test_written_out_builder_backward_on_every_kind_of_block(name: str, method: 
         .ry(0, "c").append(pauli_rotation("XX", [0, 2], "b")).rz(0, "d"),
         "complex-kron": Circuit([2, 2]).rx(0, "a").rx(1, "b").cz(0, 1).rx(0, "c").rz(1, "d")
         .cz(0, 1).rx(0, "e").rx(1, "a"),
+        "subnormal": Circuit([2, 3]).rx(0, -1.1125369292536007e-308)
+        .append(SignDiagonal((0, 1), (1, -1, 1, -1, -1, 1))).givens(1, (0, 1), "p"),
         "chains": Circuit([2, 2]).ry(0, "a").h(0).rx(0, "b").y(0).ry(0, "a").cz(0, 1)
         .ry(1, "c").x(1).ry(1, "d"),
     }[name]

@@ -294,8 +294,12 @@ class MatrixBuilder(nn.Module):
 
     def pair_tables(self, angles: torch.Tensor) -> list[torch.Tensor]:
         """(B, 2, D) coefficients (A, B) of every pair node, in ``plan.pairs`` order."""
-        groups = [table.unbind(1) for table in self.pair_groups(angles)]
-        return [groups[self._pair_sizes.index(size)][row] for size, row in self.pair_row]
+        return self._per_pair(self.pair_groups(angles))
+
+    def _per_pair(self, groups: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The pair tables of each size split into one (B, 2, D) tensor per pair node."""
+        unbound = {size: table.unbind(1) for size, table in zip(self._pair_sizes, groups)}
+        return [unbound[size][row] for size, row in self.pair_row]
 
     def tables(self, values: torch.Tensor, saved: dict | None = None
                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -309,7 +313,12 @@ class MatrixBuilder(nn.Module):
         if self._classes:
             flat = self.flat_table(self.node_tables(values, saved, angles))
             entries = flat.index_select(1, self.stage_index).view(batch, self._entries, -1)
-            products = entries.prod(2)
+            # a chain of products, not prod(): autograd differentiates prod by dividing
+            # by each factor, which gives NaN for subnormal ones (under torch.compile)
+            factors = entries.unbind(2)
+            products = factors[0]
+            for factor in factors[1:]:
+                products = products * factor
             kept = []
             for recipe in self._classes:
                 matrix = None
@@ -345,10 +354,7 @@ class MatrixBuilder(nn.Module):
         if self.block_slot:
             unbound = [table.unbind(1) for table in classes]
             blocks = [unbound[c][j] for c, j in self.block_slot]
-        if not self._pair_sizes:
-            return blocks
-        groups = [table.unbind(1) for table in pairs]
-        return blocks + [groups[self._pair_sizes.index(size)][row] for size, row in self.pair_row]
+        return blocks + self._per_pair(pairs)
 
     # -- backward, written out ------------------------------------------------
     def backward_tables(self, values: torch.Tensor, saved: dict,
