@@ -386,7 +386,7 @@ def _fast_functions(circuit: Circuit, config: BenchmarkConfig) -> dict[str, Call
     if config.torch_compile:
         # one cache per size: dynamo compiles a code object (e.g. the forward shared by every
         # compiled circuit) for a limited number of modules, then silently runs it eagerly
-        torch._dynamo.reset()
+        torch.compiler.reset()
     functions = {}
     for name, (module, arguments) in modules.items():
         if config.torch_compile and name not in NOT_COMPILED:
