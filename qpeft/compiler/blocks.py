@@ -166,7 +166,7 @@ class MatrixBuilder(nn.Module):
         classes: dict[tuple, list[int]] = defaultdict(list)
         blocks = plan.blocks
         for b, block in enumerate(blocks):
-            classes[block.signature].append(b)
+            classes[block.signature(plan.dims)].append(b)
         # Every stage matrix is gathered entry by entry from one flat table that
         # holds all node matrices and the constants ±1: entry (I, J) of a
         # Kronecker product is the product of one entry of each factor (and of
@@ -186,10 +186,10 @@ class MatrixBuilder(nn.Module):
         for c, (signature, members) in enumerate(classes.items()):
             stages = [blocks[b].stages for b in members]
             recipe = []
-            for s, sizes in enumerate(signature):
-                index = _stage_index([chain[s] for chain in stages], sizes, offsets, sign_offset,
+            for s, layout in enumerate(signature):
+                index = _stage_index([chain[s] for chain in stages], layout, offsets, sign_offset,
                                      lambda node: self.node_row[node_index[id(node)]][1])
-                size = math.prod(sizes)
+                size = math.prod(layout[0])
                 # (count, factors, D·D) -> one row of factor positions per entry
                 stage_rows.append(index.transpose(0, 2, 1).reshape(-1, index.shape[1]))
                 recipe.append((entry, len(members), size))
@@ -530,19 +530,33 @@ def refuse_second_derivatives() -> None:
         )
 
 
-def _stage_index(stages: list, sizes: tuple[int, ...], offsets: dict[int, int],
+def _stage_index(stages: list, layout: tuple, offsets: dict[int, int],
                  sign_offset: int, row_of) -> np.ndarray:
     """``index[b, f, I·D + J]``: where factor f of entry (I, J) of stage ``b``'s
     matrix sits in the flat table (the last factor is the sign of column J
-    when any stage of the class has an absorbed diagonal)."""
-    size = math.prod(sizes)
+    when any stage of the class has an absorbed diagonal).
+
+    ``layout``: the dimensions of the stages' wires and the positions of
+    each node's wires among them (:meth:`~qpeft.compiler.plan.Block.layout`).
+    Node f's factor of entry (I, J) is its entry at the digits of I and J on
+    its wires; a node that shares a wire with another is block diagonal on
+    it, so that entry is 0 where I and J differ there, as it must be.
+    """
+    dims, positions = layout
+    size = math.prod(dims)
     rows = np.indices((size, size)).reshape(2, -1)
-    digits = [np.array(np.unravel_index(axis, sizes)).reshape(len(sizes), -1) for axis in rows]
+    digits = [np.array(np.unravel_index(axis, dims)).reshape(len(dims), -1) for axis in rows]
     with_signs = any(stage.diagonal is not None for stage in stages)
-    index = np.empty((len(stages), len(sizes) + with_signs, size * size), dtype=np.int64)
+    index = np.empty((len(stages), len(positions) + with_signs, size * size), dtype=np.int64)
+    local = []  # per node: its size d and its (row, column) index for every entry
+    for places in positions:
+        node_dims = [dims[p] for p in places]
+        d = math.prod(node_dims)
+        local.append((d, *(np.ravel_multi_index([axis[p] for p in places], node_dims)
+                           for axis in digits)))
     for b, stage in enumerate(stages):
-        for f, (node, d) in enumerate(zip(stage.nodes, sizes)):
-            index[b, f] = offsets[d] + row_of(node) * d * d + digits[0][f] * d + digits[1][f]
+        for f, (node, (d, row, column)) in enumerate(zip(stage.nodes, local)):
+            index[b, f] = offsets[d] + row_of(node) * d * d + row * d + column
         if with_signs:
             signs = np.ones(size) if stage.diagonal is None else stage.diagonal
             index[b, -1] = sign_offset + (signs[rows[1]] < 0)
