@@ -166,7 +166,8 @@ def test_for_dimension_is_orthogonal_at_transformer_widths(dimension, method):
     structural and sampled. Structural: the compiled unitary is a product of
     the steps of its schedule (checked against the reference at small widths
     above); reorders and gathers are permutations, sign steps ±1, and every
-    block matrix and every 2×2 block of a pair step is checked orthogonal
+    block matrix (each level's matrix of a block with a control wire) and
+    every 2×2 block of a pair step is checked orthogonal
     here, so the product is orthogonal. Sampled: the first 16 columns and 48
     random ones are orthonormal."""
     c = for_dimension(dimension, layers=2, method=method)
@@ -177,9 +178,9 @@ def test_for_dimension_is_orthogonal_at_transformer_widths(dimension, method):
     engine = frame.engine
     factors = engine.builder(values[None])
     blocks = len(engine.plan.blocks)
-    for matrix in factors[:blocks]:
-        eye = torch.eye(matrix.shape[-1], dtype=torch.float64)
-        torch.testing.assert_close(matrix[0].T @ matrix[0], eye, rtol=0, atol=1e-12)
+    for matrix in factors[:blocks]:  # (D, D), or one (d, d) per level of a control wire
+        eye = torch.eye(matrix.shape[-1], dtype=torch.float64).expand_as(matrix[0])
+        torch.testing.assert_close(matrix[0].mT @ matrix[0], eye, rtol=0, atol=1e-12)
     for pair, coefficients in zip(engine.plan.pairs, factors[blocks:]):
         torch.testing.assert_close(pair.dense(coefficients[0]).T @ pair.dense(coefficients[0]),
                                    torch.eye(pair.size, dtype=torch.float64), rtol=0, atol=1e-12)

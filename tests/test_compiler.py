@@ -339,10 +339,13 @@ def test_rotations_sharing_a_control_equal_the_reference(data) -> None:
         check_builder_backward(circuit, "columns")
 
 
-def test_rotations_sharing_a_control_become_one_block() -> None:
-    """Three RY controlled by levels of a qutrit, with ZZ-type sign flips
-    between them that commute with the run: one block on the four wires,
-    equal to the reference, with exact gradients."""
+@pytest.mark.parametrize("columns", [[0, 5, 23], list(range(0, 24, 2))])
+def test_rotations_sharing_a_control_become_one_block(columns: list[int]) -> None:
+    """Three RY controlled by levels of a qutrit, with a sign flip between
+    them that commutes with the run: one block on the four wires, one 8×8
+    matrix per level of the qutrit, equal to the reference, with exact
+    gradients. With 3 columns the product moves the state (fewer numbers
+    after the block's axes than its size), with 12 it reads it in place."""
     circuit = (Circuit([3, 2, 2, 2]).givens(0, (0, 2), "g")
                .append(controlled(RY(1, "a"), 0, [[0, 1]]))
                .append(SignDiagonal((0, 2, 3), tuple([1, 1, 1, -1] * 3)))
@@ -352,16 +355,18 @@ def test_rotations_sharing_a_control_become_one_block() -> None:
     plan = make_plan(circuit)
     assert [block.wires for block in plan.blocks] == [(0,), (0, 1, 2, 3), (2, 1)]
     shared = plan.blocks[1]
-    assert len(shared.nodes) == 3 and shared.layout(plan.dims) == ((3, 2, 2, 2),
-                                                                 ((0, 1), (0, 2), (0, 3)))
+    assert shared.control == 0 and len(shared.nodes) == 3
+    assert shared.layout(plan.dims) == ((3, 2, 2, 2), ((0, 1), (0, 2), (0, 3)))
+    steps = make_schedule(plan, columns).steps
+    assert [type(step).__name__ for step in steps].count("ApplyControlled") == 1
     values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    expected = torch.stack([torch.as_tensor(circuit.matrix(v))[:, columns]
+                            for v in values.detach()])
     for method in COMPILED_METHODS:
-        frame = compiled(circuit, [0, 5, 23], method)
-        expected = torch.stack([torch.as_tensor(circuit.matrix(v))[:, [0, 5, 23]]
-                                for v in values.detach()])
+        frame = compiled(circuit, columns, method)
         assert torch.allclose(frame(values), expected, atol=1e-12, rtol=0), method
-    frame = compiled(circuit, [0, 5, 23], "columns")
-    assert torch.autograd.gradcheck(frame, (values,))
+    for method in ("columns", "recompute"):
+        assert torch.autograd.gradcheck(compiled(circuit, columns, method), (values,)), method
 
 
 def test_which_wires_a_node_is_block_diagonal_on() -> None:

@@ -181,19 +181,24 @@ class MatrixBuilder(nn.Module):
         self._flat_length = position + 2
         stage_rows: list[np.ndarray] = []
         entry = 0
-        self._classes: list[list[tuple[int, int, int]]] = []  # per stage: (entry, count, D)
+        # per class, per stage: (first entry, count, matrix shape: (D, D), or (L, d, d) for a
+        # block with a control wire of L levels)
+        self._classes: list[list[tuple[int, int, tuple[int, ...]]]] = []
         self.block_slot: list[tuple[int, int]] = [(0, 0)] * len(blocks)
         for c, (signature, members) in enumerate(classes.items()):
             stages = [blocks[b].stages for b in members]
             recipe = []
-            for s, layout in enumerate(signature):
-                index = _stage_index([chain[s] for chain in stages], layout, offsets, sign_offset,
+            controlled, layouts = signature
+            for s, layout in enumerate(layouts):
+                index = _stage_index([chain[s] for chain in stages], layout, controlled, offsets,
+                                     sign_offset,
                                      lambda node: self.node_row[node_index[id(node)]][1])
-                size = math.prod(layout[0])
+                levels, size = layout[0][0], math.prod(layout[0])
+                shape = (levels, size // levels, size // levels) if controlled else (size, size)
                 # (count, factors, D·D) -> one row of factor positions per entry
                 stage_rows.append(index.transpose(0, 2, 1).reshape(-1, index.shape[1]))
-                recipe.append((entry, len(members), size))
-                entry += len(members) * size * size
+                recipe.append((entry, len(members), shape))
+                entry += len(members) * math.prod(shape)
             self._classes.append(recipe)
             for j, b in enumerate(members):
                 self.block_slot[b] = (c, j)
@@ -322,9 +327,9 @@ class MatrixBuilder(nn.Module):
             kept = []
             for recipe in self._classes:
                 matrix = None
-                for entry, count, size in recipe:
-                    stage = products[:, entry: entry + count * size * size]
-                    stage = stage.view(batch, count, size, size)
+                for entry, count, shape in recipe:
+                    stage = products[:, entry: entry + count * math.prod(shape)]
+                    stage = stage.view(batch, count, *shape)
                     if matrix is not None:
                         kept.append((stage, matrix))
                         matrix = stage @ matrix
@@ -375,9 +380,9 @@ class MatrixBuilder(nn.Module):
             kept = list(saved["stages"])
             parts = []
             for recipe, grad in zip(reversed(self._classes), reversed(grad_classes)):
-                _, count, size = recipe[-1]
+                _, count, shape = recipe[-1]
                 if grad is None:
-                    grad = entries.new_zeros(batch, count, size, size)
+                    grad = entries.new_zeros(batch, count, *shape)
                 grad = _like(grad, entries)
                 for _ in recipe[1:]:  # through the products of the stages, last first
                     stage, before = kept.pop()
@@ -530,7 +535,7 @@ def refuse_second_derivatives() -> None:
         )
 
 
-def _stage_index(stages: list, layout: tuple, offsets: dict[int, int],
+def _stage_index(stages: list, layout: tuple, controlled: bool, offsets: dict[int, int],
                  sign_offset: int, row_of) -> np.ndarray:
     """``index[b, f, I·D + J]``: where factor f of entry (I, J) of stage ``b``'s
     matrix sits in the flat table (the last factor is the sign of column J
@@ -538,16 +543,23 @@ def _stage_index(stages: list, layout: tuple, offsets: dict[int, int],
 
     ``layout``: the dimensions of the stages' wires and the positions of
     each node's wires among them (:meth:`~qpeft.compiler.plan.Block.layout`).
+    ``controlled``: the stages are block diagonal on their first wire, and
+    only the entries of its diagonal blocks are listed, level by level.
     Node f's factor of entry (I, J) is its entry at the digits of I and J on
     its wires; a node that shares a wire with another is block diagonal on
     it, so that entry is 0 where I and J differ there, as it must be.
     """
     dims, positions = layout
     size = math.prod(dims)
-    rows = np.indices((size, size)).reshape(2, -1)
+    if controlled:  # only the diagonal blocks of the first wire: entries (ℓ, i, j)
+        levels, inner = dims[0], size // dims[0]
+        level, i, j = np.indices((levels, inner, inner)).reshape(3, -1)
+        rows = np.stack([level * inner + i, level * inner + j])
+    else:
+        rows = np.indices((size, size)).reshape(2, -1)
     digits = [np.array(np.unravel_index(axis, dims)).reshape(len(dims), -1) for axis in rows]
     with_signs = any(stage.diagonal is not None for stage in stages)
-    index = np.empty((len(stages), len(positions) + with_signs, size * size), dtype=np.int64)
+    index = np.empty((len(stages), len(positions) + with_signs, rows.shape[1]), dtype=np.int64)
     local = []  # per node: its size d and its (row, column) index for every entry
     for places in positions:
         node_dims = [dims[p] for p in places]

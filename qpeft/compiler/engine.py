@@ -42,6 +42,7 @@ from torch import nn
 from qpeft.compiler.blocks import MatrixBuilder, refuse_second_derivatives
 from qpeft.compiler.plan import (
     ApplyBlock,
+    ApplyControlled,
     ApplyGather,
     ApplyPairs,
     ApplySigns,
@@ -49,6 +50,9 @@ from qpeft.compiler.plan import (
     Reorder,
     make_schedule,
 )
+
+#: the kinds of step that multiply a block matrix or pair coefficients into the state
+BLOCK_STEPS = ("lead", "trail", "controlled", "pairs")
 
 
 class ColumnsEngine(nn.Module):
@@ -95,6 +99,9 @@ class ColumnsEngine(nn.Module):
     def _register_step(self, step, name: str) -> tuple:
         if isinstance(step, ApplyBlock):
             return ("lead" if step.leading else "trail", step.block, step.size)
+        if isinstance(step, ApplyControlled):
+            return ("controlled", step.block, step.size, step.before, step.levels, step.middle,
+                    step.after)
         if isinstance(step, ApplyPairs):
             partner = self.plan.pairs[step.pair].partner
             self.register_buffer(f"{name}_partner", torch.as_tensor(partner), persistent=False)
@@ -125,7 +132,7 @@ class ColumnsEngine(nn.Module):
         ``pair_steps``: pair nodes applied; ``reorders``: copies of the state.
         """
         state = self.dimension * self.num_columns
-        blocks = [s for s in self.schedule.steps if isinstance(s, ApplyBlock)]
+        blocks = [s for s in self.schedule.steps if isinstance(s, (ApplyBlock, ApplyControlled))]
         pairs = sum(isinstance(s, ApplyPairs) for s in self.schedule.steps)
         return {
             "multiply_adds": sum(s.size for s in blocks) * state
@@ -177,6 +184,8 @@ class ColumnsEngine(nn.Module):
             _, block, size = step
             return torch.bmm(state.view(batch, -1, size),
                              matrices[block].transpose(1, 2)).view(batch, -1)
+        if kind == "controlled":
+            return self._apply_controlled(step, state, matrices[step[1]])
         if kind == "reorder":
             _, shape, order = step
             return state.reshape(batch, *shape).permute(0, *order).reshape(batch, -1)
@@ -191,6 +200,27 @@ class ColumnsEngine(nn.Module):
         k = self.num_columns
         view = state.view(batch, -1, k).index_select(1, getattr(self, source))
         return (view * getattr(self, sign)[:, None]).view(batch, -1)
+
+    @staticmethod
+    def _controlled_view(step: tuple, state: torch.Tensor) -> torch.Tensor:
+        """The state as ``(B, before, levels, middle, size, after)``."""
+        _, _, size, before, levels, middle, after = step
+        return state.view(state.shape[0], before, levels, middle, size, after)
+
+    def _apply_controlled(self, step: tuple, state: torch.Tensor,
+                          matrix: torch.Tensor) -> torch.Tensor:
+        """One (size × size) matrix per level of the control axis: ``matrix`` is
+        ``(B, levels, size, size)``. With at least ``size`` numbers after the
+        block's axes, one batched product over all other axes reads the state
+        in place; with fewer, those products would be tiny, and the state is
+        moved to ``(B·levels, size, rest)`` for one product per level."""
+        view = self._controlled_view(step, state)
+        if step[6] >= step[2]:
+            batch, levels, size = matrix.shape[0], step[4], step[2]
+            out = matrix.view(batch, 1, levels, 1, size, size) @ view
+        else:
+            out = torch.einsum("blij,balcje->balcie", matrix, view)
+        return out.reshape(state.shape[0], -1)
 
     def _apply_pairs(self, step: tuple, state: torch.Tensor, diagonal: torch.Tensor,
                      paired: torch.Tensor) -> torch.Tensor:
@@ -220,6 +250,8 @@ class ColumnsEngine(nn.Module):
         if kind == "trail":  # x (B, R, D) = y conj(M)
             _, block, size = step
             return torch.bmm(state.view(batch, -1, size), matrices[block].conj()).view(batch, -1)
+        if kind == "controlled":
+            return self._apply_controlled(step, state, matrices[step[1]].mH)
         if kind == "pairs":  # the adjoint pairs the same indices
             coefficients = matrices[step[1]]
             partner = getattr(self, step[5])
@@ -239,6 +271,10 @@ class ColumnsEngine(nn.Module):
             state = state_before.view(batch, before, size, after).conj()
             moved = state.index_select(2, getattr(self, partner))
             return torch.stack([(grad * state).sum((1, 3)), (grad * moved).sum((1, 3))], dim=1)
+        if step[0] == "controlled":  # (B, levels, size, size): summed over the other axes
+            grad = self._controlled_view(step, grad_after)
+            before = self._controlled_view(step, state_before).conj()
+            return torch.einsum("balcie,balcje->blij", grad, before)
         kind, _, size = step
         grad = grad_after.view(batch, -1, size).transpose(1, 2)  # (B, D, R)
         if kind == "lead":
@@ -289,7 +325,7 @@ class ScheduleFunction(torch.autograd.Function):
         kept: list[torch.Tensor] = []
         state = initial
         for step in engine._steps:
-            if keep_states and step[0] in ("lead", "trail", "pairs"):
+            if keep_states and step[0] in BLOCK_STEPS:
                 kept.append(state)
             state = engine.apply_step(step, state, matrices)
         ctx.engine = engine
@@ -315,7 +351,7 @@ class ScheduleFunction(torch.autograd.Function):
         state = None if ctx.keep_states else rest[0]
         for index in range(len(engine._steps) - 1, -1, -1):
             kind = engine._steps[index][0]
-            block_step = kind in ("lead", "trail", "pairs")
+            block_step = kind in BLOCK_STEPS
             if ctx.keep_states:
                 before = rest.pop() if block_step else None
             else:

@@ -240,11 +240,18 @@ class Block:
     diagonal: np.ndarray | None = None
     #: a block on the same wires that acts just before this one, merged into it
     previous: Block | None = None
+    #: a wire on which the block is block diagonal (set for :class:`SharedControls`):
+    #: its matrix is one (D/L)×(D/L) matrix per level of that wire (see ApplyControlled)
+    control: int | None = None
 
     @property
     def wires(self) -> tuple[int, ...]:
-        """The nodes' wires in order of first appearance."""
-        return tuple(dict.fromkeys(w for node in self.nodes for w in node.wires))
+        """The nodes' wires in order of first appearance, or the control and
+        then the other wires in ascending order."""
+        wires = dict.fromkeys(w for node in self.nodes for w in node.wires)
+        if self.control is None:
+            return tuple(wires)
+        return (self.control, *sorted(w for w in wires if w != self.control))
 
     @property
     def stages(self) -> list[Block]:
@@ -260,8 +267,9 @@ class Block:
                 tuple(tuple(wires.index(w) for w in node.wires) for node in self.nodes))
 
     def signature(self, dims: tuple[int, ...]) -> tuple:
-        """The layout of each stage: blocks with equal signatures are built together."""
-        return tuple(stage.layout(dims) for stage in self.stages)
+        """Whether the block has a control wire, and the layout of each stage:
+        blocks with equal signatures are built together."""
+        return self.control is not None, tuple(stage.layout(dims) for stage in self.stages)
 
 
 @dataclass
@@ -272,6 +280,8 @@ class SharedControls:
     (see :class:`Block`) instead of one block, and often one reorder, each."""
 
     nodes: list[MatrixNode]
+    #: the first wire that two members share: all members are block diagonal on it
+    control: int
 
     @property
     def wires(self) -> tuple[int, ...]:
@@ -533,7 +543,11 @@ def _share_controls(nodes: list, dims: tuple[int, ...], groups: dict[int, Rotati
     flat_run: list[set[int]] = []  # the wires each member of the run is block diagonal on
 
     def close() -> None:
-        out.extend(run if len(run) < 2 else [SharedControls(list(run))])
+        if len(run) > 1:
+            control = next(w for w in run[1].wires if w in run[0].wires)
+            out.append(SharedControls(list(run), control))
+        else:
+            out.extend(run)
         run.clear()
         flat_run.clear()
 
@@ -637,7 +651,7 @@ def _moments(nodes: list, dims: tuple[int, ...], max_block: int) -> list[Moment]
             block_of.update((id(node), block) for node in block.nodes)
         for i in members:
             if isinstance(nodes[i], SharedControls):
-                blocks.append(Block(list(nodes[i].nodes)))
+                blocks.append(Block(list(nodes[i].nodes), control=nodes[i].control))
                 block_of[id(nodes[i])] = blocks[-1]
         blocks_at[depth] = blocks
     absorbed: set[int] = set()
@@ -690,7 +704,10 @@ def _merge_repeated_blocks(moments: list[Moment]) -> list[Moment]:
             continue
         earlier = moments[t - 1].blocks
         for block in moments[t].blocks:
-            match = next((b for b in earlier if b.wires == block.wires), None)
+            if block.control is not None:
+                continue
+            match = next((b for b in earlier if b.wires == block.wires and b.control is None),
+                         None)
             if match is not None:
                 block.previous = match
                 earlier.remove(match)
@@ -751,6 +768,21 @@ class ApplyBlock:
     block: int
     size: int
     leading: bool
+
+
+@dataclass(frozen=True)
+class ApplyControlled:
+    """Multiply block ``block``, one ``size × size`` matrix per level of its
+    control wire, into the state, which is read as ``(B, before, levels,
+    middle, size, after)``: the control's axis, then the run of the
+    block's other axes. The layout does not change."""
+
+    block: int
+    size: int
+    before: int
+    levels: int
+    middle: int
+    after: int
 
 
 @dataclass(frozen=True)
@@ -883,6 +915,27 @@ def make_schedule(plan: Plan, columns: int | list[int]) -> Schedule:
         while remaining:
             block, placement = _next_block(remaining, layout)
             remaining.remove(block)
+            if block.control is not None:
+                control, *targets = block.wires
+                start = _find_run(layout, tuple(targets))
+                if start is None or layout.index(control) > start:
+                    # back to the canonical order if that suits, else the block's axes first
+                    canonical = canonical_layout(num_wires)
+                    start = _find_run(canonical, tuple(targets))
+                    if start is None or canonical.index(control) > start:
+                        canonical = (control, *targets) + tuple(
+                            a for a in layout if a != control and a not in targets)
+                        start = 1
+                    reorder(canonical)
+                at = layout.index(control)
+                end = start + len(targets)
+                steps.append(ApplyControlled(
+                    block_id[id(block)], math.prod(sizes[a] for a in targets),
+                    math.prod(sizes[a] for a in layout[:at]), sizes[control],
+                    math.prod(sizes[a] for a in layout[at + 1:start]),
+                    math.prod(sizes[a] for a in layout[end:])))
+                layouts.append(layout)
+                continue
             wires = block.wires
             m = len(wires)
             if placement == "rotate":
@@ -904,7 +957,7 @@ def _product_state(moment: Moment, dims, columns: list[int], block_id) -> list[P
     """The factors of the state after the first moment, or [] if it is not a product."""
     if moment.permutation is not None or moment.pairs or not moment.blocks:
         return []
-    if not all(_is_ascending(block.wires) for block in moment.blocks):
+    if not all(_is_ascending(block.wires) and block.control is None for block in moment.blocks):
         return []
     digits = np.array(np.unravel_index(columns, dims)).reshape(len(dims), -1)
     starts = {block.wires[0]: block for block in moment.blocks}
