@@ -63,7 +63,8 @@ class MatrixBuilder(nn.Module):
 
     The constants live in buffers, so ``.to(device)`` moves them. Calling the
     builder returns the ``(B, D, D)`` matrix of every block in
-    ``plan.blocks`` order, then the ``(B, 2, D)`` coefficients of every pair
+    ``plan.blocks`` order (``(B, L, d, d)``, one matrix per level, for a block
+    with a control wire of L levels), then the ``(B, 2, D)`` coefficients of every pair
     node; :meth:`tables` returns them grouped (one tensor per class of
     equally shaped blocks and per pair size). Calling the builder gives first
     derivatives through :class:`BuildFunction`; :meth:`tables` is plain
@@ -343,8 +344,9 @@ class MatrixBuilder(nn.Module):
         return classes, pairs
 
     def forward(self, values: torch.Tensor) -> list[torch.Tensor]:
-        """(B, P) values -> the (B, D, D) matrix of every block, in ``plan.blocks``
-        order, then the (B, 2, D) coefficients of every pair node.
+        """(B, P) values -> the (B, D, D) matrix of every block (``(B, L, d, d)``
+        for a block with a control wire), in ``plan.blocks`` order, then the
+        (B, 2, D) coefficients of every pair node.
 
         With gradients wanted, one :class:`BuildFunction` node computes them;
         under ``torch.compile`` the plain operations are traced instead.

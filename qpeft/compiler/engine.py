@@ -11,10 +11,11 @@ Two parts:
   tensor: B circuits evaluated together (the leading batch of the parameter
   values), N the register, K the columns. The first moment is built as a
   product state by outer products; then each block costs one batched
-  matrix product, each pair node (:class:`~qpeft.compiler.plan.PairNode`)
-  one gather and two products (its coefficients come from one expression
-  per size D for all pair nodes), and reorders and sign flips are single
-  tensor operations.
+  matrix product (a block with a control wire: one matrix per level of
+  that wire, broadcast over the other axes), each pair node
+  (:class:`~qpeft.compiler.plan.PairNode`) one gather and two products
+  (its coefficients come from one expression per size D for all pair
+  nodes), and reorders and sign flips are single tensor operations.
   The steps run inside one autograd node (:class:`ScheduleFunction`) whose
   backward pass is written out.
 

@@ -16,11 +16,15 @@ and is plain NumPy data; :mod:`qpeft.compiler.engine` turns it into torch.
    matrix when D is large next to N (:data:`PAIR_RATIO`): it is a
    :class:`PairNode`, ``new[i] = A[i]·x[i] + B[i]·x[partner[i]]``, and
    consecutive such rotations on disjoint pairs merge into one node.
-4. **Moments.** Nodes are layered as soon as possible; in a moment all
+4. **Shared controls.** Consecutive matrix nodes that overlap only on wires
+   on which each of them is block diagonal (rotations controlled by the same
+   wire) commute and form one :class:`SharedControls` group: one block with
+   one matrix per level of its control wire (:class:`ApplyControlled`).
+5. **Moments.** Nodes are layered as soon as possible; in a moment all
    nodes act on different wires. The signed permutations of a moment merge
    into one full-register gather (often just a ±1 vector), and its matrix
    nodes are grouped into Kronecker blocks of neighbouring wires.
-5. **Layout schedule.** The state is a tensor with one axis per wire and
+6. **Layout schedule.** The state is a tensor with one axis per wire and
    one for the K columns, stored in an order that changes as the schedule
    runs. A block whose wires lead the order is applied by one batched
    matrix product that also moves those axes to the back (the product
