@@ -365,8 +365,41 @@ def test_rotations_sharing_a_control_become_one_block(columns: list[int]) -> Non
     for method in COMPILED_METHODS:
         frame = compiled(circuit, columns, method)
         assert torch.allclose(frame(values), expected, atol=1e-12, rtol=0), method
-    for method in ("columns", "recompute"):
-        assert torch.autograd.gradcheck(compiled(circuit, columns, method), (values,)), method
+    for method in ("columns", "recompute"):  # 12 columns: random projections of the Jacobian
+        assert torch.autograd.gradcheck(compiled(circuit, columns, method), (values,),
+                                        fast_mode=len(columns) > 3), method
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+@pytest.mark.parametrize("columns", [[1, 6, 40], list(range(0, 48, 6))])
+def test_a_control_between_other_wires(columns: list[int], in_place: bool) -> None:
+    """A qutrit control with a wire on each side and one between it and the
+    targets: the state is read as (B, 2, 3, 2, 4, after) with 3 or 8 columns
+    after the targets, for 12 products in place or (with the threshold at
+    0) moved to one product per level; ``max_block=2`` (pair nodes) agrees."""
+    from qpeft.compiler import engine as engine_module
+
+    threshold = engine_module.IN_PLACE_PRODUCTS if in_place else 0
+    with mock.patch.object(engine_module, "IN_PLACE_PRODUCTS", threshold):
+        check_control_between_other_wires(columns)
+
+
+def check_control_between_other_wires(columns: list[int]) -> None:
+    circuit = (Circuit([2, 3, 2, 2, 2]).ry(0, "z").ry(2, "y")
+               .append(controlled(RY(3, "a"), 1, [[0, 2]]))
+               .append(controlled(RY(4, "b"), 1, [[1, 2]]))
+               .append(SignDiagonal((1, 4), (1, -1, -1, 1, 1, -1)))
+               .append(controlled(RY(3, "c"), 1, [[2]])))
+    values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    expected = torch.stack([torch.as_tensor(circuit.matrix(v))[:, columns]
+                            for v in values.detach()])
+    for method in ("columns", "recompute", "pairs-columns"):
+        frame = compiled(circuit, columns, method)
+        steps = [s for s in frame.engine.schedule.steps if type(s).__name__ == "ApplyControlled"]
+        if method != "pairs-columns":
+            assert [(s.before, s.levels, s.middle) for s in steps] == [(2, 3, 2)], method
+        assert torch.allclose(frame(values), expected, atol=1e-12, rtol=0), method
+        assert torch.autograd.gradcheck(frame, (values,), fast_mode=len(columns) > 3), method
 
 
 def test_which_wires_a_node_is_block_diagonal_on() -> None:

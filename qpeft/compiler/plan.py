@@ -779,7 +779,8 @@ class ApplyControlled:
     """Multiply block ``block``, one ``size × size`` matrix per level of its
     control wire, into the state, which is read as ``(B, before, levels,
     middle, size, after)``: the control's axis, then the run of the
-    block's other axes. The layout does not change."""
+    block's other axes. The layout does not change.
+    """
 
     block: int
     size: int
@@ -896,6 +897,28 @@ def make_schedule(plan: Plan, columns: int | list[int]) -> Schedule:
             layouts.append(target)
             layout = target
 
+    def controlled(wires: tuple[int, ...], block: int) -> ApplyControlled:
+        """The step for a control wire ``wires[0]`` and targets ``wires[1:]``,
+        after reordering unless the targets are a run after the control."""
+        control, *targets = wires
+        start = _find_run(layout, tuple(targets))
+        if start is None or layout.index(control) > start:
+            # back to the canonical order if that suits, else the block's axes first
+            target = canonical_layout(num_wires)
+            start = _find_run(target, tuple(targets))
+            if start is None or target.index(control) > start:
+                target = (control, *targets) + tuple(
+                    a for a in layout if a != control and a not in targets)
+                start = 1
+            reorder(target)
+        at = layout.index(control)
+        end = start + len(targets)
+        return ApplyControlled(
+            block, math.prod(sizes[a] for a in targets),
+            math.prod(sizes[a] for a in layout[:at]), sizes[control],
+            math.prod(sizes[a] for a in layout[at + 1:start]),
+            math.prod(sizes[a] for a in layout[end:]))
+
     for moment in moments:
         perm = moment.permutation
         if perm is not None:
@@ -920,24 +943,7 @@ def make_schedule(plan: Plan, columns: int | list[int]) -> Schedule:
             block, placement = _next_block(remaining, layout)
             remaining.remove(block)
             if block.control is not None:
-                control, *targets = block.wires
-                start = _find_run(layout, tuple(targets))
-                if start is None or layout.index(control) > start:
-                    # back to the canonical order if that suits, else the block's axes first
-                    canonical = canonical_layout(num_wires)
-                    start = _find_run(canonical, tuple(targets))
-                    if start is None or canonical.index(control) > start:
-                        canonical = (control, *targets) + tuple(
-                            a for a in layout if a != control and a not in targets)
-                        start = 1
-                    reorder(canonical)
-                at = layout.index(control)
-                end = start + len(targets)
-                steps.append(ApplyControlled(
-                    block_id[id(block)], math.prod(sizes[a] for a in targets),
-                    math.prod(sizes[a] for a in layout[:at]), sizes[control],
-                    math.prod(sizes[a] for a in layout[at + 1:start]),
-                    math.prod(sizes[a] for a in layout[end:])))
+                steps.append(controlled(block.wires, block_id[id(block)]))
                 layouts.append(layout)
                 continue
             wires = block.wires
