@@ -402,6 +402,42 @@ def check_control_between_other_wires(columns: list[int]) -> None:
         assert torch.autograd.gradcheck(frame, (values,), fast_mode=len(columns) > 3), method
 
 
+@pytest.mark.parametrize("circuit", [
+    Circuit([2, 2]).rz(0, "a").cz(0, 1).rz(0, "b"),
+    Circuit([2, 2]).rz(0, "a").z(0).rz(0, "b").cx(0, 1),
+    Circuit([3, 2]).givens(0, (0, 1), "g").append(pauli_rotation("Z", [1], "a"))
+    .append(SignDiagonal((0, 1), (1, -1, 1, -1, 1, 1))).append(pauli_rotation("Z", [1], "b")),
+], ids=["rz-cz-rz", "rz-z-rz", "z-signs-z"])
+def test_diagonal_rotations_on_one_wire_around_a_sign_flip(circuit: Circuit) -> None:
+    """Two diagonal rotations on the same wire with a sign flip between them
+    could share that wire but have no other: they stay separate nodes (a
+    group without targets failed to compile)."""
+    values = torch.randn(circuit.num_parameters, dtype=torch.float64)
+    reference = torch.as_tensor(circuit.matrix(values))
+    for method in COMPILED_METHODS:
+        frame = compiled(circuit, 2, method)
+        assert torch.allclose(frame(values), reference[:, :2], atol=1e-12, rtol=0), method
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+@pytest.mark.parametrize("method", ["columns", "recompute"])
+def test_vectorized_jacobian_through_a_shared_control(method: str, in_place: bool) -> None:
+    """The controlled step's backward runs under vmap (no einsum, which has no
+    batching rule), reading the state in place or moving it."""
+    from qpeft.compiler import engine as engine_module
+
+    circuit = (Circuit([3, 2, 2]).append(controlled(RY(1, "a"), 0, [[0, 2]]))
+               .append(controlled(RY(2, "b"), 0)).append(controlled(RY(1, "c"), 0, [[1]])))
+    threshold = engine_module.IN_PLACE_PRODUCTS if in_place else 0
+    with mock.patch.object(engine_module, "IN_PLACE_PRODUCTS", threshold):
+        frame = compiled(circuit, [0, 7], method)
+        assert any(type(s).__name__ == "ApplyControlled" for s in frame.engine.schedule.steps)
+        values = torch.randn(2, circuit.num_parameters, dtype=torch.float64)
+        fast = torch.autograd.functional.jacobian(frame, values, vectorize=True)
+        slow = torch.autograd.functional.jacobian(frame, values, vectorize=False)
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
+
+
 def test_which_wires_a_node_is_block_diagonal_on() -> None:
     from qpeft.compiler.plan import _diagonal_wires
 

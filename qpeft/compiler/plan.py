@@ -547,10 +547,11 @@ def _share_controls(nodes: list, dims: tuple[int, ...], groups: dict[int, Rotati
     flat_run: list[set[int]] = []  # the wires each member of the run is block diagonal on
 
     def close() -> None:
-        if len(run) > 1:
-            control = next(w for w in run[1].wires if w in run[0].wires)
-            out.append(SharedControls(list(run), control))
-        else:
+        group = SharedControls(list(run), next(w for w in run[1].wires if w in run[0].wires)
+                               ) if len(run) > 1 else None
+        if group is not None and len(group.wires) > 1:
+            out.append(group)
+        else:  # one node, or nodes all on the control alone (rz, cz, rz): nothing to gain
             out.extend(run)
         run.clear()
         flat_run.clear()
