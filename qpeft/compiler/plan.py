@@ -67,13 +67,14 @@ COLUMNS_AXIS = -1
 #: (measured). With K ≈ 4: D³ against ~500·N.
 PAIR_RATIO = 512
 
-#: A block of rotations sharing their control wires (:class:`SharedControls`)
-#: spans at most this much outside the shared wires: three one-qubit targets.
-#: Its matrix is built entry by entry, zeros included, so a wider block costs
-#: more to build than the block products and reorders it saves (measured
-#: forward+backward of the Shannon construction, L = 2, K = 4, at N = 384,
-#: 1536 and 5120: 4.8 / 8.2 / 20.5 ms with a span of 8; 5.1 / 9.2 / 24.2 ms
-#: with 4; 8.3 / 11.5 / 29.1 ms with 16; 9.8 / 24 / 71 ms without sharing).
+#: A block of rotations sharing a control wire (:class:`SharedControls`) spans
+#: at most this much outside the shared wires: three one-qubit targets. Wider
+#: groups save steps but build and multiply larger per-level matrices; narrower
+#: ones leave more sign flips between groups. Forward+backward of the Shannon
+#: construction (L = 2, K = 4, float32, one thread) at N = 384 / 1536 / 5120 /
+#: 3584 / 14336: 6.0 / 10.2 / 25.2 / 26.8 / 72.4 ms with a span of 4;
+#: 5.2 / 8.2 / 19.4 / 21.5 / 62.5 ms with 8; 5.7 / 10.0 / 17.7 / 23.9 / 53.3 ms
+#: with 16 (docs/compiler.md, "Rotations that share a control").
 SHARED_SPAN = 8
 
 
