@@ -149,10 +149,8 @@ def column_choices(draw, dimension: int):
                          unique=True))
 
 
-@settings(max_examples=60)
-@given(data=st.data())
-def test_every_method_equals_the_reference_matrix(data) -> None:
-    circuit = data.draw(circuits())
+def check_every_method(data, circuit: Circuit) -> None:
+    """Every method equals the reference matrix on drawn columns and values."""
     columns = data.draw(column_choices(circuit.dimension))
     values = torch.as_tensor(data.draw(st.lists(st.floats(-4, 4), min_size=circuit.num_parameters,
                                                 max_size=circuit.num_parameters)),
@@ -164,6 +162,12 @@ def test_every_method_equals_the_reference_matrix(data) -> None:
         expected = reference[:, frame.columns]
         assert out.shape == expected.shape
         assert torch.allclose(out.to(expected.dtype), expected, atol=1e-12, rtol=0), method
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_every_method_equals_the_reference_matrix(data) -> None:
+    check_every_method(data, data.draw(circuits()))
 
 
 @settings(max_examples=10)
@@ -325,16 +329,7 @@ def test_rotations_sharing_a_control_equal_the_reference(data) -> None:
     reference matrix, and the builder's written-out backward equals autograd."""
     circuit = data.draw(shared_control_circuits())
     note(f"gates: {list(circuit.gates)}")
-    columns = data.draw(column_choices(circuit.dimension))
-    values = torch.as_tensor(data.draw(st.lists(st.floats(-4, 4), min_size=circuit.num_parameters,
-                                                max_size=circuit.num_parameters)),
-                             dtype=torch.float64)
-    reference = torch.as_tensor(circuit.matrix(values))
-    for method in COMPILED_METHODS:
-        frame = compiled(circuit, columns, method)
-        out = frame(values)
-        assert torch.allclose(out.to(reference.dtype), reference[:, frame.columns], atol=1e-12,
-                              rtol=0), method
+    check_every_method(data, circuit)
     if circuit.num_parameters:
         check_builder_backward(circuit, "columns")
 
