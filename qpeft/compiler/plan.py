@@ -537,11 +537,12 @@ def _share_controls(nodes: list, dims: tuple[int, ...], groups: dict[int, Rotati
     A signed permutation or pair node that commutes with all members of the
     open run (they overlap only on wires where both are block diagonal, as
     the entangling sign flips of a controlled brickwork do) moves ahead of
-    the run, which stays open; any other node closes it. A run grows while the wires outside the
-    shared ones span at most ``max_block`` and all its wires at most
-    ``max_block²``: the block costs D·N·K multiply-adds against the
-    members' sum, at most twice as many for four one-qubit targets, and
-    saves a block product and usually a reorder per member.
+    the run, which stays open; any other node closes it. A run grows while
+    the wires outside the shared ones span at most :data:`SHARED_SPAN` and
+    all its wires at most ``max_block²``. Its block then costs d·N·K
+    multiply-adds, d the size of its targets, against 2·N·K per one-qubit
+    member (4/3 as many for three of them), and saves a block product and
+    usually a reorder per member.
     """
     out: list = []
     run: list[MatrixNode] = []
