@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -99,16 +100,22 @@ class ColumnsEngine(nn.Module):
         initial[self.columns, torch.arange(len(self.columns))] = 1
         self.register_buffer("initial", initial.reshape(-1), persistent=False)
         # the product state after the first moment (see Schedule.prepare)
-        self._prepare: list[tuple[int | None, str]] = []
+        self._prepare: list[tuple[int | None, str | tuple[int, int]]] = []
         for g, group in enumerate(self.schedule.prepare):
             name = f"prepare{g}"
             if group.block is None:
                 vectors = torch.zeros(group.size, len(group.index), dtype=self.work_dtype)
                 vectors[torch.as_tensor(group.index), torch.arange(len(group.index))] = 1
                 self.register_buffer(name, vectors, persistent=False)
+                self._prepare.append((None, name))
+                continue
+            start = int(group.index[0])
+            if np.array_equal(group.index, np.arange(start, start + len(group.index))):
+                # a run of columns: a slice, which costs less than a gather
+                self._prepare.append((group.block, (start, len(group.index))))
             else:
                 self.register_buffer(name, torch.as_tensor(group.index), persistent=False)
-            self._prepare.append((group.block, name))
+                self._prepare.append((group.block, name))
 
     def _register_step(self, step, name: str) -> tuple:
         if isinstance(step, ApplyBlock):
@@ -168,6 +175,8 @@ class ColumnsEngine(nn.Module):
         for block, name in self._prepare:
             if block is None:
                 factor = getattr(self, name).unsqueeze(0)  # (1, D, K or 1)
+            elif isinstance(name, tuple):
+                factor = matrices[block].narrow(2, *name)  # (B, D, K or 1)
             else:
                 factor = matrices[block][:, :, getattr(self, name)]  # (B, D, K or 1)
             if state is None:
