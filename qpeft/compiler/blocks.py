@@ -11,10 +11,11 @@ the factor lists of all blocks are padded to one length with the constant
 1), and one matrix product per extra stage of a block.
 
 The backward pass is written out (:class:`BuildFunction`, one autograd
-node): the gradient of each entry is the output gradient times the product
-of the other factors (two cumulative products), scattered back to the node
-matrices by one ``index_add``, taken through the rotation expressions to
-the angles, and through the angle matmul to the values. Letting autograd
+node): the gradient of each node matrix is the node times a partial trace
+of ``Sᴴ·grad`` of its stage (one batched product per stage, then one
+gather and one ``index_add`` for all nodes; see
+:meth:`MatrixBuilder.backward_tables`), taken through the rotation
+expressions to the angles, and through the angle matmul to the values. Letting autograd
 record the forward instead costs one graph node per product, view and
 gather (about 70 for ``pauli(10, 2)``): 0.42 ms against 0.24 ms written
 out. The backward is out of place, so it also runs under vmap; it gives
@@ -181,6 +182,7 @@ class MatrixBuilder(nn.Module):
         sign_offset = position  # the table ends with [1, -1]
         self._flat_length = position + 2
         stage_rows: list[np.ndarray] = []
+        trace_parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         entry = 0
         # per class, per stage: (first entry, count, matrix shape: (D, D), or (L, d, d) for a
         # block with a control wire of L levels)
@@ -198,6 +200,9 @@ class MatrixBuilder(nn.Module):
                 shape = (levels, size // levels, size // levels) if controlled else (size, size)
                 # (count, factors, D·D) -> one row of factor positions per entry
                 stage_rows.append(index.transpose(0, 2, 1).reshape(-1, index.shape[1]))
+                source, target, sign = _stage_traces([chain[s] for chain in stages], layout,
+                                                     controlled, index)
+                trace_parts.append((entry + source, target, sign))
                 recipe.append((entry, len(members), shape))
                 entry += len(members) * math.prod(shape)
             self._classes.append(recipe)
@@ -213,6 +218,14 @@ class MatrixBuilder(nn.Module):
                 start += rows.shape[0]
             # factor-major: factor f of every entry is one contiguous run
             self.register_buffer("stage_index", torch.as_tensor(padded.T.reshape(-1)),
+                                 persistent=False)
+            # the backward pass: which entries of the stages' Sᴴ·grad add to which entry
+            # of which node's partial trace, with which sign (see backward_tables)
+            source, target, sign = (np.concatenate(part) for part in zip(*trace_parts))
+            self.register_buffer("trace_source", torch.as_tensor(source), persistent=False)
+            self.register_buffer("trace_target", torch.as_tensor(target), persistent=False)
+            self._trace_signs = bool(np.any(sign < 0))
+            self.register_buffer("trace_sign", torch.as_tensor(sign, dtype=dtype),
                                  persistent=False)
 
     # -- forward: plain tensor operations (autograd can differentiate them) ---
@@ -318,7 +331,8 @@ class MatrixBuilder(nn.Module):
         angles = self.angles(values)
         classes = []
         if self._classes:
-            flat = self.flat_table(self.node_tables(values, saved, angles))
+            nodes = self.node_tables(values, saved, angles)
+            flat = self.flat_table(nodes)
             entries = flat.index_select(1, self.stage_index).view(batch, -1, self._entries)
             # a chain of products, not prod(): autograd differentiates prod by dividing
             # by each factor, which gives NaN for subnormal ones (under torch.compile)
@@ -326,20 +340,18 @@ class MatrixBuilder(nn.Module):
             products = factors[0]
             for factor in factors[1:]:
                 products = products * factor
-            kept = []
+            kept = []  # per class, per stage: its matrix and the product of the stages before
             for recipe in self._classes:
                 matrix = None
+                kept.append([])
                 for entry, count, shape in recipe:
                     stage = products[:, entry: entry + count * math.prod(shape)]
                     stage = stage.view(batch, count, *shape)
-                    if matrix is not None:
-                        kept.append((stage, matrix))
-                        matrix = stage @ matrix
-                    else:
-                        matrix = stage
+                    kept[-1].append((stage, matrix))
+                    matrix = stage if matrix is None else stage @ matrix
                 classes.append(matrix.to(self.work_dtype))
             if saved is not None:
-                saved["entries"] = entries
+                saved["nodes"] = nodes
                 saved["stages"] = kept
         pairs = self.pair_groups(angles, saved) if self._pair_sizes else []
         return classes, pairs
@@ -372,6 +384,21 @@ class MatrixBuilder(nn.Module):
         of the outputs of :meth:`tables` (None for an unused one) and what
         :meth:`tables` put in ``saved``.
 
+        Blocks go back to their nodes through **partial traces**, using that
+        every node is unitary. A stage is ``S = K·Δ``: ``K`` the product of
+        its nodes, which act on different wires or are block diagonal on the
+        wires they share, so they commute, and ``Δ`` an absorbed sign
+        diagonal (or ``I``). Moving node ``N`` by ``dN`` moves ``S`` by
+        ``S·Δ·(Nᴴ dN ⊗ I)·Δ``, so with ``H = Δ·Sᴴ·grad_S·Δ`` the gradient of
+        ``N`` is ``N · tr_others(H)``, where ``tr_others`` traces out the
+        stage's wires outside ``N``. ``H`` for every stage of every block is
+        one batched product (the stages of a block share the ones that take
+        the gradient through them), and all partial traces are one gather
+        and one ``index_add`` (:func:`_stage_traces` lists the terms): each
+        node of D levels in a block of size M reads M·D numbers, where a
+        gradient per Kronecker entry would multiply and scatter M² numbers
+        per factor.
+
         Every operation is out of place and no slice spans a whole axis, so
         the backward also runs under vmap (batched gradients, e.g.
         ``torch.autograd.functional.jacobian(..., vectorize=True)``).
@@ -379,24 +406,24 @@ class MatrixBuilder(nn.Module):
         batch = values.shape[0]
         grad_angles = values.new_zeros(batch, self.offset.shape[0])
         if self._classes:
-            entries = saved["entries"]
-            kept = list(saved["stages"])
-            parts = []
-            for recipe, grad in zip(reversed(self._classes), reversed(grad_classes)):
-                _, count, shape = recipe[-1]
+            traces = []  # per stage of each class: Sᴴ · (the gradient of S), flattened
+            for recipe, kept, grad in zip(self._classes, saved["stages"], grad_classes):
                 if grad is None:
-                    grad = entries.new_zeros(batch, count, *shape)
-                grad = _like(grad, entries)
-                for _ in recipe[1:]:  # through the products of the stages, last first
-                    stage, before = kept.pop()
-                    parts.append(grad @ before.mH)
-                    grad = stage.mH @ grad
-                parts.append(grad)
-            # parts hold the stage gradients last to first: reverse to entry order
-            grad_products = torch.cat([part.reshape(batch, -1) for part in reversed(parts)], 1)
-            grad_entries = grad_products[:, None] * _others(entries).conj()
-            grad_flat = entries.new_zeros(batch, self._flat_length).index_add(
-                1, self.stage_index, grad_entries.reshape(batch, -1))
+                    traces.extend(stage.new_zeros(batch, stage[0].numel())
+                                  for stage, _ in kept)
+                    continue
+                grad = _like(grad, kept[0][0])
+                found = []
+                for stage, before in reversed(kept):
+                    grad = stage.mH @ grad  # the gradient of the product of the stages before
+                    found.append(grad if before is None else grad @ before.mH)
+                traces.extend(trace.reshape(batch, -1) for trace in reversed(found))
+            flat = torch.cat(traces, 1) if len(traces) > 1 else traces[0]
+            contributions = flat.index_select(1, self.trace_source)
+            if self._trace_signs:
+                contributions = contributions * self.trace_sign
+            grad_flat = flat.new_zeros(batch, self._flat_length - 2).index_add(
+                1, self.trace_target, contributions)
             grad_angles = grad_angles + self._nodes_backward(grad_flat, saved)
         for size, grad in zip(self._pair_sizes, grad_pairs):
             if grad is None:
@@ -412,20 +439,23 @@ class MatrixBuilder(nn.Module):
             return values.new_zeros(values.shape)
         return grad_angles @ self.weights_t.T
 
-    def _nodes_backward(self, grad_flat: torch.Tensor, saved: dict) -> torch.Tensor:
-        """From the gradient of the flat table to the (B, S) angles."""
-        batch = grad_flat.shape[0]
+    def _nodes_backward(self, traces: torch.Tensor, saved: dict) -> torch.Tensor:
+        """From the partial traces of the nodes (``(B, F − 2)``, laid out like
+        the node tables in the flat table) to the (B, S) angles: the gradient
+        of node ``N`` is ``N`` times its partial trace (see :meth:`backward_tables`)."""
+        batch = traces.shape[0]
         factors: dict[int, torch.Tensor] = saved["factors"]
-        # the flat table holds the node tables of each size, then [1, -1]: never a whole axis
+        nodes: dict[int, torch.Tensor] = saved["nodes"]
         lengths = [self._table_length[size] * size * size for size in self._table_sizes]
-        pieces = grad_flat.split([*lengths, 2], dim=1)
+        pieces = traces.split(lengths, dim=1) if len(lengths) > 1 else [traces]
         chain_counts: dict[int, list[int]] = defaultdict(list)
         for size, _, name in self._chains:
             count = factors[size].shape[1] if name is None else getattr(self, name).shape[0]
             chain_counts[size].append(count)
         grad_chains: dict[int, list[torch.Tensor]] = {}
         for size, piece in zip(self._table_sizes, pieces):
-            grad_nodes = piece.reshape(batch, self._table_length[size], size, size)
+            table, trace = _common(nodes[size], piece.reshape(batch, -1, size, size))
+            grad_nodes = table @ trace
             counts = chain_counts[size]
             grad_chains[size] = [grad_nodes] if len(counts) == 1 else list(
                 grad_nodes.split(counts, dim=1))
@@ -449,7 +479,7 @@ class MatrixBuilder(nn.Module):
                 contribution = contribution.index_add(1, rows[:, 0], _like(grad, table))
             grad_factors[size] = (contribution if size not in grad_factors
                                   else grad_factors[size] + contribution)
-        grad_angles = grad_flat.new_zeros(batch, self.offset.shape[0], dtype=self.offset.dtype)
+        grad_angles = traces.new_zeros(batch, self.offset.shape[0], dtype=self.offset.dtype)
         for size in self._group_sizes:
             if size not in grad_factors:
                 continue
@@ -464,30 +494,6 @@ class MatrixBuilder(nn.Module):
             grad_angles = grad_angles.index_add(1, getattr(self, f"{name}_slots"),
                                                 0.5 * (along_sin * cos - along_cos * sin))
         return grad_angles
-
-
-def _others(entries: torch.Tensor) -> torch.Tensor:
-    """For ``(B, F, E)`` entries, the product of the F factors of each entry
-    but the one at each position, ``(B, F, E)``: the products of the factors
-    before it times those after it (exact with zeros, no division). Each
-    factor is a contiguous ``(B, E)`` slice, so these are F-wide products of
-    whole rows; a cumulative product along the short F axis is an order of
-    magnitude slower for a batch of frames."""
-    factors = entries.unbind(1)
-    before = [factors[0]]  # before[f]: the product of factors 0 … f
-    for factor in factors[1:-1]:
-        before.append(before[-1] * factor)
-    others = [None] * len(factors)
-    after = None  # the product of the factors after f
-    for f in range(len(factors) - 1, -1, -1):
-        if f == 0:
-            others[f] = after
-        else:
-            others[f] = before[f - 1] if after is None else before[f - 1] * after
-        after = factors[f] if after is None else after * factors[f]
-    if others[0] is None:  # a single factor: its derivative is 1
-        others[0] = torch.ones_like(factors[0])
-    return torch.stack(others, 1)
 
 
 def _pack(tree: Any, tensors: list[torch.Tensor]) -> Any:
@@ -553,6 +559,52 @@ def refuse_second_derivatives() -> None:
         )
 
 
+def _entry_digits(dims: tuple[int, ...], controlled: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The row and column ``(2, E)`` of every listed entry of a stage matrix on
+    wires of dimensions ``dims``, and the digits ``(wires, E)`` of each: all
+    D·D entries, or (``controlled``) those of the diagonal blocks of the first
+    wire, level by level, i.e. entries (ℓ, i, j) of an ``(L, d, d)`` tensor."""
+    size = math.prod(dims)
+    if controlled:
+        levels, inner = dims[0], size // dims[0]
+        level, i, j = np.indices((levels, inner, inner)).reshape(3, -1)
+        rows = np.stack([level * inner + i, level * inner + j])
+    else:
+        rows = np.indices((size, size)).reshape(2, -1)
+    return rows, [np.array(np.unravel_index(axis, dims)).reshape(len(dims), -1) for axis in rows]
+
+
+def _stage_traces(stages: list, layout: tuple, controlled: bool,
+                  index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """How the backward pass reads the partial traces of a class's nodes at
+    one stage (see :meth:`MatrixBuilder.backward_tables`).
+
+    Entry (I, J) of ``H = Sᴴ·grad`` of member ``b`` adds to entry (a, c) of
+    node f's partial trace when I and J have the same digits on every wire
+    outside node f; (a, c) are their digits on f's wires. Returns, for every
+    such term, the entry's position among the class's listed entries
+    (``b·E + e``), the trace entry's position in the flat table (the
+    position of node f's factor of that entry, from ``index``), and the
+    sign ``δ_I·δ_J`` of an absorbed diagonal ``δ`` (``S = K·diag(δ)``).
+    """
+    dims, positions = layout
+    rows, (row_digits, column_digits) = _entry_digits(dims, controlled)
+    count, entries = len(stages), rows.shape[1]
+    member = np.arange(count)[:, None]
+    sources, targets, signs = [], [], []
+    for f, places in enumerate(positions):
+        outside = [w for w in range(len(dims)) if w not in places]
+        (agree,) = np.nonzero(np.all(row_digits[outside] == column_digits[outside], axis=0))
+        sources.append((member * entries + agree).reshape(-1))
+        targets.append(index[:, f, agree].reshape(-1))
+        sign = np.ones((count, len(agree)))
+        for b, stage in enumerate(stages):
+            if stage.diagonal is not None:
+                sign[b] = stage.diagonal[rows[0, agree]] * stage.diagonal[rows[1, agree]]
+        signs.append(sign.reshape(-1))
+    return np.concatenate(sources), np.concatenate(targets), np.concatenate(signs)
+
+
 def _stage_index(stages: list, layout: tuple, controlled: bool, offsets: dict[int, int],
                  sign_offset: int, row_of) -> np.ndarray:
     """``index[b, f, I·D + J]``: where factor f of entry (I, J) of stage ``b``'s
@@ -569,13 +621,7 @@ def _stage_index(stages: list, layout: tuple, controlled: bool, offsets: dict[in
     """
     dims, positions = layout
     size = math.prod(dims)
-    if controlled:  # only the diagonal blocks of the first wire: entries (ℓ, i, j)
-        levels, inner = dims[0], size // dims[0]
-        level, i, j = np.indices((levels, inner, inner)).reshape(3, -1)
-        rows = np.stack([level * inner + i, level * inner + j])
-    else:
-        rows = np.indices((size, size)).reshape(2, -1)
-    digits = [np.array(np.unravel_index(axis, dims)).reshape(len(dims), -1) for axis in rows]
+    rows, digits = _entry_digits(dims, controlled)
     with_signs = any(stage.diagonal is not None for stage in stages)
     index = np.empty((len(stages), len(positions) + with_signs, rows.shape[1]), dtype=np.int64)
     local = []  # per node: its size d and its (row, column) index for every entry
