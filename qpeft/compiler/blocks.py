@@ -17,8 +17,9 @@ gather and one ``index_add`` for all nodes; see
 :meth:`MatrixBuilder.backward_tables`), taken through the rotation
 expressions to the angles, and through the angle matmul to the values. Letting autograd
 record the forward instead costs one graph node per product, view and
-gather (about 70 for ``pauli(10, 2)``): 0.42 ms against 0.24 ms written
-out. The backward is out of place, so it also runs under vmap; it gives
+gather (about 70 for ``pauli(10, 2)``): forward and backward took 0.56 ms
+against 0.52 ms written out for one frame, 2.11 ms against 1.26 ms for 48
+frames of ``for_dimension(384, 2)``. The backward is out of place, so it also runs under vmap; it gives
 first derivatives only and refuses ``create_graph=True``.
 """
 
@@ -391,13 +392,12 @@ class MatrixBuilder(nn.Module):
         diagonal (or ``I``). Moving node ``N`` by ``dN`` moves ``S`` by
         ``S·Δ·(Nᴴ dN ⊗ I)·Δ``, so with ``H = Δ·Sᴴ·grad_S·Δ`` the gradient of
         ``N`` is ``N · tr_others(H)``, where ``tr_others`` traces out the
-        stage's wires outside ``N``. ``H`` for every stage of every block is
-        one batched product (the stages of a block share the ones that take
-        the gradient through them), and all partial traces are one gather
-        and one ``index_add`` (:func:`_stage_traces` lists the terms): each
-        node of D levels in a block of size M reads M·D numbers, where a
-        gradient per Kronecker entry would multiply and scatter M² numbers
-        per factor.
+        stage's wires outside ``N``. Each stage's ``H`` costs one batched
+        product besides those that take the gradient through a block's
+        stages, and the partial traces of all nodes are one gather and one
+        ``index_add`` (:func:`_stage_traces` lists the terms): a node of D
+        levels in a block of size M reads M·D numbers, where a gradient per
+        Kronecker entry multiplies and scatters M² numbers per node.
 
         Every operation is out of place and no slice spans a whole axis, so
         the backward also runs under vmap (batched gradients, e.g.
