@@ -13,6 +13,8 @@ inside a module that does exist is raised as it is.
 
 A :class:`~qpeft.errors.QpeftError` raised by a command is printed as
 ``error: <message>`` on standard error, with exit code 2 and no traceback.
+Output piped into a reader that stops early (``qpeft ... | head -1``) ends
+the command quietly with exit code 1.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import ast
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -149,10 +152,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         code = run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
     except QpeftError as error:
         print(f"error: {error}", file=sys.stderr)
         return ERROR_EXIT_CODE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader (``| head``) has gone: drop what is still buffered, as the Python
+        # docs advise for SIGPIPE, so that the exit flush does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     return 0 if code is None else int(code)

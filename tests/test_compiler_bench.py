@@ -4,12 +4,19 @@ PennyLane helpers (checked against the reference matrix), the JSON report."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 
+import qpeft
 from qpeft import cli
 from qpeft.ansatz import for_dimension, pauli
 from qpeft.bench import unitary
@@ -93,6 +100,7 @@ def test_quick_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     statuses = {target["status"] for target in report["targets"]}
     assert statuses <= {"PASS", "FAIL", "not measured"}
     assert len(report["targets"]) == 4
+    assert report["targets"][3]["status"] == "not measured"  # 12 frames, not 72
 
 
 def test_table_and_plot(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,6 +111,8 @@ def test_table_and_plot(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     assert "targets" in text and "columns" in text and "ratio" in text
     assert plot.stat().st_size > 1000
+    assert f"plot written to {plot}" in " ".join(text.split())
+    assert list(tmp_path.iterdir()) == [plot]  # no temporary file left beside it
 
 
 def test_bad_arguments_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
@@ -149,3 +159,141 @@ def test_torch_compile_failure_is_a_config_error() -> None:
     with mock.patch.object(torch, "compile", broken), \
             pytest.raises(ConfigError, match="C\\+\\+ compiler.*without --torch-compile"):
         unitary._fast_functions(pauli(3, 1), config)
+
+
+def _never_measure(*arguments, **options):
+    raise AssertionError("the benchmark ran although its options are wrong")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("missing/unitary.png", "folder .*missing does not exist"),
+    ("unitary.xyz", "use a file ending in .png, .svg, .pdf"),
+    ("unitary", "use a file ending in"),
+    (".", "is a folder"),
+])
+def test_plot_path_is_checked_before_anything_is_measured(
+        tmp_path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        name: str, message: str) -> None:
+    monkeypatch.setattr(unitary, "run_benchmark", _never_measure)
+    code = cli.main(["bench", "unitary", "--quick", "--plot", str(tmp_path / name)])
+    assert code == cli.ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.startswith("error: --plot") and "Traceback" not in err
+    assert re.search(message, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_folder_must_be_writable(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(unitary.os, "access", lambda path, mode: False)
+    with pytest.raises(ConfigError, match="not writable"):
+        unitary.plot_path(str(tmp_path / "unitary.png"))
+
+
+def test_quick_sets_defaults_and_explicit_options_win() -> None:
+    parser = cli.build_parser("bench")
+    quick = unitary.config_from_args(parser.parse_args(["bench", "unitary", "--quick"]))
+    assert quick == unitary.BenchmarkConfig.quick()
+    given = unitary.config_from_args(parser.parse_args([
+        "bench", "unitary", "--quick", "--columns", "3", "--layers", "3", "--repeats", "1",
+        "--dtype", "float64", "--slow-limit", "0.001", "--no-batched", "--sizes", "64,64,32",
+        "--threads", "1", "--construction", "shannon"]))
+    assert given == replace(unitary.BenchmarkConfig.quick(), columns=3, layers=3, repeats=1,
+                            dtype="float64", slow_limit=0.001, batched=False, sizes=(64, 32),
+                            construction="shannon")
+    full = unitary.config_from_args(parser.parse_args(["bench", "unitary", "--layers", "0"]))
+    assert full == replace(unitary.BenchmarkConfig(), layers=0)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--threads", "99999"], r"--threads 99999 must lie in 1 … \d+"),
+    (["--threads", "0"], "--threads 0 must lie in 1"),
+    (["--methods="], "--methods names no method"),
+    (["--sizes", "256,1"], r"dimensions N >= 2 only, got \[256, 1\]"),
+    (["--slow-limit", "0"], "--slow-limit 0.0 must be a positive number"),
+    (["--slow-limit", "nan"], "--slow-limit nan must be a positive number"),
+    (["--repeats", "0"], "--repeats >= 1"),
+])
+def test_invalid_options_are_config_errors(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str],
+                                           arguments: list[str], message: str) -> None:
+    monkeypatch.setattr(unitary, "run_benchmark", _never_measure)
+    assert cli.main(["bench", "unitary", "--quick", *arguments]) == cli.ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert re.search(message, err)
+
+
+def test_threads_are_bounded_by_the_cpus() -> None:
+    limit = unitary.max_threads()
+    unitary.BenchmarkConfig(threads=limit).validate()
+    with pytest.raises(ConfigError, match=f"1 … {limit}"):
+        unitary.BenchmarkConfig(threads=limit + 1).validate()
+
+
+def test_repeated_sizes_are_refused_by_the_config() -> None:
+    with pytest.raises(ConfigError, match="names a dimension twice"):
+        unitary.BenchmarkConfig(sizes=(64, 64)).validate()
+
+
+def test_no_ratio_table_without_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["bench", "unitary", "--quick", "--sizes", "16", "--methods", "naive",
+                     "--no-batched"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "columns time" not in out
+    assert "no ratio table: ratios are to columns, which --methods leaves out" in out
+
+
+def test_batched_target_is_measured_at_its_72_frames_only() -> None:
+    config = unitary.BenchmarkConfig()
+    report = {"ratios": {}, "batched": {"total_frames": 12, "ratio": 9.0}}
+    assert unitary._targets(report, config)[-1]["status"] == "not measured"
+    assert unitary._targets(report, config)[-1]["measured"] is None
+    report["batched"] = {"total_frames": 72, "ratio": 6.0}
+    assert unitary._targets(report, config)[-1] == {
+        "name": "batched vs separate calls (72 BERT frames)", "threshold": 5.0,
+        "measured": 6.0, "status": "PASS"}
+    report["batched"]["ratio"] = 4.0
+    assert unitary._targets(report, config)[-1]["status"] == "FAIL"
+
+
+def test_batched_case_uses_the_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    compiled, compile_circuit = [], unitary.compile_circuit
+
+    def recording(circuit, *arguments, **options):
+        compiled.append(circuit)
+        return compile_circuit(circuit, *arguments, **options)
+
+    monkeypatch.setattr(unitary, "compile_circuit", recording)
+    config = replace(unitary.BenchmarkConfig.quick(), construction="shannon", repeats=1)
+    unitary.measure_batched(config)
+    assert compiled == [for_dimension(384, 1, method="shannon"),
+                        for_dimension(1536, 1, method="shannon")]
+
+
+def test_a_closed_pipe_ends_the_command_without_a_traceback() -> None:
+    root = str(Path(qpeft.__file__).resolve().parents[1])
+    environment = {**os.environ,
+                   "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "qpeft", "bench", "unitary", "--quick", "--json", "--sizes",
+         "8", "--methods", "columns", "--no-batched"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment)
+    process.stdout.close()  # the reader is gone before anything is written
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=300) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def test_help_shows_defaults_and_names_both_benchmarks(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "unitary", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default: qudit)", "(default: float32)", "(default 4; 2 with --quick)",
+                  "default 60; 5 with --quick)", "(default: all)"):
+        assert shown in text
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "compiler against its peers (unitary), a training step against peft (train)" in text

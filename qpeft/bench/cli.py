@@ -1,4 +1,4 @@
-"""Benchmark the compiler and its peers (qpeft bench unitary)."""
+"""Benchmarks: the compiler against its peers (unitary), a training step against peft (train)."""
 
 from __future__ import annotations
 

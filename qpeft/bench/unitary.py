@@ -44,11 +44,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,6 +58,7 @@ import torch
 from qpeft.ansatz import for_dimension, pauli
 from qpeft.circuit import Circuit
 from qpeft.circuit.gates import COMPLEX_OF, FixedGate
+from qpeft.cli import DefaultsHelpFormatter
 from qpeft.compiler import compile_circuit
 from qpeft.compiler.recompute import autograd_saved_bytes
 from qpeft.errors import ConfigError, InteropError
@@ -335,6 +338,44 @@ class BenchmarkConfig:
     def torch_dtype(self) -> torch.dtype:
         return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
 
+    def validate(self) -> None:
+        """Raise :class:`~qpeft.errors.ConfigError` for a setting that cannot be measured.
+
+        >>> BenchmarkConfig(threads=0).validate()
+        Traceback (most recent call last):
+        ...
+        qpeft.errors.ConfigError: --threads 0 must lie in 1 … ...
+        """
+        unknown = sorted(set(self.methods) - set(ALL_METHODS))
+        if unknown:
+            raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from "
+                              f"{', '.join(ALL_METHODS)}")
+        if not self.methods:
+            raise ConfigError(f"--methods names no method; give a comma-separated subset of "
+                              f"{','.join(ALL_METHODS)}")
+        if not self.sizes or min(self.sizes) < 2:
+            raise ConfigError(f"--sizes takes dimensions N >= 2 only, got {list(self.sizes)}")
+        if len(set(self.sizes)) < len(self.sizes):
+            raise ConfigError(f"--sizes names a dimension twice: {list(self.sizes)}")
+        if self.columns < 1 or any(self.columns > n for n in self.sizes):
+            raise ConfigError(f"--columns {self.columns} must lie in 1 … N for every size "
+                              f"{list(self.sizes)}")
+        if self.layers < 0 or self.repeats < 1:
+            raise ConfigError(f"--layers must be >= 0 and --repeats >= 1, got --layers "
+                              f"{self.layers} --repeats {self.repeats}")
+        limit = max_threads()
+        if not 1 <= self.threads <= limit:
+            raise ConfigError(f"--threads {self.threads} must lie in 1 … {limit} (the CPUs of "
+                              f"this machine); 1, the default, gives the steadiest timings")
+        if not self.slow_limit > 0:
+            raise ConfigError(f"--slow-limit {self.slow_limit} must be a positive number of "
+                              f"seconds; leave Qiskit and PennyLane out with --methods instead")
+
+
+def max_threads() -> int:
+    """The most torch threads the benchmark accepts: the CPUs of this machine."""
+    return os.cpu_count() or 1
+
 
 @dataclass
 class Measurement:
@@ -456,13 +497,17 @@ def bert_frames(hidden: int = 384, intermediate: int = 1536, layers: int = 6) ->
     return {hidden: layers * (4 * 2 + 2), intermediate: layers * 2}
 
 
+#: The batched target is defined for the 72 frames of the default 6-layer BERT.
+BATCHED_TARGET_FRAMES = sum(bert_frames().values())
+
+
 def measure_batched(config: BenchmarkConfig) -> dict:
     """One call per distinct dimension (angles stacked) against one call per frame."""
     dtype = config.torch_dtype()
     frames = bert_frames(layers=config.bert_layers)
     modules, values = {}, {}
     for dimension, count in frames.items():
-        circuit = benchmark_circuit(dimension, config.layers)
+        circuit = benchmark_circuit(dimension, config.layers, config.construction)
         modules[dimension] = compile_circuit(circuit, config.columns, dtype=dtype)
         values[dimension] = (0.5 * torch.randn(count, circuit.num_parameters, dtype=dtype)
                              ).requires_grad_(True)
@@ -517,13 +562,7 @@ def measure_memory(config: BenchmarkConfig) -> dict:
 
 def run_benchmark(config: BenchmarkConfig, progress: Callable[[str], None] | None = None) -> dict:
     """Run everything ``config`` asks for; returns a JSON-ready report."""
-    unknown = sorted(set(config.methods) - set(ALL_METHODS))
-    if unknown:
-        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from "
-                          f"{', '.join(ALL_METHODS)}")
-    if config.columns < 1 or any(n < 2 or config.columns > n for n in config.sizes):
-        raise ConfigError(f"--columns {config.columns} must lie in 1 … N for every size "
-                          f"{list(config.sizes)}")
+    config.validate()
     note = progress or (lambda message: None)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
@@ -605,9 +644,9 @@ def _targets(report: dict, config: BenchmarkConfig) -> list[dict]:
     out.append(target("columns faster than every alternative mapping for N >= 1024 "
                       "(smallest ratio)", 1.0, worst))
     batched = report.get("batched")
-    out.append(target(f"batched vs separate calls ({batched['total_frames']} BERT frames)"
-                      if batched else "batched vs separate calls", 5.0,
-                      batched["ratio"] if batched else None))
+    at_setting = batched is not None and batched["total_frames"] == BATCHED_TARGET_FRAMES
+    out.append(target(f"batched vs separate calls ({BATCHED_TARGET_FRAMES} BERT frames)", 5.0,
+                      batched["ratio"] if at_setting else None))
     return out
 
 
@@ -678,7 +717,10 @@ def render(report: dict, console=None) -> None:
         times.add_row(*time_row)
         ratios.add_row(*ratio_row)
     console.print(times)
-    console.print(ratios)
+    if "columns" in methods:
+        console.print(ratios)
+    else:
+        console.print("  no ratio table: ratios are to columns, which --methods leaves out")
     for key, text in notes.items():
         console.print(f"  {key}: {text}")
     batched = report.get("batched")
@@ -710,14 +752,42 @@ def render(report: dict, console=None) -> None:
     console.print(targets)
 
 
-def plot(report: dict, path: str) -> None:
-    """Time against N on log axes, one line per method (Fig. 6 of the paper, with peers)."""
-    import matplotlib
+def plot_path(filename: str) -> Path:
+    """``filename`` checked before anything is measured: a file, not a folder, ending
+    in a suffix of :data:`qpeft.draw.IMAGE_SUFFIXES`, in a writable folder that exists.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    >>> plot_path("unitary.xyz")
+    Traceback (most recent call last):
+    ...
+    qpeft.errors.ConfigError: --plot unitary.xyz: use a file ending in .png, .svg, .pdf
+    """
+    from qpeft.draw import IMAGE_SUFFIXES
 
-    figure, axes = plt.subplots(figsize=(8.5, 4.5))
+    path = Path(filename)
+    if path.is_dir():
+        raise ConfigError(f"--plot {filename} is a folder; name a file in it, such as "
+                          f"{path / 'unitary.png'}")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ConfigError(f"--plot {filename}: use a file ending in {', '.join(IMAGE_SUFFIXES)}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise ConfigError(f"--plot {filename}: the folder {folder} does not exist; create it "
+                          f"first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--plot {filename}: the folder {folder} is not writable; choose "
+                          f"another")
+    return path
+
+
+def plot(report: dict, filename: str | os.PathLike) -> Path:
+    """Time against N on log axes, one line per method (Fig. 6 of the paper, with peers),
+    written atomically (:func:`qpeft.draw.save`); returns the path written."""
+    from matplotlib.figure import Figure
+
+    from qpeft.draw import save
+
+    figure = Figure(figsize=(8.5, 4.5))
+    axes = figure.add_subplot()
     for method in ALL_METHODS:
         points = sorted((x["dimension"], x["seconds"]) for x in report["measurements"]
                         if x["method"] == method and x["seconds"] is not None)
@@ -735,8 +805,7 @@ def plot(report: dict, path: str) -> None:
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
-    figure.savefig(path, dpi=150)
-    plt.close(figure)
+    return save(figure, filename)
 
 
 # ---------------------------------------------------------------------------
@@ -744,15 +813,14 @@ def plot(report: dict, path: str) -> None:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
+    """The dimensions of ``--sizes``, each once, in the order given."""
     try:
         sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--sizes takes comma-separated integers such as 256,384,4096, got {text!r}"
         ) from None
-    if not sizes or min(sizes) < 2:
-        raise argparse.ArgumentTypeError("--sizes needs at least one dimension >= 2")
-    return sizes
+    return tuple(dict.fromkeys(sizes))
 
 
 def _methods(text: str) -> tuple[str, ...]:
@@ -767,33 +835,47 @@ def _methods(text: str) -> tuple[str, ...]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``unitary`` under ``qpeft bench``."""
+    full, quick = BenchmarkConfig(), BenchmarkConfig.quick()
     parser = subparsers.add_parser(
         "unitary",
         help="time the compiler against Qiskit, PennyLane, a naive simulator and the "
              "alternative mappings",
         description="Time one forward+backward pass producing U = Q(θ)[:, :K] with the "
                     "compiler, a naive torch simulation, Qiskit, PennyLane and the alternative "
-                    "mappings; print ratios and PASS/FAIL for the performance targets.",
+                    "mappings; print ratios and PASS/FAIL for the performance targets. "
+                    "--quick changes only defaults (those named '… with --quick' below); "
+                    "an option given explicitly wins.",
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("--sizes", type=_sizes, default=None,
-                        help="comma-separated dimensions N (default: 2^8 … 2^14, 384, 768, "
-                             "3072)")
-    parser.add_argument("--columns", type=int, default=4, help="K, columns of U (default 4)")
-    parser.add_argument("--layers", type=int, default=2, help="ansatz layers L (default 2)")
+                        help="comma-separated dimensions N >= 2, a repeated one counted once "
+                             "(default: 2^8 … 2^14, 384, 768, 3072; "
+                             f"{','.join(map(str, quick.sizes))} with --quick)")
+    parser.add_argument("--columns", type=int, default=None,
+                        help=f"K, columns of U, 1 … N (default {full.columns}; "
+                             f"{quick.columns} with --quick)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help=f"ansatz layers L (default {full.layers}; {quick.layers} with "
+                             "--quick)")
     parser.add_argument("--construction", choices=("qudit", "shannon"), default="qudit",
                         help="for_dimension method for N that are not powers of two")
-    parser.add_argument("--repeats", type=int, default=7,
-                        help="interleaved rounds per method; the median is reported")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved rounds per method; the median is reported (default "
+                             f"{full.repeats}; {quick.repeats} with --quick)")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="dtype of every torch method")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads for every torch method (default 1: on a machine "
-                             "shared with other jobs, multi-threaded BLAS calls wait for a "
-                             "scheduler slice and the timings become meaningless)")
+                        help="torch threads for every torch method, 1 … the CPUs of this "
+                             "machine (default 1: on a machine shared with other jobs, "
+                             "multi-threaded BLAS calls wait for a scheduler slice and the "
+                             "timings become meaningless)")
     parser.add_argument("--methods", type=_methods, default=ALL_METHODS,
-                        help=f"comma-separated subset of {','.join(ALL_METHODS)}")
-    parser.add_argument("--slow-limit", type=float, default=60.0,
+                        help=f"comma-separated subset of {','.join(ALL_METHODS)} (default: "
+                             "all)")
+    parser.add_argument("--slow-limit", type=float, default=None,
                         help="skip Qiskit/PennyLane where a run is estimated to take longer "
-                             "(seconds, default 60)")
+                             f"(seconds > 0, default {full.slow_limit:g}; {quick.slow_limit:g} "
+                             "with --quick)")
     parser.add_argument("--no-batched", action="store_true",
                         help="skip the batched-against-separate BERT case")
     parser.add_argument("--torch-compile", action="store_true",
@@ -803,38 +885,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "size) runs before timing and is not counted")
     parser.add_argument("--json", action="store_true",
                         help="print the report as JSON on standard output (nothing else)")
-    parser.add_argument("--plot", metavar="FILE", help="save time against N (log axes) to FILE")
+    parser.add_argument("--plot", metavar="FILE",
+                        help="save time against N (log axes) to FILE, a .png, .svg or .pdf "
+                             "in a folder that exists (checked before the run)")
     parser.add_argument("--quick", action="store_true",
-                        help="a tiny subset that runs in seconds")
+                        help="a tiny subset that runs in seconds: smaller defaults for the "
+                             "options that name them, a 12-frame batched case (its target is "
+                             "then not measured) and a small memory case")
     parser.set_defaults(func=run)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
-    if args.columns < 1 or args.layers < 0 or args.repeats < 1 or args.threads < 1:
-        raise ConfigError("--columns, --repeats and --threads must be >= 1 and --layers >= 0")
-    if args.quick:
-        config = BenchmarkConfig.quick()
-        config.threads = args.threads
-        config.construction = args.construction
-        config.methods = args.methods
-        config.torch_compile = args.torch_compile
-        if args.sizes is not None:
-            config.sizes = args.sizes
-        return config
-    return BenchmarkConfig(
-        sizes=args.sizes or DEFAULT_SIZES,
-        columns=args.columns,
-        layers=args.layers,
-        repeats=args.repeats,
-        dtype=args.dtype,
-        methods=args.methods,
-        slow_limit=args.slow_limit,
-        batched=not args.no_batched,
-        threads=args.threads,
-        construction=args.construction,
-        torch_compile=args.torch_compile,
-    )
+    """The configuration the options ask for: ``--quick`` starts from
+    :meth:`BenchmarkConfig.quick`, and every option given explicitly wins."""
+    config = BenchmarkConfig.quick() if args.quick else BenchmarkConfig()
+    values = {"dtype": args.dtype, "methods": args.methods, "batched": not args.no_batched,
+              "threads": args.threads, "construction": args.construction,
+              "torch_compile": args.torch_compile}
+    for name in ("sizes", "columns", "layers", "repeats", "slow_limit"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    config = replace(config, **values)
+    config.validate()
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -843,9 +917,11 @@ def run(args: argparse.Namespace) -> int:
 
     from qpeft.bench.cli import measure_and_print
 
-    report = measure_and_print(run_benchmark, config_from_args(args), render, args.json)
-    if args.plot:
-        plot(report, args.plot)
+    config = config_from_args(args)
+    plot_file = None if args.plot is None else plot_path(args.plot)
+    report = measure_and_print(run_benchmark, config, render, args.json)
+    if plot_file is not None:
+        written = plot(report, plot_file)
         if not args.json:
-            Console().print(f"plot written to {args.plot}")
+            Console().print(f"plot written to {written}")
     return 0
