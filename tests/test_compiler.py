@@ -621,6 +621,112 @@ def test_values_of_another_dtype_are_cast(frame) -> None:
     assert frame([0] * 7).dtype == torch.float64
 
 
+@pytest.mark.parametrize("columns", [
+    (3, 1), range(3, 0, -2), np.array([3, 1]), torch.tensor([3, 1]),
+    [np.int64(3), torch.tensor(1)], np.array([3, 1], dtype=np.uint8),
+])
+def test_columns_may_be_any_ordered_sequence_of_integers(columns) -> None:
+    circuit = pauli(3, 1)
+    values = torch.randn(circuit.num_parameters, dtype=torch.float64)
+    frame = compile_circuit(circuit, columns, dtype=torch.float64)
+    assert frame.columns == [3, 1]
+    whole = compile_circuit(circuit, dtype=torch.float64)(values)
+    assert torch.equal(frame(values), whole[:, [3, 1]])
+    assert compile_circuit(circuit, torch.tensor(2)).columns == [0, 1]
+
+
+@pytest.mark.parametrize(("columns", "message"), [
+    ([1.7, 0.2], "must be integers, got 1.7"),
+    ([2.0], "must be integers, got 2.0"),
+    ([True, False], "must be integers, got True"),
+    (np.array([1.0, 2.0]), "must be integers"),
+    (np.array([True, False]), "must be integers"),
+    (torch.tensor([1.0, 2.0]), "must be integers"),
+    ([[0, 1]], "must be integers"),
+    ("12", "ordered sequence.*got str '12'"),
+    (b"\x01", "ordered sequence"),
+    ({5, 1, 3}, "a set has no order: pass sorted"),
+    (frozenset({1, 2}), "a set has no order"),
+    ({1: 0}, "ordered sequence"),
+    (np.array([[0, 1]]), "ordered sequence"),
+    (torch.tensor([[0, 1]]), "ordered sequence"),
+    (2.0, "count K"),
+])
+def test_columns_that_are_not_integers_in_order_are_compile_errors(columns, message) -> None:
+    """Nothing is rounded, read digit by digit or taken in a set's order."""
+    with pytest.raises(CompileError, match=message):
+        compile_circuit(pauli(3, 1), columns)
+
+
+def test_values_that_are_not_numbers_are_parameter_errors(frame) -> None:
+    for values in ("abc", None, ["a"] * 7, object()):
+        with pytest.raises(ParameterError, match="tensor of real numbers"):
+            frame(values)
+
+
+def test_values_that_overflow_the_compiled_dtype_say_so() -> None:
+    frame = compile_circuit(pauli(3, 1), 2)  # float32
+    with pytest.raises(ParameterError, match="overflow the compiled dtype torch.float32"):
+        frame(torch.full((7,), 1e39, dtype=torch.float64))
+    for bad in (float("inf"), float("nan")):
+        with pytest.raises(ParameterError, match="NaN or infinity"):
+            frame(torch.full((7,), bad, dtype=torch.float64))
+    big = torch.full((7,), 1e39, dtype=torch.float64)
+    assert compile_circuit(pauli(3, 1), 2, dtype=torch.float64)(big).isfinite().all()
+
+
+@pytest.mark.parametrize("device", ["gpu", "not a device", 2.5])
+def test_a_device_that_is_not_a_device_is_a_compile_error(device) -> None:
+    with pytest.raises(CompileError, match="not a torch device"):
+        compile_circuit(pauli(3, 1), 2, device=device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_a_compile_error() -> None:
+    with pytest.raises(CompileError, match="device cuda is not available"):
+        compile_circuit(pauli(3, 1), 2, device="cuda")
+
+
+@pytest.mark.parametrize("flag", ["no", 1, None, np.bool_(True)])
+def test_recompute_backward_must_be_a_bool(flag) -> None:
+    with pytest.raises(CompileError, match="recompute_backward must be True or False"):
+        compile_circuit(pauli(3, 1), 2, recompute_backward=flag)
+
+
+def test_max_block_may_be_a_numpy_integer() -> None:
+    circuit = pauli(3, 1)
+    values = torch.randn(circuit.num_parameters)
+    frame = compile_circuit(circuit, 2, max_block=np.int64(2))
+    assert torch.equal(frame(values), compile_circuit(circuit, 2, max_block=2)(values))
+    with pytest.raises(CompileError, match="max_block"):
+        compile_circuit(circuit, 2, max_block=np.int64(1))
+
+
+@pytest.mark.parametrize("method", ["columns", "dense", "tensornet", "recompute"])
+def test_a_cast_module_computes_in_the_new_dtype(method: str) -> None:
+    """.double(), .to(dtype) and .float() build the engine again in that dtype:
+    the result equals a module compiled in it."""
+    circuit = Circuit([3, 2]).givens(0, (0, 2), "a").rx(1, "b").gcz(0, 1)  # complex
+    values = torch.randn(2, circuit.num_parameters, dtype=torch.float64)
+    frame = compiled(circuit, [4, 1], method, dtype=torch.float32)
+    wide = compiled(circuit, [4, 1], method, dtype=torch.float64)
+    narrow = compiled(circuit, [4, 1], method, dtype=torch.float32)
+    assert frame.double() is frame
+    assert torch.equal(frame(values), wide(values))
+    assert torch.equal(frame.to(torch.float32)(values), narrow(values))
+    assert torch.equal(frame.to("cpu", torch.float64)(values), wide(values))
+    assert torch.equal(frame.float()(values), narrow(values))
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules:UserWarning")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex64])
+def test_a_cast_to_a_dtype_it_cannot_compute_in_is_refused(frame, dtype) -> None:
+    before = frame(torch.ones(7))
+    with pytest.raises(CompileError, match=rf"cannot be cast to {dtype}; compile with dtype="):
+        frame.to(dtype)
+    assert torch.equal(frame(torch.ones(7)), before)  # refused before anything changed
+
+
 def test_torch_compile_gives_the_same_values_and_gradients() -> None:
     circuit = pauli(3, 1)
     frame = compile_circuit(circuit, 2, dtype=torch.float64)
@@ -664,12 +770,20 @@ def test_second_derivatives_are_refused_not_wrong(method: str) -> None:
     assert torch.autograd.gradgradcheck(lambda v: network(v), (values,))
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_an_empty_batch_gives_an_empty_frame(method: str) -> None:
+@pytest.mark.parametrize("method", [*METHODS, "recompute"])
+def test_an_empty_batch_gives_an_empty_frame_and_a_zero_gradient(method: str) -> None:
+    """As with the mappings, the empty frame hangs on the values' graph: a
+    backward pass gives an empty gradient of the values' shape and dtype."""
     circuit = Circuit([3, 2]).givens(0, (0, 2), "a").rx(1, "b")  # RX: the frame is complex
-    frame = compile_circuit(circuit, 2, method=method, dtype=torch.float64)
-    out = frame(torch.zeros(0, 3, circuit.num_parameters, dtype=torch.float64))
-    assert out.shape == (0, 3, 6, 2) and out.dtype == torch.complex128
+    frame = compiled(circuit, [0, 1], method)
+    for dtype in (torch.float64, torch.float32):
+        values = torch.zeros(0, 3, circuit.num_parameters, dtype=dtype, requires_grad=True)
+        out = frame(values)
+        assert out.shape == (0, 3, 6, 2) and out.dtype == torch.complex128
+        out.real.sum().backward()
+        assert values.grad.shape == values.shape and values.grad.dtype == dtype
+    out = frame(torch.zeros(0, circuit.num_parameters, dtype=torch.float64))
+    assert out.shape == (0, 6, 2) and not out.requires_grad
 
 
 def test_the_public_verb_compiles() -> None:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,12 +27,17 @@ from qpeft.compiler.plan import Plan, make_plan
 from qpeft.errors import CompileError, ParameterError
 
 METHODS = ("auto", "columns", "dense", "tensornet")
+DTYPES = (torch.float32, torch.float64)
 
 
 class CompiledCircuit(nn.Module):
     """A circuit compiled to a torch function: values ``(..., P)`` in
     ``circuit.parameters`` order → columns ``(..., N, K)`` (or the full
-    ``(..., N, N)`` unitary when ``columns=None``)."""
+    ``(..., N, N)`` unitary when ``columns=None``).
+
+    ``.to(device)`` moves it; ``.double()``, ``.float()`` and ``.to(dtype)``
+    build it again in float64 or float32, and other dtypes raise
+    :class:`~qpeft.errors.CompileError`."""
 
     def __init__(
         self,
@@ -50,12 +57,19 @@ class CompiledCircuit(nn.Module):
             )
         if method not in METHODS:
             raise CompileError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-        if dtype not in (torch.float32, torch.float64):
+        if dtype not in DTYPES:
             raise CompileError(
                 f"dtype must be torch.float32 or torch.float64, got {dtype}; complex circuits "
                 "are computed in the matching complex dtype automatically, and a frame can be "
                 "cast afterwards (U.half())"
             )
+        if not isinstance(recompute_backward, bool):
+            raise CompileError(
+                f"recompute_backward must be True or False, got {recompute_backward!r}"
+            )
+        if isinstance(max_block, numbers.Integral) and not isinstance(max_block, bool):
+            max_block = int(max_block)  # a NumPy integer, as columns accepts
+        device = _resolve_device(device)
         self.circuit = circuit
         self.dimension = circuit.dimension
         self.num_parameters = circuit.num_parameters
@@ -67,20 +81,36 @@ class CompiledCircuit(nn.Module):
                 "recompute_backward=True needs the step-by-step schedule of method='columns' "
                 "(or 'dense'); use one of those, or recompute_backward=False with 'tensornet'"
             )
-        self.recompute_backward = bool(recompute_backward)
-        plan: Plan = make_plan(circuit, max_block=max_block)
-        self.plan = plan
+        self.recompute_backward = recompute_backward
+        self.plan: Plan = make_plan(circuit, max_block=max_block)
+        self.engine = self._build_engine(dtype)
+        if device is not None:
+            self.to(device)
+
+    def _build_engine(self, dtype: torch.dtype) -> nn.Module:
         if self.method == "tensornet":
             from qpeft.compiler.tensornet import TensorNetwork
 
-            self.engine = TensorNetwork(plan, self.columns, dtype)
-        else:
-            engine_columns = (
-                list(range(circuit.dimension)) if self.method == "dense" else self.columns
+            return TensorNetwork(self.plan, self.columns, dtype)
+        engine_columns = list(range(self.dimension)) if self.method == "dense" else self.columns
+        return ColumnsEngine(self.plan, engine_columns, dtype)
+
+    def _apply(self, fn, recurse: bool = True):
+        # The engine computes in the dtype it was built with (kept as attributes, not
+        # only in buffers), so converting its buffers would break it: a cast such as
+        # .double() or .to(torch.float64) builds the engine again in the new dtype.
+        current = self.engine.real_dtype
+        target = fn(torch.empty(0, dtype=current, device=self.engine.builder.offset.device))
+        if target.dtype == current:
+            return super()._apply(fn, recurse)
+        if target.dtype not in DTYPES:
+            raise CompileError(
+                f"a compiled circuit computes in torch.float32 or torch.float64 and cannot be "
+                f"cast to {target.dtype}; compile with dtype=torch.float32 (or float64) and "
+                f"cast the frame it returns, U.to({target.dtype})"
             )
-            self.engine = ColumnsEngine(plan, engine_columns, dtype)
-        if device is not None:
-            self.to(device)
+        self.engine = self._build_engine(target.dtype).to(target.device)
+        return self
 
     @property
     def num_columns(self) -> int:
@@ -91,10 +121,18 @@ class CompiledCircuit(nn.Module):
 
         Any leading batch shape is evaluated in one call; values are cast to
         the compiled dtype. Raises :class:`~qpeft.errors.ParameterError` for
-        a wrong last axis, complex values, NaN or infinity.
+        values that are not numbers, a wrong last axis, complex values, NaN or
+        infinity, or values that overflow the compiled dtype.
         """
         if not isinstance(values, torch.Tensor):
-            values = torch.as_tensor(values)
+            try:
+                values = torch.as_tensor(values)
+            except (TypeError, ValueError, RuntimeError):
+                raise ParameterError(
+                    f"parameter values must be a tensor of real numbers, got "
+                    f"{type(values).__name__} {values!r:.60}; pass a torch.Tensor (or a list or "
+                    f"NumPy array of numbers) of shape (..., {self.num_parameters})"
+                ) from None
         if values.dim() == 0 or values.shape[-1] != self.num_parameters:
             raise ParameterError(
                 f"expected parameter values of shape (..., {self.num_parameters}) in "
@@ -113,15 +151,25 @@ class CompiledCircuit(nn.Module):
                 f"{values.device}; move one of them with .to(...)"
             )
         lead = values.shape[:-1]
-        flat = values.reshape(math.prod(lead), self.num_parameters).to(self.engine.real_dtype)
+        given = values.reshape(math.prod(lead), self.num_parameters)
+        flat = given.to(self.engine.real_dtype)
         if not torch.compiler.is_compiling() and not torch.isfinite(flat).all():
+            if torch.isfinite(given).all():
+                raise ParameterError(
+                    f"parameter values overflow the compiled dtype {flat.dtype} (largest "
+                    f"magnitude {given.abs().max().item():.3g}); compile with "
+                    "dtype=torch.float64 or pass smaller values"
+                )
             raise ParameterError(
                 "parameter values contain NaN or infinity; check the optimiser step (learning "
                 "rate, gradient clipping) or the values loaded from disk"
             )
-        if flat.shape[0] == 0:  # an empty batch: nothing to evaluate
-            return flat.new_zeros(*lead, self.dimension, self.num_columns,
-                                  dtype=self.engine.work_dtype)
+        if flat.shape[0] == 0:
+            # Nothing to evaluate. The zeros are built from the values, as the mappings'
+            # frames are, so a backward pass gives a (0, P) zero gradient.
+            empty = flat.new_zeros(0, self.dimension, self.num_columns,
+                                   dtype=self.engine.work_dtype)
+            return (empty + flat.sum()).reshape(*lead, self.dimension, self.num_columns)
         if self.recompute_backward:
             from qpeft.compiler.recompute import recomputed_forward
 
@@ -154,30 +202,72 @@ class CompiledCircuit(nn.Module):
         )
 
 
+def _is_integer(value: object) -> bool:
+    """A Python or NumPy integer or a 0-d integer tensor; never a bool or a float."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not (
+            value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
+        )
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _resolve_columns(columns, dimension: int) -> list[int]:
     if columns is None:
         return list(range(dimension))
-    if isinstance(columns, bool):
-        raise CompileError("columns must be None, a count K or a list of column indices")
-    if isinstance(columns, numbers.Integral):
-        columns = int(columns)
-        if not 1 <= columns <= dimension:
+    if _is_integer(columns):
+        count = int(columns)
+        if not 1 <= count <= dimension:
             raise CompileError(
-                f"columns={columns} is out of range for a {dimension}×{dimension} unitary; "
+                f"columns={count} is out of range for a {dimension}×{dimension} unitary; "
                 f"use 1 <= K <= {dimension}"
             )
-        return list(range(columns))
-    try:
-        chosen = [int(c) for c in columns]
-    except (TypeError, ValueError):
+        return list(range(count))
+    if isinstance(columns, (np.ndarray, torch.Tensor)):
+        ordered = columns.ndim == 1
+    else:
+        ordered = isinstance(columns, Sequence) and not isinstance(columns, (str, bytes))
+    if not ordered:
+        hint = (" (a set has no order: pass sorted(columns) or a list in the order wanted)"
+                if isinstance(columns, AbstractSet) else "")
         raise CompileError(
-            f"columns must be None, a count K or a list of column indices, got {columns!r}"
-        ) from None
+            f"columns must be None, a count K or an ordered sequence of column indices (a "
+            f"list, tuple, range, NumPy array or 1-d integer tensor), got "
+            f"{type(columns).__name__} {columns!r}{hint}"
+        )
+    wrong = [c for c in columns if not _is_integer(c)]
+    if wrong:
+        raise CompileError(
+            f"column indices must be integers, got {wrong[0]!r} ({type(wrong[0]).__name__}) "
+            f"in {columns!r}; pass whole numbers such as [0, 3] (floats and bools are not "
+            "read as indices)"
+        )
+    chosen = [int(c) for c in columns]
     if not chosen or any(not 0 <= c < dimension for c in chosen):
         raise CompileError(f"column indices must lie in 0..{dimension - 1}, got {chosen}")
     if len(set(chosen)) != len(chosen):
         raise CompileError(f"column indices must be distinct, got {chosen}")
     return chosen
+
+
+def _resolve_device(device: object) -> torch.device | None:
+    """``device`` as a torch.device that exists here, or None to stay on the CPU."""
+    if device is None:
+        return None
+    try:
+        device = torch.device(device)
+    except (TypeError, RuntimeError):
+        raise CompileError(
+            f"device={device!r} is not a torch device; pass 'cpu', 'cuda', 'cuda:1' or a "
+            "torch.device"
+        ) from None
+    try:
+        torch.empty(0, device=device)
+    except (AssertionError, RuntimeError, NotImplementedError) as error:
+        raise CompileError(
+            f"device {device} is not available here ({str(error).splitlines()[0]}); "
+            "compile on device='cpu', or check torch.cuda.is_available()"
+        ) from None
+    return device
 
 
 def compile_circuit(
