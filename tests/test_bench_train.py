@@ -131,3 +131,15 @@ def test_bad_arguments_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
     assert "dora" in capsys.readouterr().err
     assert cli.main(["bench", "train", "--quick", "--repeats", "0"]) == cli.ERROR_EXIT_CODE
     assert cli.main(["bench", "train", "--quick", "--seq-len", "65"]) == cli.ERROR_EXIT_CODE
+
+
+def test_threads_are_bounded_by_the_cpus(capsys: pytest.CaptureFixture[str]) -> None:
+    from qpeft.bench.cli import max_threads
+
+    limit = max_threads()
+    train.TrainBenchConfig.quick(threads=limit).validate()
+    assert cli.main(["bench", "train", "--quick", "--threads", str(limit + 1)]) \
+        == cli.ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.startswith("error: --threads") and f"1 … {limit}" in err
+    assert "Traceback" not in err

@@ -20,6 +20,7 @@ import qpeft
 from qpeft import cli
 from qpeft.ansatz import for_dimension, pauli
 from qpeft.bench import unitary
+from qpeft.bench.cli import max_threads
 from qpeft.circuit import Circuit
 from qpeft.errors import ConfigError, InteropError
 
@@ -224,7 +225,7 @@ def test_invalid_options_are_config_errors(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_threads_are_bounded_by_the_cpus() -> None:
-    limit = unitary.max_threads()
+    limit = max_threads()
     unitary.BenchmarkConfig(threads=limit).validate()
     with pytest.raises(ConfigError, match=f"1 … {limit}"):
         unitary.BenchmarkConfig(threads=limit + 1).validate()

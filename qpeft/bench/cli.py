@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,11 @@ BENCHMARKS: dict[str, str] = {
     "unitary": "qpeft.bench.unitary",
     "train": "qpeft.bench.train",
 }
+
+
+def max_threads() -> int:
+    """The most torch threads a benchmark accepts: the CPUs of this machine."""
+    return os.cpu_count() or 1
 
 
 def available_benchmarks() -> dict[str, str]:

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from qpeft.bench.cli import max_threads
 from qpeft.bench.unitary import time_interleaved
 from qpeft.compiler.recompute import autograd_saved_bytes
 from qpeft.errors import ConfigError
@@ -108,6 +109,9 @@ class TrainBenchConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, "
                                   f"not {getattr(self, name)}")
+        if self.threads > max_threads():
+            raise ConfigError(f"--threads {self.threads} must lie in 1 … {max_threads()} (the "
+                              "CPUs of this machine); 1, the default, gives the steadiest timings")
 
 
 # ---------------------------------------------------------------------------

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from qpeft.ansatz import for_dimension, pauli
+from qpeft.bench.cli import max_threads
 from qpeft.circuit import Circuit
 from qpeft.circuit.gates import COMPLEX_OF, FixedGate
 from qpeft.cli import DefaultsHelpFormatter
@@ -371,10 +372,6 @@ class BenchmarkConfig:
             raise ConfigError(f"--slow-limit {self.slow_limit} must be a positive number of "
                               f"seconds; leave Qiskit and PennyLane out with --methods instead")
 
-
-def max_threads() -> int:
-    """The most torch threads the benchmark accepts: the CPUs of this machine."""
-    return os.cpu_count() or 1
 
 
 @dataclass
