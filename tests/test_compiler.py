@@ -581,6 +581,10 @@ def test_nan_and_complex_values_are_parameter_errors(frame) -> None:
         frame(values)
     with pytest.raises(ParameterError, match="real"):
         frame(torch.zeros(7, dtype=torch.complex128))
+    with pytest.raises(ParameterError, match="bool tensor"):
+        frame(torch.zeros(7, dtype=torch.bool))
+    with pytest.raises(ParameterError, match="bool tensor"):
+        frame([True] * 7)
 
 
 @pytest.mark.parametrize("columns", [0, 9, [8], [1, 1], [], True])

@@ -121,7 +121,7 @@ class CompiledCircuit(nn.Module):
 
         Any leading batch shape is evaluated in one call; values are cast to
         the compiled dtype. Raises :class:`~qpeft.errors.ParameterError` for
-        values that are not numbers, a wrong last axis, complex values, NaN or
+        values that are not numbers, a wrong last axis, complex or bool values, NaN or
         infinity, or values that overflow the compiled dtype.
         """
         if not isinstance(values, torch.Tensor):
@@ -143,6 +143,11 @@ class CompiledCircuit(nn.Module):
             raise ParameterError(
                 "parameter values must be real angles, got a complex tensor; pass values.real "
                 "if the imaginary part is zero"
+            )
+        if values.dtype == torch.bool:
+            raise ParameterError(
+                "parameter values must be real angles, got a bool tensor (it would be read as "
+                "0 and 1 radians); pass values.float() if that is what you mean"
             )
         expected = self.engine.builder.offset.device
         if values.device != expected:
