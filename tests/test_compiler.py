@@ -760,6 +760,47 @@ def test_batched_gradients_equal_one_by_one(method: str) -> None:
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("method", ["columns", "recompute", "dense", "pairs-dense", "tensornet"])
+def test_torch_func_transforms_run_the_plain_operations(method: str) -> None:
+    """Under torch.func transforms the plain tensor operations replace the
+    written-out backward passes: jacrev and jacfwd equal autograd's Jacobian,
+    vmap equals the batched call, and hessian equals autograd's Hessian of the
+    tensornet frame (complex gates, qudits, shared parameters and pair nodes)."""
+    circuit = (Circuit([2, 3, 2]).ry(0, "a").givens(1, (0, 2), "b").cz(0, 2)
+               .rx(2, 0.5 * Parameter("a")).append(controlled(RY(2, "c"), 1)).gcz(0, 1)
+               .ry(0, "c").append(pauli_rotation("XX", [0, 2], "b")))
+    frame = compiled(circuit, [3, 0, 7], method)
+    values = torch.randn(circuit.num_parameters, dtype=torch.float64)
+
+    def function(v):
+        return real_view(frame(v))
+
+    jacobian = torch.autograd.functional.jacobian(function, values)
+    torch.testing.assert_close(torch.func.jacrev(function)(values), jacobian, rtol=0, atol=1e-12)
+    torch.testing.assert_close(torch.func.jacfwd(function)(values), jacobian, rtol=0, atol=1e-12)
+    batch = torch.randn(3, circuit.num_parameters, dtype=torch.float64)
+    torch.testing.assert_close(torch.func.vmap(frame)(batch), frame(batch), rtol=0, atol=1e-12)
+    network = compiled(circuit, [3, 0, 7], "tensornet")
+    weights = torch.randn_like(function(values))
+
+    def loss(f):
+        return lambda v: (real_view(f(v)) * weights).sum() ** 2
+
+    hessian = torch.autograd.functional.hessian(loss(network), values)
+    torch.testing.assert_close(torch.func.hessian(loss(frame))(values), hessian, rtol=0,
+                               atol=1e-10)
+
+
+def test_mappings_run_under_torch_func_transforms() -> None:
+    from qpeft.compiler.mappings import mapping
+
+    frame = mapping("householder", 6, 2, dtype=torch.float64)
+    values = torch.randn(3, frame.num_parameters, dtype=torch.float64)
+    torch.testing.assert_close(torch.func.vmap(frame)(values), frame(values), rtol=0, atol=1e-12)
+    jacobian = torch.autograd.functional.jacobian(frame, values[0])
+    torch.testing.assert_close(torch.func.jacrev(frame)(values[0]), jacobian, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("method", ["columns", "recompute"])
 def test_second_derivatives_are_refused_not_wrong(method: str) -> None:
     """The written-out backward gives first derivatives only: asking for a

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from qpeft.circuit import Circuit
+from qpeft.compiler.blocks import plain_operations
 from qpeft.compiler.engine import ColumnsEngine
 from qpeft.compiler.plan import Plan, make_plan
 from qpeft.errors import CompileError, ParameterError
@@ -158,7 +159,7 @@ class CompiledCircuit(nn.Module):
         lead = values.shape[:-1]
         given = values.reshape(math.prod(lead), self.num_parameters)
         flat = given.to(self.engine.real_dtype)
-        if not torch.compiler.is_compiling() and not torch.isfinite(flat).all():
+        if not plain_operations() and not torch.isfinite(flat).all():
             if torch.isfinite(given).all():
                 raise ParameterError(
                     f"parameter values overflow the compiled dtype {flat.dtype} (largest "

@@ -364,10 +364,10 @@ class MatrixBuilder(nn.Module):
         (B, 2, D) coefficients of every pair node.
 
         With gradients wanted, one :class:`BuildFunction` node computes them;
-        under ``torch.compile`` the plain operations are traced instead.
+        under ``torch.compile`` and ``torch.func`` transforms the plain
+        operations run instead (:func:`plain_operations`).
         """
-        if torch.is_grad_enabled() and values.requires_grad \
-                and not torch.compiler.is_compiling():
+        if torch.is_grad_enabled() and values.requires_grad and not plain_operations():
             out = BuildFunction.apply(self, values)
             classes, pairs = out[: len(self._classes)], out[len(self._classes):]
         else:
@@ -547,6 +547,18 @@ class BuildFunction(torch.autograd.Function):
         return None, grad
 
 
+def plain_operations() -> bool:
+    """Whether plain tensor operations stand in for the written-out backward
+    passes: under ``torch.compile``, which traces them and derives (and fuses)
+    the backward, and under ``torch.func`` transforms (``vmap``, ``grad``,
+    ``jacrev``, ``jacfwd``, ``hessian``), which autograd's recording supports
+    to any order. Data-dependent checks are skipped there too."""
+    if torch.compiler.is_compiling():
+        return True
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active is not None and active())
+
+
 def refuse_second_derivatives() -> None:
     """Raise when a written-out backward is asked to build a graph itself
     (``create_graph=True``): its operations would not be differentiated, and
@@ -555,8 +567,9 @@ def refuse_second_derivatives() -> None:
         raise CompileError(
             "the compiled circuit's backward pass is written out and gives first derivatives "
             "only, but a graph of the gradient was asked for (create_graph=True, e.g. for a "
-            "Hessian); compile with method='tensornet', which autograd differentiates to any "
-            "order"
+            "Hessian); use torch.func (torch.func.hessian, jacfwd, jacrev), under which the "
+            "plain operations run, or compile with method='tensornet', which autograd "
+            "differentiates to any order"
         )
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qpeft.compiler.blocks import MatrixBuilder, refuse_second_derivatives
+from qpeft.compiler.blocks import MatrixBuilder, plain_operations, refuse_second_derivatives
 from qpeft.compiler.plan import (
     ApplyBlock,
     ApplyControlled,
@@ -323,14 +323,16 @@ class ColumnsEngine(nn.Module):
         whose backward is written out step by step. ``keep_states=False``
         stores no intermediate state and recovers each one in the backward
         pass by undoing the steps (see :mod:`qpeft.compiler.recompute`).
-        Under ``torch.compile`` (with ``keep_states=True``) the steps are
-        traced as plain tensor operations instead.
+        Under ``torch.compile`` (with ``keep_states=True``) and under
+        ``torch.func`` transforms (whatever ``keep_states``) the steps run as
+        plain tensor operations instead (:func:`~qpeft.compiler.blocks.plain_operations`).
         """
         batch = values.shape[0]
         matrices = self.builder(values)
         initial = self.initial_state(matrices, batch)
-        if keep_states and torch.compiler.is_compiling():
-            # traced as plain tensor operations: the compiler derives (and fuses) the backward
+        if plain_operations() and (keep_states or not torch.compiler.is_compiling()):
+            # plain tensor operations: the compiler, or autograd under torch.func, derives
+            # the backward (under torch.compile the memory-saving one keeps its own node)
             state = initial
             for step in self._steps:
                 state = self.apply_step(step, state, matrices)

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from qpeft.compiler.blocks import plain_operations
 from qpeft.errors import CompileError, ParameterError
 
 __all__ = [
@@ -242,8 +243,9 @@ class StiefelMapping(torch.nn.Module):
                 f"{where} lives on {self.device} but got values on {values.device}; "
                 f"move one of them with .to(...)"
             )
-        # skipped while torch.compile traces, as in qpeft.compile (a sync that splits the graph)
-        if self.check_values and not torch.compiler.is_compiling() \
+        # skipped under torch.compile (a sync that splits the graph) and torch.func transforms
+        # (data-dependent control flow), as in qpeft.compile
+        if self.check_values and not plain_operations() \
                 and not bool(torch.isfinite(values).all()):
             bad = int((~torch.isfinite(values)).sum())
             raise ParameterError(
