@@ -722,6 +722,23 @@ def test_a_cast_module_computes_in_the_new_dtype(method: str) -> None:
     assert torch.equal(frame.float()(values), narrow(values))
 
 
+@pytest.mark.parametrize("method", ["columns", "tensornet", "recompute"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_cast_to_the_current_dtype_changes_nothing(method: str, dtype: torch.dtype) -> None:
+    """.to(its own dtype), directly or through a parent module, and .type()
+    leave the complex gate matrices complex and the index buffers integers."""
+    circuit = Circuit([2, 2]).rx(0, "a").ry(1, "b").cz(0, 1).rx(1, "c")  # complex
+    values = torch.tensor([0.3, -1.2, 0.7], dtype=torch.float64)
+    frame = compiled(circuit, 2, method, dtype=dtype)
+    before = frame(values)
+    buffers = {name: buffer.dtype for name, buffer in frame.named_buffers()}
+    frame.to(dtype)
+    torch.nn.Sequential(frame).to("cpu", dtype)
+    frame.type(dtype)
+    assert {name: buffer.dtype for name, buffer in frame.named_buffers()} == buffers
+    assert torch.equal(frame(values), before)
+
+
 @pytest.mark.filterwarnings("ignore:Complex modules:UserWarning")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.complex64])
 def test_a_cast_to_a_dtype_it_cannot_compute_in_is_refused(frame, dtype) -> None:

@@ -231,6 +231,12 @@ def test_threads_are_bounded_by_the_cpus() -> None:
         unitary.BenchmarkConfig(threads=limit + 1).validate()
 
 
+def test_columns_beyond_the_batched_frames_are_refused_before_measuring() -> None:
+    with pytest.raises(ConfigError, match="--columns 400 is more than the 384 rows.*--no-batched"):
+        unitary.BenchmarkConfig(sizes=(512,), columns=400).validate()
+    unitary.BenchmarkConfig(sizes=(512,), columns=400, batched=False).validate()
+
+
 def test_repeated_sizes_are_refused_by_the_config() -> None:
     with pytest.raises(ConfigError, match="names a dimension twice"):
         unitary.BenchmarkConfig(sizes=(64, 64)).validate()

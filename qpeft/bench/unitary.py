@@ -361,6 +361,10 @@ class BenchmarkConfig:
         if self.columns < 1 or any(self.columns > n for n in self.sizes):
             raise ConfigError(f"--columns {self.columns} must lie in 1 … N for every size "
                               f"{list(self.sizes)}")
+        narrowest = min(bert_frames(layers=self.bert_layers))
+        if self.batched and self.columns > narrowest:
+            raise ConfigError(f"--columns {self.columns} is more than the {narrowest} rows of the "
+                              f"batched BERT case's frames; pass --no-batched to measure it")
         if self.layers < 0 or self.repeats < 1:
             raise ConfigError(f"--layers must be >= 0 and --repeats >= 1, got --layers "
                               f"{self.layers} --repeats {self.repeats}")

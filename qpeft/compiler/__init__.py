@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 
@@ -100,10 +101,19 @@ class CompiledCircuit(nn.Module):
         # The engine computes in the dtype it was built with (kept as attributes, not
         # only in buffers), so converting its buffers would break it: a cast such as
         # .double() or .to(torch.float64) builds the engine again in the new dtype.
+        # Anything else (a move, .to() with the current dtype, share_memory) keeps the
+        # dtype of every buffer: torch's casts would also make the complex gate
+        # matrices real and the index buffers floating point.
         current = self.engine.real_dtype
         target = fn(torch.empty(0, dtype=current, device=self.engine.builder.offset.device))
         if target.dtype == current:
-            return super()._apply(fn, recurse)
+            def keep_dtype(tensor: torch.Tensor) -> torch.Tensor:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "casting complex to real": undone below
+                    out = fn(tensor)
+                return out if out.dtype == tensor.dtype else tensor.to(out.device)
+
+            return super()._apply(keep_dtype, recurse)
         if target.dtype not in DTYPES:
             raise CompileError(
                 f"a compiled circuit computes in torch.float32 or torch.float64 and cannot be "
