@@ -116,6 +116,18 @@ def test_table_and_plot(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert list(tmp_path.iterdir()) == [plot]  # no temporary file left beside it
 
 
+def test_the_plot_labels_every_measured_dimension(monkeypatch: pytest.MonkeyPatch) -> None:
+    import qpeft.draw
+
+    figures = []
+    monkeypatch.setattr(qpeft.draw, "save", lambda figure, name: figures.append(figure))
+    measurements = [{"method": method, "dimension": n, "seconds": 1e-3 * n, "status": "ok",
+                     "note": ""} for method in ("columns", "householder") for n in (64, 96, 512)]
+    unitary.plot({"measurements": measurements, "config": {"columns": 4, "layers": 2}}, "x.png")
+    axes = figures[0].axes[0]
+    assert [label.get_text() for label in axes.get_xticklabels()] == ["64", "96", "512"]
+
+
 def test_bad_arguments_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["bench", "unitary", "--sizes", "12,x"])

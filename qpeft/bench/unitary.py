@@ -784,6 +784,7 @@ def plot(report: dict, filename: str | os.PathLike) -> Path:
     """Time against N on log axes, one line per method (Fig. 6 of the paper, with peers),
     written atomically (:func:`qpeft.draw.save`); returns the path written."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
     from qpeft.draw import save
 
@@ -798,6 +799,9 @@ def plot(report: dict, filename: str | os.PathLike) -> Path:
                                                          else ":^")
             axes.plot(sizes, seconds, style, label=method, markersize=4)
     axes.set_xscale("log", base=2)
+    measured = sorted({x["dimension"] for x in report["measurements"]})
+    axes.set_xticks(measured, [str(n) for n in measured], fontsize=7)  # every N measured
+    axes.xaxis.set_minor_locator(NullLocator())
     axes.set_yscale("log")
     axes.set_xlabel("N (rows of U)")
     axes.set_ylabel("seconds per forward+backward")
