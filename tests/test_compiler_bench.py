@@ -126,6 +126,8 @@ def test_the_plot_labels_every_measured_dimension(monkeypatch: pytest.MonkeyPatc
     unitary.plot({"measurements": measurements, "config": {"columns": 4, "layers": 2}}, "x.png")
     axes = figures[0].axes[0]
     assert [label.get_text() for label in axes.get_xticklabels()] == ["64", "96", "512"]
+    colours = {line.get_label(): line.get_color() for line in axes.get_lines()}
+    assert colours["columns"] == "black" and colours["householder"] != "black"
 
 
 def test_bad_arguments_are_reported(capsys: pytest.CaptureFixture[str]) -> None:

@@ -790,14 +790,17 @@ def plot(report: dict, filename: str | os.PathLike) -> Path:
 
     figure = Figure(figsize=(8.5, 4.5))
     axes = figure.add_subplot()
+    # the compiler in black, the ten others in matplotlib's ten cycle colours
+    colours = iter(f"C{i}" for i in range(10))
     for method in ALL_METHODS:
         points = sorted((x["dimension"], x["seconds"]) for x in report["measurements"]
                         if x["method"] == method and x["seconds"] is not None)
+        colour = "black" if method == "columns" else next(colours)
         if points:
             sizes, seconds = zip(*points)
             style = "-o" if method in FAST_METHODS else ("--s" if method in SLOW_METHODS
                                                          else ":^")
-            axes.plot(sizes, seconds, style, label=method, markersize=4)
+            axes.plot(sizes, seconds, style, label=method, markersize=4, color=colour)
     axes.set_xscale("log", base=2)
     measured = sorted({x["dimension"] for x in report["measurements"]})
     axes.set_xticks(measured, [str(n) for n in measured], fontsize=7)  # every N measured
