@@ -15,6 +15,7 @@ from test_adapters_model import (
     tokens,
 )
 
+import qpeft
 from qpeft.adapters import QPeftConfig, QPeftLinear, QPeftModel, get_qpeft_model
 from qpeft.adapters.io import CONFIG_NAME, WEIGHTS_NAME
 from qpeft.errors import AdapterFileError
@@ -245,3 +246,37 @@ def test_saving_replaces_files_atomically(tmp_path):
     model.save_pretrained(tmp_path)
     model.save_pretrained(tmp_path)  # over an existing save: no temporary files left
     assert sorted(p.name for p in tmp_path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+
+def _ansatz_file(folder, marker) -> str:
+    """A user's ansatz file that leaves ``marker`` behind when it runs."""
+    path = folder / "my_ansatz.py"
+    path.write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from qpeft.ansatz import for_dimension\n"
+        "def build(dimension, layers=1):\n"
+        "    return for_dimension(dimension, layers=layers)\n"
+    )
+    return str(path)
+
+
+def test_a_loaded_adapter_never_runs_the_file_it_names(tmp_path):
+    """An adapter trained with a user's ansatz file loads from its recorded circuits
+    without running the file; a file naming code and recording no circuits is refused."""
+    marker = tmp_path / "ran"
+    ansatz = _ansatz_file(tmp_path, marker)
+    model = trained_bert(ansatz=ansatz)
+    assert marker.exists()  # building the adapter in Python runs the user's own file
+    marker.unlink()
+    loaded = assert_round_trip(model, tmp_path / "adapter", tiny_bert)
+    assert not marker.exists()
+    widths = set(loaded.peft_config["default"].ansatz)
+    assert widths == {48} and all(
+        isinstance(c, qpeft.circuit.Circuit) for c in loaded.peft_config["default"].ansatz.values())
+    path = tmp_path / "adapter" / CONFIG_NAME
+    document = json.loads(path.read_text())
+    document["circuits"] = {}
+    path.write_text(json.dumps(document))
+    _assert_load_fails_and_model_unchanged(tmp_path / "adapter", "never name code to run")
+    assert not marker.exists()

@@ -300,3 +300,34 @@ def test_the_standalone_api_does_not_import_peft():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             check=True, timeout=120)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_peft_configuration_never_names_code_to_run(tmp_path):
+    """peft rebuilds the configuration from adapter_config.json, so a Python file
+    as ansatz is refused; in a saved file that records its circuits, an ansatz
+    edited to name a file is replaced by them and the file never runs."""
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n")
+    with pytest.raises(ConfigError, match="cannot name a Python file"):
+        QPeftPeftConfig(target_modules=BERT_TARGETS, ansatz=str(evil))
+    ids = tokens()
+    model = peft.get_peft_model(tiny_bert(), QPeftPeftConfig(rank=4, target_modules=BERT_TARGETS))
+    train(model, ids, steps=1)
+    with torch.no_grad():
+        trained = model(ids).logits
+    model.save_pretrained(tmp_path / "adapter")
+    path = tmp_path / "adapter" / "adapter_config.json"
+    document = json.loads(path.read_text())
+    document["ansatz"] = str(evil)
+    path.write_text(json.dumps(document))
+    loaded = PeftModel.from_pretrained(tiny_bert(), tmp_path / "adapter")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, trained)
+    document["circuits"] = None
+    path.write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match="cannot name a Python file"):
+        PeftModel.from_pretrained(tiny_bert(), tmp_path / "adapter")
+    with pytest.raises(ConfigError, match="cannot name a Python file"):
+        peft.PeftConfig.from_pretrained(tmp_path / "adapter")
+    assert not marker.exists()

@@ -37,7 +37,7 @@ from torch import nn
 
 from qpeft.adapters.quantize import fake_quantize
 from qpeft.circuit import Circuit
-from qpeft.errors import ConfigError, QpeftError
+from qpeft.errors import AdapterFileError, ConfigError, QpeftError
 
 if TYPE_CHECKING:
     from qpeft.adapters.layer import QPeftLinear
@@ -160,6 +160,34 @@ def _compile_circuit(circuit: Circuit, columns: int, dtype: torch.dtype,
     from qpeft.compiler import compile_circuit  # the function behind qpeft.compile
 
     return compile_circuit(circuit, columns, dtype=dtype, device=device, method=method)
+
+
+def without_named_code(ansatz: Any, circuits: Iterable[Circuit]) -> Any:
+    """The ansatz choice of an adapter read from a file, naming no code to run.
+
+    A name that is neither a catalog entry nor a mapping is the path of a
+    user's Python file, which :func:`~qpeft.ansatz.load_ansatz` would run. An
+    adapter file never names code: such a choice (alone or in a dict by
+    width) is replaced by the ``circuits`` the file records, by width, so
+    that the loaded adapter builds its frames from their JSON descriptions
+    only. A file that names code and records no circuits is an
+    :class:`~qpeft.errors.AdapterFileError`.
+    """
+    from qpeft.ansatz import catalog_names
+
+    safe = set(catalog_names()) | set(mapping_names())
+    choices = ansatz.values() if isinstance(ansatz, Mapping) else [ansatz]
+    named = [c for c in choices if isinstance(c, str) and c not in safe]
+    if not named:
+        return ansatz
+    recorded = {circuit.dimension: circuit for circuit in circuits}
+    if not recorded:
+        raise AdapterFileError(
+            f"the adapter names {named[0]!r} as its ansatz, which is neither a catalog entry "
+            f"nor a mapping, and records no circuits; adapter files carry their circuits as "
+            f"JSON and never name code to run"
+        )
+    return recorded
 
 
 def resolve_frame_spec(

@@ -40,7 +40,7 @@ from torch import nn
 
 from qpeft._version import __version__
 from qpeft.adapters.config import FORMAT, FORMAT_VERSION, QPeftConfig
-from qpeft.adapters.frames import FrameSpec
+from qpeft.adapters.frames import FrameSpec, without_named_code
 from qpeft.adapters.layer import ModulesToSaveWrapper, QPeftLinear, linear_shape
 from qpeft.adapters.quantize import (
     code_range,
@@ -360,6 +360,7 @@ def read_adapter(directory: str | os.PathLike) -> AdapterFiles:
     except QpeftError as error:
         raise _fail(folder, f"invalid configuration: {error}") from None
     circuits = _circuits(folder, document)
+    config.ansatz = without_named_code(config.ansatz, circuits.values())
     modules = document.get("modules")
     if not isinstance(modules, list) or not modules:
         raise _fail(folder, "'modules' must list at least one adapted module")

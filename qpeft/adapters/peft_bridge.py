@@ -35,7 +35,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from qpeft.errors import ConfigError
+from qpeft.errors import AdapterFileError, ConfigError
 
 PEFT_TYPE = "QPEFT"
 """The ``peft_type`` written to ``adapter_config.json``."""
@@ -111,7 +111,12 @@ from peft.utils.peft_types import PeftType  # noqa: E402
 from torch import nn  # noqa: E402
 
 from qpeft.adapters.config import QPeftConfig  # noqa: E402
-from qpeft.adapters.frames import FrameBank, FrameSpec, resolve_frame_spec  # noqa: E402
+from qpeft.adapters.frames import (  # noqa: E402
+    FrameBank,
+    FrameSpec,
+    resolve_frame_spec,
+    without_named_code,
+)
 from qpeft.adapters.layer import QPeftLinear  # noqa: E402
 from qpeft.adapters.model import (  # noqa: E402
     PathSpecs,
@@ -140,6 +145,19 @@ class _QPeftPeftConfigBase(PeftConfig):
             setattr(self, name, getattr(checked, name))
         if self.circuits is not None and not isinstance(self.circuits, Mapping):
             raise ConfigError("circuits must be a dict from width to a circuit description")
+        # peft writes this configuration next to the weights and builds it again from that
+        # file, so it must not name code to run: a Python file as the ansatz is refused, or,
+        # in a file that records the circuits, replaced by them
+        try:
+            self.ansatz = without_named_code(
+                self.ansatz, (Circuit.from_dict(data) for data in (self.circuits or {}).values()))
+        except AdapterFileError:
+            raise ConfigError(
+                f"a peft configuration is saved with the adapter and built again by peft from "
+                f"that file, so its ansatz cannot name a Python file ({self.ansatz!r}); build "
+                f"the circuit with qpeft.load_ansatz(path, ...) and pass the Circuit (or a dict "
+                f"from width to Circuit)"
+            ) from None
 
     def to_qpeft_config(self) -> QPeftConfig:
         """The same adapter as a :class:`~qpeft.adapters.config.QPeftConfig`, for
