@@ -280,3 +280,82 @@ def test_a_loaded_adapter_never_runs_the_file_it_names(tmp_path):
     path.write_text(json.dumps(document))
     _assert_load_fails_and_model_unchanged(tmp_path / "adapter", "never name code to run")
     assert not marker.exists()
+
+
+def _rewrite(directory, edit_document=None, edit_tensors=None) -> None:
+    """Edit a saved adapter and keep its hash and module digest consistent, so that only
+    the edit itself can be refused."""
+    import hashlib
+
+    from safetensors.torch import load, save
+
+    from qpeft.adapters.io import _dump_json, _modules_digest
+
+    blob = (directory / WEIGHTS_NAME).read_bytes()
+    metadata = safetensors_header(directory / WEIGHTS_NAME)["__metadata__"]
+    tensors = load(blob)
+    document = json.loads((directory / CONFIG_NAME).read_text())
+    if edit_tensors is not None:
+        edit_tensors(tensors)
+    if edit_document is not None:
+        edit_document(document)
+    metadata["qpeft.modules"] = _modules_digest(document["modules"])
+    blob = save(tensors, metadata=metadata)
+    document["tensors_sha256"] = hashlib.sha256(blob).hexdigest()
+    (directory / WEIGHTS_NAME).write_bytes(blob)
+    (directory / CONFIG_NAME).write_text(_dump_json(document))
+
+
+CLASSIFIER_WEIGHT = "classifier.modules_to_save.weight"
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda t: t.update({CLASSIFIER_WEIGHT: t[CLASSIFIER_WEIGHT].to(torch.int64)}),
+     "'weight' is torch.int64"),
+    (lambda t: t.update({CLASSIFIER_WEIGHT: t[CLASSIFIER_WEIGHT].to(torch.bfloat16)}),
+     "'weight' is torch.bfloat16"),
+    (lambda t: t.update({CLASSIFIER_WEIGHT: t[CLASSIFIER_WEIGHT] * float("nan")}),
+     "NaN or infinite"),
+    (lambda t: t.update({CLASSIFIER_WEIGHT: t[CLASSIFIER_WEIGHT][:1]}), r"\(1, 48\)"),
+], ids=["int64", "bfloat16", "nan", "shape"])
+def test_a_bad_saved_module_tensor_is_refused(tmp_path, edit, match):
+    trained_bert().save_pretrained(tmp_path)
+    _rewrite(tmp_path, edit_tensors=edit)
+    _assert_load_fails_and_model_unchanged(tmp_path, match)
+
+
+def _set(key, value):
+    return lambda document: document.update({key: value})
+
+
+def _mapping_options(options):
+    def edit(document):
+        for module in document["modules"]:
+            module["out"] = {"mapping": "cayley", "dimension": 48, "options": options}
+    return edit
+
+
+@pytest.mark.parametrize("edit, match", [
+    (_set("compile_method", "bogus"), "unknown compile_method 'bogus'"),
+    (_set("modules_to_save", None), "the two must agree"),
+    (_set("modules_to_save", ["query"]), r"holds copies of \['classifier'\]"),
+    (_set("modules_to_save", ["nothere"]), "match no module"),
+    (_set("modules_to_save_tensors", ["classifier"]), "'modules_to_save_tensors' must be"),
+    (_set("modules_to_save_tensors", {"classifier": "weight"}),
+     "'modules_to_save_tensors' must be"),
+    (_set("ansatz", {"by_width": {"abc": "qudit"}}), "'abc' is not a layer width"),
+    (_set("ansatz", {"by_width": 5}), "'by_width' must be an object"),
+    (_set("format_version", 0), "not a valid version"),
+    (_mapping_options({"bogus": 1}), "frame 'out'"),
+    (_mapping_options({"x": [1, 2]}), "frame 'out'"),
+    (_mapping_options([1]), "'options' must be an object"),
+], ids=["compile_method", "modules_to_save-null", "modules_to_save-other", "modules_to_save-none",
+        "tensors-list", "tensors-keys-string", "by_width-key", "by_width-int", "format_version-0",
+        "options-unknown", "options-unhashable", "options-list"])
+def test_a_bad_configuration_is_refused_before_the_model_is_touched(tmp_path, edit, match):
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=2,
+                                                     ansatz="cayley",
+                                                     modules_to_save=["classifier"]))
+    model.save_pretrained(tmp_path)
+    _rewrite(tmp_path, edit_document=edit)
+    _assert_load_fails_and_model_unchanged(tmp_path, match)

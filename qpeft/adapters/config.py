@@ -111,7 +111,7 @@ class QPeftConfig:
         if isinstance(self.modules_to_save, (set, tuple)):
             self.modules_to_save = list(self.modules_to_save)
         if isinstance(self.ansatz, Mapping):
-            self.ansatz = {int(width): choice for width, choice in self.ansatz.items()}
+            self.ansatz = {_width(width): choice for width, choice in self.ansatz.items()}
         self.validate()
 
     def validate(self) -> None:
@@ -147,8 +147,16 @@ class QPeftConfig:
                     f"active_rank ({self.active_rank}) must not exceed rank ({self.rank})"
                 )
         check_bits(self.quantize_bits)
-        if isinstance(self.format_version, bool) or not isinstance(self.format_version, int):
-            raise ConfigError(f"format_version must be an integer, got {self.format_version!r}")
+        from qpeft.compiler import METHODS
+
+        if self.compile_method not in METHODS:
+            raise ConfigError(f"unknown compile_method {self.compile_method!r}; use one of "
+                              f"{', '.join(METHODS)}")
+        if (isinstance(self.format_version, bool) or not isinstance(self.format_version, int)
+                or self.format_version < 1):
+            raise ConfigError(
+                f"format_version must be an integer >= 1, got {self.format_version!r}"
+            )
         if self.format_version > FORMAT_VERSION:
             raise ConfigError(
                 f"format_version {self.format_version} is newer than this qpeft understands "
@@ -231,9 +239,25 @@ def _ansatz_to_json(ansatz: Any) -> Any:
     return _choice_to_json(ansatz)
 
 
+def _width(value: object) -> int:
+    """A width key of a per-width ansatz (JSON writes the keys as strings)."""
+    try:
+        width = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        width = 0
+    if isinstance(value, bool) or width < 1 or str(width) != str(value).strip():
+        raise ConfigError(f"ansatz per width: {value!r} is not a layer width (a positive "
+                          "integer)")
+    return width
+
+
 def _ansatz_from_json(value: Any) -> Any:
     if isinstance(value, Mapping) and "by_width" in value:
-        return {int(w): _choice_from_json(c) for w, c in value["by_width"].items()}
+        by_width = value["by_width"]
+        if not isinstance(by_width, Mapping):
+            raise ConfigError("ansatz 'by_width' must be an object {width: ansatz}, got "
+                              f"{type(by_width).__name__}")
+        return {_width(w): _choice_from_json(c) for w, c in by_width.items()}
     return _choice_from_json(value)
 
 

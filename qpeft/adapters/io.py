@@ -227,6 +227,8 @@ def _read_json(directory: Path) -> dict[str, Any]:
     version = document.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise _fail(directory, f"format_version {version!r} is not an integer")
+    if version < 1:
+        raise _fail(directory, f"format_version {version!r} is not a valid version (>= 1)")
     if version > FORMAT_VERSION:
         raise _fail(directory, f"written in adapter format version {version}, newer than this "
                                f"qpeft ({__version__}) reads (up to {FORMAT_VERSION}); upgrade "
@@ -275,7 +277,8 @@ def _circuits(directory: Path, document: dict[str, Any]) -> dict[str, Circuit]:
 
 
 def _frame(directory: Path, path: str, side: str, entry: Any, width: int, rank: int,
-           circuits: dict[str, Circuit], method: str) -> FrameSpec:
+           circuits: dict[str, Circuit], method: str, built: set[tuple]) -> FrameSpec:
+    """The spec of one side; ``built`` holds the mapping specs already built once."""
     try:
         if isinstance(entry, dict) and "circuit" in entry:
             if entry["circuit"] not in circuits:
@@ -285,8 +288,16 @@ def _frame(directory: Path, path: str, side: str, entry: Any, width: int, rank: 
             if method != "auto":
                 object.__setattr__(spec, "method", method)
         elif isinstance(entry, dict) and "mapping" in entry:
+            options = entry.get("options") or {}
+            if not isinstance(options, dict):
+                raise _fail(directory, f"module {path!r}, frame {side!r}: 'options' must be "
+                                       "an object of keyword options")
             spec = FrameSpec.for_mapping(entry["mapping"], int(entry["dimension"]), rank,
-                                         entry.get("options") or {})
+                                         options)
+            if spec.group_key not in built:
+                # building the mapping checks its options now, before any model is touched
+                spec.build(torch.float32, "cpu")
+                built.add(spec.group_key)
         else:
             raise _fail(directory, f"module {path!r} has no valid {side!r} frame description")
     except AdapterFileError:
@@ -344,6 +355,33 @@ def _unpack(directory: Path, tensors: dict[str, torch.Tensor], name: str,
     return vectors
 
 
+def _saved_modules(directory: Path, document: dict[str, Any], tensors: dict[str, torch.Tensor],
+                   used: set[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """The trained copies of ``modules_to_save``: ``{path: {state key: tensor}}``."""
+    listed = document.get("modules_to_save_tensors") or {}
+    if not isinstance(listed, dict) or not all(
+        isinstance(keys, list) and all(isinstance(key, str) for key in keys)
+        for keys in listed.values()
+    ):
+        raise _fail(directory, "'modules_to_save_tensors' must be an object {module path: "
+                               "[state dict keys]}")
+    saved: dict[str, dict[str, torch.Tensor]] = {}
+    for path, keys in listed.items():
+        saved[path] = {}
+        for key in keys:
+            name = f"{path}.{SAVED_PREFIX}.{key}"
+            if name not in tensors:
+                raise _fail(directory, f"{WEIGHTS_NAME} lacks tensor {name!r}")
+            value = tensors[name]
+            if (value.is_floating_point() or value.is_complex()) and not bool(
+                torch.isfinite(value).all()
+            ):
+                raise _fail(directory, f"tensor {name!r} holds NaN or infinite values")
+            used.add(name)
+            saved[path][key] = value
+    return saved
+
+
 def read_adapter(directory: str | os.PathLike) -> AdapterFiles:
     """Read and check an adapter directory without touching any model."""
     folder = Path(directory)
@@ -368,6 +406,7 @@ def read_adapter(directory: str | os.PathLike) -> AdapterFiles:
         raise _fail(folder, f"the 'modules' list of {CONFIG_NAME} is not the one "
                             f"{WEIGHTS_NAME} was saved with (edited or reordered)")
     used: set[str] = set()
+    built: set[tuple] = set()
     frames, widths = {}, {}
     for entry in modules:
         path = entry.get("path") if isinstance(entry, dict) else None
@@ -379,7 +418,7 @@ def read_adapter(directory: str | os.PathLike) -> AdapterFiles:
             raise _fail(folder, f"module {path!r}: in_features/out_features missing") from None
         frames[path] = {
             side: _frame(folder, path, side, entry.get(side), width, config.rank, circuits,
-                         config.compile_method)
+                         config.compile_method, built)
             for side, width in (("out", n_out), ("in", n_in))
         }
         widths[path] = (n_in, n_out)
@@ -401,15 +440,11 @@ def read_adapter(directory: str | os.PathLike) -> AdapterFiles:
             for key in keys:
                 unpacked.setdefault(path, {})[key] = next(vectors)
     values = unpacked
-    saved: dict[str, dict[str, torch.Tensor]] = {}
-    for path, keys in (document.get("modules_to_save_tensors") or {}).items():
-        saved[path] = {}
-        for key in keys:
-            name = f"{path}.{SAVED_PREFIX}.{key}"
-            if name not in tensors:
-                raise _fail(folder, f"{WEIGHTS_NAME} lacks tensor {name!r}")
-            used.add(name)
-            saved[path][key] = tensors[name]
+    saved = _saved_modules(folder, document, tensors, used)
+    if bool(saved) != bool(config.modules_to_save):
+        raise _fail(folder, f"modules_to_save is {config.modules_to_save!r} but "
+                            f"'modules_to_save_tensors' lists {sorted(saved) or 'no modules'}; "
+                            "the two must agree")
     extra = sorted(set(tensors) - used)
     if extra:
         raise _fail(folder, f"{WEIGHTS_NAME} holds tensors the configuration does not "
@@ -443,11 +478,32 @@ def check_against_model(files: AdapterFiles, model: nn.Module) -> None:
         if isinstance(module, ModulesToSaveWrapper):
             module = module.original_module
         reference = module.state_dict()
-        if set(reference) != set(state) or any(
-            tuple(reference[k].shape) != tuple(state[k].shape) for k in state
-        ):
+        if set(reference) != set(state):
             raise _fail(files.directory, f"saved copy of {path!r} does not fit the model's "
-                                         "module (different tensors or shapes)")
+                                         f"module: it holds tensors {sorted(state)}, the "
+                                         f"module {sorted(reference)}")
+        for key, value in state.items():
+            expected = reference[key]
+            if tuple(value.shape) != tuple(expected.shape) or value.dtype != expected.dtype:
+                raise _fail(files.directory, f"saved copy of {path!r}: tensor {key!r} is "
+                                             f"{value.dtype} {tuple(value.shape)}, the model's "
+                                             f"module has {expected.dtype} "
+                                             f"{tuple(expected.shape)}")
+    _check_saved_paths(files, model)
+
+
+def _check_saved_paths(files: AdapterFiles, model: nn.Module) -> None:
+    """The saved copies are exactly the modules that ``modules_to_save`` names in ``model``."""
+    from qpeft.adapters.model import find_modules_to_save
+
+    try:
+        paths = find_modules_to_save(model, files.config.modules_to_save)
+    except QpeftError as error:
+        raise _fail(files.directory, str(error)) from None
+    if set(paths) != set(files.saved_modules):
+        raise _fail(files.directory, f"modules_to_save {files.config.modules_to_save!r} names "
+                                     f"the modules {sorted(paths)} of the model, but the file "
+                                     f"holds copies of {sorted(files.saved_modules)}")
 
 
 def apply_adapter(model: QPeftModel, files: AdapterFiles, adapter_name: str) -> None:
