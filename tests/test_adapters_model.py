@@ -277,6 +277,25 @@ def test_active_rank_and_quantize_on_the_model():
         assert layer.quantize_bits["default"] == 3
 
 
+@pytest.mark.parametrize("change, match", [
+    (lambda model: model.set_active_rank(10), "must not exceed rank"),
+    (lambda model: model.set_active_rank(0), "positive integer"),
+    (lambda model: model.quantize(99), "bits"),
+    (lambda model: (model.merge_adapter(), model.quantize(3)), "is merged"),
+    (lambda model: (model.merge_adapter(), model.set_active_rank(2)), "is merged"),
+    (lambda model: model.quantize(3, adapter_name="nothere"), "no adapter named"),
+], ids=["rank-too-large", "rank-zero", "bits-99", "quantize-merged", "rank-merged", "no-adapter"])
+def test_a_refused_setting_leaves_config_and_layers_unchanged(change, match):
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=4))
+    before = model.peft_config["default"].to_dict()
+    with pytest.raises(ConfigError, match=match):
+        change(model)
+    assert model.peft_config["default"].to_dict() == before
+    for layer in model.qpeft_layers().values():
+        assert layer.quantize_bits["default"] is None
+        assert layer.active_rank["default"] == 4
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def test_targets_that_match_nothing_list_the_linear_layers():
     with pytest.raises(ConfigError, match="matches no linear layer.*query.*value") as error:

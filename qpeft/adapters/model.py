@@ -11,10 +11,11 @@ trainable params: 90 || all params: 2,466 || trainable%: 3.6496
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch import nn
@@ -388,21 +389,32 @@ class QPeftModel(nn.Module):
         Training on continues as quantization-aware training (straight-through).
         """
         name = adapter_name or self.active_adapter
-        config = self.peft_config[name]
-        config.quantize_bits = bits
-        config.validate()
-        for layer in self.qpeft_layers(name).values():
-            layer.set_quantize_bits(name, bits)
-        self.frame_bank.invalidate()
+        self._change_setting(name, "quantize_bits", bits,
+                             lambda layer: layer.set_quantize_bits(name, bits))
 
     def set_active_rank(self, active_rank: int | None, adapter_name: str | None = None) -> None:
         """Use only the first K' values of λ (None: all K)."""
         name = adapter_name or self.active_adapter
+        rank = self.peft_config[name].rank if name in self.peft_config else 0
+        self._change_setting(name, "active_rank", active_rank,
+                             lambda layer: layer.set_active_rank(name, active_rank or rank))
+
+    def _change_setting(self, name: str, field: str, value: Any,
+                        apply: Callable[[QPeftLinear], None]) -> None:
+        """Set ``field`` of adapter ``name`` in its config and layers: the value is checked
+        first, and a refused value leaves config and layers as they were."""
+        if name not in self.peft_config:
+            raise ConfigError(f"no adapter named {name!r}; adapters: "
+                              f"{', '.join(self.peft_config)}")
         config = self.peft_config[name]
-        config.active_rank = active_rank
-        config.validate()
-        for layer in self.qpeft_layers(name).values():
-            layer.set_active_rank(name, active_rank or config.rank)
+        dataclasses.replace(config, **{field: value})  # validates, changes nothing
+        layers = self.qpeft_layers(name).values()
+        if any(name in layer.merged_adapters for layer in layers):
+            raise ConfigError(f"adapter {name!r} is merged; unmerge_adapter() before changing "
+                              f"{field}")
+        for layer in layers:
+            apply(layer)
+        setattr(config, field, value)
         self.frame_bank.invalidate()
 
     # -- merging ----------------------------------------------------------------------------
