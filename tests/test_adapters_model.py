@@ -81,6 +81,19 @@ def test_gpt2_conv1d_output_at_init_equals_the_base_model():
     assert torch.equal(model(ids).logits, reference)
 
 
+@pytest.mark.parametrize("rank", range(1, 9))
+def test_the_update_at_init_is_exactly_zero_for_every_rank(rank):
+    ids = tokens()
+    with torch.no_grad():
+        for factory, targets in ((tiny_bert, BERT_TARGETS), (tiny_gpt2, "all-linear")):
+            reference = factory()(ids).logits
+            model = get_qpeft_model(factory(), QPeftConfig(target_modules=targets, rank=rank))
+            assert torch.equal(model(ids).logits, reference)
+        layer = QPeftLinear(torch.nn.Linear(48, 48), rank=rank)
+        h = torch.randn(40, 48, generator=torch.Generator().manual_seed(rank))
+        assert torch.equal(layer(h), layer.base_layer(h))
+
+
 def test_trainable_count_is_the_closed_form_and_peft_format():
     model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=4,
                                                      layers=2, modules_to_save=["classifier"]))

@@ -86,25 +86,22 @@ def _low_rank_update(h: torch.Tensor, terms: list) -> torch.Tensor:
     """``h @ ΔWᵀ`` for ``ΔW = Σ U diag(c) Vᵀ`` over :meth:`QPeftLinear.factors`.
 
     One term: ``((h V) c) Uᵀ``. Two terms (the trainable one and the frozen
-    initial one of the ``offset`` init), with ``p = (h V) c`` and
-    ``q = (h V₀) c₀``: ``p Uᵀ + q U₀ᵀ = (p + q) U₀ᵀ + p (U − U₀)ᵀ``, computed as
-    one product of rank 2K, so ``h`` is read once and the output written
-    once, as for a single term. At initialisation ``p + q`` and ``U − U₀`` are
-    exact zeros (the frames agree and ``c₀ = −c``), so the update is an exact
-    zero too.
+    initial one of the ``offset`` init) are rewritten around the differences
+    of the parameters, ``U c Vᵀ + U₀ c₀ V₀ᵀ = [(c + c₀) U₀ + c (U − U₀) | c U]
+    [V₀ | V − V₀]ᵀ``, and computed as one product of rank 2K in and one out, so
+    ``h`` is read once and the output written once, as for a single term; the
+    rest works on N × K matrices only. At initialisation ``c + c₀``, ``U − U₀``
+    and ``V − V₀`` are exact zeros (the frames agree and ``c₀ = −c``), so both
+    products are exact zeros whatever order they sum in, and so is the update.
     """
     dtype = h.dtype
     if len(terms) == 1:
         ((U, c, V),) = terms
         return ((h @ V.to(dtype)) * c.to(dtype)) @ U.to(dtype).T
     (U, c, V), (U0, c0, V0) = terms
-    rank = c.shape[-1]
-    projected = h @ torch.cat([V, V0], dim=1).to(dtype)
-    p = projected[..., :rank] * c.to(dtype)
-    q = projected[..., rank:] * c0.to(dtype)
-    left = torch.cat([p + q, p], dim=-1)
-    right = torch.cat([U0, U - U0], dim=1).to(dtype)
-    return left @ right.T
+    projected = h @ torch.cat([V0, V - V0], dim=1).to(dtype)
+    right = torch.cat([(c + c0) * U0 + c * (U - U0), c * U], dim=1).to(dtype)
+    return projected @ right.T
 
 
 class QPeftLinear(nn.Module):
