@@ -309,6 +309,29 @@ def test_a_refused_setting_leaves_config_and_layers_unchanged(change, match):
         assert layer.active_rank["default"] == 4
 
 
+def test_cached_frames_follow_in_place_edits_and_invalidate_after_data_edits():
+    ids = tokens()
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=4)).eval()
+    perturb(model)
+    thetas = [layer.qpeft_theta_out["default"] for layer in model.qpeft_layers().values()]
+
+    def fresh_output():
+        reference = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"],
+                                                             rank=4)).eval()
+        reference.load_state_dict(model.state_dict())
+        return reference(ids).logits
+
+    with torch.no_grad():
+        model(ids)  # fills the cache
+        for theta in thetas:
+            theta.add_(0.5)
+        assert torch.equal(model(ids).logits, fresh_output())
+        for theta in thetas:
+            theta.data.add_(0.5)  # a separate version counter: the documented limitation
+        model.frame_bank.invalidate()
+        assert torch.equal(model(ids).logits, fresh_output())
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def test_targets_that_match_nothing_list_the_linear_layers():
     with pytest.raises(ConfigError, match="matches no linear layer.*query.*value") as error:
