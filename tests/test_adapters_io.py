@@ -312,16 +312,25 @@ CLASSIFIER_WEIGHT = "classifier.modules_to_save.weight"
 @pytest.mark.parametrize("edit, match", [
     (lambda t: t.update({CLASSIFIER_WEIGHT: t[CLASSIFIER_WEIGHT].to(torch.int64)}),
      "'weight' is torch.int64"),
-    (lambda t: t.update({CLASSIFIER_WEIGHT: t[CLASSIFIER_WEIGHT].to(torch.bfloat16)}),
-     "'weight' is torch.bfloat16"),
+    (lambda t: t.update({CLASSIFIER_WEIGHT: t[CLASSIFIER_WEIGHT] > 0}),
+     "'weight' is torch.bool"),
     (lambda t: t.update({CLASSIFIER_WEIGHT: t[CLASSIFIER_WEIGHT] * float("nan")}),
      "NaN or infinite"),
     (lambda t: t.update({CLASSIFIER_WEIGHT: t[CLASSIFIER_WEIGHT][:1]}), r"\(1, 48\)"),
-], ids=["int64", "bfloat16", "nan", "shape"])
+], ids=["int64", "bool", "nan", "shape"])
 def test_a_bad_saved_module_tensor_is_refused(tmp_path, edit, match):
     trained_bert().save_pretrained(tmp_path)
     _rewrite(tmp_path, edit_tensors=edit)
     _assert_load_fails_and_model_unchanged(tmp_path, match)
+
+
+def test_saved_module_tensors_are_cast_to_a_model_in_another_float_dtype(tmp_path):
+    model = trained_bert()
+    model.save_pretrained(tmp_path)
+    saved = model.get_submodule("base_model.classifier").modules_to_save["default"].weight
+    loaded = QPeftModel.from_pretrained(tiny_bert().to(torch.bfloat16), tmp_path)
+    weight = loaded.get_submodule("base_model.classifier").modules_to_save["default"].weight
+    assert weight.dtype == torch.bfloat16 and torch.equal(weight, saved.to(torch.bfloat16))
 
 
 def _set(key, value):
