@@ -119,6 +119,15 @@ def test_load_ansatz_errors(tmp_path):
         load_ansatz(str(bad))
 
 
+@pytest.mark.parametrize("name", ["./c.json", "c.json", "./notes.txt"])
+def test_a_path_that_is_not_a_python_file_is_a_catalog_error(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.json").write_text(qpeft.Circuit(1).ry(0, "a").to_json())
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CatalogError, match=r"not a \.py file.*build\(\*\*options\).*from_json"):
+        load_ansatz(name)
+
+
 # The reference matrix expands every gate to the full space (slow, the ground
 # truth); the compiled unitary is checked against it, then used at every width.
 @pytest.mark.parametrize(("method", "largest"), [("qudit", 40), ("shannon", 40)])

@@ -306,3 +306,10 @@ def test_the_folded_example_in_the_docs_is_current():
     page = (Path(__file__).resolve().parents[1] / "docs" / "drawing.md").read_text("utf-8")
     expected = page.split("```text\n", 1)[1].split("\n```", 1)[0]
     assert draw(load_ansatz("qudit", dimension=12, layers=1), width=70) == expected
+
+
+def test_cli_names_a_circuit_json_file_as_the_wrong_kind_of_file(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(pauli(2, 1).to_json())
+    assert main(["draw", str(path)]) == 2
+    assert "error: " in capsys.readouterr().err

@@ -135,3 +135,10 @@ def test_command_exit_codes(monkeypatch, capsys):
     assert main(["verify", "no_such_ansatz"]) == 2
     assert main(["verify", "pauli", "--option", "nonsense"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_command_refuses_a_circuit_json_file_with_an_error(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(pauli(2, 1).to_json())
+    assert main(["verify", str(path)]) == 2
+    assert "not a .py file" in capsys.readouterr().err
