@@ -436,3 +436,13 @@ def test_compose_refuses_a_wire_mapping_that_names_a_wire_twice():
     with pytest.raises(WireError, match="integers"):
         Circuit(3).compose(other, wires=[0.0, 1])
     assert [g.wires for g in Circuit(3).compose(other, wires=[2, 0]).gates] == [(2,), (0,)]
+
+
+def test_parameter_indices_with_leading_zeros_are_refused():
+    # Qiskit and OpenQASM read w[01] as w[1]: two qpeft names would become one
+    for name in ("w[01]", "w[00]"):
+        with pytest.raises(ParameterError, match="leading zeros"):
+            Parameter(name)
+    with pytest.raises(ParameterError, match="leading zeros"):
+        Circuit(2).ry(0, "w[1]").ry(1, "w[01]")
+    assert Parameter("w[0]").name == "w[0]" and Parameter("w[10]").name == "w[10]"

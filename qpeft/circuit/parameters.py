@@ -21,7 +21,9 @@ from typing import Union
 
 from qpeft.errors import ParameterError
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[[0-9]+\])?$")
+#: a name and an optional index without leading zeros (``w[1]``, never ``w[01]``:
+#: Qiskit and OpenQASM read both as element 1 of the vector ``w``)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[(0|[1-9][0-9]*)\])?$")
 
 
 def _check_finite(value: float, what: str) -> float:
@@ -89,7 +91,8 @@ class Parameter(_Algebra):
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ParameterError(
                 f"invalid parameter name {self.name!r}: use letters, digits and underscores, "
-                "starting with a letter, optionally followed by an index such as 'w[3]'"
+                "starting with a letter, optionally followed by an index without leading zeros "
+                "such as 'w[3]'"
             )
 
     def _expr(self) -> Expression:
