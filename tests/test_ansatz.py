@@ -89,6 +89,15 @@ def test_every_catalog_entry(name):
         np.testing.assert_allclose(m.conj().T @ m, np.eye(c.dimension), atol=1e-12)
 
 
+@pytest.mark.parametrize("dimension", [*range(2, 71), 383, 384, 768, 3072, 11008, 11009])
+def test_shannon_parameter_count_matches_the_built_circuit(dimension):
+    # odd dimensions hold a one-level block, which has no angles
+    module = importlib.import_module("qpeft.catalog.shannon")
+    for layers in (0, 1, 2):
+        built = for_dimension(dimension, layers, method="shannon").num_parameters
+        assert module.parameter_count(dimension, layers) == built
+
+
 def test_catalog_holds_the_standard_entries():
     assert {"pauli", "qudit", "shannon", "real_amplitudes", "hardware_efficient"} <= set(
         catalog_names()
