@@ -446,3 +446,21 @@ def test_parameter_indices_with_leading_zeros_are_refused():
     with pytest.raises(ParameterError, match="leading zeros"):
         Circuit(2).ry(0, "w[1]").ry(1, "w[01]")
     assert Parameter("w[0]").name == "w[0]" and Parameter("w[10]").name == "w[10]"
+
+
+def test_numpy_scalars_scale_parameters():
+    assert Parameter("a") * np.int64(2) == Parameter("a") * 2.0 == np.float64(2.0) * Parameter("a")
+    with pytest.raises(ParameterError):
+        Parameter("a") * np.bool_(True)
+
+
+def test_repeat_counts_and_matrix_values_of_the_wrong_type_are_typed_errors():
+    c = Circuit(1).ry(0, "a")
+    with pytest.raises(WireError, match="integer"):
+        c.repeat(2.5)
+    assert c.repeat(np.int64(2)).num_parameters == 2
+    for values in (["x"], [[1.0], [2.0, 3.0]]):
+        with pytest.raises(ParameterError, match="numbers"):
+            c.matrix(values)
+        with pytest.raises(ParameterError, match="numbers"):
+            c.bind(values)

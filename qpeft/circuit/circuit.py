@@ -242,8 +242,8 @@ class Circuit:
         """The circuit ``count`` times in a row. Unless ``share_parameters``,
         each repetition ``r`` gets its own copies of the parameters, named
         ``name_r`` (``w[3]`` becomes ``w_r[3]``)."""
-        if count < 0:
-            raise WireError(f"repeat count must be >= 0, got {count}")
+        if not g.is_integer(count) or count < 0:
+            raise WireError(f"repeat count must be an integer >= 0, got {count!r}")
         out = Circuit(self._dims, name=self.name)
         for r in range(count):
             block = self if share_parameters else self.rename(
@@ -291,7 +291,12 @@ class Circuit:
                 )
             bindings = {str(k): _finite(v, k) for k, v in values.items()}
         else:
-            flat = np.asarray(values, dtype=float).reshape(-1)
+            try:
+                flat = np.asarray(values, dtype=float).reshape(-1)
+            except (TypeError, ValueError) as exc:
+                raise ParameterError(
+                    f"parameter values must be numbers, one per circuit.parameters entry: {exc}"
+                ) from None
             if flat.shape[0] != len(names):
                 raise ParameterError(
                     f"expected {len(names)} values (one per circuit.parameters entry), "

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Union
 
+import numpy as np
+
 from qpeft.errors import ParameterError
 
 #: a name and an optional index without leading zeros (``w[1]``, never ``w[01]``:
@@ -64,7 +66,9 @@ class _Algebra:
         return as_expression(other) + (-self._expr())
 
     def __mul__(self, factor: float) -> Expression:
-        if not isinstance(factor, (int, float)) or isinstance(factor, bool):
+        if isinstance(factor, (bool, np.bool_)) or not isinstance(
+            factor, (int, float, np.integer, np.floating)
+        ):
             raise ParameterError(
                 f"an angle can only be scaled by a number, not {type(factor).__name__}: "
                 "expressions stay affine (a*theta + b)"
