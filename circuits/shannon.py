@@ -3,8 +3,9 @@ m = Σ 2^e): a Pauli ansatz per block, two such stages joined by
 cosine–sine rotations between neighbouring blocks (a Shannon-style
 decomposition). Real orthogonal N×N.
 
-Angles: 2·Σ_blocks ((2L + 1)·q − 2L) + (cosine–sine pairs), q = e + c;
-384 at L=2 → 135.
+Angles: 2·Σ_blocks P(q) + (cosine–sine pairs), q = e + c, where
+P(q) = (2L + 1)·q − 2L for q ≥ 1 and P(0) = 0 (a one-level block, which an
+odd N has, holds no angle); 384 at L=2 → 135.
 """
 
 from qpeft.ansatz import for_dimension
@@ -19,8 +20,14 @@ def parameter_count(dimension: int = 384, layers: int = 2) -> int:
     while odd % 2 == 0:
         odd, power = odd // 2, power + 1
     if odd == 1:
-        return (2 * layers + 1) * power - 2 * layers
+        return _pauli_count(power, layers)
     exponents = [e for e in range(odd.bit_length()) if odd >> e & 1]
-    blocks = sum((2 * layers + 1) * (e + power) - 2 * layers for e in exponents)
+    blocks = sum(_pauli_count(e + power, layers) for e in exponents)
     joins = sum(2**e for e in sorted(exponents)[:-1])  # every block but the largest
     return 2 * blocks + joins
+
+
+def _pauli_count(qubits: int, layers: int) -> int:
+    """Angles of a Pauli ansatz on a block of 2^qubits levels; a one-level
+    block (qubits = 0, from an odd N) has none."""
+    return (2 * layers + 1) * qubits - 2 * layers if qubits else 0

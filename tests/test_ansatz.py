@@ -89,6 +89,15 @@ def test_every_catalog_entry(name):
         np.testing.assert_allclose(m.conj().T @ m, np.eye(c.dimension), atol=1e-12)
 
 
+@pytest.mark.parametrize("dimension", [*range(2, 71), 383, 384, 768, 3072, 11008, 11009])
+def test_shannon_parameter_count_matches_the_built_circuit(dimension):
+    # odd dimensions hold a one-level block, which has no angles
+    module = importlib.import_module("qpeft.catalog.shannon")
+    for layers in (0, 1, 2):
+        built = for_dimension(dimension, layers, method="shannon").num_parameters
+        assert module.parameter_count(dimension, layers) == built
+
+
 def test_catalog_holds_the_standard_entries():
     assert {"pauli", "qudit", "shannon", "real_amplitudes", "hardware_efficient"} <= set(
         catalog_names()
@@ -117,6 +126,15 @@ def test_load_ansatz_errors(tmp_path):
     bad.write_text("x = 1\n")
     with pytest.raises(CatalogError, match="build"):
         load_ansatz(str(bad))
+
+
+@pytest.mark.parametrize("name", ["./c.json", "c.json", "./notes.txt"])
+def test_a_path_that_is_not_a_python_file_is_a_catalog_error(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.json").write_text(qpeft.Circuit(1).ry(0, "a").to_json())
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CatalogError, match=r"not a \.py file.*build\(\*\*options\).*from_json"):
+        load_ansatz(name)
 
 
 # The reference matrix expands every gate to the full space (slow, the ground

@@ -342,3 +342,125 @@ def test_bad_input_raises_typed_errors():
         Circuit(1).append(SignDiagonal((0,), (1, 1, 1)))
     # every error is a QpeftError
     assert issubclass(WireError, QpeftError) and issubclass(ParameterError, QpeftError)
+
+
+def _description(dims, gates):
+    return {"format": "qpeft.circuit", "version": 1, "dims": dims, "gates": gates}
+
+
+@pytest.mark.parametrize("dims, gates", [
+    ([3.9, 2], []),
+    ([3, "2"], []),
+    ("22", []),
+    ([2, 2], [{"gate": "Standard", "name": "H", "wires": [1.7]}]),
+    ([2, 2], [{"gate": "Standard", "name": "CZ", "wires": "01"}]),
+    ([2, 2], [{"gate": "Standard", "name": "H", "wires": [True]}]),
+    ([3], [{"gate": "Givens", "wires": [0], "levels": [0, 2.99], "params": [0.1]}]),
+    ([2], [{"gate": "SignDiagonal", "wires": [0], "signs": [1, -1.9]}]),
+    ([2, 2], [{"gate": "Controlled", "controls": [0.5],
+               "base": {"gate": "Standard", "name": "X", "wires": [1]}}]),
+    ([2, 2], [{"gate": "Controlled", "controls": [0], "control_values": [[1.0]],
+               "base": {"gate": "Standard", "name": "X", "wires": [1]}}]),
+])
+def test_descriptions_with_non_integer_dims_wires_levels_or_signs_are_refused(dims, gates):
+    with pytest.raises(DescriptionError, match="integers"):
+        Circuit.from_dict(_description(dims, gates))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: Circuit("22"),
+    lambda: Circuit([2.9, 2]),
+    lambda: Circuit(True),
+    lambda: Circuit(2.0),
+    lambda: Circuit(2).ry([1.7], 0.1),
+    lambda: Circuit(2).ry(np.float64(1.0), 0.1),
+    lambda: Circuit([3]).givens(0, (0, 1.5), 0.1),
+    lambda: SignDiagonal((0,), (1, -1.9)),
+    lambda: Circuit(2).controlled(X(1), [0.0]),
+])
+def test_constructors_refuse_non_integer_dims_wires_levels_and_signs(build):
+    with pytest.raises(WireError):
+        build()
+
+
+def test_numpy_and_torch_integers_are_accepted_as_wires_and_dims():
+    c = Circuit(np.int64(2)).ry(np.int64(1), 0.1).cz(torch.tensor(0), 1)
+    assert c.dims == (2, 2) and c.gates[0].wires == (1,)
+    assert Circuit([np.int32(3), 2]).givens(0, np.array([0, 2]), 0.1).gates[0].levels == (0, 2)
+
+
+def test_non_finite_coefficients_are_refused():
+    with pytest.raises(ParameterError, match="coefficient of a is inf"):
+        Parameter("a") * 1e308 * 10
+    with pytest.raises(ParameterError, match="finite"):
+        Expression.make({"a": float("nan")})
+    with pytest.raises(ParameterError, match="too large"):
+        Circuit(1).ry(0, 10**400)
+    for coefficient in ("NaN", "Infinity", "1" + "0" * 400):
+        text = ('{"format":"qpeft.circuit","version":1,"dims":[2],"gates":[{"gate":'
+                '"PauliRotation","pauli":"Y","wires":[0],"params":[{"terms":[["a",'
+                + coefficient + ']],"constant":0}]}]}')
+        with pytest.raises(DescriptionError, match="angle"):
+            Circuit.from_json(text)
+
+
+@pytest.mark.parametrize("text", [
+    json.dumps(_description([2], [{"gate": "PauliRotation", "pauli": "Y", "wires": [0],
+                                   "params": [10**400]}])),
+    '{"format":"qpeft.circuit","version":1,"dims":[2],"gates":[],"name":' + "1" * 5000 + "}",
+    "[" * 100000 + "]" * 100000,
+])
+def test_overflowing_or_deeply_nested_json_raises_description_error(text):
+    with pytest.raises(DescriptionError):
+        Circuit.from_json(text)
+
+
+def test_deeply_nested_controlled_gates_raise_description_error():
+    inner = {"gate": "Standard", "name": "X", "wires": [1]}
+    for _ in range(5000):
+        inner = {"gate": "Controlled", "controls": [0], "base": inner}
+    with pytest.raises(DescriptionError, match="nested too deeply"):
+        Circuit.from_dict(_description([2, 2], [inner]))
+
+
+@pytest.mark.parametrize("version", [True, 0, -1, 1.0])
+def test_description_versions_must_be_positive_integers(version):
+    with pytest.raises(DescriptionError, match="version"):
+        Circuit.from_dict({"format": "qpeft.circuit", "version": version, "dims": [2], "gates": []})
+
+
+def test_compose_refuses_a_wire_mapping_that_names_a_wire_twice():
+    other = Circuit(2).ry(0, 0.4).ry(1, 0.9)
+    with pytest.raises(WireError, match="twice"):
+        Circuit(3).compose(other, wires=[1, 1])
+    with pytest.raises(WireError, match="integers"):
+        Circuit(3).compose(other, wires=[0.0, 1])
+    assert [g.wires for g in Circuit(3).compose(other, wires=[2, 0]).gates] == [(2,), (0,)]
+
+
+def test_parameter_indices_with_leading_zeros_are_refused():
+    # Qiskit and OpenQASM read w[01] as w[1]: two qpeft names would become one
+    for name in ("w[01]", "w[00]"):
+        with pytest.raises(ParameterError, match="leading zeros"):
+            Parameter(name)
+    with pytest.raises(ParameterError, match="leading zeros"):
+        Circuit(2).ry(0, "w[1]").ry(1, "w[01]")
+    assert Parameter("w[0]").name == "w[0]" and Parameter("w[10]").name == "w[10]"
+
+
+def test_numpy_scalars_scale_parameters():
+    assert Parameter("a") * np.int64(2) == Parameter("a") * 2.0 == np.float64(2.0) * Parameter("a")
+    with pytest.raises(ParameterError):
+        Parameter("a") * np.bool_(True)
+
+
+def test_repeat_counts_and_matrix_values_of_the_wrong_type_are_typed_errors():
+    c = Circuit(1).ry(0, "a")
+    with pytest.raises(WireError, match="integer"):
+        c.repeat(2.5)
+    assert c.repeat(np.int64(2)).num_parameters == 2
+    for values in (["x"], [[1.0], [2.0, 3.0]]):
+        with pytest.raises(ParameterError, match="numbers"):
+            c.matrix(values)
+        with pytest.raises(ParameterError, match="numbers"):
+            c.bind(values)

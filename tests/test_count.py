@@ -218,3 +218,10 @@ def test_folder_without_config_lists_the_builtins(tmp_path: Path,
     assert code == 2
     assert "it holds no config.json" in err
     assert all(name in err for name in BUILTIN_MODELS)
+
+
+def test_a_circuit_json_file_as_ansatz_is_an_error(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(qpeft.Circuit(1).ry(0, "a").to_json())
+    code, _, err = run_count(capsys, "--ansatz", str(path))
+    assert code == 2 and "not a .py file" in err

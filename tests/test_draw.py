@@ -306,3 +306,32 @@ def test_the_folded_example_in_the_docs_is_current():
     page = (Path(__file__).resolve().parents[1] / "docs" / "drawing.md").read_text("utf-8")
     expected = page.split("```text\n", 1)[1].split("\n```", 1)[0]
     assert draw(load_ansatz("qudit", dimension=12, layers=1), width=70) == expected
+
+
+def test_cli_names_a_circuit_json_file_as_the_wrong_kind_of_file(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(pauli(2, 1).to_json())
+    assert main(["draw", str(path)]) == 2
+    assert "error: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), float("inf")])
+def test_scale_must_be_positive_and_finite(scale):
+    with pytest.raises(ConfigError, match="scale"):
+        draw(pauli(2, 1), "mpl", scale=scale)
+
+
+@pytest.mark.parametrize("dpi", [0, -5, float("nan"), float("inf"), True])
+def test_save_refuses_a_dpi_that_is_not_positive(tmp_path, dpi):
+    with pytest.raises(ConfigError, match="dpi"):
+        save(draw_mpl(pauli(2, 1)), tmp_path / "c.png", dpi=dpi)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("option", [["--dpi", "0"], ["--dpi", "-3"], ["--scale", "inf"],
+                                    ["--scale", "nan"], ["--scale", "0"]])
+def test_cli_refuses_bad_dpi_and_scale_with_an_error(tmp_path, capsys, option):
+    assert main(["draw", "pauli", "--qubits", "2", "--output", str(tmp_path / "c.png"),
+                 *option]) == 2
+    assert capsys.readouterr().err.startswith("error: " + option[0])
+    assert list(tmp_path.iterdir()) == []

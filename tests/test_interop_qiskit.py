@@ -246,3 +246,10 @@ def test_round_trip_of_the_pauli_ansatz_keeps_barriers_and_names():
     assert back == circuit
     assert back.name == circuit.name
     assert [g.text for g in back.gates if g.name == "barrier"] == ["layer 1", "layer 2"]
+
+
+def test_foreign_indices_with_leading_zeros_become_distinct_qpeft_names():
+    qc = QuantumCircuit(1)
+    qc.ry(QiskitParameter("w[01]"), 0)
+    qc.rx(QiskitParameter("w[1]"), 0)
+    assert from_qiskit(qc).parameters == ("w[1]", "w_2[1]")

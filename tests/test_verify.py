@@ -13,7 +13,7 @@ import qpeft.interop.qiskit as qiskit_interop
 from qpeft.ansatz import pauli
 from qpeft.circuit import Circuit, GeneralizedCZ
 from qpeft.cli import main
-from qpeft.errors import InteropError, ParameterError
+from qpeft.errors import ConfigError, InteropError, ParameterError
 from qpeft.interop.verify import (
     FULL_LIMIT,
     VerificationReport,
@@ -135,3 +135,18 @@ def test_command_exit_codes(monkeypatch, capsys):
     assert main(["verify", "no_such_ansatz"]) == 2
     assert main(["verify", "pauli", "--option", "nonsense"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+def test_command_refuses_a_circuit_json_file_with_an_error(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(pauli(2, 1).to_json())
+    assert main(["verify", str(path)]) == 2
+    assert "not a .py file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("atol", [float("nan"), float("inf"), -1.0])
+def test_tolerances_that_are_not_finite_and_non_negative_are_refused(atol, capsys):
+    with pytest.raises(ConfigError, match="tolerance"):
+        verify(pauli(2, 1), against="qiskit", atol=atol)
+    assert main(["verify", "pauli", "--qubits", "2", "--atol", str(atol)]) == 2
+    assert capsys.readouterr().err.startswith("error: --atol")

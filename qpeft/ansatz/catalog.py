@@ -33,13 +33,21 @@ def catalog_names() -> list[str]:
 
 def _load_module(name_or_path: str | Path) -> ModuleType:
     text = str(name_or_path)
-    if text.endswith(".py") or "/" in text or "\\" in text:
+    if text.endswith((".py", ".json")) or "/" in text or "\\" in text:
         path = Path(text)
+        if path.suffix != ".py":
+            raise CatalogError(
+                f"{text} is not a .py file: an ansatz file must be a Python file defining "
+                "build(**options) -> Circuit. A circuit saved as JSON is not an ansatz file; "
+                "load it in Python with Circuit.from_json(text) and pass it to "
+                "qpeft.draw.draw or qpeft.interop.verify.verify"
+            )
         if not path.is_file():
             raise CatalogError(f"ansatz file {path} does not exist")
         spec = importlib.util.spec_from_file_location(f"qpeft_user_ansatz_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise CatalogError(f"{path} cannot be imported as a Python module")
         module = importlib.util.module_from_spec(spec)
-        assert spec.loader is not None
         spec.loader.exec_module(module)
         return module
     if text not in catalog_names():

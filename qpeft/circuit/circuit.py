@@ -52,12 +52,17 @@ class Circuit:
     """
 
     def __init__(self, wires: int | Sequence[int] = 1, *, name: str = "") -> None:
-        if isinstance(wires, (int, np.integer)) and not isinstance(wires, bool):
+        if g.is_integer(wires):
             if wires < 1:
                 raise WireError(f"a circuit needs at least one wire, got {wires}")
             dims = (2,) * int(wires)
         else:
-            dims = tuple(int(d) for d in wires)
+            if isinstance(wires, (str, bytes)) or not isinstance(wires, Iterable):
+                raise WireError(
+                    f"Circuit takes a number of qubits or a list of wire dimensions, got "
+                    f"{wires!r}; e.g. Circuit(3) or Circuit([3, 2, 2])"
+                )
+            dims = g.integers(wires, "wire dimensions")
             if not dims:
                 raise WireError("a circuit needs at least one wire")
         if any(d < 2 for d in dims):
@@ -206,11 +211,18 @@ class Circuit:
 
     def compose(self, other: Circuit, wires: Sequence[int] | None = None) -> Circuit:
         """A new circuit: this one followed by ``other`` (on ``wires`` of this one)."""
-        mapping = list(range(other.num_wires)) if wires is None else [int(w) for w in wires]
+        mapping = list(range(other.num_wires)) if wires is None else list(
+            g.integers(wires, "compose wires")
+        )
         if len(mapping) != other.num_wires:
             raise WireError(
                 f"compose needs {other.num_wires} target wires for the other circuit, "
                 f"got {len(mapping)}"
+            )
+        if len(set(mapping)) != len(mapping):
+            raise WireError(
+                f"compose wires {mapping} name a wire twice; each wire of the other circuit "
+                "needs its own wire of this one"
             )
         for own, theirs in enumerate(mapping):
             if not 0 <= theirs < self.num_wires or self._dims[theirs] != other.dims[own]:
@@ -230,8 +242,8 @@ class Circuit:
         """The circuit ``count`` times in a row. Unless ``share_parameters``,
         each repetition ``r`` gets its own copies of the parameters, named
         ``name_r`` (``w[3]`` becomes ``w_r[3]``)."""
-        if count < 0:
-            raise WireError(f"repeat count must be >= 0, got {count}")
+        if not g.is_integer(count) or count < 0:
+            raise WireError(f"repeat count must be an integer >= 0, got {count!r}")
         out = Circuit(self._dims, name=self.name)
         for r in range(count):
             block = self if share_parameters else self.rename(
@@ -279,7 +291,12 @@ class Circuit:
                 )
             bindings = {str(k): _finite(v, k) for k, v in values.items()}
         else:
-            flat = np.asarray(values, dtype=float).reshape(-1)
+            try:
+                flat = np.asarray(values, dtype=float).reshape(-1)
+            except (TypeError, ValueError) as exc:
+                raise ParameterError(
+                    f"parameter values must be numbers, one per circuit.parameters entry: {exc}"
+                ) from None
             if flat.shape[0] != len(names):
                 raise ParameterError(
                     f"expected {len(names)} values (one per circuit.parameters entry), "
@@ -338,28 +355,46 @@ class Circuit:
                 f"expected {FORMAT!r})"
             )
         version = data.get("version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not g.is_integer(version) or version < 1:
+            raise DescriptionError(
+                f"circuit description version must be a positive integer, got {version!r}"
+            )
+        if version > FORMAT_VERSION:
             raise DescriptionError(
                 f"circuit description version {version!r} is newer than this qpeft understands "
                 f"({FORMAT_VERSION}); upgrade qpeft"
             )
         try:
-            circuit = cls(list(data["dims"]), name=str(data.get("name", "")))
+            dims = g.integers(data["dims"], "dims", DescriptionError)
+            circuit = cls(dims, name=str(data.get("name", "")))
             gate_list = data["gates"]
         except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, DescriptionError):
+                raise
             raise DescriptionError(f"malformed circuit description: {exc}") from exc
         if not isinstance(gate_list, list):
             raise DescriptionError("'gates' must be a list of gate descriptions")
         for item in gate_list:
-            circuit.append(g.gate_from_json(item))
+            try:
+                gate = g.gate_from_json(item)
+            except RecursionError:
+                raise DescriptionError(
+                    "a gate description is nested too deeply to read; controlled gates nest "
+                    "only a few levels in any real circuit"
+                ) from None
+            circuit.append(gate)
         return circuit
 
     @classmethod
     def from_json(cls, text: str) -> Circuit:
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:  # JSONDecodeError, an integer over the digit limit
             raise DescriptionError(f"circuit description is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise DescriptionError(
+                "circuit description is not valid: its JSON is nested too deeply to read"
+            ) from None
         return cls.from_dict(data)
 
     def fingerprint(self) -> str:

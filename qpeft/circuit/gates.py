@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import reduce
 
@@ -61,16 +61,40 @@ def _tensor(array: np.ndarray, dtype: torch.dtype, device=None) -> torch.Tensor:
     return torch.as_tensor(np.real(array), dtype=dtype, device=device)
 
 
+def is_integer(value: object) -> bool:
+    """True for a Python, numpy or 0-d torch integer; False for bools, floats and strings."""
+    if isinstance(value, torch.Tensor):
+        return value.ndim == 0 and not (
+            value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
+        )
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def integers(values, what: str, error: type[Exception] = WireError) -> tuple[int, ...]:
+    """A sequence of integers as a tuple of ints, refusing anything else.
+
+    Floats, bools and strings are refused rather than truncated: ``1.7`` is
+    not wire 1, and ``"01"`` is not the wires ``[0, 1]``.
+    """
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise error(f"{what} must be a list of integers, got {values!r}")
+    items = list(values)
+    bad = [v for v in items if not is_integer(v)]
+    if bad:
+        raise error(
+            f"{what} must be integers, got {bad[0]!r} ({type(bad[0]).__name__}) in {items!r}"
+        )
+    return tuple(int(v) for v in items)
+
+
 def _tuple_of_ints(values: Sequence[int] | int, what: str) -> tuple[int, ...]:
-    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+    if is_integer(values):
         return (int(values),)
-    try:
-        out = tuple(int(v) for v in values)
-    except TypeError:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise WireError(
             f"{what} must be an integer or a sequence of integers, got {values!r}"
-        ) from None
-    return out
+        )
+    return integers(values, what)
 
 
 class Gate(ABC):
@@ -269,7 +293,7 @@ class Givens(Gate):
     def __post_init__(self) -> None:
         if len(self.wires) != 1:
             raise WireError(f"Givens acts on one wire, got {len(self.wires)}")
-        levels = self.levels
+        levels = integers(self.levels, "Givens levels")
         if (len(levels) < 2 or len(levels) % 2 or len(set(levels)) != len(levels)
                 or min(levels) < 0):
             raise WireError(
@@ -322,7 +346,7 @@ def givens(wire: int, levels: Sequence, theta: ExpressionLike) -> Givens:
     items = list(levels)
     if len(items) and np.ndim(items[0]) > 0:  # pairs: [(i1, j1), (i2, j2), …]
         items = [v for pair in items for v in np.asarray(pair).reshape(-1).tolist()]
-    return Givens(_tuple_of_ints(wire, "wire"), tuple(int(v) for v in items), _angle(theta))
+    return Givens(_tuple_of_ints(wire, "wire"), integers(items, "Givens levels"), _angle(theta))
 
 
 # ----------------------------------------------------------------------------
@@ -417,7 +441,7 @@ class SignDiagonal(FixedGate):
     def __post_init__(self) -> None:
         if self.signs is None and len(self.wires) != 2:
             raise WireError("the generalized CZ acts on exactly two wires")
-        if self.signs is not None and set(self.signs) - {1, -1}:
+        if self.signs is not None and set(integers(self.signs, "SignDiagonal signs")) - {1, -1}:
             raise WireError("SignDiagonal signs must each be +1 or -1")
 
     @property
@@ -457,7 +481,7 @@ class SignDiagonal(FixedGate):
 
 def GeneralizedCZ(wire_a: int, wire_b: int) -> SignDiagonal:
     """``(-1)^(j·k)`` on two wires of any dimensions (equals CZ on two qubits)."""
-    return SignDiagonal((int(wire_a), int(wire_b)))
+    return SignDiagonal(_tuple_of_ints(wire_a, "wire") + _tuple_of_ints(wire_b, "wire"))
 
 
 def _freeze_matrix(matrix) -> tuple[tuple[complex, ...], ...]:
@@ -665,6 +689,12 @@ def controlled(
 # JSON
 
 
+def _json_list(value, what: str) -> list:
+    if not isinstance(value, list):
+        raise DescriptionError(f"'{what}' must be a JSON list, got {value!r}")
+    return value
+
+
 def gate_from_json(data: Mapping) -> Gate:
     """Rebuild a gate from :meth:`Gate.to_json` output."""
     if not isinstance(data, Mapping) or "gate" not in data:
@@ -679,20 +709,28 @@ def gate_from_json(data: Mapping) -> Gate:
             values = data.get("control_values")
             return Controlled(
                 gate_from_json(data["base"]),
-                tuple(int(w) for w in data["controls"]),
-                None if values is None else tuple(tuple(int(x) for x in v) for v in values),
+                integers(data["controls"], "controls", DescriptionError),
+                None if values is None else tuple(
+                    integers(v, "control values", DescriptionError)
+                    for v in _json_list(values, "control_values")
+                ),
             )
-        wires = tuple(int(w) for w in data["wires"])
-        params = tuple(Expression.from_json(p) for p in data.get("params", ()))
+        wires = integers(data["wires"], "wires", DescriptionError)
+        params = tuple(
+            Expression.from_json(p) for p in _json_list(data.get("params", []), "params")
+        )
         if kind == "PauliRotation":
             return PauliRotation(str(data["pauli"]), wires, params)
         if kind == "Givens":
-            return Givens(wires, tuple(int(v) for v in data["levels"]), params)
+            levels = integers(data["levels"], "Givens levels", DescriptionError)
+            return Givens(wires, levels, params)
         if kind == "Standard":
             return StandardGate(str(data["name"]), wires)
         if kind == "SignDiagonal":
             signs = data.get("signs")
-            return SignDiagonal(wires, None if signs is None else tuple(int(s) for s in signs))
+            return SignDiagonal(
+                wires, None if signs is None else integers(signs, "signs", DescriptionError)
+            )
         if kind == "Unitary":
             real = np.asarray(data["real"], dtype=float)
             imag = np.asarray(data.get("imag", np.zeros_like(real)), dtype=float)
@@ -700,10 +738,10 @@ def gate_from_json(data: Mapping) -> Gate:
         if kind == "Barrier":
             return Barrier(wires, str(data.get("text", "")))
         raise AssertionError(kind)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, (WireError, NotUnitaryError, DescriptionError)):
             raise
-        raise DescriptionError(f"malformed {kind} gate description {dict(data)!r}: {exc}") from exc
+        raise DescriptionError(f"malformed {kind} gate description: {exc}") from exc
 
 
 def expected_params(gate: Gate) -> int:

@@ -19,13 +19,23 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Union
 
+import numpy as np
+
 from qpeft.errors import ParameterError
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[[0-9]+\])?$")
+#: a name and an optional index without leading zeros (``w[1]``, never ``w[01]``:
+#: Qiskit and OpenQASM read both as element 1 of the vector ``w``)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[(0|[1-9][0-9]*)\])?$")
 
 
 def _check_finite(value: float, what: str) -> float:
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ParameterError(
+            f"{what} {_short(value)} is too large for a float; angles and coefficients must "
+            "be finite numbers"
+        ) from None
     if not math.isfinite(value):
         raise ParameterError(f"{what} is {value}; angles and coefficients must be finite numbers")
     return value
@@ -56,7 +66,9 @@ class _Algebra:
         return as_expression(other) + (-self._expr())
 
     def __mul__(self, factor: float) -> Expression:
-        if not isinstance(factor, (int, float)) or isinstance(factor, bool):
+        if isinstance(factor, (bool, np.bool_)) or not isinstance(
+            factor, (int, float, np.integer, np.floating)
+        ):
             raise ParameterError(
                 f"an angle can only be scaled by a number, not {type(factor).__name__}: "
                 "expressions stay affine (a*theta + b)"
@@ -83,7 +95,8 @@ class Parameter(_Algebra):
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise ParameterError(
                 f"invalid parameter name {self.name!r}: use letters, digits and underscores, "
-                "starting with a letter, optionally followed by an index such as 'w[3]'"
+                "starting with a letter, optionally followed by an index without leading zeros "
+                "such as 'w[3]'"
             )
 
     def _expr(self) -> Expression:
@@ -133,7 +146,9 @@ class Expression(_Algebra):
 
     @staticmethod
     def make(terms: Mapping[str, float], constant: float = 0.0) -> Expression:
-        kept = tuple(sorted((n, float(c)) for n, c in terms.items() if c != 0.0))
+        kept = tuple(sorted(
+            (n, _check_finite(c, f"coefficient of {n}")) for n, c in terms.items() if c != 0.0
+        ))
         return Expression(kept, _check_finite(constant, "constant"))
 
     def _expr(self) -> Expression:
@@ -210,20 +225,34 @@ class Expression(_Algebra):
             if isinstance(data, bool):
                 raise TypeError("a boolean is not an angle")
             if isinstance(data, (int, float)):
-                return as_expression(float(data))
+                return as_expression(data)
             if isinstance(data, str):
                 return Parameter(data)._expr()
             if isinstance(data, dict):
-                terms = {str(n): float(c) for n, c in data["terms"]}
+                terms = {str(n): _json_number(c) for n, c in data["terms"]}
                 for n in terms:
                     Parameter(n)
-                return Expression.make(terms, float(data.get("constant", 0.0)))
+                return Expression.make(terms, _json_number(data.get("constant", 0.0)))
             raise TypeError(f"unexpected {type(data).__name__}")
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise DescriptionError(
-                f"malformed angle {data!r} ({exc}); an angle is a number, a parameter name, or "
-                '{"terms": [[name, coefficient], ...], "constant": number}'
+                f"malformed angle {_short(data)} ({exc}); an angle is a number, a parameter "
+                'name, or {"terms": [[name, coefficient], ...], "constant": number}'
             ) from exc
+
+
+def _json_number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"a coefficient must be a number, got {_short(value)}")
+    return _check_finite(value, "coefficient")
+
+
+def _short(value: object, limit: int = 120) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an integer beyond Python's digit limit for str()
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 ExpressionLike = Union[Expression, Parameter, float, int, str]  # noqa: UP007 - runtime alias

@@ -29,9 +29,15 @@ def parameter_tensor(circuit, values) -> torch.Tensor:
     if isinstance(values, Mapping):
         bindings = circuit._bindings(values, partial=False)
         return torch.tensor([bindings[n] for n in names], dtype=torch.float64)
-    tensor = values if isinstance(values, torch.Tensor) else torch.as_tensor(
-        np.asarray(values, dtype=float)
-    )
+    if isinstance(values, torch.Tensor):
+        tensor = values
+    else:
+        try:
+            tensor = torch.as_tensor(np.asarray(values, dtype=float))
+        except (TypeError, ValueError) as exc:
+            raise ParameterError(
+                f"parameter values must be numbers, one per circuit.parameters entry: {exc}"
+            ) from None
     tensor = tensor.to(torch.float64).reshape(-1)
     if tensor.shape[0] != len(names):
         raise ParameterError(

@@ -12,6 +12,7 @@ q0: ─┤ RY(θ[0]) ├────┆────●─┤ RY(θ[2]) ├─
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -97,6 +98,8 @@ def save(drawing, filename: str | os.PathLike, *, dpi: int = 150) -> Path:
     """
     path = Path(filename)
     suffix = path.suffix.lower()
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 0 < dpi < math.inf:
+        raise ConfigError(f"dpi must be a positive number of dots per inch, got {dpi!r}")
     if isinstance(drawing, str):
         if suffix not in TEXT_SUFFIXES:
             raise ConfigError(

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -98,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
             f"--output {target}: write '-' for standard output, or a file ending in "
             f"{', '.join(TEXT_SUFFIXES + IMAGE_SUFFIXES)}"
         )
+    if args.dpi <= 0:
+        raise ConfigError(f"--dpi {args.dpi}: the resolution must be a positive number")
+    if not 0 < args.scale < math.inf:
+        raise ConfigError(f"--scale {args.scale}: the size factor must be a positive finite number")
     circuit = circuit_from_arguments(args)
     show = not args.no_parameters
     if target == "-" or suffix in TEXT_SUFFIXES:

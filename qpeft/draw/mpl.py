@@ -17,6 +17,7 @@ in an SVG) gate by gate.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -137,8 +138,9 @@ def draw_mpl(
     """
     if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int) or fold < 1):
         raise ConfigError(f"fold is a number of columns per row (>= 1) or None, got {fold!r}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ConfigError(f"scale must be a positive number, got {scale!r}")
+    if (isinstance(scale, bool) or not isinstance(scale, (int, float))
+            or not 0 < scale < math.inf):
+        raise ConfigError(f"scale must be a positive finite number, got {scale!r}")
     drawing = layout(circuit, precision=precision)
     columns = drawing.columns() or [[]]
     extents = [[_extent(p, show_parameters) for p in column] for column in columns]

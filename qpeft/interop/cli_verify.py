@@ -80,8 +80,9 @@ def parse_options(items: list[str]) -> dict[str, object]:
 def run(args: argparse.Namespace) -> int:
     """Build, verify, print the report; 0 when every reference agrees, else 1."""
     from qpeft.ansatz import load_ansatz
-    from qpeft.interop.verify import verify
+    from qpeft.interop.verify import check_tolerance, verify
 
+    check_tolerance(args.atol, "--atol")
     options = parse_options(args.option)
     for key in ("qubits", "dimension", "layers"):
         value = getattr(args, key)

@@ -48,11 +48,12 @@ def clean_name(raw: str) -> str:
     out, other characters outside ``[A-Za-z0-9_]`` replaced by ``_``, a
     trailing ``[k]`` index kept.
 
-    >>> clean_name("θ[3]"), clean_name("my angle"), clean_name("2x")
-    ('theta[3]', 'my_angle', 'p_2x')
+    >>> clean_name("θ[3]"), clean_name("my angle"), clean_name("2x"), clean_name("w[007]")
+    ('theta[3]', 'my_angle', 'p_2x', 'w[7]')
     """
     match = _INDEXED.match(raw)
-    base, index = (match.group(1), f"[{match.group(2)}]") if match else (raw, "")
+    # an index loses its leading zeros: qpeft names never have them
+    base, index = (match.group(1), f"[{int(match.group(2))}]") if match else (raw, "")
     base = "".join(_GREEK.get(ch, ch) for ch in base)
     base = re.sub(r"[^A-Za-z0-9_]", "_", base)
     if not base or not _VALID.match(base):

@@ -32,7 +32,7 @@ import torch
 
 from qpeft.circuit import Barrier, Circuit, Unitary
 from qpeft.circuit.reference import parameter_tensor
-from qpeft.errors import InteropError, ParameterError, QpeftError
+from qpeft.errors import ConfigError, InteropError, ParameterError, QpeftError
 
 #: largest N for which ``columns=None`` compares full unitaries
 FULL_LIMIT = 256
@@ -287,6 +287,15 @@ def _references(against) -> list[str]:
     return names
 
 
+def check_tolerance(atol: float, what: str) -> None:
+    """Raise :class:`ConfigError` unless ``atol`` is a finite number >= 0 (a NaN
+    tolerance would fail every comparison, a negative one even exact ones)."""
+    if isinstance(atol, bool) or not isinstance(atol, (int, float, np.floating, np.integer)):
+        raise ConfigError(f"{what} must be a number, got {atol!r}")
+    if not 0 <= atol < math.inf:
+        raise ConfigError(f"{what} {atol}: the tolerance must be a finite number >= 0, e.g. 1e-10")
+
+
 def verify(
     circuit: Circuit,
     against: Sequence[str] | str = REFERENCES,
@@ -312,6 +321,7 @@ def verify(
     """
     if not isinstance(circuit, Circuit):
         raise InteropError(f"verify takes a qpeft Circuit, got {type(circuit).__name__}")
+    check_tolerance(atol, "atol")
     names = _references(against)
     vector = _angles(circuit, values, seed)
     chosen = _columns(columns, circuit.dimension)
