@@ -13,7 +13,6 @@ True
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from qpeft.circuit import Circuit
+from qpeft.circuit.gates import is_integer
 from qpeft.compiler.blocks import plain_operations
 from qpeft.compiler.engine import ColumnsEngine
 from qpeft.compiler.plan import Plan, make_plan
@@ -69,7 +69,7 @@ class CompiledCircuit(nn.Module):
             raise CompileError(
                 f"recompute_backward must be True or False, got {recompute_backward!r}"
             )
-        if isinstance(max_block, numbers.Integral) and not isinstance(max_block, bool):
+        if is_integer(max_block):
             max_block = int(max_block)  # a NumPy integer, as columns accepts
         device = _resolve_device(device)
         self.circuit = circuit
@@ -218,19 +218,10 @@ class CompiledCircuit(nn.Module):
         )
 
 
-def _is_integer(value: object) -> bool:
-    """A Python or NumPy integer or a 0-d integer tensor; never a bool or a float."""
-    if isinstance(value, torch.Tensor):
-        return value.dim() == 0 and not (
-            value.is_floating_point() or value.is_complex() or value.dtype == torch.bool
-        )
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _resolve_columns(columns, dimension: int) -> list[int]:
     if columns is None:
         return list(range(dimension))
-    if _is_integer(columns):
+    if is_integer(columns):
         count = int(columns)
         if not 1 <= count <= dimension:
             raise CompileError(
@@ -250,7 +241,7 @@ def _resolve_columns(columns, dimension: int) -> list[int]:
             f"list, tuple, range, NumPy array or 1-d integer tensor), got "
             f"{type(columns).__name__} {columns!r}{hint}"
         )
-    wrong = [c for c in columns if not _is_integer(c)]
+    wrong = [c for c in columns if not is_integer(c)]
     if wrong:
         raise CompileError(
             f"column indices must be integers, got {wrong[0]!r} ({type(wrong[0]).__name__}) "
