@@ -367,6 +367,21 @@ def test_descriptions_with_non_integer_dims_wires_levels_or_signs_are_refused(di
         Circuit.from_dict(_description(dims, gates))
 
 
+@pytest.mark.parametrize("dims, gates, match", [
+    ([2, 10**400], [], "at most 2147483647"),
+    ({"a": 1}, [], "integers"),
+    ([2, 2], [{"gate": "Barrier", "wires": [0, 1], "text": ["layer"]}], "'text' must be a string"),
+    ([2, 2], [{"gate": "Standard", "name": {"H": 1}, "wires": [0]}], "'name' must be a string"),
+])
+def test_descriptions_with_out_of_range_or_non_string_fields_are_refused(dims, gates, match):
+    with pytest.raises((DescriptionError, WireError), match=match):
+        Circuit.from_dict(_description(dims, gates))
+    document = _description([2], [])
+    document["name"] = {"x": 1}
+    with pytest.raises(DescriptionError, match="'name' must be a string"):
+        Circuit.from_dict(document)
+
+
 @pytest.mark.parametrize("build", [
     lambda: Circuit("22"),
     lambda: Circuit([2.9, 2]),

@@ -33,6 +33,8 @@ FORMAT = "qpeft.circuit"
 #: pairs. A description is written with the oldest version that holds it, so
 #: circuits without such gates still load in releases that read version 1.
 FORMAT_VERSION = 2
+#: The largest dimension of one wire.
+MAX_WIRE_DIMENSION = 2**31 - 1
 
 
 def _description_version(gates: Sequence[g.Gate]) -> int:
@@ -67,6 +69,11 @@ class Circuit:
                 raise WireError("a circuit needs at least one wire")
         if any(d < 2 for d in dims):
             raise WireError(f"every wire needs dimension >= 2, got {dims}")
+        if max(dims) > MAX_WIRE_DIMENSION:
+            raise WireError(
+                f"a wire's dimension must be at most {MAX_WIRE_DIMENSION} (2³¹ − 1, what an "
+                f"index of its levels can hold), got one of about 2^{max(dims).bit_length() - 1}"
+            )
         self._dims = dims
         self._gates: list[g.Gate] = []
         self.name = name
@@ -366,7 +373,10 @@ class Circuit:
             )
         try:
             dims = g.integers(data["dims"], "dims", DescriptionError)
-            circuit = cls(dims, name=str(data.get("name", "")))
+            name = data.get("name", "")
+            if not isinstance(name, str):
+                raise DescriptionError(f"'name' must be a string, got {name!r:.60}")
+            circuit = cls(dims, name=name)
             gate_list = data["gates"]
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, DescriptionError):

@@ -725,7 +725,10 @@ def gate_from_json(data: Mapping) -> Gate:
             levels = integers(data["levels"], "Givens levels", DescriptionError)
             return Givens(wires, levels, params)
         if kind == "Standard":
-            return StandardGate(str(data["name"]), wires)
+            if not isinstance(data["name"], str):
+                raise DescriptionError(f"a standard gate's 'name' must be a string, got "
+                                       f"{data['name']!r:.60}")
+            return StandardGate(data["name"], wires)
         if kind == "SignDiagonal":
             signs = data.get("signs")
             return SignDiagonal(
@@ -736,7 +739,10 @@ def gate_from_json(data: Mapping) -> Gate:
             imag = np.asarray(data.get("imag", np.zeros_like(real)), dtype=float)
             return unitary(real + 1j * imag, wires)
         if kind == "Barrier":
-            return Barrier(wires, str(data.get("text", "")))
+            text = data.get("text", "")
+            if not isinstance(text, str):
+                raise DescriptionError(f"a barrier's 'text' must be a string, got {text!r:.60}")
+            return Barrier(wires, text)
         raise AssertionError(kind)
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         if isinstance(exc, (WireError, NotUnitaryError, DescriptionError)):
