@@ -94,6 +94,55 @@ def test_overwrite_replaces_a_run_but_never_a_foreign_folder(
     assert (foreign / "thesis.tex").read_text() == "keep me"
 
 
+def test_a_mistyped_overwrite_leaves_the_finished_run_alone(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "run"
+    args = ["finetune", "--method", "head", "--epochs", "1", *budget(tiny, output)]
+    assert cli.main(args) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in output.iterdir()}
+    capsys.readouterr()
+    mistakes = [
+        ["--dataset", str(tmp_path / "typo.csv")],
+        ["--model", str(tmp_path / "no-model")],
+        ["--batch-size", "0"],
+        ["--epochs", "0"],
+        ["--device", "nonsense"],
+        ["--method", "lora", "--targets", "no_such_module"],
+        ["--method", "oft:block=5"],
+    ]
+    for mistake in mistakes:
+        assert cli.main([*args, "--overwrite", *mistake]) == 2, mistake
+        assert "error: " in capsys.readouterr().err
+        assert {p.name: p.stat().st_mtime_ns for p in output.iterdir()} == before, mistake
+
+
+def test_a_refused_command_leaves_no_folder_behind(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "run"
+    args = ["finetune", "--method", "head", "--epochs", "1", *budget(tiny, output)]
+    assert cli.main([*args, "--batch-size", "0"]) == 2
+    assert not output.exists()
+    assert cli.main(args) == 0  # the corrected command is not refused
+
+    comparison = tmp_path / "cmp"
+    assert cli.main(["compare", "--methods", "head", "oft:block=5", "--seeds", "0",
+                     *budget(tiny, comparison, "--epochs", "1")]) == 2
+    assert "error: " in capsys.readouterr().err
+    assert not comparison.exists()  # refused before training head
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_config_error(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    assert cli.main(["finetune", "--method", "head", *budget(tiny, afile / "sub")]) == 2
+    assert "afile is a file" in capsys.readouterr().err
+    assert afile.read_text() == "keep me"
+
+
 def test_interrupted_finetune_resumes_to_the_uninterrupted_adapter(
     tiny: dict[str, str], tmp_path: Path
 ) -> None:

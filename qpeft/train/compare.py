@@ -211,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``qpeft compare``; returns the exit code."""
     from qpeft.errors import ConfigError
     from qpeft.train.experiment import (
+        check_method,
+        check_output_dir,
         check_same_run,
         choose_threads,
         load_task,
@@ -229,17 +231,20 @@ def run(args: argparse.Namespace) -> int:
     if any(spec.name == "qpeft" for spec in specs):
         _check_qpeft_available()
     folder: Path = args.output_dir
-    prepare_output_dir(folder, resume=args.resume, overwrite=args.overwrite, marker=COMPARE_MARKER)
+    check_output_dir(folder, resume=args.resume, overwrite=args.overwrite, marker=COMPARE_MARKER)
     marker = {"kind": "compare", "settings": settings.to_dict()}
     if args.resume and (folder / COMPARE_MARKER).is_file():
         check_same_run(folder, marker, marker=COMPARE_MARKER)
-    write_json(folder / COMPARE_MARKER, {**marker, "methods": args.methods,
-                                         "seeds": list(args.seeds)})
 
     threads = choose_threads(args.threads)
     print(f"comparing {len(specs)} methods over seeds {', '.join(map(str, args.seeds))} on "
           f"{threads} CPU thread(s): {', '.join(labels)}", file=sys.stderr)
     task = load_task(settings)
+    for spec in specs:
+        check_method(task, spec, args.seeds)
+    prepare_output_dir(folder, resume=args.resume, overwrite=args.overwrite, marker=COMPARE_MARKER)
+    write_json(folder / COMPARE_MARKER, {**marker, "methods": args.methods,
+                                         "seeds": list(args.seeds)})
     runs: list[dict[str, Any]] = []
     histories: dict[str, list[dict[str, float]]] = {}
     for spec in specs:

@@ -20,7 +20,7 @@ import argparse
 import platform
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -231,31 +231,83 @@ def load_task(settings: TaskSettings) -> Task:
 # ---------------------------------------------------------------- run folder
 
 
-def prepare_output_dir(folder: Path, *, resume: bool, overwrite: bool,
-                       marker: str = RUN_MARKER) -> None:
-    """Make ``folder`` ready for a run.
+def check_output_dir(folder: Path, *, resume: bool, overwrite: bool,
+                     marker: str = RUN_MARKER) -> None:
+    """Refuse ``folder`` as a run folder, without changing anything on disk.
 
     An empty or missing folder is fine. A folder holding a qpeft run (it has
     ``marker``) is refused unless ``resume`` (continue it) or ``overwrite``
-    (delete it). A non-empty folder that is not a qpeft run is always
-    refused, so that ``--overwrite`` cannot delete unrelated files.
+    (replace it). A non-empty folder that is not a qpeft run is always
+    refused, so that ``--overwrite`` cannot delete unrelated files. A folder
+    that cannot be created (its parent is a file, or not writable) is refused
+    too.
     """
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"{folder} is a file; choose a folder for --output-dir")
-    if folder.is_dir() and any(folder.iterdir()):
-        if not (folder / marker).is_file():
-            raise ConfigError(
-                f"{folder} is not empty and holds no qpeft run ({marker}); choose an empty "
-                "or new folder for --output-dir"
-            )
-        if overwrite:
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"{folder} is a file; choose a folder for --output-dir")
+        if folder.is_dir() and any(folder.iterdir()):
+            if not (folder / marker).is_file():
+                raise ConfigError(
+                    f"{folder} is not empty and holds no qpeft run ({marker}); choose an empty "
+                    "or new folder for --output-dir"
+                )
+            if not (overwrite or resume):
+                raise ConfigError(
+                    f"{folder} already holds a run; pass --resume to continue it, --overwrite "
+                    "to replace it, or choose another --output-dir"
+                )
+        ancestor = folder.absolute()
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+    except OSError as error:
+        raise ConfigError(f"cannot use {folder} for --output-dir ({error})") from None
+    if not ancestor.is_dir():
+        raise ConfigError(
+            f"cannot create {folder} for --output-dir: {ancestor} is a file; choose another folder"
+        )
+
+
+def prepare_output_dir(folder: Path, *, resume: bool, overwrite: bool,
+                       marker: str = RUN_MARKER) -> None:
+    """Make ``folder`` ready for a run, after :func:`check_output_dir`: with
+    ``overwrite`` the run in it is deleted. Call it only once every other
+    check has passed, so that a mistyped command leaves the old run alone."""
+    check_output_dir(folder, resume=resume, overwrite=overwrite, marker=marker)
+    try:
+        if overwrite and (folder / marker).is_file():
             shutil.rmtree(folder)
-        elif not resume:
-            raise ConfigError(
-                f"{folder} already holds a run; pass --resume to continue it, --overwrite to "
-                "replace it, or choose another --output-dir"
-            )
-    folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"cannot prepare {folder} for --output-dir ({error}); choose a folder you can write"
+        ) from None
+
+
+def check_method(task: Task, spec: Any, seeds: Sequence[int]) -> None:
+    """Check everything about training ``spec`` on ``task`` that can fail
+    before the first step: the budget, the seeds, the device, the targets and
+    the method's own options (it loads the model and prepares it once)."""
+    from qpeft.models import load_sequence_classifier
+    from qpeft.train.loop import resolve_device
+    from qpeft.train.methods import prepare_model
+
+    settings = task.settings
+    spec = effective_spec(spec, settings)
+    for seed in seeds:
+        train_config(settings, spec, seed)
+    resolve_device(settings.device)
+    model = load_sequence_classifier(task.model_source, task.label_names)
+    prepare_model(model, spec, settings.targets)
+
+
+def train_config(settings: TaskSettings, spec: Any, seed: int) -> Any:
+    """The :class:`~qpeft.train.loop.TrainConfig` of ``spec`` under ``settings``."""
+    from qpeft.train.loop import TrainConfig
+
+    return TrainConfig(
+        epochs=settings.epochs, batch_size=settings.batch_size,
+        learning_rate=spec.learning_rate, head_learning_rate=spec.head_learning_rate, seed=seed,
+    )
 
 
 def check_same_run(folder: Path, expected: Mapping[str, Any], marker: str = RUN_MARKER) -> None:
@@ -359,7 +411,7 @@ def run_method(
 
     from qpeft.models import load_sequence_classifier
     from qpeft.train import metrics as scores
-    from qpeft.train.loop import TrainConfig, evaluate, release_free_memory, resolve_device, train
+    from qpeft.train.loop import evaluate, release_free_memory, resolve_device, train
     from qpeft.train.methods import prepare_model
     from qpeft.train.report import write_json, write_run_report
 
@@ -381,10 +433,7 @@ def run_method(
     prepared = prepare_model(model, spec, settings.targets)
     counts = prepared.parameter_counts()
     num_classes = len(task.label_names)
-    config = TrainConfig(
-        epochs=settings.epochs, batch_size=settings.batch_size,
-        learning_rate=spec.learning_rate, head_learning_rate=spec.head_learning_rate, seed=seed,
-    )
+    config = train_config(settings, spec, seed)
 
     def validate(epoch: int) -> dict[str, Any]:
         predictions = evaluate(prepared.model, task.validation, batch_size=config.eval_batch_size,

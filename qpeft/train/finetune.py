@@ -72,6 +72,8 @@ def method_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     """Run ``qpeft finetune``; returns the exit code."""
     from qpeft.train.experiment import (
+        check_method,
+        check_output_dir,
         choose_threads,
         finished_run,
         load_task,
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     spec = method_from_args(args).resolved()
     folder = args.output_dir or DEFAULT_RUNS_FOLDER / f"{spec.slug}-seed{args.seed}"
-    prepare_output_dir(folder, resume=args.resume, overwrite=args.overwrite)
+    check_output_dir(folder, resume=args.resume, overwrite=args.overwrite)
     if args.resume:
         finished = finished_run(folder, run_marker("finetune", spec, args.seed, settings))
         if finished is not None:
@@ -96,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"fine-tuning {spec.label}: model {settings.model}, data {settings.dataset}, "
           f"{threads} CPU thread(s), report in {folder}", file=sys.stderr)
     task = load_task(settings)
+    check_method(task, spec, [args.seed])
+    prepare_output_dir(folder, resume=args.resume, overwrite=args.overwrite)
     try:
         outcome = run_method(task, spec, args.seed, folder, resume=args.resume,
                              progress=not args.no_progress)
