@@ -41,6 +41,24 @@ def test_integer_labels_sort_numerically_and_columns_can_be_named(tmp_path: Path
     assert loaded.labels == [1, 0, 0]
 
 
+@pytest.mark.parametrize("odd", ["--1", "\u00b2", "+3", "\u0663"])
+def test_labels_that_only_look_like_integers_are_names(tmp_path: Path, odd: str) -> None:
+    path = write(tmp_path / "d.csv", f"text,label\na,{odd}\nb,2\nc,-1\n")
+    loaded = data.load_csv(path)
+    assert loaded.label_names == tuple(sorted({odd, "2", "-1"}))
+    assert [loaded.label_names[i] for i in loaded.labels] == [odd, "2", "-1"]
+
+
+def test_a_class_too_small_for_a_validation_row_is_refused() -> None:
+    rows = [(f"good {i}", "pos") for i in range(4)] + [(f"bad {i}", "neg") for i in range(4)]
+    dataset = data.TextDataset(
+        texts=[text for text, _ in rows], labels=[0 if label == "neg" else 1 for _, label in rows],
+        label_names=("neg", "pos"), source="small.csv",
+    )
+    with pytest.raises(DataError, match="at least 10 rows per class"):
+        data.split_dataset(dataset)
+
+
 def test_byte_order_mark_is_ignored(tmp_path: Path) -> None:
     path = write(tmp_path / "d.csv", "\ufefftext,label\na,x\nb,y\n".encode())
     assert data.load_csv(path).texts == ["a", "b"]

@@ -260,7 +260,7 @@ def load_csv(
 
     if label_names is None:
         distinct = set(raw_labels)
-        if all(value.lstrip("-").isdigit() for value in distinct):
+        if all(_is_integer(value) for value in distinct):
             names = tuple(sorted(distinct, key=int))
         else:
             names = tuple(sorted(distinct))
@@ -478,6 +478,13 @@ def stratified_split(
     return [sorted(part) for part in parts]
 
 
+def _is_integer(text: str) -> bool:
+    """Whether ``text`` is an integer label written in ASCII digits, such as ``-1``
+    (not ``--1`` or ``²``, which are names)."""
+    digits = text[1:] if text.startswith("-") else text
+    return digits.isascii() and digits.isdigit()
+
+
 def split_dataset(
     data: TextDataset,
     *,
@@ -497,10 +504,11 @@ def split_dataset(
     _check_cap(max_train, "--max-train")
     _check_cap(max_eval, "--max-eval")
     train, validation, test = stratified_split(data.labels, fractions, seed)
-    if not train or not test:
+    if any(not part and fraction > 0
+           for part, fraction in zip((train, validation, test), fractions)):
         raise DataError(
             f"{data.source}: {len(data)} rows are too few to split into train, validation "
-            "and test; give at least 10 rows per class"
+            "and test (a part would be empty); give at least 10 rows per class"
         )
     full_sizes = {"train": len(train), "validation": len(validation), "test": len(test)}
     if max_train is not None:
