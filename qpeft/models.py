@@ -120,12 +120,36 @@ def _load(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
                 "pass its folder to --model"
             ) from None
         raise ConfigError(f"could not load the model in {source.location} ({error})") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            f"could not load the model in {source.location}: its config.json or files are not "
+            f"a model transformers understands ({error})"
+        ) from None
+
+
+#: Files from which transformers builds a tokenizer; a local model folder needs one.
+TOKENIZER_FILES = (
+    "tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+    "sentencepiece.bpe.model", "tokenizer.model", "sentencepiece.model", "spm.model",
+)
 
 
 def load_tokenizer(source: ModelSource) -> Any:
-    """The tokenizer saved with the model."""
+    """The tokenizer saved with the model.
+
+    A local folder without tokenizer files is refused: transformers would
+    otherwise build an empty vocabulary and encode every word as ``[UNK]``.
+    """
     from transformers import AutoTokenizer
 
+    if source.kind != "hub":
+        folder = Path(source.location)
+        if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+            raise ConfigError(
+                f"the model folder {source.location} holds no tokenizer files (one of "
+                f"{', '.join(TOKENIZER_FILES)}); save the tokenizer into it with "
+                "tokenizer.save_pretrained(folder)"
+            )
     return _load(AutoTokenizer, source)
 
 

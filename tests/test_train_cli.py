@@ -143,6 +143,28 @@ def test_an_output_folder_that_cannot_be_made_is_a_config_error(
     assert afile.read_text() == "keep me"
 
 
+def test_a_model_folder_without_model_type_or_tokenizer_is_refused(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    empty = tmp_path / "empty-config"
+    shutil.copytree(tiny["model"], empty)
+    (empty / "config.json").write_text("{}")
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(tiny["model"]) / name, no_tokenizer / name)
+    for folder, message in ((empty, "could not load the model"),
+                            (no_tokenizer, "holds no tokenizer files")):
+        output = tmp_path / f"run-{folder.name}"
+        code = cli.main(["finetune", "--method", "head",
+                         *budget(tiny, output, "--model", str(folder))])
+        assert code == 2
+        assert message in capsys.readouterr().err
+        assert not output.exists()
+
+
 def test_interrupted_finetune_resumes_to_the_uninterrupted_adapter(
     tiny: dict[str, str], tmp_path: Path
 ) -> None:
