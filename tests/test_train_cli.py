@@ -110,6 +110,8 @@ def test_a_mistyped_overwrite_leaves_the_finished_run_alone(
         ["--device", "nonsense"],
         ["--method", "lora", "--targets", "no_such_module"],
         ["--method", "oft:block=5"],
+        ["--seed", "99999999999999999"],
+        ["--seed", "-1"],
     ]
     for mistake in mistakes:
         assert cli.main([*args, "--overwrite", *mistake]) == 2, mistake

@@ -39,6 +39,11 @@ from qpeft.errors import ConfigError
 CHECKPOINT_FORMAT = 1
 
 
+#: Seeds are below 2**32, so that the per-epoch generator seed
+#: ``seed * 1_000_003 + epoch`` of :func:`epoch_order` fits in 64 bits.
+SEED_LIMIT = 2**32
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyperparameters of one training run.
@@ -73,6 +78,10 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, not {self.learning_rate}")
         if not 0 <= self.warmup_ratio <= 1:
             raise ConfigError(f"warm-up ratio must be in [0, 1], not {self.warmup_ratio}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(
+                f"--seed must be a whole number from 0 to {SEED_LIMIT - 1}, not {self.seed}"
+            )
         if self.gradient_accumulation < 1:
             raise ConfigError(
                 f"gradient accumulation must be at least 1, not {self.gradient_accumulation}"
