@@ -167,6 +167,18 @@ def test_a_model_folder_without_model_type_or_tokenizer_is_refused(
         assert not output.exists()
 
 
+def test_a_method_learning_rate_wins_over_the_global_lr(
+    tiny: dict[str, str], tmp_path: Path
+) -> None:
+    output = tmp_path / "run"
+    assert cli.main(["finetune", "--method", "lora:r=2,lr=0.05", "--lr", "0.001",
+                     *budget(tiny, output, "--epochs", "1")]) == 0
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["config"]["train"]["learning_rate"] == 0.05
+    assert metrics["config"]["learning_rate"] == 0.05
+    assert metrics["method"]["learning_rate"] == 0.05
+
+
 def test_interrupted_finetune_resumes_to_the_uninterrupted_adapter(
     tiny: dict[str, str], tmp_path: Path
 ) -> None:

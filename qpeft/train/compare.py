@@ -215,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir,
         check_same_run,
         choose_threads,
+        effective_spec,
         load_task,
         prepare_output_dir,
         run_method,
@@ -224,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     from qpeft.train.report import write_json
 
     settings = settings_from_args(args)
-    specs = [MethodSpec.parse(text).resolved() for text in args.methods]
+    specs = [effective_spec(MethodSpec.parse(text), settings) for text in args.methods]
     labels = [spec.label for spec in specs]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"--methods names a method twice ({', '.join(labels)}); list each once")

@@ -368,11 +368,11 @@ class RunOutcome:
 
 
 def effective_spec(spec: Any, settings: TaskSettings) -> Any:
-    """``spec`` with its defaults filled and ``--lr`` applied."""
-    spec = spec.resolved()
-    if settings.learning_rate is not None:
+    """``spec`` with its defaults filled: ``--lr`` is the learning rate of a
+    method that names none of its own (``lora:lr=0.05`` keeps 0.05)."""
+    if settings.learning_rate is not None and spec.learning_rate is None:
         spec = replace(spec, learning_rate=settings.learning_rate)
-    return spec
+    return spec.resolved()
 
 
 def run_marker(kind: str, spec: Any, seed: int, settings: TaskSettings) -> dict[str, Any]:
@@ -498,6 +498,7 @@ def run_method(
         },
         "config": {
             **settings.to_dict(),
+            "learning_rate": spec.learning_rate,
             "model": task.model_source.name,
             "model_location": task.model_source.location,
             "targets": list(prepared.targets) or None,

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         check_method,
         check_output_dir,
         choose_threads,
+        effective_spec,
         finished_run,
         load_task,
         prepare_output_dir,
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     settings = settings_from_args(args)
-    spec = method_from_args(args).resolved()
+    spec = effective_spec(method_from_args(args), settings)
     folder = args.output_dir or DEFAULT_RUNS_FOLDER / f"{spec.slug}-seed{args.seed}"
     check_output_dir(folder, resume=args.resume, overwrite=args.overwrite)
     if args.resume:
