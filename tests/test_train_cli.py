@@ -36,6 +36,18 @@ def budget(tiny: dict[str, str], output: Path, *extra: str) -> list[str]:
     ]
 
 
+def head_run(tiny: dict[str, str], output: Path, *options: str) -> list[str]:
+    """A quick head-only ``qpeft finetune`` command writing to ``output``."""
+    return ["finetune", "--method", "head", *options, *budget(tiny, output)]
+
+
+def finished_head_run(tiny: dict[str, str], output: Path, *options: str) -> list[str]:
+    """Run :func:`head_run` to the end; returns its command."""
+    args = head_run(tiny, output, *options)
+    assert cli.main(args) == 0
+    return args
+
+
 def test_finetune_writes_a_complete_report_and_refuses_to_overwrite_it(
     tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -77,8 +89,7 @@ def test_overwrite_replaces_a_run_but_never_a_foreign_folder(
     tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "run"
-    args = ["finetune", "--method", "head", "--lr", "0.05", *budget(tiny, output)]
-    assert cli.main(args) == 0
+    args = finished_head_run(tiny, output, "--lr", "0.05")
     first = json.loads((output / "metrics.json").read_text())
     assert first["trainable_parameters_adapter"] == 0
     assert first["method"]["learning_rate"] == 0.05
@@ -89,7 +100,7 @@ def test_overwrite_replaces_a_run_but_never_a_foreign_folder(
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("keep me")
-    assert cli.main(["finetune", "--method", "head", *budget(tiny, foreign, "--overwrite")]) == 2
+    assert cli.main([*head_run(tiny, foreign), "--overwrite"]) == 2
     assert "holds no qpeft run" in capsys.readouterr().err
     assert (foreign / "thesis.tex").read_text() == "keep me"
 
@@ -98,8 +109,7 @@ def test_a_mistyped_overwrite_leaves_the_finished_run_alone(
     tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "run"
-    args = ["finetune", "--method", "head", "--epochs", "1", *budget(tiny, output)]
-    assert cli.main(args) == 0
+    args = finished_head_run(tiny, output, "--epochs", "1")
     before = {p.name: p.stat().st_mtime_ns for p in output.iterdir()}
     capsys.readouterr()
     mistakes = [
@@ -123,7 +133,7 @@ def test_a_refused_command_leaves_no_folder_behind(
     tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "run"
-    args = ["finetune", "--method", "head", "--epochs", "1", *budget(tiny, output)]
+    args = head_run(tiny, output, "--epochs", "1")
     assert cli.main([*args, "--batch-size", "0"]) == 2
     assert not output.exists()
     assert cli.main(args) == 0  # the corrected command is not refused
@@ -140,7 +150,7 @@ def test_an_output_folder_that_cannot_be_made_is_a_config_error(
 ) -> None:
     afile = tmp_path / "afile"
     afile.write_text("keep me")
-    assert cli.main(["finetune", "--method", "head", *budget(tiny, afile / "sub")]) == 2
+    assert cli.main(head_run(tiny, afile / "sub")) == 2
     assert "afile is a file" in capsys.readouterr().err
     assert afile.read_text() == "keep me"
 
@@ -160,8 +170,7 @@ def test_a_model_folder_without_model_type_or_tokenizer_is_refused(
     for folder, message in ((empty, "could not load the model"),
                             (no_tokenizer, "holds no tokenizer files")):
         output = tmp_path / f"run-{folder.name}"
-        code = cli.main(["finetune", "--method", "head",
-                         *budget(tiny, output, "--model", str(folder))])
+        code = cli.main([*head_run(tiny, output), "--model", str(folder)])
         assert code == 2
         assert message in capsys.readouterr().err
         assert not output.exists()
