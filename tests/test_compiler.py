@@ -23,8 +23,9 @@ from qpeft.circuit import (
 )
 from qpeft.circuit.gates import RY, H, X
 from qpeft.compiler import METHODS, compile_circuit
+from qpeft.compiler import engine as engine_module
 from qpeft.compiler import plan as plan_module
-from qpeft.compiler.plan import ApplyBlock, ApplySigns, make_plan, make_schedule
+from qpeft.compiler.plan import ApplyBlock, ApplySigns, Reorder, make_plan, make_schedule
 from qpeft.compiler.recompute import autograd_saved_bytes, recomputed_forward
 from qpeft.errors import CompileError, ParameterError, QpeftError
 
@@ -518,6 +519,30 @@ def test_float32_columns_are_orthonormal_at_size(circuit: Circuit) -> None:
     assert U.dtype == torch.float32 and U.shape == (circuit.dimension, 8)
     deviation = (U.T @ U - torch.eye(8)).abs().max()
     assert deviation <= 1e-5
+
+
+@pytest.mark.parametrize("batch", [(), (2,)], ids=["one circuit", "two circuits"])
+def test_products_in_place_and_tiled_transposes_equal_the_reference(batch) -> None:
+    """pauli(10, 2) at K = 4 applies leading blocks as M·x before a reorder, and
+    copies one circuit's reorders of two groups of ≥ 32 numbers as 2-D transposes
+    (a batch of two takes the permuted copy): both paths against the dense
+    matrix and the dense method's gradient."""
+    circuit = pauli(10, 2)
+    frame = compile_circuit(circuit, 4, dtype=torch.float64)
+    steps = frame.engine.schedule.steps
+    assert any(isinstance(s, ApplyBlock) and s.leading and not s.rotate for s in steps)
+    assert any(isinstance(s, Reorder) and len(s.shape) == 2
+               and min(s.shape) >= engine_module.TILED_TRANSPOSE for s in steps)
+    values = torch.randn(*batch, circuit.num_parameters, dtype=torch.float64)
+    out = frame(values)
+    for index in np.ndindex(*batch):
+        reference = torch.as_tensor(circuit.matrix(values[index]))[:, :4]
+        assert torch.allclose(out[index], reference, atol=1e-12, rtol=0)
+    weight = torch.randn_like(out)
+    dense = compile_circuit(circuit, 4, method="dense", dtype=torch.float64)
+    (grad,) = torch.autograd.grad((frame(values.requires_grad_()) * weight).sum(), values)
+    (expected,) = torch.autograd.grad((dense(values) * weight).sum(), values)
+    assert torch.allclose(grad, expected, atol=1e-10, rtol=0)
 
 
 def small_options(name: str) -> dict:

@@ -47,7 +47,7 @@ and is plain NumPy data; :mod:`qpeft.compiler.engine` turns it into torch.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -769,12 +769,14 @@ class ApplyBlock:
 
     ``leading``: the block's axes lead the layout; the state is read as
     ``(B, D, R)`` and written as ``(B, R, D) = xᵀMᵀ``, which moves those axes
-    to the back. Otherwise they end the layout and ``(B, R, D) @ Mᵀ`` keeps it.
+    to the back, or, with ``rotate=False``, as ``(B, D, R) = M·x``, which keeps
+    the layout. Otherwise they end the layout and ``(B, R, D) @ Mᵀ`` keeps it.
     """
 
     block: int
     size: int
     leading: bool
+    rotate: bool = True
 
 
 @dataclass(frozen=True)
@@ -963,7 +965,40 @@ def make_schedule(plan: Plan, columns: int | list[int]) -> Schedule:
                 layout = layout[m:] + layout[:m]
             layouts.append(layout)
     reorder(canonical_layout(num_wires))
+    steps, layouts = _products_in_place(steps, layouts, canonical_layout(num_wires), sizes)
     return Schedule(steps, layouts, sizes, prepare)
+
+
+def _products_in_place(steps: list, layouts: list, start: tuple[int, ...],
+                       sizes: dict[int, int]) -> tuple[list, list]:
+    """Leading blocks whose next step is a reorder, applied as ``M·x``.
+
+    A leading block moves its axes to the back so that the next block leads,
+    but a reorder right after it moves the axes anyway. ``M·x`` keeps the
+    layout and reads and writes the state contiguously: a 4 × 4 block on
+    16 384 numbers took 4.3 µs that way against 20 µs as ``xᵀMᵀ`` (16 × 16:
+    7.6 against 9.5 µs), and the reorder then starts from the layout before
+    the block (or disappears, when that is already its target).
+    """
+    out_steps: list = []
+    out_layouts: list = []
+    layout, i = start, 0
+    while i < len(steps):
+        step = steps[i]
+        if (isinstance(step, ApplyBlock) and step.leading and i + 1 < len(steps)
+                and isinstance(steps[i + 1], Reorder)):
+            out_steps.append(replace(step, rotate=False))
+            out_layouts.append(layout)
+            target = layouts[i + 1]
+            if target != layout:
+                out_steps.append(_reorder_step(layout, target, sizes))
+                out_layouts.append(target)
+            layout, i = target, i + 2
+            continue
+        out_steps.append(step)
+        out_layouts.append(layouts[i])
+        layout, i = layouts[i], i + 1
+    return out_steps, out_layouts
 
 
 def _product_state(moment: Moment, dims, columns: list[int], block_id) -> list[PrepareGroup]:
