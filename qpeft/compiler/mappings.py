@@ -431,8 +431,9 @@ class TaylorMapping(_GeneratorMapping):
     """``U ≈ exp(A)·E_K`` by the Taylor series ``Σ_{j<terms} Aʲ·E_K / j!`` (thin products).
 
     Each term costs one ``A·X`` product, ``O(N·K²)``. The result is only
-    approximately orthonormal: the error is about ``‖A‖^terms / terms!``; see
-    :func:`taylor_deviation` to measure it.
+    approximately orthonormal: the error is about ``‖A‖₂^terms / terms!``, with
+    ``‖A‖₂`` the spectral norm of the generator; see :func:`taylor_deviation` to
+    measure it.
 
     Args:
         terms: number of series terms (``terms = 1`` returns ``E_K``).
