@@ -784,6 +784,35 @@ def test_torch_compile_gives_the_same_values_and_gradients() -> None:
     assert torch.allclose(compiled_grad, eager_grad, atol=1e-13, rtol=0)
 
 
+def test_tensornet_compiles_to_one_graph() -> None:
+    """The planned contraction runs as plain torch.einsum steps, so dynamo
+    traces the whole tensornet frame (complex gates, qudits, shared parameters)
+    into one graph, with the eager values and gradients."""
+    circuit = (Circuit([2, 3, 2]).ry(0, "a").givens(1, (0, 2), "b").cz(0, 2)
+               .rx(2, 0.5 * Parameter("a")).append(controlled(RY(2, "c"), 1)).gcz(0, 1)
+               .ry(0, "c").append(pauli_rotation("XX", [0, 2], "b")))
+    frame = compiled(circuit, [3, 0, 7], "tensornet")
+    torch._dynamo.reset()
+    fast = torch.compile(frame, backend="aot_eager", fullgraph=True)
+    values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(fast(values), frame(values), rtol=0, atol=1e-13)
+    compiled_grad, = torch.autograd.grad(real_view(fast(values)).pow(2).sum(), values)
+    eager_grad, = torch.autograd.grad(real_view(frame(values)).pow(2).sum(), values)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["columns", "tensornet"])
+def test_a_circuit_without_parameters_stays_on_the_values_graph(method: str) -> None:
+    circuit = Circuit(2).h(0).cx(0, 1)
+    frame = compiled(circuit, 2, method)
+    values = torch.zeros(3, 0, dtype=torch.float64, requires_grad=True)
+    out = frame(values)
+    expected = torch.as_tensor(circuit.matrix([]))[:, :2]
+    torch.testing.assert_close(out, expected.expand(3, 4, 2), rtol=0, atol=1e-15)
+    out.sum().backward()
+    assert values.grad is not None and values.grad.shape == (3, 0)
+
+
 @pytest.mark.parametrize("method", ["columns", "recompute", "pairs-dense"])
 def test_batched_gradients_equal_one_by_one(method: str) -> None:
     """The written-out backward passes run under vmap: a vectorized Jacobian

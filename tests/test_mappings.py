@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -367,3 +368,58 @@ def test_dense_reference_checks_its_input() -> None:
         dense_reference("givens", torch.zeros(8), 6, 2)
     with pytest.raises(CompileError, match="unknown mapping"):
         dense_reference("qr", torch.zeros(9), 6, 2)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")
+@pytest.mark.parametrize(
+    ("cast", "dtype"),
+    [("half", "float16"), ("bfloat16", "bfloat16"), ("to", "complex64")],
+)
+def test_casting_to_a_dtype_the_maps_cannot_compute_in_is_a_compile_error(
+    name: str, cast: str, dtype: str
+) -> None:
+    frame_map = mapping(name, 6, 2)
+    with pytest.raises(CompileError, match=f"float32 or float64, got torch.{dtype}"):
+        if cast == "to":
+            frame_map.to(getattr(torch, dtype))
+        else:
+            getattr(frame_map, cast)()
+    assert frame_map.dtype == torch.float32
+    values = random_values(frame_map, scale=0.2)
+    assert orthonormality_error(frame_map(values)) < 1e-6
+
+
+@pytest.mark.parametrize(
+    ("device", "message"), [("bogus", "not a torch device"), ("cuda:99", "not available here")]
+)
+def test_an_unusable_device_is_a_compile_error(device: str, message: str) -> None:
+    with pytest.raises(CompileError, match=message):
+        mapping("householder", 6, 2, device=device)
+
+
+@pytest.mark.parametrize(
+    ("name", "dimension", "columns", "options"),
+    [("givens", 1, 1, {}), ("taylor", 5, 2, {"terms": 1}), ("taylor", 1, 1, {"terms": 1})],
+)
+def test_a_frame_that_does_not_depend_on_the_values_stays_on_their_graph(
+    name: str, dimension: int, columns: int, options: dict
+) -> None:
+    frame_map = mapping(name, dimension, columns, dtype=F64, **options)
+    values = torch.randn(2, 3, frame_map.num_parameters, dtype=F64, requires_grad=True)
+    frame = frame_map(values)
+    torch.testing.assert_close(frame, torch.eye(dimension, columns, dtype=F64).expand_as(frame))
+    frame.sum().backward()
+    assert values.grad is not None
+    torch.testing.assert_close(values.grad, torch.zeros_like(values))
+
+
+def test_taylor_deviation_checks_its_arguments() -> None:
+    values = torch.randn(parameter_count(6, 2), dtype=F64)
+    assert [row.terms for row in taylor_deviation(values, 6, 2, terms=np.int64(3))] == [3]
+    assert [row.terms for row in taylor_deviation(values, 6, 2, [np.int64(2), 4])] == [2, 4]
+    for bad in (True, [True, 3], [2.5], [0, 2]):
+        with pytest.raises(CompileError, match="terms must be a positive whole number"):
+            taylor_deviation(values, 6, 2, terms=bad)
+    with pytest.raises(ParameterError, match="torch.as_tensor"):
+        taylor_deviation(values.tolist(), 6, 2, terms=3)  # type: ignore[arg-type]

@@ -17,9 +17,9 @@ parameter vector (the work an adapter does twice per layer and step):
 * ``cayley``, ``exponential``, ``householder``, ``givens``, ``taylor`` –
   the alternative maps onto N×K orthonormal frames (``qpeft.compiler.mappings``).
 
-With ``torch_compile`` (``--torch-compile``) every torch method but
-``tensornet`` is wrapped in ``torch.compile`` and compiled before it is timed
-(dynamo's caches are reset for each size).
+With ``torch_compile`` (``--torch-compile``) every torch method is wrapped
+in ``torch.compile`` and compiled before it is timed (dynamo's caches are
+reset for each size).
 
 The circuit is :func:`qpeft.ansatz.pauli` for powers of two and
 :func:`qpeft.ansatz.for_dimension` (qudit register) otherwise. Fast methods
@@ -73,10 +73,6 @@ ALL_METHODS = FAST_METHODS + SLOW_METHODS + MAPPINGS
 DEFAULT_SIZES = (256, 384, 512, 768, 1024, 2048, 3072, 4096, 8192, 16384)
 #: The dense unitary is timed up to this N (it holds N×N numbers per saved state).
 DENSE_LIMIT = 1024
-#: Timed eagerly even with ``--torch-compile``: opt_einsum's contraction loop breaks
-#: dynamo's graph on every pairwise step, so the compiled function would mostly run
-#: eagerly anyway while claiming otherwise.
-NOT_COMPILED = ("tensornet",)
 
 
 # ---------------------------------------------------------------------------
@@ -431,7 +427,7 @@ def _fast_functions(circuit: Circuit, config: BenchmarkConfig) -> dict[str, Call
         torch.compiler.reset()
     functions = {}
     for name, (module, arguments) in modules.items():
-        if config.torch_compile and name not in NOT_COMPILED:
+        if config.torch_compile:
             functions[name] = forward_backward(torch.compile(module), arguments)
             _compile_now(name, functions[name])
         else:
@@ -581,11 +577,7 @@ def _run(config: BenchmarkConfig, note: Callable[[str], None]) -> dict:
         circuit = benchmark_circuit(dimension, config.layers, config.construction)
         note(f"N = {dimension}: fast methods")
         times = time_interleaved(_fast_functions(circuit, config), config.repeats)
-        measurements += [
-            Measurement(m, dimension, t, note=(
-                "eager: opt_einsum's contraction loop breaks torch.compile's graph"
-                if config.torch_compile and m in NOT_COMPILED else ""))
-            for m, t in times.items()]
+        measurements += [Measurement(m, dimension, t) for m, t in times.items()]
         if "dense" in config.methods and dimension > DENSE_LIMIT:
             measurements.append(Measurement("dense", dimension, None, "skipped",
                                             f"N×N unitary above N = {DENSE_LIMIT}"))
@@ -887,8 +879,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--no-batched", action="store_true",
                         help="skip the batched-against-separate BERT case")
     parser.add_argument("--torch-compile", action="store_true",
-                        help="time the torch methods (compiler, naive simulation, mappings; "
-                             "not tensornet, whose contraction loop dynamo cannot trace) "
+                        help="time the torch methods (compiler, naive simulation, mappings) "
                              "wrapped in torch.compile; compilation (10-20 s per method and "
                              "size) runs before timing and is not counted")
     parser.add_argument("--json", action="store_true",

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from qpeft.compiler import _resolve_device
 from qpeft.compiler.blocks import plain_operations
 from qpeft.errors import CompileError, ParameterError
 
@@ -171,17 +172,27 @@ class StiefelMapping(torch.nn.Module):
     ) -> None:
         super().__init__()
         _check_shape(dimension, columns)
-        if dtype not in _SUPPORTED_DTYPES:
-            raise CompileError(
-                f"{type(self).__name__} computes in float32 or float64, got {dtype}; "
-                f"pass dtype=torch.float32 (or float64) and cast the frame afterwards if needed"
-            )
+        self._check_dtype(dtype)
+        device = _resolve_device(device)
         self.dimension = int(dimension)
         self.columns = int(columns)
         self.check_values = bool(check_values)
         # An empty floating buffer follows module.to(dtype/device), so the
         # `dtype` and `device` properties stay truthful after a move.
         self.register_buffer("_probe", torch.empty(0, dtype=dtype, device=device), persistent=False)
+
+    def _check_dtype(self, dtype: torch.dtype) -> None:
+        if dtype not in _SUPPORTED_DTYPES:
+            raise CompileError(
+                f"{type(self).__name__} computes in float32 or float64, got {dtype}; "
+                f"pass dtype=torch.float32 (or float64) and cast the frame afterwards if needed"
+            )
+
+    def _apply(self, fn, recurse: bool = True):
+        # .half(), .bfloat16() or .to(complex) would leave a module that computes in a
+        # dtype the constructor refuses (orthonormal to 1e-3 only, or complex garbage).
+        self._check_dtype(fn(torch.empty(0, dtype=self.dtype, device=self.device)).dtype)
+        return super()._apply(fn, recurse)
 
     @property
     def num_parameters(self) -> int:
@@ -298,6 +309,16 @@ def _gather_lower(
     return padded.index_select(-1, index).reshape(*values.shape[:-1], dimension, columns)
 
 
+def _on_graph(frame: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``frame``, attached to the graph of ``values`` that it does not depend on.
+
+    A constant frame (Givens at N = 1, Taylor with one term) would otherwise
+    not require a gradient, and a backward pass through it would fail or leave
+    the values without a (zero) gradient.
+    """
+    return frame + 0 * values.sum(-1)[..., None, None]
+
+
 def _gram(thin: torch.Tensor) -> torch.Tensor:
     """``XᵀX`` for a tall ``(..., N, K)`` X, accumulated and returned in float64.
 
@@ -410,8 +431,9 @@ class TaylorMapping(_GeneratorMapping):
     """``U ≈ exp(A)·E_K`` by the Taylor series ``Σ_{j<terms} Aʲ·E_K / j!`` (thin products).
 
     Each term costs one ``A·X`` product, ``O(N·K²)``. The result is only
-    approximately orthonormal: the error is about ``‖A‖^terms / terms!``; see
-    :func:`taylor_deviation` to measure it.
+    approximately orthonormal: the error is about ``‖A‖₂^terms / terms!``, with
+    ``‖A‖₂`` the spectral norm of the generator; see :func:`taylor_deviation` to
+    measure it.
 
     Args:
         terms: number of series terms (``terms = 1`` returns ``E_K``).
@@ -441,6 +463,8 @@ class TaylorMapping(_GeneratorMapping):
     def _frame(self, values: torch.Tensor) -> torch.Tensor:
         skew, bottom = self._blocks(values)
         start = self._identity_columns(values)
+        if self.terms == 1:
+            return _on_graph(start, values)
         return deque(_taylor_partial_sums(skew, bottom, start, self.terms), maxlen=1)[0]
 
 
@@ -623,7 +647,7 @@ class GivensMapping(StiefelMapping):
                 reached = torch.cat([rotated_old, rotated_new], dim=-2)
             reached = reached.index_select(-2, natural_order[tree])
             frame = torch.cat([frame[..., :column, :], reached], dim=-2)
-        return frame
+        return frame if self._level_sizes else _on_graph(frame, values)  # N = 1: no angle
 
 
 MAPPINGS: dict[str, type[StiefelMapping]] = {
@@ -799,9 +823,18 @@ def taylor_deviation(
         >>> rows[0].orthonormality > rows[1].orthonormality > rows[2].orthonormality
         True
     """
-    wanted = sorted({terms} if isinstance(terms, int) else set(terms))
-    if not wanted or wanted[0] < 1:
-        raise CompileError(f"terms must be positive whole numbers, got {terms!r}")
+    if not isinstance(values, torch.Tensor):
+        raise ParameterError(
+            f"taylor_deviation takes values as a torch.Tensor, got {type(values).__name__}; "
+            f"wrap them with torch.as_tensor(values, dtype=torch.float64)"
+        )
+    wanted = sorted({terms} if isinstance(terms, (int, np.integer)) else set(terms))
+    whole = all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in wanted)
+    if not wanted or not whole or wanted[0] < 1:
+        raise CompileError(
+            f"terms must be a positive whole number or a collection of them, got {terms!r}; "
+            f"e.g. terms=[2, 4, 8]"
+        )
     exact_mapping = ExponentialMapping(dimension, columns, dtype=values.dtype, device=values.device)
     taylor_mapping = TaylorMapping(
         dimension, columns, terms=wanted[-1], dtype=values.dtype, device=values.device

@@ -14,7 +14,9 @@ network small:
 
 The contraction order is planned once, at construction, by
 ``opt_einsum.contract_expression`` (greedy, with intermediates limited to a
-few multiples of the state size N·K) and reused on every call.
+few multiples of the state size N·K) and reused on every call: each pairwise
+step runs as one ``torch.einsum``, so ``torch.compile`` traces the whole
+contraction as one graph.
 
 >>> import torch
 >>> from qpeft.ansatz import pauli
@@ -168,9 +170,16 @@ class TensorNetwork(nn.Module):
         self.expression = opt_einsum.contract_expression(
             self.equation, *shapes, optimize=optimize, memory_limit=limit
         )
+        # The planned pairwise steps, each as (operand positions, equation in the letters
+        # torch.einsum takes). Running them directly, rather than through opt_einsum's
+        # backend dispatch, keeps forward() plain tensor operations that dynamo traces
+        # into one graph.
+        self._steps = [
+            (tuple(positions), opt_einsum.parser.convert_to_valid_einsum_chars(step))
+            for positions, _, step, _, _ in self.expression.contraction_list
+        ]
         _, info = opt_einsum.contract_path(self.equation, *shapes, shapes=True,
-                                           optimize=self.expression.contraction_list and [
-                                               c[0] for c in self.expression.contraction_list])
+                                           optimize=[positions for positions, _ in self._steps])
         self._cost = {"contraction_flops": int(info.opt_cost),
                       "largest_intermediate": int(info.largest_intermediate)}
 
@@ -199,7 +208,8 @@ class TensorNetwork(nn.Module):
                     matrix = self.plan.pairs[index].dense(pairs[index])
                     out.append(matrix.reshape(batch, *local, *local))
             elif recipe[0] == "ones":
-                out.append(torch.ones(batch, dtype=self.work_dtype, device=values.device))
+                # from the values, so that a circuit without angles stays on their graph
+                out.append(values.sum(-1).mul(0).add(1))
             else:
                 _, index, diagonal, local = recipe
                 size, row = self.builder.node_row[index]
@@ -212,7 +222,11 @@ class TensorNetwork(nn.Module):
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """values (B, P) -> (B, N, K)."""
-        result = self.expression(*self.operands(values), backend="torch")
+        tensors = self.operands(values)
+        for positions, step in self._steps:
+            inputs = [tensors.pop(position) for position in positions]
+            tensors.append(torch.einsum(step, *inputs))
+        (result,) = tensors
         return result.reshape(values.shape[0], self.dimension, self.num_columns)
 
     def extra_repr(self) -> str:
