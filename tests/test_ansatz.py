@@ -200,8 +200,10 @@ def test_for_dimension_is_orthogonal_at_transformer_widths(dimension, method):
         eye = torch.eye(matrix.shape[-1], dtype=torch.float64).expand_as(matrix[0])
         torch.testing.assert_close(matrix[0].mT @ matrix[0], eye, rtol=0, atol=1e-12)
     for pair, coefficients in zip(engine.plan.pairs, factors[blocks:]):
-        torch.testing.assert_close(pair.dense(coefficients[0]).T @ pair.dense(coefficients[0]),
-                                   torch.eye(pair.size, dtype=torch.float64), rtol=0, atol=1e-12)
+        matrix = torch.diag_embed(coefficients[0, 0])  # A on the diagonal, B off it
+        matrix[pair.off_diagonal()] = coefficients[0, 1, pair.off_diagonal()[0]]
+        torch.testing.assert_close(matrix.T @ matrix, torch.eye(pair.size, dtype=torch.float64),
+                                   rtol=0, atol=1e-12)
     U = frame(values)
     eye = torch.eye(len(columns), dtype=torch.float64)
     torch.testing.assert_close(U.T @ U, eye, rtol=0, atol=1e-12)

@@ -784,14 +784,17 @@ def test_torch_compile_gives_the_same_values_and_gradients() -> None:
     assert torch.allclose(compiled_grad, eager_grad, atol=1e-13, rtol=0)
 
 
-def test_tensornet_compiles_to_one_graph() -> None:
-    """The planned contraction runs as plain torch.einsum steps, so dynamo
-    traces the whole tensornet frame (complex gates, qudits, shared parameters)
-    into one graph, with the eager values and gradients."""
+@pytest.mark.parametrize("method", ["tensornet", "pairs-tensornet"])
+def test_tensornet_compiles_to_one_graph(method: str) -> None:
+    """The planned contraction runs as plain torch.einsum steps and pair nodes'
+    matrices are built from index buffers, so dynamo traces the whole tensornet
+    frame (complex gates, qudits, shared parameters, pair nodes) into one graph,
+    with the eager values and gradients."""
     circuit = (Circuit([2, 3, 2]).ry(0, "a").givens(1, (0, 2), "b").cz(0, 2)
                .rx(2, 0.5 * Parameter("a")).append(controlled(RY(2, "c"), 1)).gcz(0, 1)
                .ry(0, "c").append(pauli_rotation("XX", [0, 2], "b")))
-    frame = compiled(circuit, [3, 0, 7], "tensornet")
+    frame = compiled(circuit, [3, 0, 7], method)
+    assert method == "tensornet" or frame.plan.pairs
     torch._dynamo.reset()
     fast = torch.compile(frame, backend="aot_eager", fullgraph=True)
     values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)

@@ -156,20 +156,11 @@ class PairNode:
         """True when no index is paired with another (A alone acts)."""
         return bool(np.array_equal(self.partner, np.arange(self.size)))
 
-    def dense(self, coefficients):
-        """The D×D matrix for evaluated coefficients ``(..., 2, D)`` (torch)."""
-        size = self.size
-        rows = np.arange(size)
-        moved = self.partner != rows
-        index = {"device": coefficients.device, "dtype": torch.long}
-        matrix = coefficients.new_zeros(*coefficients.shape[:-2], size, size)
-        diagonal = torch.as_tensor(rows, **index)
-        matrix[..., diagonal, diagonal] = coefficients[..., 0, :]
-        if moved.any():
-            source = torch.as_tensor(rows[moved], **index)
-            matrix[..., source, torch.as_tensor(self.partner[moved], **index)] = (
-                coefficients[..., 1, :].index_select(-1, source))
-        return matrix
+    def off_diagonal(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where B sits in the node's D×D matrix: rows ``i`` paired with another
+        index, and their columns ``partner[i]`` (A fills the diagonal)."""
+        rows = np.flatnonzero(self.partner != np.arange(self.size))
+        return rows, self.partner[rows]
 
 
 def pair_structure(generator: np.ndarray) -> np.ndarray | None:

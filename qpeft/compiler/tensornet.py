@@ -114,7 +114,14 @@ class TensorNetwork(nn.Module):
                     indices = "".join(outputs) + "".join(current[w] for w in node.wires)
                     for w, s in zip(node.wires, outputs):
                         current[w] = s
-                self._operands.append(("pair", pair_index[id(node)], local, diagonal))
+                index = pair_index[id(node)]
+                if not diagonal:
+                    rows, columns = node.off_diagonal()
+                    self.register_buffer(f"pair{index}_rows", torch.as_tensor(rows),
+                                         persistent=False)
+                    self.register_buffer(f"pair{index}_columns", torch.as_tensor(columns),
+                                         persistent=False)
+                self._operands.append(("pair", index, local, diagonal))
                 terms.append(batch + indices)
                 shapes.append((1, *local, *(() if diagonal else local)))
                 continue
@@ -204,8 +211,12 @@ class TensorNetwork(nn.Module):
                 _, index, local, diagonal = recipe
                 if diagonal:
                     out.append(pairs[index][:, 0].reshape(batch, *local))
-                else:
-                    matrix = self.plan.pairs[index].dense(pairs[index])
+                else:  # A on the diagonal, B at (i, partner[i]); index buffers, so that
+                    # torch.compile traces the matrix without branching on plan data
+                    rows = getattr(self, f"pair{index}_rows")
+                    columns = getattr(self, f"pair{index}_columns")
+                    matrix = torch.diag_embed(pairs[index][:, 0])
+                    matrix[:, rows, columns] = pairs[index][:, 1].index_select(-1, rows)
                     out.append(matrix.reshape(batch, *local, *local))
             elif recipe[0] == "ones":
                 # from the values, so that a circuit without angles stays on their graph
