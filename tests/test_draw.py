@@ -17,6 +17,7 @@ from qpeft.ansatz import catalog_names, load_ansatz, pauli, real_amplitudes
 from qpeft.circuit import Circuit, ParameterVector
 from qpeft.cli import main
 from qpeft.draw import draw, draw_text, layout, save
+from qpeft.draw.layout import format_symbol
 from qpeft.draw.mpl import draw_mpl
 from qpeft.draw.text import _LINES
 from qpeft.errors import ConfigError
@@ -153,6 +154,15 @@ def test_mpl_draws_one_gate_artist_per_gate():
     assert len(boxes) == 3  # RY, H, RX; CX, SWAP and CZ are dots and crosses
     barriers = [line for line in figure.axes[0].lines if line.get_gid() == "qpeft-barrier"]
     assert len(barriers) == 1
+
+
+@pytest.mark.parametrize("name", ["_", "__", "_x[2]"])
+def test_mpl_draws_parameters_whose_names_start_with_an_underscore(name):
+    # "_" once gave the empty math text $\mathrm{}$, on which matplotlib crashed
+    figure = draw(Circuit(1).ry(0, name), output="mpl")
+    labels = [t.get_text() for t in figure.axes[0].texts]
+    assert "$" + format_symbol(name, tex=True) + "$" in labels
+    assert format_symbol(name, tex=True).startswith(r"\mathrm{\_")
 
 
 @pytest.mark.parametrize("name", catalog_names())
