@@ -237,6 +237,24 @@ def test_cli_reports_bad_outputs(tmp_path, capsys):
         save("text", tmp_path / "c.png")
 
 
+def test_save_names_a_target_that_is_a_folder_or_under_a_file(tmp_path):
+    (tmp_path / "c.txt").mkdir()
+    with pytest.raises(ConfigError, match=r"c\.txt: it is a folder; name a file inside it"):
+        save("text", tmp_path / "c.txt")
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(ConfigError, match="the folder .*plain is a file, not a folder"):
+        save("text", tmp_path / "plain" / "c.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "plain"]
+
+
+def test_save_refuses_an_image_too_large_to_render(tmp_path):
+    # Agg renders at most 2**23 pixels a side; its ValueError once escaped save()
+    figure = draw_mpl(Circuit(1).h(0))
+    with pytest.raises(ConfigError, match=r"pixels at dpi 10000000 .*lower the dpi"):
+        save(figure, tmp_path / "h.png", dpi=10_000_000)
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- agreement with Qiskit's drawer -----------------------------------------
 
 
