@@ -237,6 +237,13 @@ def test_cli_reports_bad_outputs(tmp_path, capsys):
         save("text", tmp_path / "c.png")
 
 
+@pytest.mark.parametrize("option", ["--width", "--fold"])
+def test_cli_names_a_negative_width_or_fold(option, capsys):
+    assert main(["draw", "pauli", "--qubits", "2", option, "-3"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {option} -3: give a positive number, or 0 never to fold\n")
+
+
 def test_save_names_a_target_that_is_a_folder_or_under_a_file(tmp_path):
     (tmp_path / "c.txt").mkdir()
     with pytest.raises(ConfigError, match=r"c\.txt: it is a folder; name a file inside it"):
