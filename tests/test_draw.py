@@ -17,6 +17,7 @@ from qpeft.ansatz import catalog_names, load_ansatz, pauli, real_amplitudes
 from qpeft.circuit import Circuit, ParameterVector
 from qpeft.cli import main
 from qpeft.draw import draw, draw_text, layout, save
+from qpeft.draw.layout import format_symbol
 from qpeft.draw.mpl import draw_mpl
 from qpeft.draw.text import _LINES
 from qpeft.errors import ConfigError
@@ -155,6 +156,15 @@ def test_mpl_draws_one_gate_artist_per_gate():
     assert len(barriers) == 1
 
 
+@pytest.mark.parametrize("name", ["_", "__", "_x[2]"])
+def test_mpl_draws_parameters_whose_names_start_with_an_underscore(name):
+    # "_" once gave the empty math text $\mathrm{}$, on which matplotlib crashed
+    figure = draw(Circuit(1).ry(0, name), output="mpl")
+    labels = [t.get_text() for t in figure.axes[0].texts]
+    assert "$" + format_symbol(name, tex=True) + "$" in labels
+    assert format_symbol(name, tex=True).startswith(r"\mathrm{\_")
+
+
 @pytest.mark.parametrize("name", catalog_names())
 def test_every_catalog_entry_draws(name):
     options = load_small(name)
@@ -225,6 +235,31 @@ def test_cli_reports_bad_outputs(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ConfigError, match=".txt"):
         save("text", tmp_path / "c.png")
+
+
+@pytest.mark.parametrize("option", ["--width", "--fold"])
+def test_cli_names_a_negative_width_or_fold(option, capsys):
+    assert main(["draw", "pauli", "--qubits", "2", option, "-3"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {option} -3: give a positive number, or 0 never to fold\n")
+
+
+def test_save_names_a_target_that_is_a_folder_or_under_a_file(tmp_path):
+    (tmp_path / "c.txt").mkdir()
+    with pytest.raises(ConfigError, match=r"c\.txt: it is a folder; name a file inside it"):
+        save("text", tmp_path / "c.txt")
+    (tmp_path / "plain").write_text("")
+    with pytest.raises(ConfigError, match="the folder .*plain is a file, not a folder"):
+        save("text", tmp_path / "plain" / "c.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "plain"]
+
+
+def test_save_refuses_an_image_too_large_to_render(tmp_path):
+    # Agg renders at most 2**23 pixels a side; its ValueError once escaped save()
+    figure = draw_mpl(Circuit(1).h(0))
+    with pytest.raises(ConfigError, match=r"pixels at dpi 10000000 .*lower the dpi"):
+        save(figure, tmp_path / "h.png", dpi=10_000_000)
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- agreement with Qiskit's drawer -----------------------------------------

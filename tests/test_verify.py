@@ -116,6 +116,22 @@ def test_arguments_are_checked():
         verify("pauli")
 
 
+@pytest.mark.parametrize("columns", ["12", [1.5], 2.5, True, [0, 3, 0]])
+def test_columns_that_are_not_distinct_integers_are_refused(columns):
+    # "12" once meant the columns [1, 2], and [1.5] the column 1
+    with pytest.raises(ParameterError, match="columns"):
+        verify(pauli(3, 1), against="qiskit", columns=columns)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "7"])
+def test_seeds_that_are_not_whole_numbers_from_zero_are_refused(seed, capsys):
+    with pytest.raises(ParameterError, match="seed must be a whole number >= 0"):
+        verify(pauli(2, 1), against="qiskit", seed=seed)
+    if isinstance(seed, int):
+        assert main(["verify", "pauli", "--qubits", "2", "--seed", str(seed)]) == 2
+        assert capsys.readouterr().err.startswith("error: seed must be")
+
+
 def test_report_is_a_readable_table():
     report = verify(pauli(3, 1), against=["qiskit"], seed=3)
     assert isinstance(report, VerificationReport)

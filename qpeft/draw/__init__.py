@@ -125,8 +125,16 @@ def save(drawing, filename: str | os.PathLike, *, dpi: int = 150) -> Path:
     def write(handle: IO[bytes]) -> None:
         # a fixed salt makes the ids inside an SVG the same from run to run
         with rc_context({"svg.hashsalt": "qpeft"}):
-            drawing.savefig(handle, format=image_format, dpi=dpi, metadata=metadata,
-                            facecolor="white")
+            try:
+                drawing.savefig(handle, format=image_format, dpi=dpi, metadata=metadata,
+                                facecolor="white")
+            except (ValueError, MemoryError) as error:  # Agg's size limit, or no memory
+                width, height = drawing.get_size_inches() * dpi
+                raise ConfigError(
+                    f"cannot write {path}: the image would be {width:.0f} x {height:.0f} "
+                    f"pixels at dpi {dpi} ({type(error).__name__}: {error}); lower the dpi "
+                    "or the scale, or fold the drawing into more rows"
+                ) from error
 
     _write_atomically(path, write)
     return path
@@ -135,7 +143,10 @@ def save(drawing, filename: str | os.PathLike, *, dpi: int = 150) -> Path:
 def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise ConfigError(f"cannot write {path}: the folder {folder} does not exist")
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise ConfigError(f"cannot write {path}: the folder {folder} {what}")
+    if path.is_dir():
+        raise ConfigError(f"cannot write {path}: it is a folder; name a file inside it")
     try:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
                                                  dir=folder)

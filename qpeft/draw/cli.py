@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
             f"--output {target}: write '-' for standard output, or a file ending in "
             f"{', '.join(TEXT_SUFFIXES + IMAGE_SUFFIXES)}"
         )
+    for option, value in (("--width", args.width), ("--fold", args.fold)):
+        if value < 0:
+            raise ConfigError(f"{option} {value}: give a positive number, or 0 never to fold")
     if args.dpi <= 0:
         raise ConfigError(f"--dpi {args.dpi}: the resolution must be a positive number")
     if not 0 < args.scale < math.inf:

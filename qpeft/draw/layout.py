@@ -243,12 +243,17 @@ def format_symbol(name: str, *, tex: bool = False) -> str:
     ('θ[3]', '\\\\theta_{b0,2}')
     >>> format_symbol("w", tex=True), format_symbol("scale_1", tex=True)
     ('w', '\\\\mathrm{scale}_{1}')
+    >>> format_symbol("_x[2]", tex=True)
+    '\\\\mathrm{\\\\_x}_{2}'
     """
     base, bracket, rest = name.partition("[")
     head, *suffixes = base.split("_")
     if not tex:
         return _GREEK.get(head, head) + "".join("_" + s for s in suffixes) + bracket + rest
-    if head in _GREEK:
+    if not head:  # "_" or "_x": no letter to hang subscripts on, so spell the name out
+        symbol = r"\mathrm{" + base.replace("_", r"\_") + "}"
+        suffixes = []
+    elif head in _GREEK:
         symbol = "\\" + head
     elif len(head) == 1:
         symbol = head

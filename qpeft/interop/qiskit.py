@@ -325,15 +325,22 @@ class _Importer:
         return None
 
     def pauli_evolution(self, operation, wires: list[int]) -> list[Gate] | None:
-        from qiskit.quantum_info import SparsePauliOp
+        """exp(-itH) as one Pauli rotation per term of H, exact when the terms
+        commute. H is a SparsePauliOp, a SparseObservable, or a list of them
+        (their sum, which Qiskit's synthesis only approximates)."""
+        from qiskit.quantum_info import SparseObservable, SparsePauliOp
 
         operator = operation.operator
-        if not isinstance(operator, SparsePauliOp):
+        parts = list(operator) if isinstance(operator, (list, tuple)) else [operator]
+        if not all(isinstance(p, (SparsePauliOp, SparseObservable)) for p in parts):
             return None
-        labels = operator.paulis
-        for i in range(len(labels)):
+        parts = [p if isinstance(p, SparsePauliOp) else SparsePauliOp.from_sparse_observable(p)
+                 for p in parts]
+        paulis = [pauli for part in parts for pauli in part.paulis]
+        coeffs = [coeff for part in parts for coeff in part.coeffs]
+        for i in range(len(paulis)):
             for j in range(i):
-                if not labels[i].commutes(labels[j]):
+                if not paulis[i].commutes(paulis[j]):
                     raise InteropError(
                         "a PauliEvolutionGate of non-commuting terms is only approximated by "
                         "its Qiskit synthesis; convert each term into its own gate, or "
@@ -341,7 +348,7 @@ class _Importer:
                     )
         time = self.angle(operation.params[0])
         gates: list[Gate] = []
-        for pauli, coeff in zip(operator.paulis, operator.coeffs):
+        for pauli, coeff in zip(paulis, coeffs):
             scale = 2.0 * real_number(coeff, "a Pauli coefficient")
             label = pauli.to_label()
             if label.startswith("-"):
@@ -420,8 +427,8 @@ class _Importer:
 def from_qiskit(quantum_circuit) -> Circuit:
     """A qpeft circuit from a Qiskit ``QuantumCircuit`` (qubit w = wire w).
 
-    RX/RY/RZ, RXX/RYY/RZZ/RZX, Pauli product rotations, single-term (or
-    commuting) ``PauliEvolutionGate`` s, H/X/Y/Z/CZ/CX/SWAP, controlled
+    RX/RY/RZ, RXX/RYY/RZZ/RZX, Pauli product rotations, ``PauliEvolutionGate`` s
+    of commuting terms (others are refused), H/X/Y/Z/CZ/CX/SWAP, controlled
     versions of these, ``unitary``, ``diagonal`` and barriers map gate for
     gate; any other gate is replaced by its definition, recursively (so
     ``real_amplitudes``, ``n_local`` blocks and custom gates work), and a

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from qpeft.circuit import Barrier, Circuit, Unitary
+from qpeft.circuit.gates import integers, is_integer
 from qpeft.circuit.reference import parameter_tensor
 from qpeft.errors import ConfigError, InteropError, ParameterError, QpeftError
 
@@ -263,16 +264,26 @@ def _columns(columns, dimension: int) -> tuple[int, ...] | None:
         if dimension <= FULL_LIMIT:
             return None
         return tuple(range(min(DEFAULT_COLUMNS, dimension)))
-    if isinstance(columns, (int, np.integer)) and not isinstance(columns, bool):
+    if is_integer(columns):
         if not 1 <= columns <= dimension:
             raise ParameterError(f"columns = {columns}: choose K between 1 and N = {dimension}")
         return tuple(range(int(columns)))
-    chosen = tuple(int(c) for c in columns)
+    # a string or a float is refused, not read digit by digit or truncated
+    chosen = integers(columns, "columns (an int K, or a list of column indices)",
+                      ParameterError)
     if not chosen or min(chosen) < 0 or max(chosen) >= dimension:
         raise ParameterError(
             f"columns {list(chosen)} must be a non-empty list of indices in 0..{dimension - 1}"
         )
+    if len(set(chosen)) != len(chosen):
+        raise ParameterError(f"columns {list(chosen)} lists a column twice; give each index once")
     return chosen
+
+
+def _check_seed(seed) -> None:
+    """numpy seeds are whole numbers >= 0; refuse others before any work."""
+    if not is_integer(seed) or seed < 0:
+        raise ParameterError(f"seed must be a whole number >= 0, got {seed!r}")
 
 
 def _references(against) -> list[str]:
@@ -322,6 +333,7 @@ def verify(
     if not isinstance(circuit, Circuit):
         raise InteropError(f"verify takes a qpeft Circuit, got {type(circuit).__name__}")
     check_tolerance(atol, "atol")
+    _check_seed(seed)
     names = _references(against)
     vector = _angles(circuit, values, seed)
     chosen = _columns(columns, circuit.dimension)
