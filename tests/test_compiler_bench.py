@@ -198,9 +198,9 @@ def test_plot_path_is_checked_before_anything_is_measured(
 
 
 def test_plot_folder_must_be_writable(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(unitary.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(qpeft.draw.os, "access", lambda path, mode: False)
     with pytest.raises(ConfigError, match="not writable"):
-        unitary.plot_path(str(tmp_path / "unitary.png"))
+        qpeft.draw.image_path(str(tmp_path / "unitary.png"))
 
 
 def test_quick_sets_defaults_and_explicit_options_win() -> None:

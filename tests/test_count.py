@@ -5,6 +5,7 @@ JSON output, the plot file and the error messages."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,20 @@ def test_plot_writes_a_png_and_no_temporary_file(tmp_path: Path,
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [path.name for path in tmp_path.iterdir()] == ["count.png"]
     assert f"wrote {target}" in out
+
+
+@pytest.mark.parametrize("name, message", [
+    ("missing/count.png", "folder .*missing does not exist"),
+    ("count.xyz", "use a file ending in .png, .svg, .pdf"),
+    (".", "is a folder"),
+])
+def test_plot_path_is_checked_before_anything_is_printed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, message: str) -> None:
+    code, out, err = run_count(capsys, "--plot", str(tmp_path / name))
+    assert code == cli.ERROR_EXIT_CODE
+    assert out == "" and err.startswith("error: --plot") and "Traceback" not in err
+    assert re.search(message, err)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_width_curve_is_the_adapter_count_and_stays_below_lora() -> None:

@@ -538,11 +538,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Count, print (tables or JSON) and optionally plot; returns 0."""
     if args.plot is not None:
-        from qpeft.draw import IMAGE_SUFFIXES
+        from qpeft.draw import image_path
 
-        if Path(args.plot).suffix.lower() not in IMAGE_SUFFIXES:
-            raise ConfigError(f"--plot {args.plot}: use a file ending in "
-                              f"{', '.join(IMAGE_SUFFIXES)}")
+        image_path(args.plot, example="count.png")  # before any counting is printed
     options = {"rank": args.rank, "layers": args.layers, "ansatz": args.ansatz}
     models = list(BUILTIN_MODELS) if args.model.lower() == "all" else [args.model]
     reports = [count_model(model, options, args.targets) for model in models]

@@ -62,6 +62,7 @@ from qpeft.circuit.gates import COMPLEX_OF, FixedGate
 from qpeft.cli import DefaultsHelpFormatter
 from qpeft.compiler import compile_circuit
 from qpeft.compiler.recompute import autograd_saved_bytes
+from qpeft.draw import image_path
 from qpeft.errors import ConfigError, InteropError
 
 FAST_METHODS = ("columns", "tensornet", "dense", "naive")
@@ -745,33 +746,6 @@ def render(report: dict, console=None) -> None:
     console.print(targets)
 
 
-def plot_path(filename: str) -> Path:
-    """``filename`` checked before anything is measured: a file, not a folder, ending
-    in a suffix of :data:`qpeft.draw.IMAGE_SUFFIXES`, in a writable folder that exists.
-
-    >>> plot_path("unitary.xyz")
-    Traceback (most recent call last):
-    ...
-    qpeft.errors.ConfigError: --plot unitary.xyz: use a file ending in .png, .svg, .pdf
-    """
-    from qpeft.draw import IMAGE_SUFFIXES
-
-    path = Path(filename)
-    if path.is_dir():
-        raise ConfigError(f"--plot {filename} is a folder; name a file in it, such as "
-                          f"{path / 'unitary.png'}")
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise ConfigError(f"--plot {filename}: use a file ending in {', '.join(IMAGE_SUFFIXES)}")
-    folder = path.parent
-    if not folder.is_dir():
-        raise ConfigError(f"--plot {filename}: the folder {folder} does not exist; create it "
-                          f"first")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"--plot {filename}: the folder {folder} is not writable; choose "
-                          f"another")
-    return path
-
-
 def plot(report: dict, filename: str | os.PathLike) -> Path:
     """Time against N on log axes, one line per method (Fig. 6 of the paper, with peers),
     written atomically (:func:`qpeft.draw.save`); returns the path written."""
@@ -917,7 +891,7 @@ def run(args: argparse.Namespace) -> int:
     from qpeft.bench.cli import measure_and_print
 
     config = config_from_args(args)
-    plot_file = None if args.plot is None else plot_path(args.plot)
+    plot_file = None if args.plot is None else image_path(args.plot, example="unitary.png")
     report = measure_and_print(run_benchmark, config, render, args.json)
     if plot_file is not None:
         written = plot(report, plot_file)

@@ -140,6 +140,33 @@ def save(drawing, filename: str | os.PathLike, *, dpi: int = 150) -> Path:
     return path
 
 
+def image_path(filename: str, *, option: str = "--plot", example: str = "figure.png") -> Path:
+    """``filename`` checked before a command does any work: a file, not a folder,
+    ending in a suffix of :data:`IMAGE_SUFFIXES`, in a writable folder that
+    exists. Errors name the command-line ``option`` and suggest ``example``.
+
+    >>> image_path("unitary.xyz")
+    Traceback (most recent call last):
+    ...
+    qpeft.errors.ConfigError: --plot unitary.xyz: use a file ending in .png, .svg, .pdf
+    """
+    path = Path(filename)
+    if path.is_dir():
+        raise ConfigError(f"{option} {filename} is a folder; name a file in it, such as "
+                          f"{path / example}")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ConfigError(f"{option} {filename}: use a file ending in "
+                          f"{', '.join(IMAGE_SUFFIXES)}")
+    folder = path.parent
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist; create it first"
+        raise ConfigError(f"{option} {filename}: the folder {folder} {what}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {filename}: the folder {folder} is not writable; choose "
+                          f"another")
+    return path
+
+
 def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -174,4 +201,4 @@ def __getattr__(name: str):
 
 
 __all__ = ["IMAGE_SUFFIXES", "OUTPUTS", "TEXT_SUFFIXES", "Layout", "draw", "draw_mpl",
-           "draw_text", "layout", "save"]
+           "draw_text", "image_path", "layout", "save"]
