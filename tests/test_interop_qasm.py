@@ -7,7 +7,7 @@ import pytest
 
 from qpeft.ansatz import pauli
 from qpeft.circuit import RY, Circuit, Parameter, ParameterVector, controlled
-from qpeft.errors import InteropError
+from qpeft.errors import InteropError, QpeftError
 from qpeft.interop import qasm
 from qpeft.interop.qasm import from_qasm, to_qasm
 
@@ -62,6 +62,17 @@ def test_pauli_ansatz_round_trips_through_openqasm_2():
     back = from_qasm(to_qasm(circuit.bind(values), version=2))
     assert {g.name for g in back.gates} == {"RY", "CZ", "barrier"}
     np.testing.assert_allclose(back.matrix(), circuit.matrix(values), atol=1e-12)
+
+
+@pytest.mark.parametrize("version", [4, 1, "3", 2.0, True, None])
+def test_an_unknown_version_is_refused_before_any_lowering(monkeypatch, version):
+    def refuse_lowering(circuit):
+        raise AssertionError("the circuit was lowered before the version was checked")
+
+    monkeypatch.setattr(qasm, "_lowered", refuse_lowering)
+    with pytest.raises(InteropError, match=r"unknown OpenQASM version .*; use 2 or 3") as caught:
+        to_qasm(pauli(2, 1), version=version)
+    assert isinstance(caught.value, QpeftError)
 
 
 def test_helpful_errors():

@@ -29,6 +29,7 @@ import math
 import re
 
 from qpeft.circuit import Circuit
+from qpeft.circuit.gates import is_integer
 from qpeft.errors import InteropError
 from qpeft.interop.common import require_qubits
 from qpeft.interop.qiskit import from_qiskit, to_qiskit
@@ -36,6 +37,8 @@ from qpeft.interop.qiskit import from_qiskit, to_qiskit
 #: the gates an exported program uses
 QASM_GATES = ("rx", "ry", "rz", "h", "x", "y", "z", "cx", "cz", "swap", "p",
               "crx", "cry", "crz", "cy", "ch", "ccx", "cswap")
+#: the versions :func:`to_qasm` writes
+QASM_VERSIONS = (2, 3)
 _ESCAPED_ELEMENT = re.compile(r"^_([A-Za-z_][A-Za-z0-9_]*)_([0-9]+)_$")
 _INSTALL = (
     "reading OpenQASM 3 needs the package qiskit-qasm3-import: "
@@ -65,13 +68,18 @@ def to_qasm(circuit: Circuit, version: int = 3) -> str:
 
     ``version=3`` (default) keeps free parameters as ``input float[64]``
     declarations; ``version=2`` needs every parameter bound
-    (``circuit.bind(values)``).
+    (``circuit.bind(values)``). Any other ``version`` raises
+    :class:`InteropError` before the circuit is touched.
 
     >>> from qpeft.ansatz import pauli
     >>> text = to_qasm(pauli(qubits=2, layers=1))
     >>> text.splitlines()[0], text.count("ry(")
     ('OPENQASM 3.0;', 4)
     """
+    if not is_integer(version) or version not in QASM_VERSIONS:
+        raise InteropError(
+            f"unknown OpenQASM version {version!r}; use 2 or 3, the versions to_qasm writes"
+        )
     require_qubits(circuit, "to_qasm")
     if version == 2 and circuit.parameters:
         raise InteropError(
@@ -84,11 +92,9 @@ def to_qasm(circuit: Circuit, version: int = 3) -> str:
         from qiskit import qasm3
 
         return qasm3.dumps(qc)
-    if version == 2:
-        from qiskit import qasm2
+    from qiskit import qasm2
 
-        return qasm2.dumps(qc)
-    raise InteropError(f"unknown OpenQASM version {version!r}; use 2 or 3")
+    return qasm2.dumps(qc)
 
 
 def qasm3_import_available() -> bool:
