@@ -14,7 +14,7 @@ from matplotlib.patches import FancyBboxPatch
 
 import qpeft
 from qpeft.ansatz import catalog_names, load_ansatz, pauli, real_amplitudes
-from qpeft.circuit import Circuit, ParameterVector
+from qpeft.circuit import Barrier, Circuit, ParameterVector, controlled
 from qpeft.cli import main
 from qpeft.draw import draw, draw_text, layout, save
 from qpeft.draw.layout import format_symbol
@@ -64,6 +64,17 @@ def test_a_barrier_takes_a_column_across_all_wires():
     drawing = layout(Circuit(3).h(0).barrier("b").h(2))
     assert [p.column for p in drawing.placements] == [0, 1, 2]
     assert drawing.is_barrier_column(1) and not drawing.is_barrier_column(0)
+
+
+def test_a_controlled_barrier_is_drawn_as_its_barrier():
+    # layout() once raised "a barrier has no glyph" for it
+    plain = Circuit(3).h(0).append(Barrier((1, 2), "mid")).h(2)
+    under_control = Circuit(3).h(0).append(controlled(Barrier((1, 2), "mid"), [0])).h(2)
+    drawing = layout(under_control)
+    assert drawing.placements[1].is_barrier and drawing.placements[1].gate == Barrier((1, 2), "mid")
+    assert draw(under_control) == draw(plain)
+    labels = [t.get_text() for t in draw(under_control, output="mpl").axes[0].texts]
+    assert labels == [t.get_text() for t in draw(plain, output="mpl").axes[0].texts]
 
 
 def test_gates_on_disjoint_wires_share_a_column():

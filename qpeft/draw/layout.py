@@ -36,6 +36,7 @@ from qpeft.circuit import (
     SignDiagonal,
     StandardGate,
     Unitary,
+    barrier_of,
 )
 from qpeft.errors import ConfigError
 
@@ -114,7 +115,8 @@ class Glyph:
 
 @dataclass(frozen=True)
 class Placement:
-    """One gate in its column. ``glyph`` is ``None`` for a barrier."""
+    """One gate in its column. ``glyph`` is ``None`` for a barrier, and
+    ``gate`` then the barrier itself (for a controlled barrier too)."""
 
     index: int
     gate: Gate
@@ -184,10 +186,11 @@ def layout(circuit: Circuit, *, precision: int = 3) -> Layout:
     level = [0] * circuit.num_wires
     placements = []
     for index, gate in enumerate(circuit.gates):
-        if isinstance(gate, Barrier):
+        barrier = barrier_of(gate)
+        if barrier is not None:  # a controlled barrier is drawn as its barrier
             column = max(level)
             level = [column + 1] * circuit.num_wires
-            placements.append(Placement(index, gate, column, None))
+            placements.append(Placement(index, barrier, column, None))
             continue
         lo, hi = min(gate.wires), max(gate.wires)
         column = max(level[lo:hi + 1])
