@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qpeft.ansatz import pauli
-from qpeft.circuit import RY, Circuit, Parameter, ParameterVector, controlled
+from qpeft.circuit import RX, RY, SWAP, Circuit, Parameter, ParameterVector, controlled
 from qpeft.errors import InteropError, QpeftError
 from qpeft.interop import qasm
 from qpeft.interop.qasm import from_qasm, to_qasm
@@ -33,6 +33,24 @@ def test_openqasm_2_round_trip_keeps_the_matrix_and_phase():
     assert text.startswith("OPENQASM 2.0;")
     back = from_qasm(text)
     np.testing.assert_allclose(back.matrix(), circuit.matrix(), atol=1e-10)
+
+
+def test_openqasm_2_uses_only_the_gates_of_the_original_qelib1():
+    # p, swap, crx, cry and cswap are Qiskit's additions to qelib1.inc; Qiskit's
+    # own reader refuses them without its legacy custom instructions
+    from qiskit import qasm2
+    from qiskit.quantum_info import Operator
+
+    circuit = (mixed_circuit().append(controlled(RX(2, 0.4), [0]))
+               .append(controlled(RY(1, -0.7), [2], [[0]]))
+               .append(controlled(SWAP(1, 2), [0])).bind(VALUES))
+    text = to_qasm(circuit, version=2)
+    body = text.splitlines()[3:]  # after the header, the include and the register
+    assert {line.split("(")[0].split(" ")[0] for line in body} <= {*qasm.QASM2_GATES, "barrier"}
+    strict = qasm2.loads(text)  # the paper's qelib1.inc only
+    np.testing.assert_allclose(Operator(strict.reverse_bits()).data, circuit.matrix(),
+                               atol=1e-12, rtol=0)
+    np.testing.assert_allclose(from_qasm(text).matrix(), circuit.matrix(), atol=1e-12, rtol=0)
 
 
 def test_openqasm_3_keeps_parameters_as_inputs():
