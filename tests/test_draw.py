@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -10,11 +11,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
+from matplotlib.mathtext import MathTextParser
 from matplotlib.patches import FancyBboxPatch
 
 import qpeft
 from qpeft.ansatz import catalog_names, load_ansatz, pauli, real_amplitudes
-from qpeft.circuit import Circuit, ParameterVector
+from qpeft.circuit import Barrier, Circuit, ParameterVector, controlled
 from qpeft.cli import main
 from qpeft.draw import draw, draw_text, layout, save
 from qpeft.draw.layout import format_symbol
@@ -64,6 +66,17 @@ def test_a_barrier_takes_a_column_across_all_wires():
     drawing = layout(Circuit(3).h(0).barrier("b").h(2))
     assert [p.column for p in drawing.placements] == [0, 1, 2]
     assert drawing.is_barrier_column(1) and not drawing.is_barrier_column(0)
+
+
+def test_a_controlled_barrier_is_drawn_as_its_barrier():
+    # layout() once raised "a barrier has no glyph" for it
+    plain = Circuit(3).h(0).append(Barrier((1, 2), "mid")).h(2)
+    under_control = Circuit(3).h(0).append(controlled(Barrier((1, 2), "mid"), [0])).h(2)
+    drawing = layout(under_control)
+    assert drawing.placements[1].is_barrier and drawing.placements[1].gate == Barrier((1, 2), "mid")
+    assert draw(under_control) == draw(plain)
+    labels = [t.get_text() for t in draw(under_control, output="mpl").axes[0].texts]
+    assert labels == [t.get_text() for t in draw(plain, output="mpl").axes[0].texts]
 
 
 def test_gates_on_disjoint_wires_share_a_column():
@@ -163,6 +176,45 @@ def test_mpl_draws_parameters_whose_names_start_with_an_underscore(name):
     labels = [t.get_text() for t in figure.axes[0].texts]
     assert "$" + format_symbol(name, tex=True) + "$" in labels
     assert format_symbol(name, tex=True).startswith(r"\mathrm{\_")
+
+
+def tricky_names() -> list[str]:
+    """Names built from parts that once gave one label to several names."""
+    heads = ["", "w", "x", "theta", "alpha", "scale", "ab1"]
+    parts = ["", "1", "0", "01", "y", "b0"]
+    bases = {head + "".join("_" + p for p in chosen)
+             for head in heads for size in range(3)
+             for chosen in itertools.product(parts, repeat=size)}
+    names = []
+    for base in sorted(bases):
+        names += [base + index for index in ("", "[0]", "[1]", "[12]") if base]
+    return names
+
+
+def test_distinct_parameter_names_get_distinct_labels_in_both_spellings():
+    names = tricky_names()
+    assert len(names) > 1000
+    for tex in (False, True):
+        labels = {format_symbol(name, tex=tex) for name in names}
+        assert len(labels) == len(names)
+    parser = MathTextParser("agg")
+    for name in ["w_1", "x__y", "x_", "theta_b0_2", "scale_1", "_x_1[2]", "alpha__1[3]"]:
+        parser.parse("$" + format_symbol(name, tex=True) + "$")  # valid math text
+
+
+def test_common_names_keep_their_math_text():
+    assert [format_symbol(n, tex=True) for n in ("theta[3]", "w", "theta_b0[2]", "scale[1]",
+                                                 "x_y", "theta_0[3]")] == [
+        r"\theta_{3}", "w", r"\theta_{b0,2}", r"\mathrm{scale}_{1}", "x_{y}", r"\theta_{0,3}"]
+
+
+def test_mpl_labels_of_different_parameters_differ():
+    # w_1 and w[1] were both drawn as $w_{1}$, x_y and x__y as $x_{y}$
+    circuit = Circuit(2).ry(0, "w_1").ry(1, "w[1]").rx(0, "x_y").rx(1, "x__y")
+    labels = [t.get_text() for t in draw(circuit, output="mpl").axes[0].texts]
+    angles = [label for label in labels if label not in ("$q_{0}$", "$q_{1}$", "$R_Y$", "$R_X$")]
+    assert len(angles) == 4 and len(set(angles)) == 4
+    assert "$w_{1}$" in angles and "$x_{y}$" in angles
 
 
 @pytest.mark.parametrize("name", catalog_names())

@@ -2,8 +2,8 @@
 
 Each example: at most 4 qubits and 12 gates drawn from every qubit gate
 kind (rotations, Pauli strings, fixed gates, sign diagonals, unitaries,
-controlled gates, barriers), with shared parameters, affine angles and
-constants. 4 tests × 60 examples per run.
+controlled gates, barriers, controlled barriers), with shared parameters,
+affine angles and constants. 4 tests × 60 examples per run.
 """
 
 from __future__ import annotations
@@ -98,10 +98,13 @@ def gates(draw, qubits: int):
         return unitary(_random_unitary(draw(st.integers(0, 10**6)), 2**count), wires(count))
     order = wires(qubits)
     count = draw(st.integers(1, qubits - 1))
-    bases = ["RY", "RX", "X", "Z", "U", "signs"] + (["RZZ"] if qubits - count >= 2 else [])
+    bases = ["RY", "RX", "X", "Z", "U", "signs", "barrier"]
+    bases += ["RZZ"] if qubits - count >= 2 else []
     base = draw(st.sampled_from(bases))
     target = order[count]
-    if base == "RZZ":
+    if base == "barrier":
+        gate = Barrier(tuple(sorted(order[count:])))
+    elif base == "RZZ":
         gate = pauli_rotation("ZZ", [target, order[count + 1]], draw(angles()))
     elif base == "U":
         gate = unitary(_random_unitary(draw(st.integers(0, 10**6)), 2), [target])
@@ -135,7 +138,8 @@ def qiskit_matrix(circuit: Circuit, values: dict[str, float]) -> np.ndarray:
 def normalised(circuit: Circuit) -> Circuit:
     """What a Qiskit round trip gives back: on qubits, the generalized CZ is
     CZ, a Givens rotation is RY (by −θ for levels (1, 0)), X or Z with one
-    control active in level 1 is CX or CZ; angle constants are rounded to 12
+    control active in level 1 is CX or CZ, a controlled barrier is its barrier;
+    angle constants are rounded to 12
     decimals (Qiskit drops constants below about 1e-16 from expressions)."""
 
     def one(gate):
@@ -144,6 +148,8 @@ def normalised(circuit: Circuit) -> Circuit:
         if isinstance(gate, Givens):
             sign = 1.0 if gate.levels[0] < gate.levels[1] else -1.0
             return PauliRotation("Y", gate.wires, (gate.params[0] * sign,))
+        if isinstance(gate, Controlled) and isinstance(gate.base, Barrier):
+            return gate.base
         if isinstance(gate, Controlled):
             base = one(gate.base)
             values = gate.control_values or ((1,),) * len(gate.controls)

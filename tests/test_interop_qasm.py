@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from qpeft.ansatz import pauli
-from qpeft.circuit import RY, Circuit, Parameter, ParameterVector, controlled
-from qpeft.errors import InteropError
+from qpeft.circuit import RX, RY, SWAP, Circuit, Parameter, ParameterVector, controlled
+from qpeft.errors import InteropError, QpeftError
 from qpeft.interop import qasm
 from qpeft.interop.qasm import from_qasm, to_qasm
 
@@ -33,6 +33,24 @@ def test_openqasm_2_round_trip_keeps_the_matrix_and_phase():
     assert text.startswith("OPENQASM 2.0;")
     back = from_qasm(text)
     np.testing.assert_allclose(back.matrix(), circuit.matrix(), atol=1e-10)
+
+
+def test_openqasm_2_uses_only_the_gates_of_the_original_qelib1():
+    # p, swap, crx, cry and cswap are Qiskit's additions to qelib1.inc; Qiskit's
+    # own reader refuses them without its legacy custom instructions
+    from qiskit import qasm2
+    from qiskit.quantum_info import Operator
+
+    circuit = (mixed_circuit().append(controlled(RX(2, 0.4), [0]))
+               .append(controlled(RY(1, -0.7), [2], [[0]]))
+               .append(controlled(SWAP(1, 2), [0])).bind(VALUES))
+    text = to_qasm(circuit, version=2)
+    body = text.splitlines()[3:]  # after the header, the include and the register
+    assert {line.split("(")[0].split(" ")[0] for line in body} <= {*qasm.QASM2_GATES, "barrier"}
+    strict = qasm2.loads(text)  # the paper's qelib1.inc only
+    np.testing.assert_allclose(Operator(strict.reverse_bits()).data, circuit.matrix(),
+                               atol=1e-12, rtol=0)
+    np.testing.assert_allclose(from_qasm(text).matrix(), circuit.matrix(), atol=1e-12, rtol=0)
 
 
 def test_openqasm_3_keeps_parameters_as_inputs():
@@ -62,6 +80,17 @@ def test_pauli_ansatz_round_trips_through_openqasm_2():
     back = from_qasm(to_qasm(circuit.bind(values), version=2))
     assert {g.name for g in back.gates} == {"RY", "CZ", "barrier"}
     np.testing.assert_allclose(back.matrix(), circuit.matrix(values), atol=1e-12)
+
+
+@pytest.mark.parametrize("version", [4, 1, "3", 2.0, True, None])
+def test_an_unknown_version_is_refused_before_any_lowering(monkeypatch, version):
+    def refuse_lowering(circuit):
+        raise AssertionError("the circuit was lowered before the version was checked")
+
+    monkeypatch.setattr(qasm, "_lowered", refuse_lowering)
+    with pytest.raises(InteropError, match=r"unknown OpenQASM version .*; use 2 or 3") as caught:
+        to_qasm(pauli(2, 1), version=version)
+    assert isinstance(caught.value, QpeftError)
 
 
 def test_helpful_errors():

@@ -21,6 +21,7 @@ from qpeft.ansatz import hardware_efficient, pauli
 from qpeft.ansatz import real_amplitudes as qpeft_real_amplitudes
 from qpeft.circuit import (
     RY,
+    Barrier,
     Circuit,
     Parameter,
     ParameterVector,
@@ -277,6 +278,29 @@ def test_round_trip_of_the_pauli_ansatz_keeps_barriers_and_names():
     assert back == circuit
     assert back.name == circuit.name
     assert [g.text for g in back.gates if g.name == "barrier"] == ["layer 1", "layer 2"]
+
+
+def test_a_controlled_barrier_is_written_as_its_barrier_by_both_exporters():
+    # to_qiskit once refused it ("Barrier gates have no Qiskit counterpart")
+    import pennylane as qml
+
+    from qpeft.interop.pennylane import to_pennylane
+
+    circuit = (Circuit(3).ry(0, "a").append(controlled(Barrier((1, 2), "mid"), [0]))
+               .append(controlled(controlled(Barrier((2,)), [1]), [0], [[0]])).cx(0, 2))
+    qc = to_qiskit(circuit)
+    barriers = [i for i in qc.data if i.operation.name == "barrier"]
+    assert [[qc.find_bit(q).index for q in i.qubits] for i in barriers] == [[1, 2], [2]]
+    assert barriers[0].operation.label == "mid"
+    operations = qml.tape.make_qscript(to_pennylane(circuit))([0.4]).operations
+    assert [list(op.wires) for op in operations if op.name == "Barrier"] == [[1, 2], [2]]
+    np.testing.assert_allclose(qiskit_matrix(qc, {"a": 0.4}), circuit.matrix([0.4]),
+                               atol=1e-12, rtol=0)
+    pennylane_matrix = qml.matrix(to_pennylane(circuit), wire_order=range(3))([0.4])
+    np.testing.assert_allclose(pennylane_matrix, circuit.matrix([0.4]), atol=1e-12, rtol=0)
+    back = from_qiskit(qc)
+    assert [g for g in back.gates if g.name == "barrier"] == [Barrier((1, 2), "mid"),
+                                                               Barrier((2,))]
 
 
 def test_foreign_indices_with_leading_zeros_become_distinct_qpeft_names():

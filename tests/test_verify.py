@@ -13,7 +13,7 @@ import qpeft.interop.qiskit as qiskit_interop
 from qpeft.ansatz import pauli
 from qpeft.circuit import Circuit, GeneralizedCZ
 from qpeft.cli import main
-from qpeft.errors import ConfigError, InteropError, ParameterError
+from qpeft.errors import ConfigError, InteropError, ParameterError, QpeftError
 from qpeft.interop.verify import (
     FULL_LIMIT,
     VerificationReport,
@@ -114,6 +114,18 @@ def test_arguments_are_checked():
         verify(circuit, columns=[0, 8])
     with pytest.raises(InteropError, match="Circuit"):
         verify("pauli")
+
+
+@pytest.mark.parametrize("against", ["qiskit,qiskit", ["pennylane", "qiskit", "PennyLane"],
+                                     "qiskit, Qiskit "])
+def test_a_reference_named_twice_is_refused(against, capsys):
+    # "qiskit,qiskit" once ran and reported Qiskit twice
+    with pytest.raises(InteropError, match="more than once") as caught:
+        verify(pauli(2, 1), against=against)
+    assert isinstance(caught.value, QpeftError)
+    assert "name each reference once" in str(caught.value)
+    assert main(["verify", "pauli", "--qubits", "2", "--against", "qiskit,qiskit"]) == 2
+    assert "more than once" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("columns", ["12", [1.5], 2.5, True, [0, 3, 0]])

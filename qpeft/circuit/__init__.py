@@ -22,6 +22,7 @@ from qpeft.circuit.gates import (
     X,
     Y,
     Z,
+    barrier_of,
     controlled,
     gate_from_json,
     givens,
@@ -34,6 +35,6 @@ __all__ = [
     "CX", "CZ", "FORMAT", "FORMAT_VERSION", "H", "RX", "RY", "RZ", "SWAP", "X", "Y", "Z",
     "Barrier", "Circuit", "Controlled", "Expression", "FixedGate", "Gate", "GeneralizedCZ",
     "Givens", "Parameter", "ParameterVector", "PauliRotation", "SignDiagonal", "StandardGate",
-    "Unitary", "as_expression", "controlled", "gate_from_json", "givens", "pauli_rotation",
-    "unitary",
+    "Unitary", "as_expression", "barrier_of", "controlled", "gate_from_json", "givens",
+    "pauli_rotation", "unitary",
 ]

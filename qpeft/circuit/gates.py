@@ -685,6 +685,24 @@ def controlled(
     return Controlled(gate, _tuple_of_ints(controls, "controls"), values)
 
 
+def barrier_of(gate: Gate) -> Barrier | None:
+    """The barrier ``gate`` is, under any number of controls, else ``None``.
+
+    A barrier is the identity, and so is a controlled one. The exporters and
+    the drawers treat a controlled barrier as the plain barrier on its own
+    wires, without the controls (what PennyLane's ``qml.ctrl`` makes of a
+    barrier, too).
+
+    >>> barrier_of(controlled(Barrier((1, 2), "end"), [0]))
+    Barrier(wires=(1, 2), text='end', params=())
+    >>> barrier_of(RY(0, 0.1)) is None
+    True
+    """
+    while isinstance(gate, Controlled):
+        gate = gate.base
+    return gate if isinstance(gate, Barrier) else None
+
+
 # ----------------------------------------------------------------------------
 # JSON
 

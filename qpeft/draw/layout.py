@@ -22,6 +22,7 @@ matplotlib math text for images (``$R_Y$``, ``$\\theta_{3}$``).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from qpeft.circuit import (
     SignDiagonal,
     StandardGate,
     Unitary,
+    barrier_of,
 )
 from qpeft.errors import ConfigError
 
@@ -50,6 +52,9 @@ _GREEK = {
     "nu": "ν", "xi": "ξ", "rho": "ρ", "sigma": "σ", "tau": "τ", "upsilon": "υ",
     "phi": "φ", "chi": "χ", "psi": "ψ", "omega": "ω",
 }
+
+# a bracket index as it can appear in a parameter name (``w[1]``, never ``w[01]``)
+_INDEX = re.compile(r"^(0|[1-9][0-9]*)$")
 
 # Marks: what a gate draws on a single wire.
 CONTROL = "control"  # filled dot: active when the wire is in the given level(s)
@@ -114,7 +119,8 @@ class Glyph:
 
 @dataclass(frozen=True)
 class Placement:
-    """One gate in its column. ``glyph`` is ``None`` for a barrier."""
+    """One gate in its column. ``glyph`` is ``None`` for a barrier, and
+    ``gate`` then the barrier itself (for a controlled barrier too)."""
 
     index: int
     gate: Gate
@@ -184,10 +190,11 @@ def layout(circuit: Circuit, *, precision: int = 3) -> Layout:
     level = [0] * circuit.num_wires
     placements = []
     for index, gate in enumerate(circuit.gates):
-        if isinstance(gate, Barrier):
+        barrier = barrier_of(gate)
+        if barrier is not None:  # a controlled barrier is drawn as its barrier
             column = max(level)
             level = [column + 1] * circuit.num_wires
-            placements.append(Placement(index, gate, column, None))
+            placements.append(Placement(index, barrier, column, None))
             continue
         lo, hi = min(gate.wires), max(gate.wires)
         column = max(level[lo:hi + 1])
@@ -237,30 +244,52 @@ def format_number(value: float, precision: int = 3, *, tex: bool = False) -> str
 
 def format_symbol(name: str, *, tex: bool = False) -> str:
     """A parameter name: Greek names as letters, the index as a subscript in
-    math text.
+    math text. Distinct names give distinct labels in both spellings.
 
     >>> format_symbol("theta[3]"), format_symbol("theta_b0[2]", tex=True)
     ('θ[3]', '\\\\theta_{b0,2}')
-    >>> format_symbol("w", tex=True), format_symbol("scale_1", tex=True)
+    >>> format_symbol("w", tex=True), format_symbol("scale[1]", tex=True)
     ('w', '\\\\mathrm{scale}_{1}')
-    >>> format_symbol("_x[2]", tex=True)
-    '\\\\mathrm{\\\\_x}_{2}'
+
+    Underscores become subscripts only where the subscripts name one
+    parameter: never for an empty part (``x__y``), nor, without a ``[k]``
+    index, for a last part that could be one (``w_1`` beside ``w[1]``).
+    Those names keep their underscores, as in the text spelling:
+
+    >>> format_symbol("w_1", tex=True), format_symbol("w[1]", tex=True)
+    ('w\\\\mathrm{\\\\_1}', 'w_{1}')
+    >>> format_symbol("x_y", tex=True), format_symbol("x__y", tex=True)
+    ('x_{y}', 'x\\\\mathrm{\\\\_\\\\_y}')
+    >>> format_symbol("scale_1", tex=True), format_symbol("_x[2]", tex=True)
+    ('\\\\mathrm{scale\\\\_1}', '\\\\mathrm{\\\\_x}_{2}')
     """
     base, bracket, rest = name.partition("[")
     head, *suffixes = base.split("_")
     if not tex:
         return _GREEK.get(head, head) + "".join("_" + s for s in suffixes) + bracket + rest
-    if not head:  # "_" or "_x": no letter to hang subscripts on, so spell the name out
-        symbol = r"\mathrm{" + base.replace("_", r"\_") + "}"
-        suffixes = []
-    elif head in _GREEK:
-        symbol = "\\" + head
-    elif len(head) == 1:
-        symbol = head
-    else:
-        symbol = rf"\mathrm{{{head}}}"
-    subscripts = [s for s in suffixes if s] + ([rest.rstrip("]")] if bracket else [])
-    return symbol + (f"_{{{','.join(subscripts)}}}" if subscripts else "")
+    index = [rest.rstrip("]")] if bracket else []
+    looks_like_index = bool(suffixes) and _INDEX.match(suffixes[-1]) is not None
+    if head and all(suffixes) and (bracket or not looks_like_index):
+        subscripts = suffixes + index
+        return _tex_head(head) + (f"_{{{','.join(subscripts)}}}" if subscripts else "")
+    # No letter to hang subscripts on ("_x"), or subscripts that would read as
+    # another name: write the underscores out, and only the index below.
+    tail = base[len(head):].replace("_", r"\_")
+    if head in _GREEK or len(head) == 1:
+        symbol = _tex_head(head) + rf"\mathrm{{{tail}}}"
+    else:  # a word (or nothing) and its tail in one upright run
+        symbol = rf"\mathrm{{{head}{tail}}}"
+    return symbol + (f"_{{{index[0]}}}" if index else "")
+
+
+def _tex_head(head: str) -> str:
+    """The math text of a name's head: a Greek letter, an italic single
+    letter, or an upright word."""
+    if head in _GREEK:
+        return "\\" + head
+    if len(head) == 1:
+        return head
+    return rf"\mathrm{{{head}}}"
 
 
 def format_angle(angle: Expression, precision: int = 3, *, tex: bool = False) -> str:

@@ -50,7 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--against", default="qiskit,pennylane",
-        help="comma-separated references (default: qiskit,pennylane)",
+        help="comma-separated references, each once (default: qiskit,pennylane)",
     )
     parser.add_argument("--atol", type=float, default=1e-10, help="tolerance (default 1e-10)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random angles")

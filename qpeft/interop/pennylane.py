@@ -34,6 +34,7 @@ from qpeft.circuit import (
     SignDiagonal,
     StandardGate,
     Unitary,
+    barrier_of,
     unitary,
 )
 from qpeft.errors import InteropError, QpeftError
@@ -65,6 +66,9 @@ def _emitter(gate: Gate, index: dict[str, int]) -> Callable:
     """A function ``emit(values)`` that queues the PennyLane ops of ``gate``."""
     import pennylane as qml
 
+    barrier = barrier_of(gate)
+    if barrier is not None:  # a controlled barrier too: the identity either way
+        return lambda values: qml.Barrier(wires=list(barrier.wires))
     wires = list(gate.wires)
     if isinstance(gate, PauliRotation):
         expr = gate.params[0]
@@ -86,8 +90,6 @@ def _emitter(gate: Gate, index: dict[str, int]) -> Callable:
     if isinstance(gate, Unitary):
         matrix = np.asarray(gate.data, dtype=complex)
         return lambda values: qml.QubitUnitary(matrix, wires=wires)
-    if isinstance(gate, Barrier):
-        return lambda values: qml.Barrier(wires=wires)
     if isinstance(gate, Controlled):
         base = _emitter(gate.base, index)
         controls, levels = [], []

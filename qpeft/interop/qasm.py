@@ -1,13 +1,16 @@
 """OpenQASM out and in, through Qiskit: :func:`to_qasm` and :func:`from_qasm`.
 
-Export lowers the circuit to the gates every OpenQASM reader knows (RX,
-RY, RZ, H, X, Y, Z, CX, CZ, SWAP and their controlled forms) with
-``qiskit.transpile(optimization_level=0)``, so multi-qubit Pauli rotations,
-sign diagonals and fixed unitaries come out as standard gates. A global
-phase, which OpenQASM 2 cannot state and Qiskit's OpenQASM 3 exporter
-drops, is written as ``p(φ) q[0]; x q[0]; p(φ) q[0]; x q[0];`` (that
-product is ``e^{iφ}·I``). The round trip keeps the matrix, not the gate
-list.
+Export lowers the circuit with ``qiskit.transpile(optimization_level=0)``
+to standard gates every reader of that version knows: those of OpenQASM 3's
+``stdgates.inc`` (:data:`QASM_GATES`), or for OpenQASM 2 those of the
+original ``qelib1.inc`` (:data:`QASM2_GATES`; Qiskit's copy of that file
+adds ``p``, ``swap``, ``crx``, ``cry``, ``cswap`` and more, which other
+readers lack). Multi-qubit Pauli rotations, sign diagonals and fixed
+unitaries come out as standard gates. A global phase, which OpenQASM 2
+cannot state and Qiskit's OpenQASM 3 exporter drops, is written as
+``p(φ) q[0]; x q[0]; p(φ) q[0]; x q[0];`` (that product is ``e^{iφ}·I``;
+``u1`` in place of ``p`` in OpenQASM 2). The round trip keeps the matrix,
+not the gate list.
 
 OpenQASM 3 keeps symbolic angles (``input float[64] …;``); Qiskit writes
 ``theta[3]`` as ``_theta_3_`` and :func:`from_qasm` turns it back.
@@ -29,13 +32,20 @@ import math
 import re
 
 from qpeft.circuit import Circuit
+from qpeft.circuit.gates import is_integer
 from qpeft.errors import InteropError
 from qpeft.interop.common import require_qubits
 from qpeft.interop.qiskit import from_qiskit, to_qiskit
 
-#: the gates an exported program uses
+#: the gates an exported OpenQASM 3 program uses (all in ``stdgates.inc``)
 QASM_GATES = ("rx", "ry", "rz", "h", "x", "y", "z", "cx", "cz", "swap", "p",
               "crx", "cry", "crz", "cy", "ch", "ccx", "cswap")
+#: the gates an exported OpenQASM 2 program uses (all in the original
+#: ``qelib1.inc`` of the OpenQASM 2 paper, arXiv:1707.03429)
+QASM2_GATES = ("rx", "ry", "rz", "h", "x", "y", "z", "cx", "cz", "u1",
+               "crz", "cy", "ch", "ccx")
+#: the versions :func:`to_qasm` writes
+QASM_VERSIONS = (2, 3)
 _ESCAPED_ELEMENT = re.compile(r"^_([A-Za-z_][A-Za-z0-9_]*)_([0-9]+)_$")
 _INSTALL = (
     "reading OpenQASM 3 needs the package qiskit-qasm3-import: "
@@ -44,18 +54,20 @@ _INSTALL = (
 )
 
 
-def _lowered(circuit: Circuit):
-    """The circuit as a Qiskit circuit of :data:`QASM_GATES` only, its global
-    phase written as gates."""
+def _lowered(circuit: Circuit, gates: tuple[str, ...]):
+    """The circuit as a Qiskit circuit of ``gates`` only, its global phase
+    written as gates (with ``p``, or ``u1`` where ``p`` is not among them)."""
     from qiskit import transpile
+    from qiskit.circuit.library import PhaseGate, U1Gate
 
-    qc = transpile(to_qiskit(circuit), basis_gates=list(QASM_GATES), optimization_level=0)
+    qc = transpile(to_qiskit(circuit), basis_gates=list(gates), optimization_level=0)
     phase = qc.global_phase
     numeric = not getattr(phase, "parameters", None)
     if not numeric or abs(math.remainder(float(phase), 2 * math.pi)) > 1e-14:
         qc.global_phase = 0.0
+        phase_gate = PhaseGate if "p" in gates else U1Gate
         for _ in range(2):
-            qc.p(phase, 0)
+            qc.append(phase_gate(phase), [0])
             qc.x(0)
     return qc
 
@@ -65,13 +77,19 @@ def to_qasm(circuit: Circuit, version: int = 3) -> str:
 
     ``version=3`` (default) keeps free parameters as ``input float[64]``
     declarations; ``version=2`` needs every parameter bound
-    (``circuit.bind(values)``).
+    (``circuit.bind(values)``) and writes only gates of the original
+    ``qelib1.inc``, so any OpenQASM 2 reader takes it. Any other
+    ``version`` raises :class:`InteropError` before the circuit is touched.
 
     >>> from qpeft.ansatz import pauli
     >>> text = to_qasm(pauli(qubits=2, layers=1))
     >>> text.splitlines()[0], text.count("ry(")
     ('OPENQASM 3.0;', 4)
     """
+    if not is_integer(version) or version not in QASM_VERSIONS:
+        raise InteropError(
+            f"unknown OpenQASM version {version!r}; use 2 or 3, the versions to_qasm writes"
+        )
     require_qubits(circuit, "to_qasm")
     if version == 2 and circuit.parameters:
         raise InteropError(
@@ -79,16 +97,13 @@ def to_qasm(circuit: Circuit, version: int = 3) -> str:
             f"{circuit.num_parameters}; bind them first (to_qasm(circuit.bind(values), "
             "version=2)) or write OpenQASM 3"
         )
-    qc = _lowered(circuit)
     if version == 3:
         from qiskit import qasm3
 
-        return qasm3.dumps(qc)
-    if version == 2:
-        from qiskit import qasm2
+        return qasm3.dumps(_lowered(circuit, QASM_GATES))
+    from qiskit import qasm2
 
-        return qasm2.dumps(qc)
-    raise InteropError(f"unknown OpenQASM version {version!r}; use 2 or 3")
+    return qasm2.dumps(_lowered(circuit, QASM2_GATES))
 
 
 def qasm3_import_available() -> bool:

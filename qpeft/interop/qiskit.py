@@ -39,6 +39,7 @@ from qpeft.circuit import (
     SignDiagonal,
     StandardGate,
     Unitary,
+    barrier_of,
     unitary,
 )
 from qpeft.errors import InteropError, QpeftError
@@ -111,7 +112,8 @@ def _pauli_gate(pauli: str, angle):
 
 
 def _qiskit_gate(gate: Gate, params: _QiskitParameters):
-    """``(qiskit gate, qubits)`` for one qpeft gate (barriers excluded)."""
+    """``(qiskit gate, qubits)`` for one qpeft gate (barriers, controlled or
+    not, excluded: :func:`to_qiskit` writes them)."""
     from qiskit.circuit import library
 
     if isinstance(gate, PauliRotation):
@@ -177,8 +179,9 @@ def to_qiskit(circuit: Circuit):
     params = _QiskitParameters(circuit.parameters)
     qc = QuantumCircuit(circuit.num_wires, name=circuit.name or None)
     for gate in circuit.gates:
-        if isinstance(gate, Barrier):
-            qc.barrier(*gate.wires, label=gate.text or None)
+        barrier = barrier_of(gate)
+        if barrier is not None:  # a controlled barrier too: the identity either way
+            qc.barrier(*barrier.wires, label=barrier.text or None)
             continue
         operation, qubits = _qiskit_gate(gate, params)
         qc.append(operation, qubits)

@@ -295,6 +295,12 @@ def _references(against) -> list[str]:
             f"unknown reference(s) {', '.join(unknown) or '(none given)'}; choose from "
             f"{', '.join(REFERENCES)}"
         )
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InteropError(
+            f"against lists {', '.join(repeated)} more than once ({', '.join(names)}); "
+            "name each reference once"
+        )
     return names
 
 
@@ -324,6 +330,9 @@ def verify(
     columns; a list those columns. A reference passes when the largest
     absolute difference is at most ``atol``; a reference that cannot run
     (for example, a gate it cannot express) fails with a message.
+    ``against``: the references to compare with, a list or a comma-separated
+    string, each named once (a repeated or unknown name raises
+    :class:`InteropError` before any work).
 
     >>> from qpeft.ansatz import pauli
     >>> report = verify(pauli(qubits=10, layers=1), against="qiskit", columns=4)
