@@ -522,12 +522,14 @@ def test_float32_columns_are_orthonormal_at_size(circuit: Circuit) -> None:
 
 
 @pytest.mark.parametrize("batch", [(), (2,)], ids=["one circuit", "two circuits"])
-def test_products_in_place_and_tiled_transposes_equal_the_reference(batch) -> None:
-    """pauli(10, 2) at K = 4 applies leading blocks as M·x before a reorder, and
-    copies one circuit's reorders of two groups of ≥ 32 numbers as 2-D transposes
-    (a batch of two takes the permuted copy): both paths against the dense
-    matrix and the dense method's gradient."""
-    circuit = pauli(10, 2)
+@pytest.mark.parametrize("circuit", [pauli(10, 2), pauli(8, 2).copy().rx(0, "extra")],
+                         ids=["real", "complex"])
+def test_products_in_place_and_tiled_transposes_equal_the_reference(circuit, batch) -> None:
+    """pauli(10, 2) at K = 4 (and pauli(8, 2) with an RX, whose state is complex)
+    applies leading blocks as M·x before a reorder, and copies one circuit's
+    reorders of two groups of ≥ 32 numbers as 2-D transposes (a batch of two
+    takes the permuted copy): both paths against the dense matrix and the
+    dense method's gradient."""
     frame = compile_circuit(circuit, 4, dtype=torch.float64)
     steps = frame.engine.schedule.steps
     assert any(isinstance(s, ApplyBlock) and s.leading and not s.rotate for s in steps)
@@ -538,10 +540,11 @@ def test_products_in_place_and_tiled_transposes_equal_the_reference(batch) -> No
     for index in np.ndindex(*batch):
         reference = torch.as_tensor(circuit.matrix(values[index]))[:, :4]
         assert torch.allclose(out[index], reference, atol=1e-12, rtol=0)
-    weight = torch.randn_like(out)
+    weight = torch.randn_like(real_view(out))
     dense = compile_circuit(circuit, 4, method="dense", dtype=torch.float64)
-    (grad,) = torch.autograd.grad((frame(values.requires_grad_()) * weight).sum(), values)
-    (expected,) = torch.autograd.grad((dense(values) * weight).sum(), values)
+    (grad,) = torch.autograd.grad((real_view(frame(values.requires_grad_())) * weight).sum(),
+                                  values)
+    (expected,) = torch.autograd.grad((real_view(dense(values)) * weight).sum(), values)
     assert torch.allclose(grad, expected, atol=1e-10, rtol=0)
 
 
