@@ -532,7 +532,7 @@ def test_products_in_place_and_tiled_transposes_equal_the_reference(circuit, bat
     dense method's gradient."""
     frame = compile_circuit(circuit, 4, dtype=torch.float64)
     steps = frame.engine.schedule.steps
-    assert any(isinstance(s, ApplyBlock) and s.leading and not s.rotate for s in steps)
+    assert any(isinstance(s, ApplyBlock) and s.placement == "front" for s in steps)
     assert any(isinstance(s, Reorder) and len(s.shape) == 2
                and min(s.shape) >= engine_module.TILED_TRANSPOSE for s in steps)
     values = torch.randn(*batch, circuit.num_parameters, dtype=torch.float64)

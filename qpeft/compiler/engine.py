@@ -65,11 +65,9 @@ IN_PLACE_PRODUCTS = 128
 
 
 #: A reorder of one circuit that swaps two groups of axes, each of at least this
-#: many numbers, is copied as a 2-D transpose, which torch does tile by tile:
-#: 65 536 numbers as 128 × 512 took 26 µs that way against 75 µs as a permuted
-#: ``(1, 128, 512)`` tensor, 4 096 × 64 numbers 105 against 453 µs; with a group
-#: of fewer than 16 numbers the permuted copy is the faster one (2 × 32 768:
-#: 26 against 124 µs).
+#: many numbers, is copied as a 2-D transpose, which torch does tile by tile;
+#: narrower ones keep the permuted copy, which is faster there. At 16 numbers the
+#: two are even, from 32 the tiles win (timings in docs/compiler.md).
 TILED_TRANSPOSE = 32
 
 
@@ -128,8 +126,7 @@ class ColumnsEngine(nn.Module):
 
     def _register_step(self, step, name: str) -> tuple:
         if isinstance(step, ApplyBlock):
-            kind = ("lead" if step.rotate else "front") if step.leading else "trail"
-            return (kind, step.block, step.size)
+            return (step.placement, step.block, step.size)
         if isinstance(step, ApplyControlled):
             return ("controlled", step.block, step.size, step.before, step.levels, step.middle,
                     step.after)
