@@ -171,6 +171,24 @@ def test_gradient_accumulation_gives_the_gradient_of_the_whole_step(
     assert single.examples_per_step == 32 and split.examples_per_step == 30
 
 
+def test_history_records_the_learning_rate_each_step_used(
+    encoded: data.EncodedDataset,
+) -> None:
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    used: list[float] = []
+    handle = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: used.append(optimizer.param_groups[0]["lr"]))
+    config = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-2, warmup_ratio=0.0)
+    try:
+        result = train(lora_model(dropout=0.0).model, encoded, config, progress=False)
+    finally:
+        handle.remove()
+    # 6 steps without warm-up: the first step runs at the full rate, the last at 1/6 of it
+    assert used == pytest.approx([1e-2 * (6 - step) / 6 for step in range(6)])
+    assert [entry["learning_rate"] for entry in result.history] == used
+
+
 def test_evaluation_returns_dataset_order_despite_length_batching(
     encoded: data.EncodedDataset,
 ) -> None:

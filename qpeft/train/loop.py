@@ -103,7 +103,8 @@ class TrainConfig:
 class TrainResult:
     """What :func:`train` measured.
 
-    ``history``: one ``{"step", "epoch", "loss", "learning_rate"}`` per step.
+    ``history``: one ``{"step", "epoch", "loss", "learning_rate"}`` per step
+    (the learning rate that step used, of the first parameter group).
     ``epoch_metrics``: what ``on_epoch_end`` returned, with ``epoch``.
     ``train_seconds``: wall time of the training steps, summed over resumed
     parts, without the ``on_epoch_end`` calls. ``peak_memory_bytes``: see
@@ -478,6 +479,7 @@ def train(
                     value += float(loss.detach()) * share
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_([p for _, p in named], config.max_grad_norm)
+                learning_rate = optimizer.param_groups[0]["lr"]  # the rate of this step
                 updating = True
                 optimizer.step()
                 scheduler.step()
@@ -489,7 +491,7 @@ def train(
                     "step": step,
                     "epoch": epoch + (position + 1) / steps_per_epoch,
                     "loss": value,
-                    "learning_rate": optimizer.param_groups[0]["lr"],
+                    "learning_rate": learning_rate,
                 })
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)
