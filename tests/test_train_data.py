@@ -135,6 +135,18 @@ def test_split_is_stratified_deterministic_and_a_partition() -> None:
             assert abs(counts[label] - fraction * size) <= 1
 
 
+def test_a_negative_split_seed_is_refused() -> None:
+    labels = [0] * 50 + [1] * 30
+    for seed in (-3, -1):
+        with pytest.raises(ConfigError, match=f"not {seed} .*same split as {-seed}"):
+            data.stratified_split(labels, seed=seed)
+        with pytest.raises(ConfigError, match="--split-seed"):
+            data.stratified_sample(labels, range(80), 10, seed)
+    loaded = data.TextDataset(["t"] * 80, labels, ("a", "b"))
+    with pytest.raises(ConfigError, match="the split seed must be 0 or more"):
+        data.split_dataset(loaded, seed=-1)
+
+
 @given(
     sizes=st.lists(st.integers(min_value=1, max_value=60), min_size=2, max_size=5),
     wanted=st.integers(min_value=1, max_value=150),

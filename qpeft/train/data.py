@@ -431,6 +431,7 @@ def stratified_sample(
         >>> sum(labels[i] for i in chosen), len(chosen)
         (2, 20)
     """
+    _check_seed(seed)
     indices = list(indices)
     if size >= len(indices):
         return sorted(indices)
@@ -463,6 +464,7 @@ def stratified_split(
     """
     if not fractions or any(value < 0 for value in fractions) or abs(sum(fractions) - 1) > 1e-9:
         raise ConfigError(f"split fractions {list(fractions)} must be non-negative and sum to 1")
+    _check_seed(seed)
     rng = random.Random(seed)
     parts: list[list[int]] = [[] for _ in fractions]
     members = _class_members(labels, range(len(labels)))
@@ -476,6 +478,15 @@ def stratified_split(
             parts[position].extend(pool[start:stop])
             start = stop
     return [sorted(part) for part in parts]
+
+
+def _check_seed(seed: int) -> None:
+    # Python's generator seeds with the absolute value: -3 would repeat the split of 3
+    if seed < 0:
+        raise ConfigError(
+            f"the split seed must be 0 or more, not {seed} (a negative seed gives the same "
+            f"split as {-seed}); pass a non-negative --split-seed"
+        )
 
 
 def _is_integer(text: str) -> bool:
