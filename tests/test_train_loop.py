@@ -249,6 +249,15 @@ def test_bad_settings_are_refused(encoded: data.EncodedDataset) -> None:
         TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="--lr must be positive"):
         TrainConfig(learning_rate=0)
+    # a negative warm-up made the rate grow without bound (step / max(warmup, 1) = step)
+    with pytest.raises(ConfigError, match="warm-up steps must be 0 or more, not -5"):
+        TrainConfig(warmup_steps=-5)
+    with pytest.raises(ConfigError, match="checkpoints must come every 1 or more steps, not 0"):
+        TrainConfig(checkpoint_every=0)
+    with pytest.raises(ConfigError, match="clipping norm must be positive .* not 0"):
+        TrainConfig(max_grad_norm=0)
+    with pytest.raises(ConfigError, match="weight decay must be 0 or more, not -0.1"):
+        TrainConfig(weight_decay=-0.1)
     prepared = lora_model()
     for _, parameter in prepared.trainable_parameters():
         parameter.requires_grad_(False)

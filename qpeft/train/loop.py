@@ -78,6 +78,19 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, not {self.learning_rate}")
         if not 0 <= self.warmup_ratio <= 1:
             raise ConfigError(f"warm-up ratio must be in [0, 1], not {self.warmup_ratio}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"warm-up steps must be 0 or more, not {self.warmup_steps}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(
+                f"checkpoints must come every 1 or more steps, not {self.checkpoint_every}"
+            )
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(
+                f"the gradient-clipping norm must be positive (or None for no clipping), "
+                f"not {self.max_grad_norm}"
+            )
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight decay must be 0 or more, not {self.weight_decay}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise ConfigError(
                 f"--seed must be a whole number from 0 to {SEED_LIMIT - 1}, not {self.seed}"
