@@ -41,6 +41,22 @@ def test_integer_labels_sort_numerically_and_columns_can_be_named(tmp_path: Path
     assert loaded.labels == [1, 0, 0]
 
 
+def test_integer_labels_of_equal_value_have_one_order_in_every_process(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    path = write(tmp_path / "d.csv", "text,label\na,1\nb,01\nc,2\nd,0\ne,00\n")
+    script = ("import sys; from qpeft.train.data import load_csv; "
+              "print(' '.join(load_csv(sys.argv[1]).label_names))")
+    orders = set()
+    for hash_seed in ("1", "2"):  # the order of a set of strings follows the hash seed
+        environment = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        orders.add(subprocess.run([sys.executable, "-c", script, str(path)], env=environment,
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    assert orders == {"0 00 01 1 2"}
+
+
 @pytest.mark.parametrize("odd", ["--1", "\u00b2", "+3", "\u0663"])
 def test_labels_that_only_look_like_integers_are_names(tmp_path: Path, odd: str) -> None:
     path = write(tmp_path / "d.csv", f"text,label\na,{odd}\nb,2\nc,-1\n")
@@ -68,11 +84,14 @@ def test_byte_order_mark_is_ignored(tmp_path: Path) -> None:
     ("content", "options", "message"),
     [
         ("", {}, "the file is empty"),
+        (",\n ,\n", {}, "only empty fields"),
         ("text,label\n", {}, "no data rows"),
         ("words,label\na,x\nb,y\n", {}, "no text column found"),
         ("text,label\na,x\nb,y\n", {"label_column": "class"}, "no label column 'class'"),
         ("text,label\na,x\nb,maybe\n", {"label_names": ["x", "y"]}, "'maybe' are not among"),
         ("text,label\na,x\nb\n", {}, "row 3 has 1 fields"),
+        ("text,label\na,x\nhello, world,y\n", {},
+         r"row 3 has 3 fields, more than the header's 2 .*in double quotes"),
         ("text,label\n,x\nb,y\n", {}, "row 2 has an empty 'text'"),
         ("text,label\na,x\nb,x\n", {}, "a single class"),
     ],
@@ -84,6 +103,17 @@ def test_bad_csv_files_raise_data_error(
     with pytest.raises(DataError, match=message) as raised:
         data.load_csv(path, **options)
     assert str(path) in str(raised.value)
+
+
+def test_blank_lines_before_the_header_and_empty_trailing_fields_are_accepted(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path / "d.csv", '\n \ntext,label\n"hello, world",x,\nb,y\n')
+    loaded = data.load_csv(path)
+    assert loaded.texts == ["hello, world", "b"] and loaded.labels == [0, 1]
+    path = write(tmp_path / "e.csv", "\ntext,label\na,x\n,y\n")
+    with pytest.raises(DataError, match="row 4 has an empty 'text'"):
+        data.load_csv(path)
 
 
 def test_missing_column_message_lists_the_columns_and_the_option(tmp_path: Path) -> None:
@@ -133,6 +163,18 @@ def test_split_is_stratified_deterministic_and_a_partition() -> None:
         counts = Counter(labels[i] for i in part)
         for label, size in Counter(labels).items():
             assert abs(counts[label] - fraction * size) <= 1
+
+
+def test_a_negative_split_seed_is_refused() -> None:
+    labels = [0] * 50 + [1] * 30
+    for seed in (-3, -1):
+        with pytest.raises(ConfigError, match=f"not {seed} .*same split as {-seed}"):
+            data.stratified_split(labels, seed=seed)
+        with pytest.raises(ConfigError, match="--split-seed"):
+            data.stratified_sample(labels, range(80), 10, seed)
+    loaded = data.TextDataset(["t"] * 80, labels, ("a", "b"))
+    with pytest.raises(ConfigError, match="the split seed must be 0 or more"):
+        data.split_dataset(loaded, seed=-1)
 
 
 @given(

@@ -171,6 +171,24 @@ def test_gradient_accumulation_gives_the_gradient_of_the_whole_step(
     assert single.examples_per_step == 32 and split.examples_per_step == 30
 
 
+def test_history_records_the_learning_rate_each_step_used(
+    encoded: data.EncodedDataset,
+) -> None:
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    used: list[float] = []
+    handle = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: used.append(optimizer.param_groups[0]["lr"]))
+    config = TrainConfig(epochs=1, batch_size=16, learning_rate=1e-2, warmup_ratio=0.0)
+    try:
+        result = train(lora_model(dropout=0.0).model, encoded, config, progress=False)
+    finally:
+        handle.remove()
+    # 6 steps without warm-up: the first step runs at the full rate, the last at 1/6 of it
+    assert used == pytest.approx([1e-2 * (6 - step) / 6 for step in range(6)])
+    assert [entry["learning_rate"] for entry in result.history] == used
+
+
 def test_evaluation_returns_dataset_order_despite_length_batching(
     encoded: data.EncodedDataset,
 ) -> None:
@@ -231,6 +249,15 @@ def test_bad_settings_are_refused(encoded: data.EncodedDataset) -> None:
         TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="--lr must be positive"):
         TrainConfig(learning_rate=0)
+    # a negative warm-up made the rate grow without bound (step / max(warmup, 1) = step)
+    with pytest.raises(ConfigError, match="warm-up steps must be 0 or more, not -5"):
+        TrainConfig(warmup_steps=-5)
+    with pytest.raises(ConfigError, match="checkpoints must come every 1 or more steps, not 0"):
+        TrainConfig(checkpoint_every=0)
+    with pytest.raises(ConfigError, match="clipping norm must be positive .* not 0"):
+        TrainConfig(max_grad_norm=0)
+    with pytest.raises(ConfigError, match="weight decay must be 0 or more, not -0.1"):
+        TrainConfig(weight_decay=-0.1)
     prepared = lora_model()
     for _, parameter in prepared.trainable_parameters():
         parameter.requires_grad_(False)

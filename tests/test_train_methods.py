@@ -61,6 +61,11 @@ def test_specs_parse_with_aliases_and_fill_defaults() -> None:
         ("lora:r=0", "rank must be at least 1"),
         ("lora:dropout=1.5", "dropout must be in"),
         ("qpeft:head_lr=0", "learning rates must be positive"),
+        ("oft:r=8", r"oft does not use r \(--rank\); leave it out \(the options of oft "
+                    r"are block, lr, head_lr\)"),
+        ("head:alpha=2,dropout=0.1", r"head does not use alpha \(--alpha\), dropout"),
+        ("lora:L=2,ansatz=pauli", r"lora does not use L \(--layers\), ansatz"),
+        ("boft:dropout=0.1", "boft does not use dropout"),
     ],
 )
 def test_bad_specs_are_refused(text: str, message: str) -> None:
@@ -176,6 +181,9 @@ def test_qpeft_method_passes_its_settings_to_get_qpeft_model(
         "modules_to_save": ["classifier"], "ansatz": "pauli", "alpha": 3.0,
     }
     assert prepared.spec.label == "qpeft K=4 L=2 pauli"
+    received.clear()
+    prepare_model(bert(), MethodSpec.parse("qpeft:K=4,dropout=0.25"))
+    assert received["dropout"] == 0.25
 
 
 def test_qpeft_method_trains_counts_and_saves_with_the_real_adapters(tmp_path: Path) -> None:

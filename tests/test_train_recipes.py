@@ -156,12 +156,15 @@ def test_causal_examples_mask_the_prompt_and_the_padding() -> None:
 
 def test_e2e_recipe_trains_generates_and_scores_bleu(tmp_path: Path) -> None:
     model, tokenizer = tiny_gpt2_and_tokenizer()
-    recipe = e2e.E2ERecipe(epochs=6, batch_size=8, learning_rate=1e-2, warmup_steps=2,
-                           num_beams=2, max_new_tokens=8, max_length=32, device="cpu")
+    recipe = e2e.E2ERecipe(epochs=6, batch_size=8, learning_rate=1e-3, warmup_steps=2,
+                           num_beams=2, max_new_tokens=8, max_length=32, device="cpu",
+                           method="lora:r=4,alpha=32,dropout=0.1,lr=0.01")
     metrics = e2e.run(recipe, tmp_path / "e2e", model=model, tokenizer=tokenizer,
                       loader=e2e_loader, progress=False)
     history = json.loads((tmp_path / "e2e" / "history.json").read_text())["steps"]
     assert history[-1]["loss"] < history[0]["loss"]
+    assert metrics["method"]["learning_rate"] == 0.01  # the method's lr= wins
+    assert history[2]["learning_rate"] == pytest.approx(0.01)  # step 3, after the warm-up
     assert 0.0 <= metrics["bleu"] <= 1.0
     generations = json.loads((tmp_path / "e2e" / "generations.json").read_text())
     assert len(generations) == metrics["test_meaning_representations"] == 6
@@ -200,9 +203,14 @@ def test_cifar10_recipe_trains_with_accumulation_and_flips(tmp_path: Path) -> No
     ))
     processor = ViTImageProcessor(size={"height": 16, "width": 16})
     recipe = cifar10.Cifar10Recipe(epochs=2, batch_size=9, gradient_accumulation=2,
-                                   device="cpu", method="lora:r=2")
+                                   device="cpu", method="lora:r=2,lr=0.02,head_lr=0.03")
     metrics = cifar10.run(recipe, tmp_path / "cifar", model=model, processor=processor,
                           loader=cifar_loader, progress=False)
+    # the method's own learning rates win over the recipe's (5e-3, head 1e-3)
+    assert metrics["method"]["learning_rate"] == 0.02
+    assert metrics["method"]["head_learning_rate"] == 0.03
+    history = json.loads((tmp_path / "cifar" / "history.json").read_text())["steps"]
+    assert history[0]["learning_rate"] == 0.02  # no warm-up: the adapter's full rate
     # 6 images per class: 5 train (0.9 · 6, rounded) and 1 validation
     assert metrics["train_images"] == 50 and metrics["validation_images"] == 10
     assert metrics["timings"]["steps"] == 2 * 3  # 50 images, 18 per step

@@ -197,8 +197,9 @@ def load_csv(
     are the distinct label values, sorted (numerically when all are integers).
 
     Raises :class:`~qpeft.errors.DataError` for a missing or empty file,
-    undecodable bytes, missing columns, rows with too few fields, empty
-    texts or labels, and labels outside ``label_names``.
+    undecodable bytes, missing columns, rows with too few fields or with
+    more non-empty fields than the header (an unquoted comma), empty texts or
+    labels, and labels outside ``label_names``. Blank rows are skipped.
 
     Example:
         >>> import tempfile, os
@@ -222,11 +223,14 @@ def load_csv(
         rows = list(csv.reader(io.StringIO(text, newline="")))
     except csv.Error as error:
         raise DataError(f"{path}: not a readable CSV file ({error}); check the format") from None
-    header = [name.strip() for name in rows[0]]
     numbered = [
-        (number, row) for number, row in enumerate(rows[1:], start=2)
+        (number, row) for number, row in enumerate(rows, start=1)
         if any(cell.strip() for cell in row)
     ]
+    if not numbered:
+        raise DataError(f"{path}: the file holds only empty fields; give a CSV with a header row "
+                        "and data rows")
+    header = [name.strip() for name in numbered.pop(0)[1]]  # the first row that is not blank
     if not numbered:
         raise DataError(f"{path}: the file has a header row but no data rows; add data rows")
     text_name = _pick_column(header, text_column, TEXT_COLUMN_NAMES, "text", "--text-column", path)
@@ -243,6 +247,12 @@ def load_csv(
         if len(row) < needed:
             problems.append(f"row {number} has {len(row)} fields, fewer than the header's")
             continue
+        if any(cell.strip() for cell in row[len(header):]):
+            problems.append(
+                f"row {number} has {len(row)} fields, more than the header's {len(header)} "
+                "(a comma in an unquoted text?)"
+            )
+            continue
         sample, label = row[text_index].strip(), row[label_index].strip()
         if not sample:
             problems.append(f"row {number} has an empty {text_name!r}")
@@ -255,13 +265,13 @@ def load_csv(
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise DataError(
             f"{path}: {shown}{more} (rows counted with the header as row 1); "
-            "fix or remove these rows"
+            "fix or remove these rows (put a text that holds commas in double quotes)"
         )
 
     if label_names is None:
         distinct = set(raw_labels)
         if all(_is_integer(value) for value in distinct):
-            names = tuple(sorted(distinct, key=int))
+            names = tuple(sorted(distinct, key=lambda value: (int(value), value)))
         else:
             names = tuple(sorted(distinct))
     else:
@@ -431,6 +441,7 @@ def stratified_sample(
         >>> sum(labels[i] for i in chosen), len(chosen)
         (2, 20)
     """
+    _check_seed(seed)
     indices = list(indices)
     if size >= len(indices):
         return sorted(indices)
@@ -463,6 +474,7 @@ def stratified_split(
     """
     if not fractions or any(value < 0 for value in fractions) or abs(sum(fractions) - 1) > 1e-9:
         raise ConfigError(f"split fractions {list(fractions)} must be non-negative and sum to 1")
+    _check_seed(seed)
     rng = random.Random(seed)
     parts: list[list[int]] = [[] for _ in fractions]
     members = _class_members(labels, range(len(labels)))
@@ -476,6 +488,15 @@ def stratified_split(
             parts[position].extend(pool[start:stop])
             start = stop
     return [sorted(part) for part in parts]
+
+
+def _check_seed(seed: int) -> None:
+    # Python's generator seeds with the absolute value: -3 would repeat the split of 3
+    if seed < 0:
+        raise ConfigError(
+            f"the split seed must be 0 or more, not {seed} (a negative seed gives the same "
+            f"split as {-seed}); pass a non-negative --split-seed"
+        )
 
 
 def _is_integer(text: str) -> bool:

@@ -78,6 +78,19 @@ class TrainConfig:
             raise ConfigError(f"--lr must be positive, not {self.learning_rate}")
         if not 0 <= self.warmup_ratio <= 1:
             raise ConfigError(f"warm-up ratio must be in [0, 1], not {self.warmup_ratio}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ConfigError(f"warm-up steps must be 0 or more, not {self.warmup_steps}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(
+                f"checkpoints must come every 1 or more steps, not {self.checkpoint_every}"
+            )
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError(
+                f"the gradient-clipping norm must be positive (or None for no clipping), "
+                f"not {self.max_grad_norm}"
+            )
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"weight decay must be 0 or more, not {self.weight_decay}")
         if not 0 <= self.seed < SEED_LIMIT:
             raise ConfigError(
                 f"--seed must be a whole number from 0 to {SEED_LIMIT - 1}, not {self.seed}"
@@ -103,7 +116,8 @@ class TrainConfig:
 class TrainResult:
     """What :func:`train` measured.
 
-    ``history``: one ``{"step", "epoch", "loss", "learning_rate"}`` per step.
+    ``history``: one ``{"step", "epoch", "loss", "learning_rate"}`` per step
+    (the learning rate that step used, of the first parameter group).
     ``epoch_metrics``: what ``on_epoch_end`` returned, with ``epoch``.
     ``train_seconds``: wall time of the training steps, summed over resumed
     parts, without the ``on_epoch_end`` calls. ``peak_memory_bytes``: see
@@ -478,6 +492,7 @@ def train(
                     value += float(loss.detach()) * share
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_([p for _, p in named], config.max_grad_norm)
+                learning_rate = optimizer.param_groups[0]["lr"]  # the rate of this step
                 updating = True
                 optimizer.step()
                 scheduler.step()
@@ -489,7 +504,7 @@ def train(
                     "step": step,
                     "epoch": epoch + (position + 1) / steps_per_epoch,
                     "loss": value,
-                    "learning_rate": optimizer.param_groups[0]["lr"],
+                    "learning_rate": learning_rate,
                 })
                 bar.update(1)
                 bar.set_postfix(loss=f"{value:.4f}", refresh=False)

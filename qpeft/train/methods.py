@@ -89,6 +89,24 @@ HEAD_MODULES: dict[str, tuple[str, ...]] = {
     "deberta": ("pooler", "classifier"),
 }
 
+#: The options each method uses besides ``learning_rate``, ``head_learning_rate``
+#: and ``targets``; any other is refused rather than silently ignored.
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "qpeft": ("rank", "layers", "ansatz", "alpha", "dropout"),
+    "lora": ("rank", "alpha", "dropout"),
+    "oft": ("block_size",),
+    "boft": ("block_size", "butterfly_factor"),
+    "head": (),
+    "full": (),
+}
+
+#: How an option is written in a method spec and on the command line.
+_OPTION_NAMES = {
+    "rank": "r (--rank)", "layers": "L (--layers)", "ansatz": "ansatz (--ansatz)",
+    "alpha": "alpha (--alpha)", "block_size": "block (--block-size)",
+    "butterfly_factor": "factor", "dropout": "dropout",
+}
+
 _KEY_ALIASES = {
     "r": "rank", "k": "rank", "rank": "rank",
     "l": "layers", "layers": "layers",
@@ -141,6 +159,15 @@ class MethodSpec:
                 raise ConfigError(f"learning rates must be positive, not {rate}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"adapter dropout must be in [0, 1), not {self.dropout}")
+        used = METHOD_OPTIONS[self.name]
+        unused = [key for key in _OPTION_NAMES if getattr(self, key) is not None
+                  and key not in used]
+        if unused:
+            options = [_OPTION_NAMES[key].split(" ")[0] for key in used] + ["lr", "head_lr"]
+            raise ConfigError(
+                f"{self.name} does not use {', '.join(_OPTION_NAMES[key] for key in unused)}; "
+                f"leave it out (the options of {self.name} are {', '.join(options)})"
+            )
 
     @classmethod
     def parse(cls, text: str) -> MethodSpec:
@@ -514,4 +541,6 @@ def _wrap_qpeft(model: Any, spec: MethodSpec, heads: tuple[str, ...]) -> Any:
         options["ansatz"] = spec.ansatz
     if spec.alpha is not None:
         options["alpha"] = spec.alpha
+    if spec.dropout is not None:
+        options["dropout"] = spec.dropout
     return get_qpeft_model(model, QPeftConfig(**options))

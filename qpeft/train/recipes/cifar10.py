@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,7 @@ def run(
     from qpeft.train.data import stratified_sample, stratified_split
     from qpeft.train.loop import TrainConfig, evaluate, resolve_device, train
     from qpeft.train.methods import MethodSpec, pick_targets, prepare_model
-    from qpeft.train.recipes.common import load_hub_dataset, write_recipe_report
+    from qpeft.train.recipes.common import load_hub_dataset, recipe_method, write_recipe_report
 
     started = time.perf_counter()
     folder = Path(output_dir)
@@ -153,14 +153,15 @@ def run(
                 label2id={name: i for i, name in enumerate(CIFAR10_LABELS)},
                 ignore_mismatched_sizes=True,
             )
-    spec = replace(MethodSpec.parse(recipe.method).resolved(), learning_rate=recipe.learning_rate)
+    spec = recipe_method(MethodSpec.parse(recipe.method), recipe.learning_rate,
+                         recipe.head_learning_rate)
     targets = recipe.targets or pick_targets(model, ("query", "value"), ("q_proj", "v_proj"))
     prepared = prepare_model(model, spec, targets)
     device = resolve_device(recipe.device)
     config = TrainConfig(
         epochs=recipe.epochs, batch_size=recipe.batch_size,
         gradient_accumulation=recipe.gradient_accumulation,
-        learning_rate=recipe.learning_rate, head_learning_rate=recipe.head_learning_rate,
+        learning_rate=spec.learning_rate, head_learning_rate=spec.head_learning_rate,
         weight_decay=recipe.weight_decay, warmup_ratio=0.0, max_grad_norm=None,
         seed=recipe.seed, eval_batch_size=recipe.eval_batch_size,
     )

@@ -41,6 +41,26 @@ def recipe_from_args(recipe_class: type, args: argparse.Namespace) -> Any:
                            for spec in dataclasses.fields(recipe_class)})
 
 
+def recipe_method(spec: Any, learning_rate: float, head_learning_rate: float | None = None) -> Any:
+    """``spec`` (a :class:`~qpeft.train.methods.MethodSpec`) with the recipe's
+    learning rates where the method names none, as in ``qpeft finetune``: the
+    method's own ``lr=`` and ``head_lr=`` win, then its defaults are filled.
+
+    Example:
+        >>> from qpeft.train.methods import MethodSpec
+        >>> recipe_method(MethodSpec.parse("lora:r=4,lr=0.01"), 2e-4).learning_rate
+        0.01
+        >>> recipe_method(MethodSpec.parse("lora:r=4"), 2e-4, 1e-3).head_learning_rate
+        0.001
+    """
+    values: dict[str, Any] = {}
+    if spec.learning_rate is None:
+        values["learning_rate"] = learning_rate
+    if spec.head_learning_rate is None and head_learning_rate is not None:
+        values["head_learning_rate"] = head_learning_rate
+    return dataclasses.replace(spec, **values).resolved()
+
+
 def load_hub_dataset(name: str, loader: Any = None) -> Any:
     """``loader(name)``, by default ``datasets.load_dataset(name)``."""
     from qpeft.errors import ConfigError, DataError
@@ -82,6 +102,7 @@ def write_recipe_report(
         "recipe": type(recipe).__name__,
         "protocol": source,
         "label": prepared.spec.label,
+        "method": prepared.spec.to_dict(),
         **dict(scores),
         "trainable_parameters_adapter": counts.adapter,
         "trainable_parameters_with_head": counts.trainable,

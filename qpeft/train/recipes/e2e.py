@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -210,7 +210,7 @@ def run(
     from qpeft.train.loop import TrainConfig, resolve_device, train
     from qpeft.train.methods import MethodSpec, prepare_model
     from qpeft.train.metrics import corpus_bleu
-    from qpeft.train.recipes.common import load_hub_dataset, write_recipe_report
+    from qpeft.train.recipes.common import load_hub_dataset, recipe_method, write_recipe_report
     from qpeft.train.report import write_json
 
     started = time.perf_counter()
@@ -234,11 +234,11 @@ def run(
             model = AutoModelForCausalLM.from_pretrained(source.location)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    spec = replace(MethodSpec.parse(recipe.method).resolved(), learning_rate=recipe.learning_rate)
+    spec = recipe_method(MethodSpec.parse(recipe.method), recipe.learning_rate)
     prepared = prepare_model(model, spec, recipe.targets)
     device = resolve_device(recipe.device)
     config = TrainConfig(
-        epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
+        epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=spec.learning_rate,
         weight_decay=recipe.weight_decay, warmup_steps=recipe.warmup_steps,
         max_grad_norm=None, seed=recipe.seed,
     )

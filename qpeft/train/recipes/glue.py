@@ -146,7 +146,7 @@ def run(
     from qpeft.train.data import encode, load_glue, stratified_sample
     from qpeft.train.loop import TrainConfig, evaluate, resolve_device, train
     from qpeft.train.methods import MethodSpec, prepare_model
-    from qpeft.train.recipes.common import write_recipe_report
+    from qpeft.train.recipes.common import recipe_method, write_recipe_report
 
     started = time.perf_counter()
     folder = Path(output_dir)
@@ -172,7 +172,7 @@ def run(
     spec = MethodSpec.parse(recipe.method)
     if spec.name == "lora" and spec.alpha is None:
         spec = replace(spec, alpha=hyper.lora_alpha)
-    spec = replace(spec.resolved(), learning_rate=recipe.learning_rate or hyper.learning_rate)
+    spec = recipe_method(spec, recipe.learning_rate or hyper.learning_rate)
     prepared = prepare_model(model, spec, recipe.targets)
     max_length = recipe.max_length or hyper.max_length
     device = resolve_device(recipe.device)
