@@ -244,20 +244,21 @@ def test_checkpoints_are_written_atomically_and_checked_on_load(tmp_path: Path) 
         load_checkpoint(path)
 
 
-def test_bad_settings_are_refused(encoded: data.EncodedDataset) -> None:
-    with pytest.raises(ConfigError, match="--epochs must be at least 1"):
-        TrainConfig(epochs=0)
-    with pytest.raises(ConfigError, match="--lr must be positive"):
-        TrainConfig(learning_rate=0)
+@pytest.mark.parametrize("setting, message", [
+    ({"epochs": 0}, "--epochs must be at least 1"),
+    ({"learning_rate": 0}, "--lr must be positive"),
     # a negative warm-up made the rate grow without bound (step / max(warmup, 1) = step)
-    with pytest.raises(ConfigError, match="warm-up steps must be 0 or more, not -5"):
-        TrainConfig(warmup_steps=-5)
-    with pytest.raises(ConfigError, match="checkpoints must come every 1 or more steps, not 0"):
-        TrainConfig(checkpoint_every=0)
-    with pytest.raises(ConfigError, match="clipping norm must be positive .* not 0"):
-        TrainConfig(max_grad_norm=0)
-    with pytest.raises(ConfigError, match="weight decay must be 0 or more, not -0.1"):
-        TrainConfig(weight_decay=-0.1)
+    ({"warmup_steps": -5}, "warm-up steps must be 0 or more, not -5"),
+    ({"checkpoint_every": 0}, "checkpoints must come every 1 or more steps, not 0"),
+    ({"max_grad_norm": 0}, "clipping norm must be positive .* not 0"),
+    ({"weight_decay": -0.1}, "weight decay must be 0 or more, not -0.1"),
+])
+def test_bad_settings_are_refused(setting: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**setting)
+
+
+def test_training_with_nothing_trainable_is_refused(encoded: data.EncodedDataset) -> None:
     prepared = lora_model()
     for _, parameter in prepared.trainable_parameters():
         parameter.requires_grad_(False)
