@@ -452,6 +452,26 @@ class QPeftLinear(nn.Module):
             self.merged_adapters.pop()
 
     # -- housekeeping ----------------------------------------------------------------
+    def _apply(self, fn: Any, recurse: bool = True) -> QPeftLinear:
+        """``.to()``, ``.half()``, ``.cuda()`` move the adapter values with the base
+        layer, but a move to a low-precision float type (float16, bfloat16)
+        leaves them float32, as when the adapter is created on such a model:
+        bfloat16 rounds an angle near π by up to 0.008 (an optimizer step
+        smaller than that is lost), and U and V are computed in float32 anyway.
+        A move to float64 makes them float64."""
+        if not recurse:
+            return super()._apply(fn, recurse)
+
+        def keep_precision(tensor: torch.Tensor) -> torch.Tensor:
+            moved = fn(tensor)
+            if moved.is_floating_point() and moved.dtype not in (torch.float32, torch.float64):
+                return tensor.to(device=moved.device, dtype=torch.float32)
+            return moved
+
+        for module in self.children():
+            module._apply(fn if module is self.base_layer else keep_precision)
+        return super()._apply(fn, recurse=False)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_frame_bank_ref"] = None  # a weak reference neither pickles nor deep-copies
