@@ -367,6 +367,12 @@ def test_config_errors():
         QPeftConfig(target_modules=["q"], init="zeros")
     with pytest.raises(ConfigError, match="unknown QPeftConfig field"):
         QPeftConfig.from_dict({"target_modules": ["q"], "r": 4})
+    with pytest.raises(ConfigError, match=r"modules_to_save must be a list .*\['classifier'\]"):
+        QPeftConfig(target_modules=["q"], modules_to_save="classifier")  # not 10 letters
+    with pytest.raises(ConfigError, match="target_modules must be a list of module names"):
+        QPeftConfig(target_modules=[0, 2])
+    with pytest.raises(ConfigError, match="exclude_modules must be"):
+        QPeftConfig(target_modules=["q"], exclude_modules=5)
     with pytest.raises(ConfigError, match="width 96"):
         get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["intermediate.dense"],
                                                  ansatz={48: "qudit"}))

@@ -116,6 +116,10 @@ class QPeftConfig:
 
     def validate(self) -> None:
         """Raise :class:`~qpeft.errors.ConfigError` on an invalid field."""
+        _module_names(self.target_modules, "target_modules", pattern=True)
+        _module_names(self.exclude_modules, "exclude_modules", pattern=True)
+        _module_names(self.modules_to_save, "modules_to_save", pattern=False)
+        _module_names(self.layers_pattern, "layers_pattern", pattern=True)
         _positive_int(self.rank, "rank")
         if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0:
             raise ConfigError(f"layers must be an integer >= 0, got {self.layers!r}")
@@ -204,6 +208,17 @@ class QPeftConfig:
                 )
             return self.ansatz[width]
         return self.ansatz
+
+
+def _module_names(value: object, name: str, pattern: bool) -> None:
+    """None, a list of module names, or (where ``pattern``) one string."""
+    if value is None or (pattern and isinstance(value, str)):
+        return
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return
+    shape = "a list of module names or one string" if pattern else (
+        "a list of module names, e.g. ['classifier']")
+    raise ConfigError(f"{name} must be {shape}, got {value!r}")
 
 
 def _positive_int(value: object, name: str) -> None:
