@@ -126,6 +126,12 @@ def test_layers_to_transform_and_exclude_modules():
     assert sorted(model.qpeft_layers()) == [
         "bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.attention.self.value"
     ]
+    blocks = torch.nn.Module()  # the layer list at the top: "layers.0.fc", "layers.1.fc"
+    blocks.layers = torch.nn.ModuleList(torch.nn.Sequential() for _ in range(2))
+    for block in blocks.layers:
+        block.fc = torch.nn.Linear(8, 8)
+    config = QPeftConfig(target_modules=["fc"], rank=2, layers_to_transform=1)
+    assert list(get_qpeft_model(blocks, config).qpeft_layers()) == ["layers.1.fc"]
     config = QPeftConfig(target_modules="all-linear", rank=2, exclude_modules=["dense"])
     names = get_qpeft_model(tiny_bert(), config).qpeft_layers()
     assert names and not any(n.endswith("dense") for n in names)
