@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qpeft.adapters.config import INIT_SCHEMES
+from qpeft.adapters.config import check_layer_options
 from qpeft.adapters.frames import (
     SIDES,
     FrameBank,
@@ -180,8 +180,7 @@ class QPeftLinear(nn.Module):
                 f"rank K={rank} is larger than this layer allows: U has {self.out_features} "
                 f"rows and V has {self.in_features}, so K <= {largest}"
             )
-        if init not in INIT_SCHEMES:
-            raise ConfigError(f"unknown init {init!r}; use one of {', '.join(INIT_SCHEMES)}")
+        check_layer_options(alpha, dropout, init, init_lambda)
         if active_rank is not None and not 1 <= active_rank <= rank:
             raise ConfigError(f"active_rank must lie in 1..{rank}, got {active_rank}")
         specs = {
