@@ -338,6 +338,23 @@ def test_cached_frames_follow_in_place_edits_and_invalidate_after_data_edits():
         assert torch.equal(model(ids).logits, fresh_output())
 
 
+@pytest.mark.parametrize("init", ["offset", "zero_lambda"])
+def test_frames_cached_under_inference_mode_do_not_reach_a_later_backward(init):
+    ids = tokens()
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=4,
+                                                     init=init))
+    with torch.inference_mode():
+        model(ids)  # an evaluation pass before training
+    model(ids).logits.square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.requires_grad_(False)  # frozen: the no-grad cache is kept, then a gradient is asked
+    with torch.inference_mode():
+        model(ids)
+    embeddings = model.bert.embeddings.word_embeddings(ids).detach().requires_grad_()
+    model(inputs_embeds=embeddings).logits.sum().backward()
+    assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def test_targets_that_match_nothing_list_the_linear_layers():
     with pytest.raises(ConfigError, match="matches no linear layer.*query.*value") as error:

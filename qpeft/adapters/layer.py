@@ -321,7 +321,8 @@ class QPeftLinear(nn.Module):
 
     def _initial_signature(self, adapter_name: str) -> tuple:
         initial = self.qpeft_initial[adapter_name]
-        return (self.quantize_bits[adapter_name],) + tuple(
+        # frames computed under torch.inference_mode() cannot enter a later autograd graph
+        return (self.quantize_bits[adapter_name], torch.is_inference_mode_enabled()) + tuple(
             (t.data_ptr(), t._version, t.dtype, t.device)
             for t in (initial.theta_out, initial.theta_in)
         )
