@@ -333,6 +333,24 @@ def test_saved_module_tensors_are_cast_to_a_model_in_another_float_dtype(tmp_pat
     assert weight.dtype == torch.bfloat16 and torch.equal(weight, saved.to(torch.bfloat16))
 
 
+def test_a_model_moved_to_bfloat16_keeps_float32_adapter_values_and_round_trips(tmp_path):
+    model = trained_bert()
+    values = {name: p.detach().clone() for name, p in model.named_parameters() if "qpeft_" in name}
+    model.to(torch.bfloat16)
+    assert model.base_model.classifier.original_module.weight.dtype == torch.bfloat16
+    for name, parameter in model.named_parameters():
+        if "qpeft_" in name:
+            assert parameter.dtype == torch.float32 and torch.equal(parameter, values[name])
+    assert all(b.dtype == torch.float32 for n, b in model.named_buffers() if "qpeft_" in n)
+    assert_round_trip(model, tmp_path, lambda: tiny_bert().to(torch.bfloat16))
+    model.half()
+    assert all(torch.equal(p, values[n]) for n, p in model.named_parameters() if "qpeft_" in n)
+    model.to(torch.float64)
+    for name, parameter in model.named_parameters():
+        if "qpeft_" in name:
+            assert parameter.dtype == torch.float64 and torch.equal(parameter.float(), values[name])
+
+
 def _set(key, value):
     return lambda document: document.update({key: value})
 

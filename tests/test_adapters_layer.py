@@ -9,7 +9,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 import qpeft
-from qpeft.adapters import QPeftLinear
+from qpeft.adapters import QPeftConfig, QPeftLinear
 from qpeft.adapters.frames import FrameSpec
 from qpeft.compiler.mappings import parameter_count
 from qpeft.errors import ConfigError
@@ -112,6 +112,19 @@ def test_a_circuit_of_the_wrong_dimension_is_a_config_error():
 def test_rank_larger_than_a_side_allows_is_a_config_error():
     with pytest.raises(ConfigError, match="K <= 6"):
         QPeftLinear(torch.nn.Linear(6, 40), rank=7)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"alpha": float("nan")}, "alpha must be a finite number"),
+    ({"dropout": 1.5}, r"dropout must lie in \[0, 1\)"),
+    ({"init_lambda": 0.0}, "init_lambda must be a finite nonzero number"),
+    ({"init": "zeros"}, "unknown init"),
+])
+def test_the_layer_checks_its_options_as_the_config_does(options, match):
+    with pytest.raises(ConfigError, match=match):
+        QPeftLinear(torch.nn.Linear(8, 8), rank=2, **options)
+    with pytest.raises(ConfigError, match=match):
+        QPeftConfig(target_modules=["q"], **options)
 
 
 @pytest.mark.parametrize("init", ["offset", "zero_lambda"])

@@ -126,6 +126,12 @@ def test_layers_to_transform_and_exclude_modules():
     assert sorted(model.qpeft_layers()) == [
         "bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.attention.self.value"
     ]
+    blocks = torch.nn.Module()  # the layer list at the top: "layers.0.fc", "layers.1.fc"
+    blocks.layers = torch.nn.ModuleList(torch.nn.Sequential() for _ in range(2))
+    for block in blocks.layers:
+        block.fc = torch.nn.Linear(8, 8)
+    config = QPeftConfig(target_modules=["fc"], rank=2, layers_to_transform=1)
+    assert list(get_qpeft_model(blocks, config).qpeft_layers()) == ["layers.1.fc"]
     config = QPeftConfig(target_modules="all-linear", rank=2, exclude_modules=["dense"])
     names = get_qpeft_model(tiny_bert(), config).qpeft_layers()
     assert names and not any(n.endswith("dense") for n in names)
@@ -332,6 +338,23 @@ def test_cached_frames_follow_in_place_edits_and_invalidate_after_data_edits():
         assert torch.equal(model(ids).logits, fresh_output())
 
 
+@pytest.mark.parametrize("init", ["offset", "zero_lambda"])
+def test_frames_cached_under_inference_mode_do_not_reach_a_later_backward(init):
+    ids = tokens()
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=4,
+                                                     init=init))
+    with torch.inference_mode():
+        model(ids)  # an evaluation pass before training
+    model(ids).logits.square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.requires_grad_(False)  # frozen: the no-grad cache is kept, then a gradient is asked
+    with torch.inference_mode():
+        model(ids)
+    embeddings = model.bert.embeddings.word_embeddings(ids).detach().requires_grad_()
+    model(inputs_embeds=embeddings).logits.sum().backward()
+    assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def test_targets_that_match_nothing_list_the_linear_layers():
     with pytest.raises(ConfigError, match="matches no linear layer.*query.*value") as error:
@@ -367,6 +390,12 @@ def test_config_errors():
         QPeftConfig(target_modules=["q"], init="zeros")
     with pytest.raises(ConfigError, match="unknown QPeftConfig field"):
         QPeftConfig.from_dict({"target_modules": ["q"], "r": 4})
+    with pytest.raises(ConfigError, match=r"modules_to_save must be a list .*\['classifier'\]"):
+        QPeftConfig(target_modules=["q"], modules_to_save="classifier")  # not 10 letters
+    with pytest.raises(ConfigError, match="target_modules must be a list of module names"):
+        QPeftConfig(target_modules=[0, 2])
+    with pytest.raises(ConfigError, match="exclude_modules must be"):
+        QPeftConfig(target_modules=["q"], exclude_modules=5)
     with pytest.raises(ConfigError, match="width 96"):
         get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["intermediate.dense"],
                                                  ansatz={48: "qudit"}))

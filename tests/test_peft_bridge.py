@@ -249,6 +249,14 @@ def test_the_configuration_converts_both_ways(tmp_path):
     assert loaded.to_qpeft_config() == config
 
 
+def test_qpeft_loader_says_how_to_load_a_peft_directory(tmp_path):
+    config = QPeftPeftConfig(target_modules=["query"], rank=2)
+    peft.get_peft_model(tiny_bert(), config).save_pretrained(tmp_path)
+    with pytest.raises(qpeft.errors.AdapterFileError,
+                       match=r"written by peft's save_pretrained .*PeftModel.from_pretrained"):
+        qpeft.QPeftModel.from_pretrained(tiny_bert(), tmp_path)
+
+
 def test_invalid_fields_raise_qpeft_errors():
     with pytest.raises(ConfigError, match="rank must be a positive integer"):
         QPeftPeftConfig(target_modules=["query"], rank=0)

@@ -116,6 +116,10 @@ class QPeftConfig:
 
     def validate(self) -> None:
         """Raise :class:`~qpeft.errors.ConfigError` on an invalid field."""
+        _module_names(self.target_modules, "target_modules", pattern=True)
+        _module_names(self.exclude_modules, "exclude_modules", pattern=True)
+        _module_names(self.modules_to_save, "modules_to_save", pattern=False)
+        _module_names(self.layers_pattern, "layers_pattern", pattern=True)
         _positive_int(self.rank, "rank")
         if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0:
             raise ConfigError(f"layers must be an integer >= 0, got {self.layers!r}")
@@ -127,19 +131,7 @@ class QPeftConfig:
                 )
         if not isinstance(self.ansatz_options, Mapping):
             raise ConfigError("ansatz_options must be a dict of keyword options")
-        if not _finite_number(self.alpha):
-            raise ConfigError(f"alpha must be a finite number, got {self.alpha!r}")
-        if not _finite_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must lie in [0, 1), got {self.dropout!r}")
-        if self.init not in INIT_SCHEMES:
-            raise ConfigError(f"unknown init {self.init!r}; use one of {', '.join(INIT_SCHEMES)}")
-        if not _finite_number(self.init_lambda) or (
-            self.init == "offset" and self.init_lambda == 0
-        ):
-            raise ConfigError(
-                f"init_lambda must be a finite nonzero number for init='offset', "
-                f"got {self.init_lambda!r}"
-            )
+        check_layer_options(self.alpha, self.dropout, self.init, self.init_lambda)
         if self.active_rank is not None:
             _positive_int(self.active_rank, "active_rank")
             if self.active_rank > self.rank:
@@ -204,6 +196,33 @@ class QPeftConfig:
                 )
             return self.ansatz[width]
         return self.ansatz
+
+
+def check_layer_options(alpha: object, dropout: object, init: object,
+                        init_lambda: object) -> None:
+    """Raise :class:`~qpeft.errors.ConfigError` on an invalid α, dropout or init
+    (shared by :class:`QPeftConfig` and :meth:`QPeftLinear.update_layer`)."""
+    if not _finite_number(alpha):
+        raise ConfigError(f"alpha must be a finite number, got {alpha!r}")
+    if not _finite_number(dropout) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must lie in [0, 1), got {dropout!r}")
+    if init not in INIT_SCHEMES:
+        raise ConfigError(f"unknown init {init!r}; use one of {', '.join(INIT_SCHEMES)}")
+    if not _finite_number(init_lambda) or (init == "offset" and init_lambda == 0):
+        raise ConfigError(
+            f"init_lambda must be a finite nonzero number for init='offset', got {init_lambda!r}"
+        )
+
+
+def _module_names(value: object, name: str, pattern: bool) -> None:
+    """None, a list of module names, or (where ``pattern``) one string."""
+    if value is None or (pattern and isinstance(value, str)):
+        return
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return
+    shape = "a list of module names or one string" if pattern else (
+        "a list of module names, e.g. ['classifier']")
+    raise ConfigError(f"{name} must be {shape}, got {value!r}")
 
 
 def _positive_int(value: object, name: str) -> None:

@@ -437,7 +437,8 @@ class FrameBank:
         if needs_graph:
             self._signature = None
         else:
-            signature = tuple(
+            # frames computed under torch.inference_mode() cannot enter a later autograd graph
+            signature = (torch.is_inference_mode_enabled(),) + tuple(
                 (id(layer), adapter, side, id(p), p._version, p.data_ptr(), p.dtype,
                  p.device, layer.quantize_bits[adapter])
                 for (layer, adapter, side), p in zip(slots, parameters)

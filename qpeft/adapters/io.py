@@ -222,8 +222,15 @@ def _read_json(directory: Path) -> dict[str, Any]:
                                "truncated or corrupt, save the adapter again") from None
     found = document.get("format") if isinstance(document, dict) else None
     if found != FORMAT:
+        peft_type = document.get("peft_type") if isinstance(document, dict) else None
+        hint = ""
+        if peft_type == "QPEFT":
+            hint = ("; it was written by peft's save_pretrained (the peft bridge): load it with "
+                    "peft.PeftModel.from_pretrained after importing qpeft.adapters.peft_bridge")
+        elif peft_type is not None:
+            hint = f"; it is a peft {peft_type} adapter: load it with peft"
         raise _fail(directory, f"{CONFIG_NAME} is not a qpeft adapter configuration "
-                               f"(format {found!r}, expected {FORMAT!r})")
+                               f"(format {found!r}, expected {FORMAT!r}){hint}")
     version = document.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int):
         raise _fail(directory, f"format_version {version!r} is not an integer")

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qpeft.adapters.config import INIT_SCHEMES
+from qpeft.adapters.config import check_layer_options
 from qpeft.adapters.frames import (
     SIDES,
     FrameBank,
@@ -180,8 +180,7 @@ class QPeftLinear(nn.Module):
                 f"rank K={rank} is larger than this layer allows: U has {self.out_features} "
                 f"rows and V has {self.in_features}, so K <= {largest}"
             )
-        if init not in INIT_SCHEMES:
-            raise ConfigError(f"unknown init {init!r}; use one of {', '.join(INIT_SCHEMES)}")
+        check_layer_options(alpha, dropout, init, init_lambda)
         if active_rank is not None and not 1 <= active_rank <= rank:
             raise ConfigError(f"active_rank must lie in 1..{rank}, got {active_rank}")
         specs = {
@@ -322,7 +321,8 @@ class QPeftLinear(nn.Module):
 
     def _initial_signature(self, adapter_name: str) -> tuple:
         initial = self.qpeft_initial[adapter_name]
-        return (self.quantize_bits[adapter_name],) + tuple(
+        # frames computed under torch.inference_mode() cannot enter a later autograd graph
+        return (self.quantize_bits[adapter_name], torch.is_inference_mode_enabled()) + tuple(
             (t.data_ptr(), t._version, t.dtype, t.device)
             for t in (initial.theta_out, initial.theta_in)
         )
@@ -452,6 +452,26 @@ class QPeftLinear(nn.Module):
             self.merged_adapters.pop()
 
     # -- housekeeping ----------------------------------------------------------------
+    def _apply(self, fn: Any, recurse: bool = True) -> QPeftLinear:
+        """``.to()``, ``.half()``, ``.cuda()`` move the adapter values with the base
+        layer, but a move to a low-precision float type (float16, bfloat16)
+        leaves them float32, as when the adapter is created on such a model:
+        bfloat16 rounds an angle near π by up to 0.008 (an optimizer step
+        smaller than that is lost), and U and V are computed in float32 anyway.
+        A move to float64 makes them float64."""
+        if not recurse:
+            return super()._apply(fn, recurse)
+
+        def keep_precision(tensor: torch.Tensor) -> torch.Tensor:
+            moved = fn(tensor)
+            if moved.is_floating_point() and moved.dtype not in (torch.float32, torch.float64):
+                return tensor.to(device=moved.device, dtype=torch.float32)
+            return moved
+
+        for module in self.children():
+            module._apply(fn if module is self.base_layer else keep_precision)
+        return super()._apply(fn, recurse=False)
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_frame_bank_ref"] = None  # a weak reference neither pickles nor deep-copies

@@ -61,7 +61,8 @@ def _suffix_match(key: str, names: list[str]) -> bool:
 
 def _layer_index(key: str, pattern: list[str] | str | None) -> int | None:
     if not pattern:
-        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
+        # the first numbered segment after a name: "layers.0.…", "bert.encoder.layer.0.…"
+        match = re.match(r"(?:.*?\.)??[^.]+\.(?P<idx>\d+)\.", key)
     else:
         match = None
         for name in [pattern] if isinstance(pattern, str) else pattern:
