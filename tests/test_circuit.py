@@ -308,6 +308,14 @@ def test_torch_reference_is_differentiable():
 # -- bad input -----------------------------------------------------------------------
 
 
+def test_qubit_rotation_on_a_qudit_names_a_call_that_works():
+    # The error suggests a replacement; the suggested call must run as written.
+    with pytest.raises(WireError) as error:
+        Circuit([3, 2]).ry(0, 0.1)
+    assert "circuit.givens(wire, (i, j), theta)" in str(error.value)
+    Circuit([3, 2]).givens(0, (0, 1), 0.1)
+
+
 def test_bad_input_raises_typed_errors():
     with pytest.raises(WireError, match="wires 0..1"):
         Circuit(2).ry(2, 0.1)

@@ -180,8 +180,8 @@ def _require_qubits(gate: Gate, dims: Sequence[int]) -> None:
     for wire, d in zip(gate.wires, dims):
         if d != 2:
             hint = (
-                "; use Givens(wire, levels=(i, j), theta) for a rotation between two levels of "
-                "a qudit"
+                "; use circuit.givens(wire, (i, j), theta) (or qpeft.circuit.givens) for a "
+                "rotation between two levels of a qudit"
                 if gate.params
                 else "; use GeneralizedCZ or SignDiagonal for qudit entanglers"
             )

@@ -53,7 +53,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="comma-separated references, each once (default: qiskit,pennylane)",
     )
     parser.add_argument("--atol", type=float, default=1e-10, help="tolerance (default 1e-10)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random angles")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random angles (default 0)")
     parser.set_defaults(func=run)
     return parser
 

@@ -39,9 +39,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     method.add_argument("--rank", type=int, help="K of qpeft (default 32), r of lora (default 4)")
     method.add_argument("--layers", type=int, help="circuit layers L of qpeft (default 2)")
-    method.add_argument("--ansatz", help="circuit family of qpeft (default: qpeft's default)")
+    method.add_argument("--ansatz", help="circuit family of qpeft (default qudit)")
     method.add_argument("--alpha", type=float,
-                        help="scale α of qpeft, lora_alpha of lora (default 2·r for lora)")
+                        help="scale α of qpeft, lora_alpha of lora (default 1 for qpeft, "
+                             "2·r for lora)")
     method.add_argument("--block-size", type=int, help="block size of oft (32) and boft (4)")
     method.add_argument("--head-lr", type=float,
                         help="learning rate of the new head (default: 2e-2 for qpeft, the "
