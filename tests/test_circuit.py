@@ -21,13 +21,19 @@ from qpeft.circuit import (
     RY,
     RZ,
     SWAP,
+    Barrier,
     Circuit,
+    Controlled,
     Expression,
     GeneralizedCZ,
+    Givens,
     H,
     Parameter,
     ParameterVector,
+    PauliRotation,
     SignDiagonal,
+    StandardGate,
+    Unitary,
     X,
     Y,
     Z,
@@ -479,3 +485,38 @@ def test_repeat_counts_and_matrix_values_of_the_wrong_type_are_typed_errors():
             c.matrix(values)
         with pytest.raises(ParameterError, match="numbers"):
             c.bind(values)
+
+
+@pytest.mark.parametrize(("built", "canonical"), [
+    (lambda: SignDiagonal([0, 1], [1, 1, 1, -1]), lambda: SignDiagonal((0, 1), (1, 1, 1, -1))),
+    (lambda: SignDiagonal(np.array([1]), np.array([1, -1])), lambda: SignDiagonal((1,), (1, -1))),
+    (lambda: PauliRotation("YZ", [0, 1], [0.3]), lambda: pauli_rotation("YZ", [0, 1], 0.3)),
+    (lambda: Givens([2], np.array([0, 2]), ["a"]), lambda: givens(2, (0, 2), "a")),
+    (lambda: StandardGate("CZ", [0, 1]), lambda: CZ(0, 1)),
+    (lambda: Controlled(RY(1, "a"), [0], [[np.int64(1)]]), lambda: controlled(RY(1, "a"), 0, [1])),
+    (lambda: Unitary([1], np.eye(2)), lambda: unitary(np.eye(2), 1)),
+    (lambda: Barrier([0, 1, 2], "end"), lambda: Barrier((0, 1, 2), "end")),
+])
+def test_gates_built_from_their_classes_are_plain_data(built, canonical):
+    # lists, numpy integers and plain numbers are stored in canonical form, so
+    # the circuit hashes, compares equal and survives a JSON round trip
+    dims = [2, 2, 3]
+    gate, reference = built(), canonical()
+    assert gate == reference and hash(gate) == hash(reference)
+    c = Circuit(dims).append(gate)
+    assert c == Circuit(dims).append(reference) and hash(c) == hash(Circuit(dims).append(reference))
+    again = Circuit.from_json(c.to_json())
+    assert again == c
+    values = [0.7] * c.num_parameters
+    np.testing.assert_array_equal(again.matrix(values), c.matrix(values))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: SignDiagonal((0.5, 1), (1, 1, 1, -1)),
+    lambda: PauliRotation("Y", (1.0,), (0.1,)),
+    lambda: Controlled(X(1), [0.0]),
+    lambda: Barrier(("0",)),
+])
+def test_gate_classes_refuse_non_integer_wires(build):
+    with pytest.raises(WireError, match="integers"):
+        build()
