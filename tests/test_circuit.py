@@ -286,6 +286,16 @@ def test_bind_partial_and_full():
         c.bind([1.0])
 
 
+def test_bind_and_matrix_accept_parameter_objects_as_keys():
+    a, b = Parameter("a"), Parameter("b")
+    c = Circuit(2).ry(0, a).ry(1, 2 * b + 1)
+    assert c.bind({a: 0.5}) == c.bind({"a": 0.5})
+    assert c.bind({a: 0.5}).parameters == ("b",)
+    np.testing.assert_array_equal(c.matrix({a: 0.5, b: 0.25}), c.matrix([0.5, 0.25]))
+    with pytest.raises(ParameterError, match="unknown parameter.*zzz"):
+        c.bind({Parameter("zzz"): 1.0})
+
+
 def test_repeat_compose_and_rename():
     layer = Circuit(2).ry(0, "a").cz(0, 1)
     twice = layer.repeat(2)
