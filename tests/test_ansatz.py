@@ -83,6 +83,16 @@ def test_for_dimension_of_a_power_of_two_is_pauli():
     assert c == pauli(10, 2)
 
 
+def test_builders_accept_numpy_integers_and_refuse_bools():
+    assert pauli(np.int64(3), np.int64(2)) == pauli(3, 2)
+    assert for_dimension(np.int64(12), np.int32(1)) == for_dimension(12, 1)
+    assert qpeft.ansatz.real_amplitudes(np.int64(3)) == qpeft.ansatz.real_amplitudes(3)
+    for build in (lambda: pauli(True, 1), lambda: pauli(2, True), lambda: pauli(2.0, 1),
+                  lambda: for_dimension(12.0)):
+        with pytest.raises(ConfigError, match="integer"):
+            build()
+
+
 def test_for_dimension_rejects_bad_input():
     with pytest.raises(ConfigError):
         for_dimension(1, layers=2)

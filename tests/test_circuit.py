@@ -479,6 +479,16 @@ def test_parameter_indices_with_leading_zeros_are_refused():
     assert Parameter("w[0]").name == "w[0]" and Parameter("w[10]").name == "w[10]"
 
 
+def test_non_finite_numpy_and_torch_angles_are_named_as_such():
+    for value in (np.float32("inf"), np.float16("nan"), torch.tensor(float("inf"))):
+        with pytest.raises(ParameterError, match="angle is (inf|nan); angles .* must be finite"):
+            Circuit(1).ry(0, value)
+    assert Circuit(1).ry(0, np.float32(0.5)).gates[0].params[0].constant == 0.5
+    assert len(ParameterVector("w", np.int64(3))) == 3
+    with pytest.raises(ParameterError, match="length"):
+        ParameterVector("w", True)
+
+
 def test_numpy_scalars_scale_parameters():
     assert Parameter("a") * np.int64(2) == Parameter("a") * 2.0 == np.float64(2.0) * Parameter("a")
     with pytest.raises(ParameterError):
