@@ -446,6 +446,18 @@ def test_overflowing_or_deeply_nested_json_raises_description_error(text):
         Circuit.from_json(text)
 
 
+@pytest.mark.parametrize(("gate", "match"), [
+    ({"gate": "Standard", "name": "X", "wires": [0], "params": [0.5]}, "takes no angles"),
+    ({"gate": "SignDiagonal", "wires": [0], "signs": [1, -1], "params": ["a"]}, "no angles"),
+    ({"gate": "Barrier", "wires": [0], "params": [1.0]}, "no angles"),
+    ({"gate": "PauliRotation", "pauli": "Y", "wires": [0],
+      "params": [{"terms": [["a", 1.0], ["a", 2.0]], "constant": 0.0}]}, "named in two terms"),
+])
+def test_descriptions_that_would_lose_angles_are_refused(gate, match):
+    with pytest.raises(DescriptionError, match=match):
+        Circuit.from_dict(_description([2], [gate]))
+
+
 def test_deeply_nested_controlled_gates_raise_description_error():
     inner = {"gate": "Standard", "name": "X", "wires": [1]}
     for _ in range(5000):

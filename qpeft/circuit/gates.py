@@ -779,6 +779,11 @@ def gate_from_json(data: Mapping) -> Gate:
         params = tuple(
             Expression.from_json(p) for p in _json_list(data.get("params", []), "params")
         )
+        if params and kind not in ("PauliRotation", "Givens"):
+            raise DescriptionError(
+                f"a {kind} gate takes no angles, but its description lists {len(params)}; "
+                "remove 'params' or describe a rotation"
+            )
         if kind == "PauliRotation":
             return PauliRotation(str(data["pauli"]), wires, params)
         if kind == "Givens":

@@ -230,6 +230,8 @@ class Expression(_Algebra):
                 return Parameter(data)._expr()
             if isinstance(data, dict):
                 terms = {str(n): _json_number(c) for n, c in data["terms"]}
+                if len(terms) != len(data["terms"]):
+                    raise ValueError("a parameter is named in two terms")
                 for n in terms:
                     Parameter(n)
                 return Expression.make(terms, _json_number(data.get("constant", 0.0)))
