@@ -63,9 +63,34 @@ def test_for_dimension_grows_logarithmically():
             assert np.all(np.diff(counts) == 2 * layers + 1)
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_doubling_counts_of_odd_widths_and_of_the_shannon_construction(layers):
+    def added(dimension, method):
+        return (for_dimension(2 * dimension, layers, method=method).num_parameters
+                - for_dimension(dimension, layers, method=method).num_parameters)
+
+    # qudit, odd N: the new qubit pairs with the smallest odd prime factor p
+    for dimension, smallest in [(3, 3), (15, 3), (5, 5), (35, 5), (43, 43)]:
+        assert added(dimension, "qudit") == 1 + layers * smallest
+    # shannon, even N: one qubit more in each of the b blocks of both stages
+    for dimension in (6, 12, 96, 384, 768, 5120, 11008, 2 * 255):
+        blocks = bin(dimension >> (dimension & -dimension).bit_length() - 1).count("1")
+        assert added(dimension, "shannon") == 2 * blocks * (2 * layers + 1)
+
+
 def test_for_dimension_of_a_power_of_two_is_pauli():
     c = for_dimension(1024, layers=2)
     assert c == pauli(10, 2)
+
+
+def test_builders_accept_numpy_integers_and_refuse_bools():
+    assert pauli(np.int64(3), np.int64(2)) == pauli(3, 2)
+    assert for_dimension(np.int64(12), np.int32(1)) == for_dimension(12, 1)
+    assert qpeft.ansatz.real_amplitudes(np.int64(3)) == qpeft.ansatz.real_amplitudes(3)
+    for build in (lambda: pauli(True, 1), lambda: pauli(2, True), lambda: pauli(2.0, 1),
+                  lambda: for_dimension(12.0)):
+        with pytest.raises(ConfigError, match="integer"):
+            build()
 
 
 def test_for_dimension_rejects_bad_input():

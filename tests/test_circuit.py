@@ -21,13 +21,19 @@ from qpeft.circuit import (
     RY,
     RZ,
     SWAP,
+    Barrier,
     Circuit,
+    Controlled,
     Expression,
     GeneralizedCZ,
+    Givens,
     H,
     Parameter,
     ParameterVector,
+    PauliRotation,
     SignDiagonal,
+    StandardGate,
+    Unitary,
     X,
     Y,
     Z,
@@ -280,6 +286,16 @@ def test_bind_partial_and_full():
         c.bind([1.0])
 
 
+def test_bind_and_matrix_accept_parameter_objects_as_keys():
+    a, b = Parameter("a"), Parameter("b")
+    c = Circuit(2).ry(0, a).ry(1, 2 * b + 1)
+    assert c.bind({a: 0.5}) == c.bind({"a": 0.5})
+    assert c.bind({a: 0.5}).parameters == ("b",)
+    np.testing.assert_array_equal(c.matrix({a: 0.5, b: 0.25}), c.matrix([0.5, 0.25]))
+    with pytest.raises(ParameterError, match="unknown parameter.*zzz"):
+        c.bind({Parameter("zzz"): 1.0})
+
+
 def test_repeat_compose_and_rename():
     layer = Circuit(2).ry(0, "a").cz(0, 1)
     twice = layer.repeat(2)
@@ -438,6 +454,18 @@ def test_overflowing_or_deeply_nested_json_raises_description_error(text):
         Circuit.from_json(text)
 
 
+@pytest.mark.parametrize(("gate", "match"), [
+    ({"gate": "Standard", "name": "X", "wires": [0], "params": [0.5]}, "takes no angles"),
+    ({"gate": "SignDiagonal", "wires": [0], "signs": [1, -1], "params": ["a"]}, "no angles"),
+    ({"gate": "Barrier", "wires": [0], "params": [1.0]}, "no angles"),
+    ({"gate": "PauliRotation", "pauli": "Y", "wires": [0],
+      "params": [{"terms": [["a", 1.0], ["a", 2.0]], "constant": 0.0}]}, "named in two terms"),
+])
+def test_descriptions_that_would_lose_angles_are_refused(gate, match):
+    with pytest.raises(DescriptionError, match=match):
+        Circuit.from_dict(_description([2], [gate]))
+
+
 def test_deeply_nested_controlled_gates_raise_description_error():
     inner = {"gate": "Standard", "name": "X", "wires": [1]}
     for _ in range(5000):
@@ -471,6 +499,16 @@ def test_parameter_indices_with_leading_zeros_are_refused():
     assert Parameter("w[0]").name == "w[0]" and Parameter("w[10]").name == "w[10]"
 
 
+def test_non_finite_numpy_and_torch_angles_are_named_as_such():
+    for value in (np.float32("inf"), np.float16("nan"), torch.tensor(float("inf"))):
+        with pytest.raises(ParameterError, match="angle is (inf|nan); angles .* must be finite"):
+            Circuit(1).ry(0, value)
+    assert Circuit(1).ry(0, np.float32(0.5)).gates[0].params[0].constant == 0.5
+    assert len(ParameterVector("w", np.int64(3))) == 3
+    with pytest.raises(ParameterError, match="length"):
+        ParameterVector("w", True)
+
+
 def test_numpy_scalars_scale_parameters():
     assert Parameter("a") * np.int64(2) == Parameter("a") * 2.0 == np.float64(2.0) * Parameter("a")
     with pytest.raises(ParameterError):
@@ -487,3 +525,38 @@ def test_repeat_counts_and_matrix_values_of_the_wrong_type_are_typed_errors():
             c.matrix(values)
         with pytest.raises(ParameterError, match="numbers"):
             c.bind(values)
+
+
+@pytest.mark.parametrize(("built", "canonical"), [
+    (lambda: SignDiagonal([0, 1], [1, 1, 1, -1]), lambda: SignDiagonal((0, 1), (1, 1, 1, -1))),
+    (lambda: SignDiagonal(np.array([1]), np.array([1, -1])), lambda: SignDiagonal((1,), (1, -1))),
+    (lambda: PauliRotation("YZ", [0, 1], [0.3]), lambda: pauli_rotation("YZ", [0, 1], 0.3)),
+    (lambda: Givens([2], np.array([0, 2]), ["a"]), lambda: givens(2, (0, 2), "a")),
+    (lambda: StandardGate("CZ", [0, 1]), lambda: CZ(0, 1)),
+    (lambda: Controlled(RY(1, "a"), [0], [[np.int64(1)]]), lambda: controlled(RY(1, "a"), 0, [1])),
+    (lambda: Unitary([1], np.eye(2)), lambda: unitary(np.eye(2), 1)),
+    (lambda: Barrier([0, 1, 2], "end"), lambda: Barrier((0, 1, 2), "end")),
+])
+def test_gates_built_from_their_classes_are_plain_data(built, canonical):
+    # lists, numpy integers and plain numbers are stored in canonical form, so
+    # the circuit hashes, compares equal and survives a JSON round trip
+    dims = [2, 2, 3]
+    gate, reference = built(), canonical()
+    assert gate == reference and hash(gate) == hash(reference)
+    c = Circuit(dims).append(gate)
+    assert c == Circuit(dims).append(reference) and hash(c) == hash(Circuit(dims).append(reference))
+    again = Circuit.from_json(c.to_json())
+    assert again == c
+    values = [0.7] * c.num_parameters
+    np.testing.assert_array_equal(again.matrix(values), c.matrix(values))
+
+
+@pytest.mark.parametrize("build", [
+    lambda: SignDiagonal((0.5, 1), (1, 1, 1, -1)),
+    lambda: PauliRotation("Y", (1.0,), (0.1,)),
+    lambda: Controlled(X(1), [0.0]),
+    lambda: Barrier(("0",)),
+])
+def test_gate_classes_refuse_non_integer_wires(build):
+    with pytest.raises(WireError, match="integers"):
+        build()

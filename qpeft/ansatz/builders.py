@@ -26,6 +26,7 @@ from qpeft.circuit import (
     SignDiagonal,
     controlled,
 )
+from qpeft.circuit.gates import is_integer
 from qpeft.errors import ConfigError
 
 
@@ -34,11 +35,13 @@ def pauli_parameter_count(qubits: int, layers: int) -> int:
     return (2 * layers + 1) * qubits - 2 * layers
 
 
-def _check_counts(qubits: int, layers: int, what: str = "qubits") -> None:
-    if not isinstance(qubits, int) or qubits < 1:
+def _check_counts(qubits: int, layers: int, what: str = "qubits") -> tuple[int, int]:
+    """The counts as Python ints (numpy integers accepted; bools and floats refused)."""
+    if not is_integer(qubits) or qubits < 1:
         raise ConfigError(f"{what} must be a positive integer, got {qubits!r}")
-    if not isinstance(layers, int) or layers < 0:
+    if not is_integer(layers) or layers < 0:
         raise ConfigError(f"layers must be an integer >= 0, got {layers!r}")
+    return int(qubits), int(layers)
 
 
 def brickwork(
@@ -80,7 +83,7 @@ def pauli(qubits: int, layers: int = 1, *, name: str = "theta", barriers: bool =
     >>> c.num_parameters, c.dimension, c.is_real
     (10, 16, True)
     """
-    _check_counts(qubits, layers)
+    qubits, layers = _check_counts(qubits, layers)
     theta = iter(ParameterVector(name, pauli_parameter_count(qubits, layers)))
     circuit = Circuit(qubits, name=f"pauli(qubits={qubits}, layers={layers})")
     return brickwork(
@@ -148,9 +151,10 @@ def for_dimension(
     >>> for_dimension(384, layers=2, method="shannon").num_parameters
     135
     """
-    if not isinstance(dimension, int) or dimension < 2:
+    if not is_integer(dimension) or dimension < 2:
         raise ConfigError(f"dimension must be an integer >= 2, got {dimension!r}")
-    _check_counts(1, layers)
+    dimension = int(dimension)
+    _, layers = _check_counts(1, layers)
     odd, power = _factor_dimension(dimension)
     if method == "qudit":
         return _qudit(dimension, odd, power, layers, name, barriers)
@@ -276,7 +280,7 @@ def entangling_pairs(qubits: int, entanglement: str) -> list[tuple[int, int]]:
 
 
 def _rotation_entangler(qubits, layers, entanglement, name, gate, title) -> Circuit:
-    _check_counts(qubits, layers)
+    qubits, layers = _check_counts(qubits, layers)
     pairs = entangling_pairs(qubits, entanglement)
     theta = iter(ParameterVector(name, (layers + 1) * qubits))
     circuit = Circuit(qubits, name=title)

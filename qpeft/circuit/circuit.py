@@ -277,8 +277,9 @@ class Circuit:
         return out
 
     def bind(self, values: Mapping[str, float] | Sequence[float]) -> Circuit:
-        """Substitute values for parameters. A mapping may bind some names;
-        a sequence must give every parameter, in :attr:`parameters` order."""
+        """Substitute values for parameters. A mapping (keyed by names or by
+        :class:`Parameter` objects) may bind some of them; a sequence must give
+        every parameter, in :attr:`parameters` order."""
         bindings = self._bindings(values, partial=isinstance(values, Mapping))
         out = Circuit(self._dims, name=self.name)
         out._gates = [
@@ -290,6 +291,8 @@ class Circuit:
     def _bindings(self, values, partial: bool) -> dict[str, float]:
         names = self.parameters
         if isinstance(values, Mapping):
+            # keys are names or the Parameter objects the circuit was built with
+            values = {k.name if isinstance(k, Parameter) else k: v for k, v in values.items()}
             unknown = [k for k in values if k not in names]
             if unknown:
                 raise ParameterError(

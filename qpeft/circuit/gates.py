@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from qpeft.circuit.parameters import Expression, ExpressionLike, as_expression
-from qpeft.errors import DescriptionError, NotUnitaryError, WireError
+from qpeft.errors import DescriptionError, NotUnitaryError, ParameterError, WireError
 
 _PAULI = {
     "I": np.eye(2, dtype=complex),
@@ -95,6 +95,20 @@ def _tuple_of_ints(values: Sequence[int] | int, what: str) -> tuple[int, ...]:
             f"{what} must be an integer or a sequence of integers, got {values!r}"
         )
     return integers(values, what)
+
+
+def _expressions(params) -> tuple[Expression, ...]:
+    if isinstance(params, (str, bytes, Mapping)) or not isinstance(params, Iterable):
+        raise ParameterError(f"a gate's angles must be given as a sequence, got {params!r}")
+    return tuple(as_expression(p) for p in params)
+
+
+def _normalise(gate: Gate, **fields) -> None:
+    """Store fields of a frozen gate in their canonical form (tuples of ints,
+    expressions), so that gates built from lists, numpy integers or plain
+    numbers compare, hash and serialise like those the helper functions build."""
+    for name, value in fields.items():
+        object.__setattr__(gate, name, value)
 
 
 class Gate(ABC):
@@ -206,7 +220,8 @@ class PauliRotation(Gate):
     kind = "PauliRotation"
 
     def __post_init__(self) -> None:
-        if not self.pauli or set(self.pauli) - set("IXYZ"):
+        _normalise(self, wires=integers(self.wires, "wires"), params=_expressions(self.params))
+        if not isinstance(self.pauli, str) or not self.pauli or set(self.pauli) - set("IXYZ"):
             raise WireError(f"invalid Pauli string {self.pauli!r}: use the letters I, X, Y and Z")
         if len(self.pauli) != len(self.wires):
             raise WireError(
@@ -291,9 +306,11 @@ class Givens(Gate):
     kind = "Givens"
 
     def __post_init__(self) -> None:
+        _normalise(self, wires=integers(self.wires, "wires"),
+                   levels=integers(self.levels, "Givens levels"), params=_expressions(self.params))
         if len(self.wires) != 1:
             raise WireError(f"Givens acts on one wire, got {len(self.wires)}")
-        levels = integers(self.levels, "Givens levels")
+        levels = self.levels
         if (len(levels) < 2 or len(levels) % 2 or len(set(levels)) != len(levels)
                 or min(levels) < 0):
             raise WireError(
@@ -384,7 +401,8 @@ class StandardGate(FixedGate):
     kind = "Standard"
 
     def __post_init__(self) -> None:
-        if self.gate not in _STANDARD:
+        _normalise(self, wires=integers(self.wires, "wires"))
+        if not isinstance(self.gate, str) or self.gate not in _STANDARD:
             raise DescriptionError(
                 f"unknown standard gate {self.gate!r}; known: {', '.join(sorted(_STANDARD))}"
             )
@@ -439,9 +457,12 @@ class SignDiagonal(FixedGate):
     kind = "SignDiagonal"
 
     def __post_init__(self) -> None:
+        _normalise(self, wires=integers(self.wires, "wires"))
+        if self.signs is not None:
+            _normalise(self, signs=integers(self.signs, "SignDiagonal signs"))
         if self.signs is None and len(self.wires) != 2:
             raise WireError("the generalized CZ acts on exactly two wires")
-        if self.signs is not None and set(integers(self.signs, "SignDiagonal signs")) - {1, -1}:
+        if self.signs is not None and set(self.signs) - {1, -1}:
             raise WireError("SignDiagonal signs must each be +1 or -1")
 
     @property
@@ -507,6 +528,9 @@ class Unitary(FixedGate):
     data: tuple[tuple[complex, ...], ...] = field(repr=False)
     kind = "Unitary"
 
+    def __post_init__(self) -> None:
+        _normalise(self, wires=integers(self.wires, "wires"), data=_freeze_matrix(self.data))
+
     @property
     def name(self) -> str:
         return "U"
@@ -522,7 +546,7 @@ class Unitary(FixedGate):
             )
 
     def inverse(self) -> Gate:
-        return replace(self, data=_freeze_matrix(np.asarray(self.data).conj().T))
+        return replace(self, data=np.asarray(self.data).conj().T)
 
     def constant_matrix(self, dims):
         return np.asarray(self.data, dtype=complex)
@@ -537,7 +561,7 @@ class Unitary(FixedGate):
 
 def unitary(matrix, wires: Sequence[int] | int) -> Unitary:
     """A fixed unitary gate; raises :class:`NotUnitaryError` if it is not."""
-    return Unitary(_tuple_of_ints(wires, "wires"), _freeze_matrix(matrix))
+    return Unitary(_tuple_of_ints(wires, "wires"), matrix)
 
 
 @dataclass(frozen=True)
@@ -548,6 +572,13 @@ class Barrier(Gate):
     text: str = ""
     params: tuple[Expression, ...] = ()
     kind = "Barrier"
+
+    def __post_init__(self) -> None:
+        _normalise(self, wires=integers(self.wires, "wires"))
+        if not isinstance(self.text, str):
+            raise DescriptionError(f"a barrier's text must be a string, got {self.text!r:.60}")
+        if self.params:
+            raise ParameterError("a barrier takes no angles")
 
     @property
     def name(self) -> str:
@@ -588,6 +619,20 @@ class Controlled(Gate):
     kind = "Controlled"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.base, Gate):
+            raise WireError(f"only a gate can be controlled, got {type(self.base).__name__}")
+        _normalise(self, controls=_tuple_of_ints(self.controls, "controls"))
+        if self.control_values is not None:
+            if isinstance(self.control_values, (str, bytes)) or not isinstance(
+                self.control_values, Iterable
+            ):
+                raise WireError(
+                    f"control values must be one list of allowed levels per control wire, got "
+                    f"{self.control_values!r}"
+                )
+            _normalise(self, control_values=tuple(
+                _tuple_of_ints(v, "control values") for v in self.control_values
+            ))
         if not self.controls:
             raise WireError("a controlled gate needs at least one control wire")
         if self.control_values is not None and len(self.control_values) != len(self.controls):
@@ -679,10 +724,7 @@ def controlled(
     gate: Gate, controls: Sequence[int] | int, control_values: Sequence | None = None
 ) -> Controlled:
     """``gate`` controlled by ``controls`` (each active in the given levels)."""
-    values = None
-    if control_values is not None:
-        values = tuple(_tuple_of_ints(v, "control values") for v in control_values)
-    return Controlled(gate, _tuple_of_ints(controls, "controls"), values)
+    return Controlled(gate, controls, control_values)
 
 
 def barrier_of(gate: Gate) -> Barrier | None:
@@ -737,6 +779,11 @@ def gate_from_json(data: Mapping) -> Gate:
         params = tuple(
             Expression.from_json(p) for p in _json_list(data.get("params", []), "params")
         )
+        if params and kind not in ("PauliRotation", "Givens"):
+            raise DescriptionError(
+                f"a {kind} gate takes no angles, but its description lists {len(params)}; "
+                "remove 'params' or describe a rotation"
+            )
         if kind == "PauliRotation":
             return PauliRotation(str(data["pauli"]), wires, params)
         if kind == "Givens":

@@ -115,11 +115,11 @@ class ParameterVector:
     """
 
     def __init__(self, name: str, length: int) -> None:
-        if not isinstance(length, int) or length < 0:
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)) or length < 0:
             raise ParameterError(f"a parameter vector needs a length >= 0, got {length!r}")
         Parameter(name)  # validates the base name
         self.name = name
-        self._items = tuple(Parameter(f"{name}[{i}]") for i in range(length))
+        self._items = tuple(Parameter(f"{name}[{i}]") for i in range(int(length)))
 
     def __len__(self) -> int:
         return len(self._items)
@@ -230,6 +230,8 @@ class Expression(_Algebra):
                 return Parameter(data)._expr()
             if isinstance(data, dict):
                 terms = {str(n): _json_number(c) for n, c in data["terms"]}
+                if len(terms) != len(data["terms"]):
+                    raise ValueError("a parameter is named in two terms")
                 for n in terms:
                     Parameter(n)
                 return Expression.make(terms, _json_number(data.get("constant", 0.0)))
@@ -272,9 +274,10 @@ def as_expression(value: ExpressionLike) -> Expression:
     if isinstance(value, (int, float)):
         return Expression((), _check_finite(value, "angle"))
     try:  # numpy / torch scalars
-        return Expression((), _check_finite(float(value), "angle"))
+        number = float(value)
     except (TypeError, ValueError):
         raise ParameterError(
             f"cannot use {type(value).__name__} as an angle; pass a number, a Parameter, "
             "a parameter name or an affine expression"
         ) from None
+    return Expression((), _check_finite(number, "angle"))
