@@ -102,6 +102,18 @@ def test_for_dimension_rejects_bad_input():
         pauli(qubits=0, layers=1)
 
 
+@pytest.mark.parametrize("dimension", [2**61 - 1, 2 * 46349 * 46351])
+def test_an_odd_part_with_no_small_prime_factor_is_refused_at_once(dimension):
+    """Trial division stops at √(2³¹ − 1): a prime of 2⁶¹ − 1 (or a product of two
+    primes above 46 340 that no wire could hold) is refused, not factored for hours."""
+    with pytest.raises(ConfigError, match="more levels than a qudit wire may have"):
+        for_dimension(dimension)
+
+
+def test_a_large_prime_factor_that_fits_a_wire_is_kept():
+    assert for_dimension(2 * 46351, layers=0, barriers=False).dims == (46351, 2)
+
+
 @pytest.mark.parametrize("name", catalog_names())
 def test_every_catalog_entry(name):
     module = importlib.import_module(f"qpeft.catalog.{name}")

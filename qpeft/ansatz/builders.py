@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 from qpeft.circuit import (
@@ -26,6 +27,7 @@ from qpeft.circuit import (
     SignDiagonal,
     controlled,
 )
+from qpeft.circuit.circuit import MAX_WIRE_DIMENSION
 from qpeft.circuit.gates import is_integer
 from qpeft.errors import ConfigError
 
@@ -105,13 +107,30 @@ def _factor_dimension(dimension: int) -> tuple[int, int]:
     return dimension, power
 
 
+#: the largest trial divisor: √(2³¹ − 1), the root of the largest wire dimension
+_LARGEST_TRIAL = math.isqrt(MAX_WIRE_DIMENSION)
+
+
 def _prime_factors(n: int) -> list[int]:
+    """The odd ``n``'s prime factors, largest first: the qudit register's wires.
+
+    Trial division stops at √(2³¹ − 1), the largest wire dimension's root: what
+    is left above 2³¹ − 1 would need a wire larger than any register allows (or
+    two wires of more than 46 000 levels each), and factoring it could take hours.
+    """
     out, p = [], 3
-    while p * p <= n:
+    while p * p <= n and p <= _LARGEST_TRIAL:
         while n % p == 0:
             out.append(p)
             n //= p
         p += 2
+    if n > MAX_WIRE_DIMENSION:
+        raise ConfigError(
+            f"the odd part of the dimension has no prime factor up to {_LARGEST_TRIAL} and "
+            f"{n} is left, more levels than a qudit wire may have ({MAX_WIRE_DIMENSION}); "
+            "choose a dimension whose odd part is a product of small primes (a power of two "
+            "times 3, 5, 7, …)"
+        )
     if n > 1:
         out.append(n)
     return sorted(out, reverse=True)
