@@ -517,7 +517,10 @@ def test_float32_columns_are_orthonormal_at_size(circuit: Circuit) -> None:
     frame = compile_circuit(circuit, 8)
     U = frame(torch.rand(circuit.num_parameters) * 6.3)
     assert U.dtype == torch.float32 and U.shape == (circuit.dimension, 8)
-    deviation = (U.T @ U - torch.eye(8)).abs().max()
+    # the Gram matrix in float64: a float32 product of 16384-long columns would add
+    # rounding of its own (up to 2.4e-5 at K = 4), which is not the frame's error
+    U = U.double()
+    deviation = (U.T @ U - torch.eye(8, dtype=torch.float64)).abs().max()
     assert deviation <= 1e-5
 
 
@@ -639,6 +642,18 @@ def test_values_on_another_device_are_a_parameter_error() -> None:
     frame = compile_circuit(pauli(3, 1), 2, device="meta")
     with pytest.raises(ParameterError, match="meta"):
         frame(torch.zeros(7))
+
+
+@pytest.mark.parametrize("method", ["columns", "dense", "tensornet"])
+def test_check_values_false_lets_nan_through_and_true_refuses_it(method: str) -> None:
+    values = torch.zeros(2, 7)
+    values[1, 3] = float("nan")
+    with pytest.raises(ParameterError, match="NaN or infinity"):
+        compile_circuit(pauli(3, 1), 2, method=method)(values)
+    out = compile_circuit(pauli(3, 1), 2, method=method, check_values=False)(values)
+    assert out[1].isnan().any() and torch.equal(out[0], torch.eye(8)[:, :2])
+    with pytest.raises(CompileError, match="check_values must be True or False"):
+        compile_circuit(pauli(3, 1), 2, check_values="no")
 
 
 def test_columns_may_be_numpy_integers() -> None:

@@ -226,6 +226,7 @@ def test_quick_sets_defaults_and_explicit_options_win() -> None:
     (["--slow-limit", "0"], "--slow-limit 0.0 must be a positive number"),
     (["--slow-limit", "nan"], "--slow-limit nan must be a positive number"),
     (["--repeats", "0"], "--repeats >= 1"),
+    (["--device", "gpu0"], "unknown device 'gpu0'; use cpu, cuda"),
 ])
 def test_invalid_options_are_config_errors(monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str],
@@ -235,6 +236,14 @@ def test_invalid_options_are_config_errors(monkeypatch: pytest.MonkeyPatch,
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err
     assert re.search(message, err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_gpu_that_is_not_there_is_refused_before_measuring(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(unitary, "run_benchmark", _never_measure)
+    assert cli.main(["bench", "unitary", "--quick", "--device", "cuda"]) == cli.ERROR_EXIT_CODE
+    assert "no CUDA GPU is visible; use --device cpu" in capsys.readouterr().err
 
 
 def test_threads_are_bounded_by_the_cpus() -> None:

@@ -24,6 +24,15 @@ def max_threads() -> int:
     return os.cpu_count() or 1
 
 
+def synchronize(device: Any) -> None:
+    """Wait for the device's queued work, so that a timing covers it (CUDA runs
+    asynchronously; on the CPU there is nothing to wait for)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def available_benchmarks() -> dict[str, str]:
     """The benchmarks whose modules exist.
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from qpeft.bench.cli import max_threads
+from qpeft.bench.cli import max_threads, synchronize
 from qpeft.bench.unitary import time_interleaved
 from qpeft.compiler.recompute import autograd_saved_bytes
 from qpeft.errors import ConfigError
@@ -158,11 +158,6 @@ def random_batch(model: Any, config: TrainBenchConfig, device: torch.device) -> 
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Trainer:
     """One method's model, its AdamW optimizer and a training step."""
 
@@ -196,7 +191,7 @@ class Trainer:
         self.loss().backward()
         self._update()
         self.optimizer.zero_grad(set_to_none=True)
-        _synchronize(self.device)
+        synchronize(self.device)
 
     def counts(self) -> dict[str, int]:
         counts = self.prepared.parameter_counts()
@@ -287,7 +282,7 @@ def measure_merged_inference(trainer: Trainer, base: Any, config: TrainBenchConf
     def forward(model: Any) -> Callable[[], object]:
         def run() -> object:
             out = _logits(model, trainer.batch)
-            _synchronize(device)
+            synchronize(device)
             return out
         return run
 

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from qpeft.ansatz import for_dimension, pauli
-from qpeft.bench.cli import max_threads
+from qpeft.bench.cli import max_threads, synchronize
 from qpeft.circuit import Circuit
 from qpeft.circuit.gates import COMPLEX_OF, FixedGate
 from qpeft.cli import DefaultsHelpFormatter
@@ -95,7 +95,8 @@ class NaiveSimulator:
     True
     """
 
-    def __init__(self, circuit: Circuit, columns: int, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, circuit: Circuit, columns: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu") -> None:
         self.dims = circuit.dims
         work = dtype if circuit.is_real else COMPLEX_OF[dtype]
         index = {name: i for i, name in enumerate(circuit.parameters)}
@@ -110,13 +111,14 @@ class NaiveSimulator:
                 parts = [np.eye(len(generator)) - projector, projector, -1j * generator]
                 expr = gate.params[0]
                 terms = [(index[name], coeff) for name, coeff in expr.terms]
-                tensors = [_tensor(p, dtype, work) for p in parts]
+                tensors = [_tensor(p, dtype, work, device) for p in parts]
                 self.gates.append(("rotation", gate.wires, local, tensors, terms, expr.constant))
             else:
                 constant = (gate.constant_matrix(local) if isinstance(gate, FixedGate)
                             else gate.matrix(local).numpy())
-                self.gates.append(("fixed", gate.wires, local, _tensor(constant, dtype, work)))
-        initial = torch.zeros(circuit.dimension, columns, dtype=work)
+                self.gates.append(("fixed", gate.wires, local,
+                                   _tensor(constant, dtype, work, device)))
+        initial = torch.zeros(circuit.dimension, columns, dtype=work, device=device)
         initial[torch.arange(columns), torch.arange(columns)] = 1
         self.initial = initial
 
@@ -139,11 +141,11 @@ class NaiveSimulator:
         return state.reshape(-1, state.shape[-1])
 
 
-def _tensor(array, dtype, work) -> torch.Tensor:
+def _tensor(array, dtype, work, device) -> torch.Tensor:
     array = np.asarray(array)
     if np.iscomplexobj(array) and np.abs(array.imag).max(initial=0.0) > 0:
-        return torch.as_tensor(array, dtype=work)
-    return torch.as_tensor(np.real(array), dtype=dtype)
+        return torch.as_tensor(array, dtype=work, device=device)
+    return torch.as_tensor(np.real(array), dtype=dtype, device=device)
 
 
 def _angle_values(circuit: Circuit, values) -> list:
@@ -292,7 +294,8 @@ def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int) -
 
 def forward_backward(module: Callable[[torch.Tensor], torch.Tensor],
                      values: torch.Tensor) -> Callable[[], object]:
-    """A closure running ``module(values)`` and the gradient of a weighted sum."""
+    """A closure running ``module(values)`` and the gradient of a weighted sum;
+    on a GPU it waits for the device, so that a timing covers the work."""
     values = values.detach().requires_grad_(True)
     weight = None
 
@@ -303,7 +306,9 @@ def forward_backward(module: Callable[[torch.Tensor], torch.Tensor],
             out = torch.view_as_real(out)
         if weight is None:
             weight = torch.randn_like(out.detach())
-        return torch.autograd.grad((out * weight).sum(), values)
+        gradient = torch.autograd.grad((out * weight).sum(), values)
+        synchronize(values.device)
+        return gradient
 
     return run
 
@@ -326,6 +331,7 @@ class BenchmarkConfig:
     threads: int = 1
     construction: str = "qudit"
     torch_compile: bool = False
+    device: str = "cpu"
 
     @classmethod
     def quick(cls) -> BenchmarkConfig:
@@ -335,6 +341,12 @@ class BenchmarkConfig:
 
     def torch_dtype(self) -> torch.dtype:
         return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
+
+    def torch_device(self) -> torch.device:
+        """The device of every torch method (:func:`qpeft.train.loop.resolve_device`)."""
+        from qpeft.train.loop import resolve_device
+
+        return resolve_device(self.device)
 
     def validate(self) -> None:
         """Raise :class:`~qpeft.errors.ConfigError` for a setting that cannot be measured.
@@ -369,6 +381,7 @@ class BenchmarkConfig:
         if not 1 <= self.threads <= limit:
             raise ConfigError(f"--threads {self.threads} must lie in 1 … {limit} (the CPUs of "
                               f"this machine); 1, the default, gives the steadiest timings")
+        self.torch_device()
         if not self.slow_limit > 0:
             raise ConfigError(f"--slow-limit {self.slow_limit} must be a positive number of "
                               f"seconds; leave Qiskit and PennyLane out with --methods instead")
@@ -403,25 +416,24 @@ class _SlowTracker:
 
 
 def _fast_functions(circuit: Circuit, config: BenchmarkConfig) -> dict[str, Callable]:
-    dtype = config.torch_dtype()
+    dtype, device = config.torch_dtype(), config.torch_device()
     dimension, k = circuit.dimension, config.columns
-    values = 0.5 * torch.randn(circuit.num_parameters, dtype=dtype)
+    values = 0.5 * torch.randn(circuit.num_parameters, dtype=dtype).to(device)
     modules: dict[str, tuple[Callable, torch.Tensor]] = {}
     wanted = set(config.methods)
-    if "columns" in wanted:
-        modules["columns"] = compile_circuit(circuit, k, dtype=dtype), values
-    if "tensornet" in wanted:
-        modules["tensornet"] = compile_circuit(circuit, k, method="tensornet", dtype=dtype), values
-    if "dense" in wanted and dimension <= DENSE_LIMIT:
-        modules["dense"] = compile_circuit(circuit, k, method="dense", dtype=dtype), values
+    for method in ("columns", "tensornet", "dense"):
+        if method in wanted and (method != "dense" or dimension <= DENSE_LIMIT):
+            modules[method] = compile_circuit(circuit, k, method=method, dtype=dtype,
+                                              device=device), values
     if "naive" in wanted:
-        modules["naive"] = NaiveSimulator(circuit, k, dtype), values
+        modules["naive"] = NaiveSimulator(circuit, k, dtype, device), values
     mappings = [m for m in MAPPINGS if m in wanted]
     if mappings:
         module = load_mappings()
         for name in mappings:
-            frame = module.mapping(name, dimension, k, dtype=dtype)
-            modules[name] = frame, 0.1 * torch.randn(frame.num_parameters, dtype=dtype)
+            frame = module.mapping(name, dimension, k, dtype=dtype, device=device)
+            modules[name] = frame, (0.1 * torch.randn(frame.num_parameters, dtype=dtype)
+                                    ).to(device)
     if config.torch_compile:
         # one cache per size: dynamo compiles a code object (e.g. the forward shared by every
         # compiled circuit) for a limited number of modules, then silently runs it eagerly
@@ -501,22 +513,26 @@ BATCHED_TARGET_FRAMES = sum(bert_frames().values())
 
 def measure_batched(config: BenchmarkConfig) -> dict:
     """One call per distinct dimension (angles stacked) against one call per frame."""
-    dtype = config.torch_dtype()
+    dtype, device = config.torch_dtype(), config.torch_device()
     frames = bert_frames(layers=config.bert_layers)
     modules, values = {}, {}
     for dimension, count in frames.items():
         circuit = benchmark_circuit(dimension, config.layers, config.construction)
-        modules[dimension] = compile_circuit(circuit, config.columns, dtype=dtype)
+        modules[dimension] = compile_circuit(circuit, config.columns, dtype=dtype, device=device)
         values[dimension] = (0.5 * torch.randn(count, circuit.num_parameters, dtype=dtype)
-                             ).requires_grad_(True)
+                             ).to(device).requires_grad_(True)
+
+    def gradient(loss: torch.Tensor) -> object:
+        out = torch.autograd.grad(loss, list(values.values()))
+        synchronize(device)
+        return out
 
     def batched() -> object:
-        loss = sum(modules[d](values[d]).sum() for d in frames)
-        return torch.autograd.grad(loss, list(values.values()))
+        return gradient(sum(modules[d](values[d]).sum() for d in frames))
 
     def separate() -> object:
-        loss = sum(modules[d](values[d][i]).sum() for d in frames for i in range(frames[d]))
-        return torch.autograd.grad(loss, list(values.values()))
+        return gradient(sum(modules[d](values[d][i]).sum() for d in frames
+                            for i in range(frames[d])))
 
     times = time_interleaved({"batched": batched, "separate": separate}, config.repeats)
     return {
@@ -530,16 +546,16 @@ def measure_batched(config: BenchmarkConfig) -> dict:
 
 def measure_memory(config: BenchmarkConfig) -> dict:
     """Autograd-held bytes and backward time, standard path against recompute."""
-    dtype = config.torch_dtype()
+    dtype, device = config.torch_dtype(), config.torch_device()
     circuit = pauli(config.memory_qubits, config.layers)
     out: dict = {"dimension": circuit.dimension, "columns": config.memory_columns,
                  "layers": config.layers}
-    values = 0.5 * torch.randn(circuit.num_parameters, dtype=dtype)
+    values = 0.5 * torch.randn(circuit.num_parameters, dtype=dtype).to(device)
     modules = {}
     for recompute in (False, True):
         name = "recompute" if recompute else "standard"
-        module = compile_circuit(circuit, config.memory_columns, dtype=dtype,
-                               recompute_backward=recompute)
+        module = compile_circuit(circuit, config.memory_columns, dtype=dtype, device=device,
+                                 recompute_backward=recompute)
         modules[name] = module
         leaf = values.clone().requires_grad_(True)
         held, result = autograd_saved_bytes(module, leaf, exclude=list(module.buffers()))
@@ -589,6 +605,8 @@ def _run(config: BenchmarkConfig, note: Callable[[str], None]) -> dict:
                                                       trackers[method]))
     report: dict = {
         "config": {**asdict(config), "torch": torch.__version__,
+                   "gpu": (torch.cuda.get_device_name(config.torch_device())
+                           if config.torch_device().type == "cuda" else None),
                    "quantity": "seconds per forward+backward (median); qiskit: forward only"},
         "measurements": [asdict(m) for m in measurements],
     }
@@ -678,6 +696,8 @@ def render(report: dict, console=None) -> None:
     times = Table(title=f"seconds per forward+backward (median of {config['repeats']} "
                   f"interleaved rounds), K = {config['columns']}, L = {config['layers']}, "
                   f"{config['dtype']}, {config['threads']} torch thread(s)"
+                  + (f", torch methods on {config['gpu'] or config['device']}"
+                     if config.get("device", "cpu") != "cpu" else "")
                   + (", torch methods under torch.compile" if config.get("torch_compile")
                      else ""))
     ratios = Table(title="ratio: method time / columns time (> 1: columns is faster)")
@@ -838,6 +858,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              f"{full.repeats}; {quick.repeats} with --quick)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="dtype of every torch method")
+    parser.add_argument("--device", default="cpu",
+                        help="device of the torch methods: cpu, cuda, cuda:N or auto (CUDA "
+                             "when present); Qiskit and PennyLane always run on the CPU")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for every torch method, 1 … the CPUs of this "
                              "machine (default 1: on a machine shared with other jobs, "
@@ -875,7 +898,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     config = BenchmarkConfig.quick() if args.quick else BenchmarkConfig()
     values = {"dtype": args.dtype, "methods": args.methods, "batched": not args.no_batched,
               "threads": args.threads, "construction": args.construction,
-              "torch_compile": args.torch_compile}
+              "torch_compile": args.torch_compile, "device": args.device}
     for name in ("sizes", "columns", "layers", "repeats", "slow_limit"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)

@@ -50,6 +50,7 @@ class CompiledCircuit(nn.Module):
         device: torch.device | str | None = None,
         max_block: int = 16,
         recompute_backward: bool = False,
+        check_values: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(circuit, Circuit):
@@ -69,6 +70,8 @@ class CompiledCircuit(nn.Module):
             raise CompileError(
                 f"recompute_backward must be True or False, got {recompute_backward!r}"
             )
+        if not isinstance(check_values, bool):
+            raise CompileError(f"check_values must be True or False, got {check_values!r}")
         if is_integer(max_block):
             max_block = int(max_block)  # a NumPy integer, as columns accepts
         device = _resolve_device(device)
@@ -84,6 +87,7 @@ class CompiledCircuit(nn.Module):
                 "(or 'dense'); use one of those, or recompute_backward=False with 'tensornet'"
             )
         self.recompute_backward = recompute_backward
+        self.check_values = check_values
         self.plan: Plan = make_plan(circuit, max_block=max_block)
         self.engine = self._build_engine(dtype)
         if device is not None:
@@ -133,7 +137,8 @@ class CompiledCircuit(nn.Module):
         Any leading batch shape is evaluated in one call; values are cast to
         the compiled dtype. Raises :class:`~qpeft.errors.ParameterError` for
         values that are not numbers, a wrong last axis, complex or bool values, NaN or
-        infinity, or values that overflow the compiled dtype.
+        infinity, or values that overflow the compiled dtype (unless compiled
+        with ``check_values=False``).
         """
         if not isinstance(values, torch.Tensor):
             try:
@@ -169,7 +174,7 @@ class CompiledCircuit(nn.Module):
         lead = values.shape[:-1]
         given = values.reshape(math.prod(lead), self.num_parameters)
         flat = given.to(self.engine.real_dtype)
-        if not plain_operations() and not torch.isfinite(flat).all():
+        if self.check_values and not plain_operations() and not torch.isfinite(flat).all():
             if torch.isfinite(given).all():
                 raise ParameterError(
                     f"parameter values overflow the compiled dtype {flat.dtype} (largest "
@@ -286,6 +291,7 @@ def compile_circuit(
     device: torch.device | str | None = None,
     max_block: int = 16,
     recompute_backward: bool = False,
+    check_values: bool = True,
 ) -> CompiledCircuit:
     """Compile ``circuit`` into a torch module (see :class:`CompiledCircuit`).
 
@@ -296,6 +302,8 @@ def compile_circuit(
     along a path planned once by opt_einsum. ``recompute_backward=True``
     stores no intermediate states: the backward pass rebuilds them by
     applying each step's inverse (every step is orthogonal/unitary).
+    ``check_values=False`` skips the check for NaN and infinite values, which
+    reads one flag back from the device on every call (a host sync on a GPU).
     See docs/compiler.md for the plan, the cost model and the options.
 
     >>> import torch
@@ -304,7 +312,8 @@ def compile_circuit(
     >>> frame(torch.zeros(3, frame.num_parameters)).shape
     torch.Size([3, 768, 2])
     """
-    return CompiledCircuit(circuit, columns, method, dtype, device, max_block, recompute_backward)
+    return CompiledCircuit(circuit, columns, method, dtype, device, max_block, recompute_backward,
+                           check_values)
 
 
 __all__ = ["CompiledCircuit", "METHODS", "compile_circuit"]
