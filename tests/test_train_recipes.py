@@ -80,6 +80,30 @@ def test_glue_recipe_runs_the_regression_task(tmp_path: Path) -> None:
     assert -1.0 <= metrics["pearson"] <= 1.0 and -1.0 <= metrics["spearman"] <= 1.0
 
 
+def test_glue_recipe_evaluates_and_labels_mnli_matched(tmp_path: Path) -> None:
+    rows = sentiment_rows(48, seed=2)
+
+    def split(count: int) -> Split:
+        chosen = rows[:count]
+        return Split(premise=[text for text, _ in chosen],
+                     hypothesis=[MARKERS[label] for _, label in chosen],
+                     label=[0 if label == "positive" else 2 for _, label in chosen])
+
+    def mnli_loader(name: str, task: str) -> dict[str, Split]:
+        # the hub's MNLI has no plain "validation" split
+        return {"train": split(48), "validation_matched": split(20),
+                "validation_mismatched": split(12)}
+
+    tokenizer = write_tokenizer(tmp_path / "tok")
+    recipe = glue.GlueRecipe(task="mnli", method="head", epochs=1, max_length=24, device="cpu")
+    metrics = glue.run(recipe, tmp_path / "mnli", model=tiny_deberta(3), tokenizer=tokenizer,
+                       loader=mnli_loader, progress=False)
+    assert metrics["evaluation_split"] == "validation_matched"
+    assert metrics["evaluation_rows"] == 20
+    saved = json.loads((tmp_path / "mnli" / "metrics.json").read_text())
+    assert saved["evaluation_split"] == "validation_matched"
+
+
 def _words() -> tuple[str, ...]:
     from qpeft.train.testing import VOCABULARY
 
