@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.errors import ConfigError
+from qpeft.train.recipes.common import check_row_caps
 
 PROTOCOL = (
     "AdaLoRA (Zhang et al., ICLR 2023) DeBERTaV3-base GLUE scripts, "
@@ -95,6 +96,9 @@ class GlueRecipe:
     max_train: int | None = field(default=None, metadata={"help": "cap on training rows"})
     max_eval: int | None = field(default=None, metadata={"help": "cap on evaluation rows"})
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_row_caps(self)
 
     def hyperparameters(self) -> TaskHyperparameters:
         task = self.task.lower()
