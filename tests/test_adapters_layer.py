@@ -190,6 +190,20 @@ def test_safe_merge_refuses_non_finite_weights():
     assert torch.equal(layer.base_layer.weight, weight) and not layer.merged
 
 
+def test_safe_merge_of_several_adapters_is_all_or_nothing():
+    layer = QPeftLinear(torch.nn.Linear(8, 8), rank=2)
+    layer.update_layer("broken", rank=2)
+    randomize(layer)
+    with torch.no_grad():
+        layer.qpeft_lambda["broken"].fill_(float("inf"))
+    assert layer.get_delta_weight("default").abs().max() > 0  # merging it alone changes W0
+    weight = layer.base_layer.weight.detach().clone()
+    with pytest.raises(ConfigError, match="'broken'.*nothing was merged"):
+        layer.merge(safe_merge=True, adapter_names=["default", "broken"])
+    assert torch.equal(layer.base_layer.weight, weight)
+    assert layer.merged_adapters == []
+
+
 def test_bfloat16_and_autocast():
     layer = QPeftLinear(torch.nn.Linear(24, 40), rank=4)
     randomize(layer)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 
 import pytest
 import torch
@@ -237,6 +238,24 @@ def test_merge_unmerge_and_merge_and_unload(factory):
         plain = model.merge_and_unload()
         assert not any(isinstance(m, QPeftLinear) for m in plain.modules())
         torch.testing.assert_close(plain(ids).logits, unmerged, atol=1e-5, rtol=0)
+
+
+def test_a_refused_safe_merge_leaves_every_layer_unmerged():
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=4))
+    perturb(model)
+    layers = model.qpeft_layers()
+    last = list(layers)[-1]  # earlier layers would be merged before it
+    with torch.no_grad():
+        layers[last].qpeft_lambda["default"].fill_(float("nan"))
+    weights = {name: layer.base_layer.weight.detach().clone() for name, layer in layers.items()}
+    for merge in (model.merge_adapter, model.merge_and_unload):
+        with pytest.raises(ConfigError) as refused:
+            merge(safe_merge=True)
+        assert model.qpeft_layers() == layers
+        for name, layer in layers.items():
+            assert torch.equal(layer.base_layer.weight, weights[name]), name
+            assert not layer.merged, name
+        assert re.search(f"{last}: .*nothing was merged", str(refused.value))
 
 
 def test_disable_adapter_gives_the_base_outputs():

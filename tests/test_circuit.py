@@ -315,6 +315,26 @@ def test_repeat_compose_and_rename():
     )
 
 
+def test_rename_onto_a_kept_name_refuses_to_merge_angles():
+    c = Circuit(2).ry(0, "a").ry(1, "b")
+    with pytest.raises(ParameterError, match=r"merge.*a, b -> b.*merge=True"):
+        c.rename({"a": "b"})
+    with pytest.raises(ParameterError, match=r"a, b -> c"):
+        c.rename({"a": "c", "b": "c"})
+    # a swap, a chain and a name the circuit does not have keep two angles
+    swapped = c.rename({"a": "b", "b": "a"})
+    assert swapped.parameters == ("b", "a")
+    np.testing.assert_array_equal(
+        swapped.matrix({"b": 0.1, "a": 0.2}), c.matrix({"a": 0.1, "b": 0.2})
+    )
+    assert c.rename({"a": "b", "b": "c"}).parameters == ("b", "c")
+    assert c.rename({"zzz": "a"}) == c
+    # merging on request shares one angle
+    shared = c.rename({"a": "b"}, merge=True)
+    assert shared.parameters == ("b",)
+    np.testing.assert_array_equal(shared.matrix({"b": 0.3}), c.matrix({"a": 0.3, "b": 0.3}))
+
+
 def test_torch_reference_is_differentiable():
     c = qpeft.ansatz.pauli(qubits=2, layers=1)
     values = torch.randn(c.num_parameters, dtype=torch.float64, requires_grad=True)

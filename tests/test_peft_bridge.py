@@ -123,6 +123,24 @@ def test_peft_merge_adapter_and_unmerge_adapter():
         assert torch.allclose(model(ids).logits, unmerged, atol=MERGE_TOLERANCE)
 
 
+def test_peft_refused_safe_merge_leaves_every_layer_unmerged():
+    model = peft.get_peft_model(tiny_gpt2(), QPeftPeftConfig(rank=4, target_modules="all-linear"))
+    train(model, tokens(), steps=1)
+    layers = adapter_layers(model)
+    last = list(layers)[-1]  # peft merges (and unloads) the layers before it first
+    with torch.no_grad():
+        layers[last].qpeft_lambda["default"].fill_(float("nan"))
+    weights = {name: layer.base_layer.weight.detach().clone() for name, layer in layers.items()}
+    for merge in (model.merge_adapter, model.merge_and_unload):
+        with pytest.raises(ConfigError) as refused:
+            merge(safe_merge=True)
+        assert adapter_layers(model) == layers
+        for name, layer in layers.items():
+            assert torch.equal(layer.base_layer.weight, weights[name]), name
+            assert not layer.merged, name
+        assert re.search("nothing was merged", str(refused.value))
+
+
 def test_named_adapters_switch_save_and_load(tmp_path):
     ids = tokens()
     with torch.no_grad():

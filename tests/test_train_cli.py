@@ -279,6 +279,33 @@ def test_parser_options_and_defaults() -> None:
         parser.parse_args(["compare", "--seeds", "1,1"])
 
 
+def test_row_caps_of_zero_or_less_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qpeft.errors import ConfigError
+    from qpeft.train.experiment import settings_from_args
+
+    parser = argparse.ArgumentParser()
+    subparsers = parser.add_subparsers()
+    finetune.add_parser(subparsers)
+    compare.add_parser(subparsers)
+    for command in ("finetune", "compare"):
+        for option in ("--max-train", "--max-eval"):
+            for value in ("0", "-3"):  # 0 once meant "no cap"
+                args = parser.parse_args([command, option, value])
+                with pytest.raises(ConfigError, match=f"{option} must be a positive number of "
+                                                      f"rows, not {value}; for no cap, pass "
+                                                      f"{option} all"):
+                    settings_from_args(args)
+    assert settings_from_args(parser.parse_args(["finetune", "--max-eval", "all"])).max_eval \
+        is None
+    output = tmp_path / "never"
+    assert cli.main(["finetune", "--method", "head", "--max-train", "0", "--output-dir",
+                     str(output)]) == 2
+    assert "--max-train must be a positive number of rows" in capsys.readouterr().err
+    assert not output.exists()
+
+
 def test_help_does_not_import_transformers_or_peft() -> None:
     program = (
         "import sys\n"

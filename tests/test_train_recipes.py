@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from qpeft.errors import ConfigError
 from qpeft.train.recipes import RECIPES, cifar10, e2e, glue
 from qpeft.train.recipes.__main__ import build_parser
 from qpeft.train.recipes.common import recipe_from_args
@@ -78,6 +79,30 @@ def test_glue_recipe_runs_the_regression_task(tmp_path: Path) -> None:
     metrics = glue.run(recipe, tmp_path / "stsb", model=tiny_deberta(1), tokenizer=tokenizer,
                        loader=glue_loader, progress=False)
     assert -1.0 <= metrics["pearson"] <= 1.0 and -1.0 <= metrics["spearman"] <= 1.0
+
+
+def test_glue_recipe_evaluates_and_labels_mnli_matched(tmp_path: Path) -> None:
+    rows = sentiment_rows(48, seed=2)
+
+    def split(count: int) -> Split:
+        chosen = rows[:count]
+        return Split(premise=[text for text, _ in chosen],
+                     hypothesis=[MARKERS[label] for _, label in chosen],
+                     label=[0 if label == "positive" else 2 for _, label in chosen])
+
+    def mnli_loader(name: str, task: str) -> dict[str, Split]:
+        # the hub's MNLI has no plain "validation" split
+        return {"train": split(48), "validation_matched": split(20),
+                "validation_mismatched": split(12)}
+
+    tokenizer = write_tokenizer(tmp_path / "tok")
+    recipe = glue.GlueRecipe(task="mnli", method="head", epochs=1, max_length=24, device="cpu")
+    metrics = glue.run(recipe, tmp_path / "mnli", model=tiny_deberta(3), tokenizer=tokenizer,
+                       loader=mnli_loader, progress=False)
+    assert metrics["evaluation_split"] == "validation_matched"
+    assert metrics["evaluation_rows"] == 20
+    saved = json.loads((tmp_path / "mnli" / "metrics.json").read_text())
+    assert saved["evaluation_split"] == "validation_matched"
 
 
 def _words() -> tuple[str, ...]:
@@ -248,3 +273,25 @@ def test_every_recipe_field_is_a_command_line_option(tmp_path: Path) -> None:
     assert recipe.max_train == 100 and recipe.learning_rate is None
     for name in RECIPES:
         assert parser.parse_args([name, "--output-dir", str(tmp_path)]).recipe == name
+
+
+@pytest.mark.parametrize("recipe_class", [glue.GlueRecipe, e2e.E2ERecipe, cifar10.Cifar10Recipe])
+def test_recipes_refuse_row_caps_of_zero_or_less(recipe_class: type) -> None:
+    assert recipe_class().max_train is None and recipe_class().max_eval is None  # no cap
+    for field_name in ("max_train", "max_eval"):
+        option = "--" + field_name.replace("_", "-")
+        for value in (0, -1):
+            with pytest.raises(ConfigError, match=f"{option} must be a positive number of rows, "
+                                                  f"not {value}; for no cap, omit the option"):
+                recipe_class(**{field_name: value})
+
+
+def test_recipe_command_refuses_max_train_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qpeft.train.recipes.__main__ import main
+
+    output = tmp_path / "never"
+    assert main(["e2e", "--max-train", "0", "--output-dir", str(output)]) == 2
+    assert "--max-train must be a positive number of rows" in capsys.readouterr().err
+    assert not output.exists()

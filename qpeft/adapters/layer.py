@@ -421,26 +421,33 @@ class QPeftLinear(nn.Module):
         """``W0 += ΔW`` for the active (or the given) adapters; exact to rounding,
         and :meth:`unmerge` subtracts the same ΔW (no matrix inverse).
 
-        ``safe_merge`` checks the merged weight for NaN/inf before writing it.
+        ``safe_merge`` first checks the merged weight for NaN/inf
+        (:meth:`check_merge`); a refused merge writes nothing.
         """
-        names = self.active_adapters if adapter_names is None else list(adapter_names)
-        for adapter in names:
-            if adapter in self.merged_adapters or adapter not in self.qpeft_lambda:
-                continue
-            weight = self.base_layer.weight
+        if safe_merge:
+            self.check_merge(adapter_names)
+        for adapter in self._unmerged(adapter_names):
             delta = self.get_delta_weight(adapter)
             with torch.no_grad():
-                if safe_merge:
-                    merged = weight.data + delta
-                    if not torch.isfinite(merged).all():
-                        raise ConfigError(
-                            f"merging adapter {adapter!r} gives NaN or infinite weights; "
-                            "the adapter is broken, not merged"
-                        )
-                    weight.data.copy_(merged)
-                else:
-                    weight.data += delta
+                self.base_layer.weight.data += delta
             self.merged_adapters.append(adapter)
+
+    def check_merge(self, adapter_names: list[str] | None = None) -> None:
+        """Raise :class:`~qpeft.errors.ConfigError` if :meth:`merge` of these
+        adapters would give NaN or infinite weights; changes nothing."""
+        merged = self.base_layer.weight.detach()
+        for adapter in self._unmerged(adapter_names):
+            merged = merged + self.get_delta_weight(adapter)
+            if not torch.isfinite(merged).all():
+                raise ConfigError(
+                    f"merging adapter {adapter!r} gives NaN or infinite weights; the adapter "
+                    "is broken and nothing was merged (check its parameters, or retrain it)"
+                )
+
+    def _unmerged(self, adapter_names: list[str] | None) -> list[str]:
+        """The active (or the given) adapters this layer holds and has not merged."""
+        names = self.active_adapters if adapter_names is None else list(adapter_names)
+        return [a for a in names if a not in self.merged_adapters and a in self.qpeft_lambda]
 
     def unmerge(self) -> None:
         """Undo :meth:`merge` for every merged adapter (last merged first)."""
@@ -487,6 +494,18 @@ class QPeftLinear(nn.Module):
                 f"({specs['in'].num_parameters} params)"
             )
         return "; ".join(parts)
+
+
+def check_merges(layers: Mapping[str, QPeftLinear],
+                 adapter_names: list[str] | None = None) -> None:
+    """:meth:`QPeftLinear.check_merge` for every layer (``{path: layer}``); the
+    error names the layer. Run before merging any layer, so that a refused
+    ``safe_merge`` leaves the whole model as it was."""
+    for path, layer in layers.items():
+        try:
+            layer.check_merge(adapter_names)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
 
 def _random_angles(spec: FrameSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -562,5 +581,6 @@ class ModulesToSaveWrapper(nn.Module):
 
 
 __all__ = [
-    "ModulesToSaveWrapper", "QPeftLinear", "conv1d_class", "is_supported_linear", "linear_shape",
+    "ModulesToSaveWrapper", "QPeftLinear", "check_merges", "conv1d_class", "is_supported_linear",
+    "linear_shape",
 ]

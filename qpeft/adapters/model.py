@@ -25,6 +25,7 @@ from qpeft.adapters.frames import FrameBank, FrameSpec, resolve_frame_spec
 from qpeft.adapters.layer import (
     ModulesToSaveWrapper,
     QPeftLinear,
+    check_merges,
     is_supported_linear,
     linear_shape,
 )
@@ -421,10 +422,15 @@ class QPeftModel(nn.Module):
     # -- merging ----------------------------------------------------------------------------
     def merge_adapter(self, adapter_names: list[str] | None = None,
                       safe_merge: bool = False) -> None:
-        """``W0 += α U Λ Vᵀ`` in every adapted layer (the active adapter by default)."""
+        """``W0 += α U Λ Vᵀ`` in every adapted layer (the active adapter by default).
+        ``safe_merge`` checks every layer for NaN/inf before writing any: a refused
+        merge leaves the model as it was."""
         names = adapter_names or [self.active_adapter]
-        for layer in self.qpeft_layers().values():
-            layer.merge(safe_merge=safe_merge, adapter_names=names)
+        layers = self.qpeft_layers()
+        if safe_merge:
+            check_merges(layers, names)
+        for layer in layers.values():
+            layer.merge(adapter_names=names)
         self.frame_bank.invalidate()
 
     def unmerge_adapter(self) -> None:

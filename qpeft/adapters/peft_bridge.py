@@ -117,7 +117,7 @@ from qpeft.adapters.frames import (  # noqa: E402
     resolve_frame_spec,
     without_named_code,
 )
-from qpeft.adapters.layer import QPeftLinear  # noqa: E402
+from qpeft.adapters.layer import QPeftLinear, check_merges  # noqa: E402
 from qpeft.adapters.model import (  # noqa: E402
     PathSpecs,
     add_adapter_layer,
@@ -320,17 +320,32 @@ class QPeftTuner(BaseTuner):
         super()._enable_adapter_layers(enabled)
         self.frame_bank.invalidate()
 
+    # peft merges layer by layer; a safe merge checks every layer first, so that one
+    # refused layer leaves the model as it was rather than half merged
+    def _check_merges(self, adapter_names: list[str] | None) -> None:
+        check_merges({path: module for path, module in self.model.named_modules()
+                      if isinstance(module, QPeftLinear)}, adapter_names)
+
     def merge_adapter(self, adapter_names: list[str] | None = None,
                       safe_merge: bool = False) -> None:
-        super().merge_adapter(adapter_names, safe_merge=safe_merge)
+        if safe_merge:
+            self._check_merges(adapter_names)
+        super().merge_adapter(adapter_names, safe_merge=False)
         self.frame_bank.invalidate()
 
     def unmerge_adapter(self) -> None:
         super().unmerge_adapter()
         self.frame_bank.invalidate()
 
-    def _unload_and_optionally_merge(self, *args: Any, **kwargs: Any):
-        model = super()._unload_and_optionally_merge(*args, **kwargs)
+    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False,
+                                     safe_merge: bool = False,
+                                     adapter_names: list[str] | None = None, **kwargs: Any):
+        if merge and safe_merge:
+            self._check_merges(adapter_names)
+        model = super()._unload_and_optionally_merge(
+            merge=merge, progressbar=progressbar, safe_merge=False,
+            adapter_names=adapter_names, **kwargs,
+        )
         self._sync_frame_bank()  # no adapted layers are left: the hooks come off
         return model
 

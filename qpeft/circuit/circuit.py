@@ -265,10 +265,33 @@ class Circuit:
         out._gates = [gate.inverse() for gate in reversed(self._gates)]
         return out
 
-    def rename(self, mapping: Mapping[str, str]) -> Circuit:
-        """Rename parameters (names not in ``mapping`` stay)."""
+    def rename(self, mapping: Mapping[str, str], *, merge: bool = False) -> Circuit:
+        """Rename parameters (names not in ``mapping`` stay).
+
+        Renaming onto a name another parameter keeps, or two names onto one,
+        would make independent angles one; that raises
+        :class:`~qpeft.errors.ParameterError` unless ``merge=True`` asks for
+        the shared parameter on purpose. Swaps and chains are fine.
+
+        >>> c = Circuit(2).ry(0, "a").ry(1, "b")
+        >>> c.rename({"a": "b", "b": "a"}).parameters
+        ('b', 'a')
+        >>> c.rename({"a": "b"}, merge=True).parameters
+        ('b',)
+        """
         for new in mapping.values():
             Parameter(new)
+        if not merge:
+            merged = _merged_names(self.parameters, mapping)
+            if merged:
+                described = "; ".join(
+                    f"{', '.join(olds)} -> {new}" for new, olds in merged.items()
+                )
+                raise ParameterError(
+                    f"rename would merge independent parameters into one ({described}); "
+                    "pick new names the circuit does not use, or pass merge=True to share "
+                    "one angle on purpose"
+                )
         out = Circuit(self._dims, name=self.name)
         out._gates = [
             gate.with_params([p.rename(mapping) for p in gate.params]) if gate.params else gate
@@ -461,6 +484,14 @@ class Circuit:
         from qpeft.draw import draw
 
         return draw(self, output=output, **options)
+
+
+def _merged_names(names: Sequence[str], mapping: Mapping[str, str]) -> dict[str, list[str]]:
+    """The new names that two or more of ``names`` would end up sharing."""
+    sources: dict[str, list[str]] = {}
+    for name in names:
+        sources.setdefault(mapping.get(name, name), []).append(name)
+    return {new: olds for new, olds in sources.items() if len(olds) > 1}
 
 
 def _suffixed(name: str, r: int) -> str:

@@ -522,8 +522,8 @@ def split_dataset(
     """
     if data.label_names is None:
         raise ConfigError("a stratified split needs class labels; this dataset is a regression")
-    _check_cap(max_train, "--max-train")
-    _check_cap(max_eval, "--max-eval")
+    check_cap(max_train, "--max-train")
+    check_cap(max_eval, "--max-eval")
     train, validation, test = stratified_split(data.labels, fractions, seed)
     if any(not part and fraction > 0
            for part, fraction in zip((train, validation, test), fractions)):
@@ -548,9 +548,18 @@ def split_dataset(
     return Splits(data.subset(train), data.subset(validation), data.subset(test), description)
 
 
-def _check_cap(value: int | None, option: str) -> None:
+def check_cap(value: int | None, option: str, no_cap: str = "pass None") -> None:
+    """Refuse a row cap below 1, which would leave nothing to train or score on
+    (a cap of 0 once meant "no cap" on the command line). ``no_cap`` says how to
+    ask for no cap where the caller is.
+
+    >>> check_cap(0, "--max-train", "omit the option")
+    Traceback (most recent call last):
+    qpeft.errors.ConfigError: --max-train must be a positive number of rows, not 0; ...
+    """
     if value is not None and value < 1:
-        raise ConfigError(f"{option} must be a positive number of rows, not {value}")
+        raise ConfigError(f"{option} must be a positive number of rows, not {value}; "
+                          f"for no cap, {no_cap}")
 
 
 def glue_splits(
@@ -565,8 +574,8 @@ def glue_splits(
     """GLUE as :class:`Splits`: test is GLUE's validation split (its test
     labels are hidden); validation is a stratified ``validation_fraction`` of
     GLUE's train split; train is the rest, capped to ``max_train``."""
-    _check_cap(max_train, "--max-train")
-    _check_cap(max_eval, "--max-eval")
+    check_cap(max_train, "--max-train")
+    check_cap(max_eval, "--max-eval")
     parts = load_glue(task_name, loader=loader)
     train_all, test = parts["train"], parts["evaluation"]
     if train_all.label_names is None:

@@ -67,19 +67,17 @@ class TaskSettings:
         return values
 
 
-def _positive_or_all(text: str) -> int | None:
-    """``0`` or ``all`` means no cap."""
-    if text.lower() in {"0", "all", "none"}:
+def _rows_or_all(text: str) -> int | None:
+    """``all`` (or ``none``) means no cap; a number is checked by
+    :func:`settings_from_args`, which refuses 0 and negative caps."""
+    if text.lower() in {"all", "none"}:
         return None
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a number of rows or 'all', not {text!r}"
         ) from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of rows, not {value}")
-    return value
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,10 +104,10 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learning rate (default: per method, see docs/finetune.md)")
     budget.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"training batch size (default {DEFAULT_BATCH_SIZE})")
-    budget.add_argument("--max-train", type=_positive_or_all, default=DEFAULT_MAX_TRAIN,
+    budget.add_argument("--max-train", type=_rows_or_all, default=DEFAULT_MAX_TRAIN,
                         help=f"cap on training rows, stratified; 'all' for no cap "
                              f"(default {DEFAULT_MAX_TRAIN})")
-    budget.add_argument("--max-eval", type=_positive_or_all, default=DEFAULT_MAX_EVAL,
+    budget.add_argument("--max-eval", type=_rows_or_all, default=DEFAULT_MAX_EVAL,
                         help=f"cap on validation and on test rows, stratified; 'all' for no "
                              f"cap (default {DEFAULT_MAX_EVAL})")
     budget.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
@@ -169,6 +167,8 @@ def choose_threads(requested: str | int) -> int:
 
 
 def settings_from_args(args: argparse.Namespace) -> TaskSettings:
+    from qpeft.train.data import check_cap
+
     targets = None
     if args.targets:
         targets = tuple(part.strip() for part in args.targets.split(",") if part.strip())
@@ -176,6 +176,8 @@ def settings_from_args(args: argparse.Namespace) -> TaskSettings:
         raise ConfigError("--resume and --overwrite contradict each other; pass only one")
     if args.max_length < 8:
         raise ConfigError(f"--max-length {args.max_length} is too short; use at least 8 tokens")
+    check_cap(args.max_train, "--max-train", "pass --max-train all")
+    check_cap(args.max_eval, "--max-eval", "pass --max-eval all")
     return TaskSettings(
         model=args.model, dataset=args.dataset, text_column=args.text_column,
         label_column=args.label_column, encoding=args.encoding, targets=targets,

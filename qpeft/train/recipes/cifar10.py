@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.errors import DataError
+from qpeft.train.recipes.common import check_row_caps
 
 PROTOCOL = (
     "FourierFT (Gao et al., ICML 2024) ViT scripts, github.com/Chaos96/fourierft "
@@ -64,6 +65,9 @@ class Cifar10Recipe:
     max_train: int | None = field(default=None, metadata={"help": "cap on training images"})
     max_eval: int | None = field(default=None, metadata={"help": "cap on test images"})
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_row_caps(self)
 
 
 class ImageDataset:

@@ -36,6 +36,16 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, recipe_class: type) ->
                                 help=help_text)
 
 
+def check_row_caps(recipe: Any) -> None:
+    """Refuse a recipe's ``max_train`` / ``max_eval`` below 1 (``None``, the
+    default, is no cap); every recipe calls this from ``__post_init__``."""
+    from qpeft.train.data import check_cap
+
+    for name in ("max_train", "max_eval"):
+        check_cap(getattr(recipe, name), "--" + name.replace("_", "-"),
+                  "omit the option (None in Python)")
+
+
 def recipe_from_args(recipe_class: type, args: argparse.Namespace) -> Any:
     return recipe_class(**{spec.name: getattr(args, spec.name)
                            for spec in dataclasses.fields(recipe_class)})

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.errors import ConfigError, DataError
+from qpeft.train.recipes.common import check_row_caps
 
 PROTOCOL = (
     "LoRA (Hu et al., ICLR 2022) Table 11 and github.com/microsoft/LoRA examples/NLG/README.md "
@@ -66,6 +67,9 @@ class E2ERecipe:
     max_eval: int | None = field(default=None,
                                  metadata={"help": "cap on test meaning representations"})
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_row_caps(self)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ Batch size 32, AdamW, linear schedule, adapters on all six weight matrices of
 every layer (query, key, value, attention output, intermediate, output), as
 in those scripts. α is LoRA's scale; AdaLoRA's budget schedule and
 orthogonality penalty are AdaLoRA-specific and not used here. Scores are on
-GLUE's validation split (test labels are hidden): accuracy, with Matthews
+GLUE's validation split (``validation_matched`` for MNLI; test labels are
+hidden), recorded as ``evaluation_split`` in the report: accuracy, with Matthews
 correlation for CoLA, Pearson/Spearman for STS-B and F1 too for MRPC/QQP;
 the score after the last epoch is reported (the scripts evaluate
 periodically and papers usually quote the best evaluation).
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.errors import ConfigError
+from qpeft.train.recipes.common import check_row_caps
 
 PROTOCOL = (
     "AdaLoRA (Zhang et al., ICLR 2023) DeBERTaV3-base GLUE scripts, "
@@ -95,6 +97,9 @@ class GlueRecipe:
     max_eval: int | None = field(default=None, metadata={"help": "cap on evaluation rows"})
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        check_row_caps(self)
+
     def hyperparameters(self) -> TaskHyperparameters:
         task = self.task.lower()
         if task not in ADALORA_GLUE:
@@ -143,7 +148,7 @@ def run(
     import torch
 
     from qpeft.models import load_sequence_classifier, load_tokenizer, resolve_model
-    from qpeft.train.data import encode, load_glue, stratified_sample
+    from qpeft.train.data import encode, glue_task, load_glue, stratified_sample
     from qpeft.train.loop import TrainConfig, evaluate, resolve_device, train
     from qpeft.train.methods import MethodSpec, prepare_model
     from qpeft.train.recipes.common import recipe_method, write_recipe_report
@@ -195,7 +200,8 @@ def run(
     scores = task_scores(recipe.task, predictions)
     metrics = write_recipe_report(
         folder, recipe=recipe, source=PROTOCOL, prepared=prepared, result=result,
-        scores={"task": recipe.task, "evaluation_split": "validation", **scores},
+        scores={"task": recipe.task,
+                "evaluation_split": glue_task(recipe.task).evaluation_split, **scores},
         extra={"hyperparameters": hyper.__dict__, "train_rows": len(train_data),
                "evaluation_rows": len(evaluation_data),
                "total_seconds": time.perf_counter() - started},
