@@ -23,6 +23,7 @@ from qpeft.circuit import (
 )
 from qpeft.circuit.gates import RY, H, X
 from qpeft.compiler import METHODS, compile_circuit
+from qpeft.compiler import blocks as blocks_module
 from qpeft.compiler import engine as engine_module
 from qpeft.compiler import plan as plan_module
 from qpeft.compiler.plan import ApplyBlock, ApplySigns, Reorder, make_plan, make_schedule
@@ -654,6 +655,36 @@ def test_check_values_false_lets_nan_through_and_true_refuses_it(method: str) ->
     assert out[1].isnan().any() and torch.equal(out[0], torch.eye(8)[:, :2])
     with pytest.raises(CompileError, match="check_values must be True or False"):
         compile_circuit(pauli(3, 1), 2, check_values="no")
+
+
+@pytest.mark.parametrize("method", ["columns", "dense", "tensornet", "recompute"])
+def test_reduced_precision_products_run_in_float64_and_return_float32(
+        method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where float32 products would run in TF32 (on a GPU), the frame is computed
+    by the circuit's float64 engine and cast back: the float64 frame to float32
+    rounding, with its gradient."""
+    circuit = pauli(3, 1).copy().rx(1, "extra")  # complex: complex128 cast to complex64
+    frame = compiled(circuit, [6, 1], method, dtype=torch.float32)
+    exact = compiled(circuit, [6, 1], method, dtype=torch.float64)
+    monkeypatch.setattr(qpeft.compiler.CompiledCircuit, "_reduced_precision",
+                        lambda self, flat: True)
+    values = torch.randn(2, circuit.num_parameters, requires_grad=True)
+    out = frame(values)
+    assert out.dtype == torch.complex64
+    torch.testing.assert_close(out, exact(values.double()).to(torch.complex64), atol=0, rtol=0)
+    gradient, = torch.autograd.grad(out.abs().square().sum(), values)
+    reference, = torch.autograd.grad(exact(values.double()).abs().square().sum(), values)
+    assert gradient.dtype == torch.float32
+    torch.testing.assert_close(gradient, reference.float(), atol=1e-6, rtol=0)
+    assert frame.__dict__["_float64_twin"][1] is not frame.engine  # kept outside the state
+    assert not any("twin" in name for name in frame.state_dict())
+
+
+def test_reduced_precision_is_read_from_every_torch_setting(monkeypatch) -> None:
+    matmul = torch.backends.cuda.matmul
+    for setting, expected in (("tf32", True), ("ieee", False), ("bf16", True)):
+        monkeypatch.setattr(type(matmul), "fp32_precision", setting, raising=False)
+        assert blocks_module.reduced_precision_matmuls() is expected, setting
 
 
 def test_columns_may_be_numpy_integers() -> None:

@@ -267,3 +267,44 @@ def test_finetune_on_the_gpu_writes_an_adapter_that_loads_on_the_cpu(tmp_path) -
     base = AutoModelForSequenceClassification.from_pretrained(model_folder, num_labels=3)
     loaded = QPeftModel.from_pretrained(base, output / "adapter")
     assert loaded.qpeft_layers()
+
+
+def test_under_tf32_products_float32_frames_stay_orthonormal() -> None:
+    """With TF32 matrix products switched on, a float32 frame computed in float32
+    was orthonormal to about 2e-3 only; the compiled circuit now computes it in
+    float64 there and returns float32."""
+    previous = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        for circuit, columns in ((pauli(14, 2), 4), (for_dimension(1536, 2), 32)):
+            frame = compile_circuit(circuit, columns, device=CUDA)
+            values = (3 * torch.randn(4, circuit.num_parameters, device=CUDA)).requires_grad_()
+            U = frame(values)
+            assert U.dtype == torch.float32
+            U64 = U.double()
+            eye = torch.eye(columns, device=CUDA, dtype=torch.float64)
+            assert (U64.mT @ U64 - eye).abs().amax().item() <= 1e-5
+            U.sum().backward()
+            assert values.grad.isfinite().all().item()
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = previous
+
+
+@pytest.mark.parametrize("method", ["columns", "tensornet"])
+def test_a_compiled_circuit_replays_as_a_cuda_graph(method: str) -> None:
+    """``check_values=False`` leaves nothing to read back, so the forward and
+    backward pass can be captured once and replayed
+    (``torch.cuda.make_graphed_callables``) with the eager values and gradients."""
+    circuit = for_dimension(384, layers=2)
+    frame = compile_circuit(circuit, 4, method=method, device=CUDA, check_values=False)
+    sample = torch.randn(60, circuit.num_parameters, device=CUDA, requires_grad=True)
+    graphed = torch.cuda.make_graphed_callables(frame, (sample,))
+    weight = torch.randn(60, 384, 4, device=CUDA)
+    for _ in range(2):
+        values = torch.randn(60, circuit.num_parameters, device=CUDA, requires_grad=True)
+        out = graphed(values)
+        gradient, = torch.autograd.grad((out * weight).sum(), values)
+        eager = frame(values)
+        eager_gradient, = torch.autograd.grad((eager * weight).sum(), values)
+        torch.testing.assert_close(out, eager, atol=1e-6, rtol=0)
+        torch.testing.assert_close(gradient, eager_gradient, atol=1e-5, rtol=0)

@@ -23,7 +23,7 @@ from torch import nn
 
 from qpeft.circuit import Circuit
 from qpeft.circuit.gates import is_integer
-from qpeft.compiler.blocks import plain_operations
+from qpeft.compiler.blocks import plain_operations, reduced_precision_matmuls
 from qpeft.compiler.engine import ColumnsEngine
 from qpeft.compiler.plan import Plan, make_plan
 from qpeft.errors import CompileError, ParameterError
@@ -125,6 +125,7 @@ class CompiledCircuit(nn.Module):
                 f"cast the frame it returns, U.to({target.dtype})"
             )
         self.engine = self._build_engine(target.dtype).to(target.device)
+        self.__dict__.pop("_float64_twin", None)
         return self
 
     @property
@@ -191,15 +192,35 @@ class CompiledCircuit(nn.Module):
             empty = flat.new_zeros(0, self.dimension, self.num_columns,
                                    dtype=self.engine.work_dtype)
             return (empty + flat.sum()).reshape(*lead, self.dimension, self.num_columns)
+        engine = self.engine
+        if self._reduced_precision(flat):
+            # TF32 products would leave a float32 frame orthonormal only to about 2e-3:
+            # the work runs in float64 (still launch-bound on a GPU) and the frame is cast back
+            engine, flat = self._float64_engine(flat.device), flat.double()
         if self.recompute_backward:
             from qpeft.compiler.recompute import recomputed_forward
 
-            out = recomputed_forward(self.engine, flat)
+            out = recomputed_forward(engine, flat)
         else:
-            out = self.engine(flat)
+            out = engine(flat)
+        out = out.to(self.engine.work_dtype)
         if self.method == "dense":
             out = out[..., self.columns]
         return out.reshape(*lead, *out.shape[-2:])
+
+    def _reduced_precision(self, flat: torch.Tensor) -> bool:
+        """Whether this call's float32 products would run in TF32 on a GPU."""
+        return (flat.device.type == "cuda" and flat.dtype == torch.float32
+                and not plain_operations() and reduced_precision_matmuls())
+
+    def _float64_engine(self, device: torch.device) -> nn.Module:
+        """The circuit's engine in float64 on ``device``, built on first use and
+        kept outside the module's state (it holds nothing trainable)."""
+        cached = self.__dict__.get("_float64_twin")
+        if cached is None or cached[0] != device:
+            cached = (device, self._build_engine(torch.float64).to(device))
+            self.__dict__["_float64_twin"] = cached
+        return cached[1]
 
     def cost(self) -> dict[str, int]:
         """The cost model of one forward pass for one circuit.

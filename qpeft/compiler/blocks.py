@@ -559,6 +559,22 @@ def plain_operations() -> bool:
     return bool(active is not None and active())
 
 
+def reduced_precision_matmuls() -> bool:
+    """Whether float32 matrix products on a CUDA GPU may run in reduced
+    precision (TF32 or bfloat16: ``torch.set_float32_matmul_precision("high")``,
+    ``torch.backends.cuda.matmul.fp32_precision = "tf32"`` or the older
+    ``allow_tf32 = True``). Where torch refuses to tell (legacy and new settings
+    mixed), the answer is yes."""
+    matmul = torch.backends.cuda.matmul
+    try:
+        precision = getattr(matmul, "fp32_precision", None)
+        if precision not in (None, "none"):
+            return precision != "ieee"
+        return bool(matmul.allow_tf32)
+    except RuntimeError:
+        return True
+
+
 def refuse_second_derivatives() -> None:
     """Raise when a written-out backward is asked to build a graph itself
     (``create_graph=True``): its operations would not be differentiated, and
