@@ -3,6 +3,7 @@ batching, orthonormality at size, the catalog, errors and torch.compile."""
 
 from __future__ import annotations
 
+import pickle
 from unittest import mock
 
 import numpy as np
@@ -676,8 +677,14 @@ def test_reduced_precision_products_run_in_float64_and_return_float32(
     reference, = torch.autograd.grad(exact(values.double()).abs().square().sum(), values)
     assert gradient.dtype == torch.float32
     torch.testing.assert_close(gradient, reference.float(), atol=1e-6, rtol=0)
-    assert frame.__dict__["_float64_twin"][1] is not frame.engine  # kept outside the state
-    assert not any("twin" in name for name in frame.state_dict())
+    twin = frame.__dict__["_float64_twin"]
+    assert twin.real_dtype == torch.float64
+    assert twin not in list(frame.modules())  # not a submodule: no state, not moved by .to()
+    assert not {id(b) for b in twin.buffers()} & {id(b) for b in frame.buffers()}
+    assert "_float64_twin" not in pickle.loads(pickle.dumps(frame)).__dict__
+    frame.to("cpu")
+    assert "_float64_twin" not in frame.__dict__  # every move or cast drops it
+    torch.testing.assert_close(frame(values), out, atol=0, rtol=0)
 
 
 def test_reduced_precision_is_read_from_every_torch_setting(monkeypatch) -> None:

@@ -25,12 +25,15 @@ def max_threads() -> int:
 
 
 def synchronize(device: Any) -> None:
-    """Wait for the device's queued work, so that a timing covers it (CUDA runs
-    asynchronously; on the CPU there is nothing to wait for)."""
+    """Wait for the device's queued work, so that a timing covers it (CUDA and
+    MPS run asynchronously; on the CPU there is nothing to wait for)."""
     import torch
 
-    if torch.device(device).type == "cuda":
+    kind = torch.device(device).type
+    if kind == "cuda":
         torch.cuda.synchronize(device)
+    elif kind == "mps":
+        torch.mps.synchronize()
 
 
 def available_benchmarks() -> dict[str, str]:

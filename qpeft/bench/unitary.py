@@ -604,7 +604,8 @@ def _run(config: BenchmarkConfig, note: Callable[[str], None]) -> dict:
                 measurements.append(_slow_measurement(method, circuit, config,
                                                       trackers[method]))
     report: dict = {
-        "config": {**asdict(config), "torch": torch.__version__,
+        "config": {**asdict(config), "device": str(config.torch_device()),
+                   "torch": torch.__version__,
                    "gpu": (torch.cuda.get_device_name(config.torch_device())
                            if config.torch_device().type == "cuda" else None),
                    "quantity": "seconds per forward+backward (median); qiskit: forward only"},

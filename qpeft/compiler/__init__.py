@@ -108,6 +108,7 @@ class CompiledCircuit(nn.Module):
         # Anything else (a move, .to() with the current dtype, share_memory) keeps the
         # dtype of every buffer: torch's casts would also make the complex gate
         # matrices real and the index buffers floating point.
+        self.__dict__.pop("_float64_twin", None)
         current = self.engine.real_dtype
         target = fn(torch.empty(0, dtype=current, device=self.engine.builder.offset.device))
         if target.dtype == current:
@@ -125,7 +126,6 @@ class CompiledCircuit(nn.Module):
                 f"cast the frame it returns, U.to({target.dtype})"
             )
         self.engine = self._build_engine(target.dtype).to(target.device)
-        self.__dict__.pop("_float64_twin", None)
         return self
 
     @property
@@ -203,9 +203,9 @@ class CompiledCircuit(nn.Module):
             out = recomputed_forward(engine, flat)
         else:
             out = engine(flat)
-        out = out.to(self.engine.work_dtype)
         if self.method == "dense":
             out = out[..., self.columns]
+        out = out.to(self.engine.work_dtype)
         return out.reshape(*lead, *out.shape[-2:])
 
     def _reduced_precision(self, flat: torch.Tensor) -> bool:
@@ -215,12 +215,19 @@ class CompiledCircuit(nn.Module):
 
     def _float64_engine(self, device: torch.device) -> nn.Module:
         """The circuit's engine in float64 on ``device``, built on first use and
-        kept outside the module's state (it holds nothing trainable)."""
-        cached = self.__dict__.get("_float64_twin")
-        if cached is None or cached[0] != device:
-            cached = (device, self._build_engine(torch.float64).to(device))
-            self.__dict__["_float64_twin"] = cached
-        return cached[1]
+        kept outside the module's state (not a submodule, not pickled, dropped
+        by every move or cast)."""
+        twin = self.__dict__.get("_float64_twin")
+        if twin is None or twin.builder.offset.device != device:
+            twin = self._build_engine(torch.float64).to(device)
+            self.__dict__["_float64_twin"] = twin
+        return twin
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state.pop("_float64_twin", None)
+        return state
 
     def cost(self) -> dict[str, int]:
         """The cost model of one forward pass for one circuit.
