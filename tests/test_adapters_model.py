@@ -240,22 +240,31 @@ def test_merge_unmerge_and_merge_and_unload(factory):
         torch.testing.assert_close(plain(ids).logits, unmerged, atol=1e-5, rtol=0)
 
 
-def test_a_refused_safe_merge_leaves_every_layer_unmerged():
-    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=4))
-    perturb(model)
-    layers = model.qpeft_layers()
-    last = list(layers)[-1]  # earlier layers would be merged before it
+def assert_a_refused_safe_merge_changes_nothing(model, layers_of, message: str) -> None:
+    """Break the last adapted layer (the layers before it would be merged first):
+    ``merge_adapter`` and ``merge_and_unload`` with ``safe_merge=True`` must both
+    refuse with ``message`` ("{last}" is the broken layer's name) and leave every
+    weight bit for bit, unmerged and wrapped."""
+    layers = layers_of(model)
+    last = list(layers)[-1]
     with torch.no_grad():
         layers[last].qpeft_lambda["default"].fill_(float("nan"))
     weights = {name: layer.base_layer.weight.detach().clone() for name, layer in layers.items()}
     for merge in (model.merge_adapter, model.merge_and_unload):
         with pytest.raises(ConfigError) as refused:
             merge(safe_merge=True)
-        assert model.qpeft_layers() == layers
+        assert layers_of(model) == layers
         for name, layer in layers.items():
             assert torch.equal(layer.base_layer.weight, weights[name]), name
             assert not layer.merged, name
-        assert re.search(f"{last}: .*nothing was merged", str(refused.value))
+        assert re.search(message.format(last=re.escape(last)), str(refused.value))
+
+
+def test_a_refused_safe_merge_leaves_every_layer_unmerged():
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=4))
+    perturb(model)
+    assert_a_refused_safe_merge_changes_nothing(model, QPeftModel.qpeft_layers,
+                                                "{last}: .*nothing was merged")
 
 
 def test_disable_adapter_gives_the_base_outputs():

@@ -152,16 +152,16 @@ def column_choices(draw, dimension: int):
                          unique=True))
 
 
-def check_every_method(data, circuit: Circuit) -> None:
-    """Every method equals the reference matrix on drawn columns and values."""
+def check_every_method(data, circuit: Circuit, device: torch.device | str = "cpu") -> None:
+    """Every method, on ``device``, equals the reference matrix on drawn columns and values."""
     columns = data.draw(column_choices(circuit.dimension))
     values = torch.as_tensor(data.draw(st.lists(st.floats(-4, 4), min_size=circuit.num_parameters,
                                                 max_size=circuit.num_parameters)),
                              dtype=torch.float64)
     reference = torch.as_tensor(circuit.matrix(values))
     for method in COMPILED_METHODS:
-        frame = compiled(circuit, columns, method)
-        out = frame(values)
+        frame = compiled(circuit, columns, method).to(device)
+        out = frame(values.to(device)).cpu()
         expected = reference[:, frame.columns]
         assert out.shape == expected.shape
         assert torch.allclose(out.to(expected.dtype), expected, atol=1e-12, rtol=0), method

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_adapters_model import BERT_TARGETS, perturb, tiny_bert, tokens
-from test_compiler import COMPILED_METHODS, circuits, column_choices, compiled, real_view
+from test_compiler import COMPILED_METHODS, check_every_method, circuits, compiled, real_view
 
 from qpeft import cli
 from qpeft.adapters import QPeftConfig, QPeftModel, get_qpeft_model
@@ -38,17 +38,7 @@ def on_cuda(module: torch.nn.Module) -> torch.nn.Module:
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
 def test_every_method_on_the_gpu_equals_the_reference_matrix(data) -> None:
-    circuit = data.draw(circuits())
-    columns = data.draw(column_choices(circuit.dimension))
-    values = torch.as_tensor(data.draw(st.lists(st.floats(-4, 4), min_size=circuit.num_parameters,
-                                                max_size=circuit.num_parameters)),
-                             dtype=torch.float64)
-    reference = torch.as_tensor(circuit.matrix(values))
-    for method in COMPILED_METHODS:
-        frame = on_cuda(compiled(circuit, columns, method))
-        out = frame(values.to(CUDA)).cpu()
-        expected = reference[:, frame.columns]
-        assert torch.allclose(out.to(expected.dtype), expected, atol=1e-12, rtol=0), method
+    check_every_method(data, data.draw(circuits()), CUDA)
 
 
 @pytest.mark.parametrize("method", COMPILED_METHODS)

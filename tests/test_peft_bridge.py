@@ -18,7 +18,13 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from test_adapters_model import BERT_TARGETS, tiny_bert, tiny_gpt2, tokens
+from test_adapters_model import (
+    BERT_TARGETS,
+    assert_a_refused_safe_merge_changes_nothing,
+    tiny_bert,
+    tiny_gpt2,
+    tokens,
+)
 from transformers.utils import logging as transformers_logging
 
 import qpeft
@@ -126,19 +132,8 @@ def test_peft_merge_adapter_and_unmerge_adapter():
 def test_peft_refused_safe_merge_leaves_every_layer_unmerged():
     model = peft.get_peft_model(tiny_gpt2(), QPeftPeftConfig(rank=4, target_modules="all-linear"))
     train(model, tokens(), steps=1)
-    layers = adapter_layers(model)
-    last = list(layers)[-1]  # peft merges (and unloads) the layers before it first
-    with torch.no_grad():
-        layers[last].qpeft_lambda["default"].fill_(float("nan"))
-    weights = {name: layer.base_layer.weight.detach().clone() for name, layer in layers.items()}
-    for merge in (model.merge_adapter, model.merge_and_unload):
-        with pytest.raises(ConfigError) as refused:
-            merge(safe_merge=True)
-        assert adapter_layers(model) == layers
-        for name, layer in layers.items():
-            assert torch.equal(layer.base_layer.weight, weights[name]), name
-            assert not layer.merged, name
-        assert re.search("nothing was merged", str(refused.value))
+    # peft merges (and unloads) the layers before the broken one first
+    assert_a_refused_safe_merge_changes_nothing(model, adapter_layers, "nothing was merged")
 
 
 def test_named_adapters_switch_save_and_load(tmp_path):
