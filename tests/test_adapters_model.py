@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+from unittest import mock
 
 import pytest
 import torch
@@ -214,6 +215,83 @@ def test_bank_frames_equal_per_layer_frames():
     batched = model(ids).logits
     model.frame_bank.detach()  # every layer now computes its own frames
     torch.testing.assert_close(model(ids).logits, batched, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("init", ["offset", "zero_lambda"])
+def test_bank_factors_are_the_per_layer_factors_in_one_batch_per_shape(init: str):
+    """GPT-2's c_attn (24 → 72), c_proj (24 → 24) and c_fc (24 → 96) give three
+    shapes; one layer has its own active rank and another its own λ
+    quantization, so the stacked λ differ per layer."""
+    model = get_qpeft_model(tiny_gpt2(), QPeftConfig(target_modules="all-linear", rank=3,
+                                                     init=init, alpha=2.0))
+    perturb(model)
+    layers = list(model.qpeft_layers().values())
+    layers[0].set_active_rank("default", 2)
+    layers[1].set_quantize_bits("default", 4)
+    seen: dict = {}
+    original = QPeftLinear.factors
+
+    def record(layer, adapter):
+        seen[id(layer)] = original(layer, adapter)
+        return seen[id(layer)]
+
+    ids = tokens()
+    with mock.patch.object(QPeftLinear, "factors", record):
+        logits = model(ids).logits
+    assert len(seen) == len(layers)
+    model.frame_bank.detach()  # every layer now builds its own factors
+    for layer in layers:
+        left, right = seen[id(layer)]
+        own_left, own_right = layer.factors("default")
+        torch.testing.assert_close(left, own_left, atol=1e-6, rtol=0)
+        torch.testing.assert_close(right, own_right, atol=1e-6, rtol=0)
+        torch.testing.assert_close(right @ left.T, (layer.get_delta_weight("default").T
+                                                    if layer.transposed else
+                                                    layer.get_delta_weight("default")),
+                                   atol=1e-6, rtol=0)
+    torch.testing.assert_close(model(ids).logits, logits, atol=1e-5, rtol=0)
+
+
+def test_each_adapted_layer_adds_no_more_operations_than_a_lora_layer():
+    """The frames and the factors are built per circuit and per shape, so a
+    training step's operations grow with the number of adapted layers no faster
+    than LoRA's (counted as the tensor operations torch dispatches, views left
+    out: on a GPU each is a kernel launch)."""
+    from peft import LoraConfig, get_peft_model
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        views = {"view", "_unsafe_view", "transpose", "t", "expand", "unsqueeze", "squeeze",
+                 "slice", "select", "permute", "detach", "alias", "unbind", "as_strided",
+                 "split", "_reshape_alias", "_local_scalar_dense"}
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func.overloadpacket.__name__ not in self.views
+            return func(*args, **(kwargs or {}))
+
+    def operations(method: str, layers: int) -> int:
+        torch.manual_seed(0)
+        base = BertForSequenceClassification(BertConfig(
+            vocab_size=100, hidden_size=48, num_hidden_layers=layers, num_attention_heads=4,
+            intermediate_size=96, num_labels=3))
+        if method == "qpeft":
+            model = get_qpeft_model(base, QPeftConfig(target_modules=BERT_TARGETS, rank=4))
+        else:
+            model = get_peft_model(base, LoraConfig(r=4, target_modules=BERT_TARGETS))
+        model.train()
+        ids, labels = tokens(batch=2, length=8), torch.tensor([0, 2])
+        model(input_ids=ids, labels=labels).loss.backward()  # first call: lazy set-up
+        with Count() as counter:
+            model(input_ids=ids, labels=labels).loss.backward()
+        return counter.count
+
+    per_layer = {method: (operations(method, 4) - operations(method, 2)) / 2
+                 for method in ("qpeft", "lora")}
+    assert per_layer["qpeft"] <= per_layer["lora"], per_layer
 
 
 # -- merging -----------------------------------------------------------------------------------

@@ -320,9 +320,59 @@ def compute_frames(
         module = compiled_frame(spec, device, dtype)
         with _no_autocast(device):
             batch = module(stacked)
-        for index, ((layer, adapter, side), _) in enumerate(members):
-            frames[(id(layer), adapter, side)] = batch[index]
+        # unbind: one stack in the backward pass, where indexing each frame would add a
+        # zero-filled (G, N, K) gradient per frame and sum them
+        for frame, ((layer, adapter, side), _) in zip(batch.unbind(0), members):
+            frames[(id(layer), adapter, side)] = frame
     return frames
+
+
+def batched_factors(
+    slots: Iterable[Slot], frames: Mapping[tuple[int, str, str], torch.Tensor]
+) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]]:
+    """:meth:`QPeftLinear.factors` of every adapter in ``slots``, built in one
+    batch per shape: the frames, λ and the ``offset`` init's frozen terms of
+    all layers with the same ``(N_out, N_in, K)``, init, dtype and device are
+    stacked, and :func:`~qpeft.adapters.layer.low_rank_factors` runs once on
+    the stack. Each layer's forward pass is then two thin products, as in LoRA,
+    and the work that grew with the number of layers is a handful of
+    operations per shape. Returns ``{(id(layer), adapter): (left, right)}``."""
+    from qpeft.adapters.layer import low_rank_factors
+
+    groups: dict[tuple, list] = defaultdict(list)
+    for layer, adapter, side in slots:
+        if side != "out":
+            continue
+        U, V = frames[(id(layer), adapter, "out")], frames[(id(layer), adapter, "in")]
+        initial = layer.initial_frames(adapter)
+        key = (U.shape, V.shape, U.dtype, U.device, initial is not None)
+        groups[key].append((layer, adapter, U, V, initial))
+    factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+    for members in groups.values():
+        U = torch.stack([m[2] for m in members])
+        V = torch.stack([m[3] for m in members])
+        c = _stacked_lambdas(members, initial=False)
+        initial = None
+        if members[0][4] is not None:
+            initial = (torch.stack([m[4][0] for m in members]),
+                       -_stacked_lambdas(members, initial=True),
+                       torch.stack([m[4][1] for m in members]))
+        left, right = low_rank_factors(U, c, V, initial)
+        for (layer, adapter, *_), one_left, one_right in zip(members, left.unbind(0),
+                                                              right.unbind(0)):
+            factors[(id(layer), adapter)] = (one_left, one_right)
+    return factors
+
+
+def _stacked_lambdas(members: list, initial: bool) -> torch.Tensor:
+    """``(G, K)``: α times the effective λ (or λ₀) of each member, in one
+    multiplication when the members share α (the usual case)."""
+    lambdas = torch.stack([layer.effective_lambda(adapter, initial=initial)
+                           for layer, adapter, *_ in members])
+    alphas = [layer.scaling[adapter] for layer, adapter, *_ in members]
+    if len(set(alphas)) == 1:
+        return alphas[0] * lambdas
+    return lambdas * torch.tensor(alphas, dtype=lambdas.dtype, device=lambdas.device)[:, None]
 
 
 class _no_autocast:
@@ -363,6 +413,7 @@ class FrameBank:
     def __init__(self) -> None:
         self._layers: list[weakref.ref] = []
         self._frames: dict[tuple[int, str, str], torch.Tensor] = {}
+        self._factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._signature: tuple | None = None
         self._depth = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -370,7 +421,8 @@ class FrameBank:
     def __getstate__(self) -> dict[str, Any]:
         # weak references and hook handles do not pickle; an unpickled bank
         # serves no layers until set_layers() (the layers compute their own frames)
-        return {"_layers": [], "_frames": {}, "_signature": None, "_depth": 0, "_handles": []}
+        return {"_layers": [], "_frames": {}, "_factors": {}, "_signature": None, "_depth": 0,
+                "_handles": []}
 
     # -- membership --------------------------------------------------------------
     def set_layers(self, layers: Iterable[QPeftLinear]) -> None:
@@ -386,6 +438,7 @@ class FrameBank:
     def invalidate(self) -> None:
         """Drop cached frames (after a change the version counters cannot see)."""
         self._frames = {}
+        self._factors = {}
         self._signature = None
 
     # -- hooks ---------------------------------------------------------------------
@@ -410,8 +463,10 @@ class FrameBank:
 
     def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._depth = max(self._depth - 1, 0)
-        if self._depth == 0 and self._signature is None:
-            self._frames = {}  # frames with a graph are not kept past the pass
+        if self._depth == 0:
+            self._factors = {}  # built from λ on every pass
+            if self._signature is None:
+                self._frames = {}  # frames with a graph are not kept past the pass
 
     # -- evaluation ------------------------------------------------------------------
     def slots(self) -> list[Slot]:
@@ -444,9 +499,18 @@ class FrameBank:
                 for (layer, adapter, side), p in zip(slots, parameters)
             )
             if signature == self._signature:
+                self._factors = batched_factors(slots, self._frames)
                 return
             self._signature = signature
         self._frames = compute_frames(slots, lambda s: s[0].side_parameter(s[1], s[2]))
+        self._factors = batched_factors(slots, self._frames)
+
+    def lookup_factors(self, layer: QPeftLinear,
+                       adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(left, right) of ``layer``'s adapter during a model forward pass, else None."""
+        if self._depth == 0:
+            return None
+        return self._factors.get((id(layer), adapter))
 
     def lookup(self, layer: QPeftLinear, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(U, V) of ``layer``'s adapter during a model forward pass, else None."""

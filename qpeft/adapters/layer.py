@@ -82,26 +82,36 @@ class _InitialValues(nn.Module):
         self.register_buffer("lam", lam.detach().clone())
 
 
-def _low_rank_update(h: torch.Tensor, terms: list) -> torch.Tensor:
-    """``h @ ΔWᵀ`` for ``ΔW = Σ U diag(c) Vᵀ`` over :meth:`QPeftLinear.factors`.
+def low_rank_factors(
+    U: torch.Tensor, c: torch.Tensor, V: torch.Tensor,
+    initial: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(left, right)`` with ``ΔW = right @ leftᵀ``, so that ``h @ ΔWᵀ`` is
+    ``(h @ left) @ rightᵀ``: one product in and one out, as in LoRA.
 
-    One term: ``((h V) c) Uᵀ``. Two terms (the trainable one and the frozen
-    initial one of the ``offset`` init) are rewritten around the differences
-    of the parameters, ``U c Vᵀ + U₀ c₀ V₀ᵀ = [(c + c₀) U₀ + c (U − U₀) | c U]
-    [V₀ | V − V₀]ᵀ``, and computed as one product of rank 2K in and one out, so
-    ``h`` is read once and the output written once, as for a single term; the
-    rest works on N × K matrices only. At initialisation ``c + c₀``, ``U − U₀``
-    and ``V − V₀`` are exact zeros (the frames agree and ``c₀ = −c``), so both
-    products are exact zeros whatever order they sum in, and so is the update.
+    ``U`` ``(…, N_out, K)``, ``c`` ``(…, K)`` (α times the effective λ),
+    ``V`` ``(…, N_in, K)``; leading dimensions batch many layers at once.
+    One term: ``left = V``, ``right = U diag(c)``. With the frozen term
+    ``initial = (U₀, c₀, V₀)`` of the ``offset`` init, the sum
+    ``U c Vᵀ + U₀ c₀ V₀ᵀ`` is rewritten around the differences of the
+    parameters, ``[(c + c₀) U₀ + c (U − U₀) | c U] [V₀ | V − V₀]ᵀ`` (rank
+    2K). At initialisation ``c + c₀``, ``U − U₀`` and ``V − V₀`` are exact
+    zeros (the frames agree and ``c₀ = −c``), so the update is an exact zero.
     """
+    c = c.unsqueeze(-2)
+    if initial is None:
+        return V, U * c
+    U0, c0, V0 = initial
+    c0 = c0.unsqueeze(-2)
+    left = torch.cat([V0, V - V0], dim=-1)
+    right = torch.cat([(c + c0) * U0 + c * (U - U0), c * U], dim=-1)
+    return left, right
+
+
+def _low_rank_update(h: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``h @ ΔWᵀ`` for ``ΔW = right @ leftᵀ`` (:func:`low_rank_factors`)."""
     dtype = h.dtype
-    if len(terms) == 1:
-        ((U, c, V),) = terms
-        return ((h @ V.to(dtype)) * c.to(dtype)) @ U.to(dtype).T
-    (U, c, V), (U0, c0, V0) = terms
-    projected = h @ torch.cat([V0, V - V0], dim=1).to(dtype)
-    right = torch.cat([(c + c0) * U0 + c * (U - U0), c * U], dim=1).to(dtype)
-    return projected @ right.T
+    return (h @ left.to(dtype)) @ right.to(dtype).mT
 
 
 class QPeftLinear(nn.Module):
@@ -380,19 +390,25 @@ class QPeftLinear(nn.Module):
             values = values * mask.to(values.dtype)
         return values
 
-    def factors(self, adapter_name: str) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """``[(U, c, V), …]`` with ``ΔW = Σ ± U diag(c) Vᵀ``: the trainable term
-        ``(U, αλ, V)``, and for the ``offset`` init the frozen term
-        ``(U₀, −αλ₀, V₀)``; the forward pass combines them so that at
-        initialisation they cancel exactly (see :func:`_low_rank_update`)."""
+    def factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(left, right)`` with ``ΔW = right @ leftᵀ`` (see
+        :func:`low_rank_factors`): the trainable term ``(U, αλ, V)`` and, for the
+        ``offset`` init, the frozen term ``(U₀, −αλ₀, V₀)``, combined so that at
+        initialisation they cancel exactly. During a model's forward pass they
+        come from its frame bank, which builds those of all layers of one shape
+        in one batch."""
+        bank = self.frame_bank
+        if bank is not None:
+            found = bank.lookup_factors(self, adapter_name)
+            if found is not None:
+                return found
         U, V = self.frames(adapter_name)
         alpha = self.scaling[adapter_name]
-        terms = [(U, alpha * self.effective_lambda(adapter_name), V)]
         initial = self.initial_frames(adapter_name)
         if initial is not None:
             U0, V0 = initial
-            terms.append((U0, -alpha * self.effective_lambda(adapter_name, initial=True), V0))
-        return terms
+            initial = (U0, -alpha * self.effective_lambda(adapter_name, initial=True), V0)
+        return low_rank_factors(U, alpha * self.effective_lambda(adapter_name), V, initial)
 
     # -- forward -------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -402,7 +418,7 @@ class QPeftLinear(nn.Module):
             return self.base_layer(x, *args, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         for adapter in self.contributing_adapters():
-            delta = _low_rank_update(self.qpeft_dropout[adapter](x), self.factors(adapter))
+            delta = _low_rank_update(self.qpeft_dropout[adapter](x), *self.factors(adapter))
             result = result + delta.to(result.dtype)
         return result
 
@@ -411,8 +427,8 @@ class QPeftLinear(nn.Module):
         """``α (UΛVᵀ − U₀Λ₀V₀ᵀ)`` in the base weight's layout and dtype (transposed
         for Conv1D). Forms the ``N_out × N_in`` matrix: for merging only."""
         with torch.no_grad():
-            terms = self.factors(adapter_name)
-            delta = sum((U * coefficients) @ V.T for U, coefficients, V in terms)
+            left, right = self.factors(adapter_name)
+            delta = right @ left.T
         if self.transposed:
             delta = delta.T
         return delta.to(self.base_layer.weight.dtype)
