@@ -57,15 +57,43 @@ def test_openqasm_3_keeps_parameters_as_inputs():
     text = to_qasm(mixed_circuit())
     assert text.startswith("OPENQASM 3.0;")
     assert "input float[64] b;" in text
-    assert "input float[64] _theta_0_;" in text  # Qiskit's spelling of theta[0]
+    assert "input float[64] theta_0_;" in text  # theta[0] as an identifier
+    assert text.splitlines()[1] == ('// qpeft parameters: {"theta_0_": "theta[0]", '
+                                    '"theta_2_": "theta[2]"}')
 
 
 def test_openqasm_3_round_trip_when_the_importer_is_installed():
-    pytest.importorskip("qiskit_qasm3_import")
     circuit = mixed_circuit()
     back = from_qasm(to_qasm(circuit))
     assert set(back.parameters) == {"theta[0]", "theta[2]", "b"}
     np.testing.assert_allclose(back.matrix(VALUES), circuit.matrix(VALUES), atol=1e-10)
+
+
+def test_openqasm_3_restores_names_that_escape_onto_each_other():
+    """theta[2], _theta_2_ (Qiskit's escape of theta[2]) and theta_2_ (the
+    identifier of theta[2]) come back as themselves, not merged or swapped."""
+    circuit = (Circuit(2).ry(0, "theta[2]").ry(1, "_theta_2_").cz(0, 1)
+               .ry(0, "theta_2_").rx(1, "a[0]"))
+    text = to_qasm(circuit)
+    back = from_qasm(text)
+    assert back.parameters == circuit.parameters
+    values = np.linspace(-1, 1, circuit.num_parameters)
+    np.testing.assert_allclose(back.matrix(values), circuit.matrix(values), atol=1e-12)
+    # without the names line: Qiskit's escapes are undone where the name is free
+    foreign = from_qasm("\n".join(line for line in text.splitlines()
+                                  if not line.startswith(qasm.NAMES_COMMENT)))
+    assert set(foreign.parameters) == {"theta[2]", "theta_2_", "theta_2__1", "a_0_"}
+
+
+@pytest.mark.parametrize("line, message", [
+    ('// qpeft parameters: [1, 2]', "JSON object"),
+    ('// qpeft parameters: {"b": "theta_2_"}', "do not fit"),  # b onto another input
+])
+def test_a_broken_names_line_is_an_interop_error(line: str, message: str) -> None:
+    text = to_qasm(mixed_circuit()).splitlines()
+    text[1] = line
+    with pytest.raises(InteropError, match=message):
+        from_qasm("\n".join(text))
 
 
 def test_reading_openqasm_3_without_the_importer_says_how_to_install_it(monkeypatch):

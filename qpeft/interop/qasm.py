@@ -12,8 +12,14 @@ cannot state and Qiskit's OpenQASM 3 exporter drops, is written as
 ``u1`` in place of ``p`` in OpenQASM 2). The round trip keeps the matrix,
 not the gate list.
 
-OpenQASM 3 keeps symbolic angles (``input float[64] …;``); Qiskit writes
-``theta[3]`` as ``_theta_3_`` and :func:`from_qasm` turns it back.
+OpenQASM 3 keeps symbolic angles (``input float[64] …;``). A parameter name
+that is not an OpenQASM identifier is written with ``_`` for each other
+character (``theta[3]`` as ``theta_3_``), with a numeric suffix where that
+name is taken, and a comment line after the header,
+``// qpeft parameters: {"theta_3_": "theta[3]"}``, lets :func:`from_qasm`
+restore every name exactly. A file without that line (written by Qiskit
+itself) gets Qiskit's escapes undone instead: ``_theta_3_`` becomes
+``theta[3]`` where that name is free.
 Reading OpenQASM 3 needs the optional package ``qiskit-qasm3-import``;
 OpenQASM 2 (``version=2``) needs nothing extra but only holds numbers.
 
@@ -28,12 +34,13 @@ cz q[0],q[1];
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
 from qpeft.circuit import Circuit
 from qpeft.circuit.gates import is_integer
-from qpeft.errors import InteropError
+from qpeft.errors import InteropError, QpeftError
 from qpeft.interop.common import require_qubits
 from qpeft.interop.qiskit import from_qiskit, to_qiskit
 
@@ -47,6 +54,9 @@ QASM2_GATES = ("rx", "ry", "rz", "h", "x", "y", "z", "cx", "cz", "u1",
 #: the versions :func:`to_qasm` writes
 QASM_VERSIONS = (2, 3)
 _ESCAPED_ELEMENT = re.compile(r"^_([A-Za-z_][A-Za-z0-9_]*)_([0-9]+)_$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: the comment line that carries the qpeft names of renamed parameters
+NAMES_COMMENT = "// qpeft parameters: "
 _INSTALL = (
     "reading OpenQASM 3 needs the package qiskit-qasm3-import: "
     "pip install qiskit-qasm3-import (or pip install 'qiskit[qasm3-import]'); "
@@ -100,10 +110,37 @@ def to_qasm(circuit: Circuit, version: int = 3) -> str:
     if version == 3:
         from qiskit import qasm3
 
-        return qasm3.dumps(_lowered(circuit, QASM_GATES))
+        names = _identifiers(circuit.parameters)
+        renamed = {new: old for old, new in names.items() if new != old}
+        text = qasm3.dumps(_lowered(circuit.rename(names) if renamed else circuit, QASM_GATES))
+        declared = set(re.findall(r"^input float\[64\] (\S+);$", text, re.M))
+        if renamed and declared == set(names.values()):
+            header, _, rest = text.partition("\n")
+            text = f"{header}\n{NAMES_COMMENT}{json.dumps(renamed)}\n{rest}"
+        return text
     from qiskit import qasm2
 
     return qasm2.dumps(_lowered(circuit, QASM2_GATES))
+
+
+def _identifiers(names: tuple[str, ...]) -> dict[str, str]:
+    """Each parameter name as an OpenQASM identifier: names that are one stay,
+    the others get ``_`` for each other character and, where that is taken, the
+    smallest free suffix ``_1``, ``_2``, …"""
+    taken = {name for name in names if _IDENTIFIER.fullmatch(name)}
+    out = {}
+    for name in names:
+        if _IDENTIFIER.fullmatch(name):
+            out[name] = name
+            continue
+        base = re.sub(r"[^A-Za-z0-9_]", "_", name)
+        base = base if _IDENTIFIER.fullmatch(base) else f"_{base}"
+        chosen, suffix = base, 1
+        while chosen in taken:
+            chosen, suffix = f"{base}_{suffix}", suffix + 1
+        taken.add(chosen)
+        out[name] = chosen
+    return out
 
 
 def qasm3_import_available() -> bool:
@@ -116,9 +153,11 @@ def qasm3_import_available() -> bool:
 def from_qasm(text: str) -> Circuit:
     """A qpeft circuit from an OpenQASM 2 or 3 program (read by its header).
 
-    Parameters Qiskit escaped on export (``_theta_3_``) get their vector
-    names back (``theta[3]``). Raises :class:`InteropError` with the
-    install command when OpenQASM 3 support is missing.
+    Parameter names come back from the ``// qpeft parameters:`` line that
+    :func:`to_qasm` writes; in a file without it, names Qiskit escaped on
+    export (``_theta_3_``) get their vector names back (``theta[3]``) where
+    those are free. Raises :class:`InteropError` with the install command when
+    OpenQASM 3 support is missing.
 
     >>> from qpeft.circuit import Circuit
     >>> circuit = Circuit(2).h(0).cx(0, 1)
@@ -150,6 +189,9 @@ def from_qasm(text: str) -> Circuit:
     except qasm3.QASM3ImporterError as exc:
         raise InteropError(f"invalid OpenQASM 3 program: {exc}") from exc
     circuit = from_qiskit(qc)
+    recorded = re.search("^" + re.escape(NAMES_COMMENT) + r"(.*)$", text, re.M)
+    if recorded is not None:
+        return _restore_names(circuit, recorded.group(1))
     taken = set(circuit.parameters)
     renames = {}
     for name in circuit.parameters:
@@ -160,3 +202,24 @@ def from_qasm(text: str) -> Circuit:
                 renames[name] = wanted
                 taken.add(wanted)
     return circuit.rename(renames) if renames else circuit
+
+
+def _restore_names(circuit: Circuit, recorded: str) -> Circuit:
+    """The parameter names of the ``// qpeft parameters:`` line, exactly."""
+    try:
+        names = json.loads(recorded)
+    except ValueError:
+        names = None
+    if not isinstance(names, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
+        raise InteropError(
+            f"the line '{NAMES_COMMENT}…' must hold a JSON object of identifier → name "
+            f"strings, got {recorded[:80]!r}; remove the line to keep the file's own names"
+        )
+    renames = {old: new for old, new in names.items() if old in circuit.parameters}
+    try:
+        return circuit.rename(renames)
+    except QpeftError as exc:
+        raise InteropError(f"the names on the '{NAMES_COMMENT}…' line do not fit the "
+                           f"program's inputs ({exc}); remove the line to keep the file's "
+                           "own names") from None
