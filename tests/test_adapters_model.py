@@ -252,6 +252,42 @@ def test_bank_factors_are_the_per_layer_factors_in_one_batch_per_shape(init: str
     torch.testing.assert_close(model(ids).logits, logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_gradient_checkpointing_gives_the_gradients_of_a_plain_step(reentrant: bool):
+    """transformers' gradient checkpointing recomputes each layer in the backward
+    pass: non-reentrant (its default) compares the tensors saved then with those
+    saved in the forward pass, and reentrant runs the forward pass without
+    gradients first. Two steps with an optimizer step between them."""
+    def gradients(checkpointing: bool) -> list[dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        base = BertForSequenceClassification(BertConfig(
+            vocab_size=100, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=96, num_labels=3, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0))
+        model = get_qpeft_model(base, QPeftConfig(target_modules=BERT_TARGETS, rank=4))
+        perturb(model, 0.3)
+        if checkpointing:
+            model.base_model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+            model.base_model.enable_input_require_grads()
+        model.train()
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+        out = []
+        for step in range(2):
+            optimizer.zero_grad()
+            model(input_ids=tokens(batch=2, length=8, seed=step),
+                  labels=torch.tensor([0, 2])).loss.backward()
+            out.append({n: p.grad.clone() for n, p in model.named_parameters()
+                        if p.requires_grad})
+            optimizer.step()
+        return out
+
+    for checked, plain in zip(gradients(True), gradients(False)):
+        assert checked.keys() == plain.keys() and len(plain) == 24
+        for name in plain:
+            torch.testing.assert_close(checked[name], plain[name], atol=1e-6, rtol=0)
+
+
 def test_each_adapted_layer_adds_no_more_operations_than_a_lora_layer():
     """The frames and the factors are built per circuit and per shape, so a
     training step's operations grow with the number of adapted layers no faster

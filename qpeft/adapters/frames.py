@@ -398,7 +398,9 @@ class FrameBank:
     :meth:`attach` installs a forward pre-hook on the model: before each
     forward pass the bank evaluates the trainable frames of all active
     adapters with :func:`compute_frames` (one call per circuit group) and
-    the layers read their slices with :meth:`lookup`. The frozen initial
+    the layers read their slices with :meth:`lookup`, and the two thin
+    factors of their update, built for all layers of one shape at once
+    (:func:`batched_factors`), with :meth:`lookup_factors`. The frozen initial
     frames of the ``offset`` init are cached on each layer and recomputed in
     one batch when their values change. When no gradient is needed (inference
     or ``torch.no_grad``) the trainable frames are reused too, as long as no
@@ -414,6 +416,9 @@ class FrameBank:
         self._layers: list[weakref.ref] = []
         self._frames: dict[tuple[int, str, str], torch.Tensor] = {}
         self._factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._factors_grad = False  # whether _factors were built with grad enabled
+        self._served: set[tuple[int, str]] = set()  # layers that read _factors this pass
+        self._last_factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._signature: tuple | None = None
         self._depth = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -421,7 +426,8 @@ class FrameBank:
     def __getstate__(self) -> dict[str, Any]:
         # weak references and hook handles do not pickle; an unpickled bank
         # serves no layers until set_layers() (the layers compute their own frames)
-        return {"_layers": [], "_frames": {}, "_factors": {}, "_signature": None, "_depth": 0,
+        return {"_layers": [], "_frames": {}, "_factors": {}, "_factors_grad": False,
+                "_served": set(), "_last_factors": {}, "_signature": None, "_depth": 0,
                 "_handles": []}
 
     # -- membership --------------------------------------------------------------
@@ -439,6 +445,8 @@ class FrameBank:
         """Drop cached frames (after a change the version counters cannot see)."""
         self._frames = {}
         self._factors = {}
+        self._served = set()
+        self._last_factors = {}
         self._signature = None
 
     # -- hooks ---------------------------------------------------------------------
@@ -464,7 +472,9 @@ class FrameBank:
     def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._depth = max(self._depth - 1, 0)
         if self._depth == 0:
-            self._factors = {}  # built from λ on every pass
+            # built from λ on every pass; kept for a checkpointed layer's recomputation
+            self._last_factors = self._factors if self._factors_grad else {}
+            self._factors = {}
             if self._signature is None:
                 self._frames = {}  # frames with a graph are not kept past the pass
 
@@ -479,7 +489,11 @@ class FrameBank:
         ]
 
     def refresh(self) -> None:
-        """Compute (or reuse) the frames of every contributing side."""
+        """Compute (or reuse) the frames of every contributing side, and the
+        factors of every contributing adapter."""
+        self._served = set()
+        self._last_factors = {}
+        self._factors_grad = torch.is_grad_enabled()
         slots = self.slots()
         layers = {id(layer): layer for layer, _, _ in slots}
         initial = [slot for slot in slots if slot[0].initial_frames_stale(slot[1])]
@@ -507,10 +521,26 @@ class FrameBank:
 
     def lookup_factors(self, layer: QPeftLinear,
                        adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(left, right) of ``layer``'s adapter during a model forward pass, else None."""
-        if self._depth == 0:
-            return None
-        return self._factors.get((id(layer), adapter))
+        """(left, right) of ``layer``'s adapter during a model forward pass, else None.
+
+        None also where the grad mode differs from the one they were built in
+        (a pass under ``torch.no_grad`` inside one with gradients, or the no-grad
+        first pass of a reentrant checkpoint): the layer then builds its own.
+        A layer recomputed during the backward pass by a non-reentrant
+        checkpoint (``torch.utils.checkpoint(..., use_reentrant=False)``, the
+        transformers default) gets the factors it read in the forward pass, so
+        that it saves the same tensors."""
+        key = (id(layer), adapter)
+        if self._depth > 0:
+            if torch.is_grad_enabled() != self._factors_grad:
+                return None
+            found = self._factors.get(key)
+            if found is not None:
+                self._served.add(key)
+            return found
+        if key in self._served and torch._C._current_graph_task_id() != -1:
+            return self._last_factors.get(key)
+        return None
 
     def lookup(self, layer: QPeftLinear, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(U, V) of ``layer``'s adapter during a model forward pass, else None."""

@@ -6,8 +6,10 @@ weight stored transposed) and adds ``α · U Λ Vᵀ dropout(x)``::
 
     U = Q_out(θ_U)[:, :K]   (N_out × K)      V = Q_in(θ_V)[:, :K]   (N_in × K)
 
-computed as ``((x @ V) * αλ) @ Uᵀ``: no ``N × N`` and no ``N_out × N_in``
-matrix is formed in the forward pass. The layer owns its parameters
+computed as ``(x @ left) @ rightᵀ`` with ``left = V`` and ``right = U·αλ``
+(:func:`low_rank_factors`; the ``offset`` init folds its frozen term into a
+rank-2K pair): no ``N × N`` and no ``N_out × N_in`` matrix is formed in the
+forward pass. The layer owns its parameters
 (``qpeft_theta_out``, ``qpeft_theta_in``, ``qpeft_lambda``, one entry per
 named adapter), its frozen initial values (``qpeft_initial``) and its
 merge/unmerge, so a model wrapper only has to find and replace modules.
