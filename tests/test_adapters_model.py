@@ -288,6 +288,70 @@ def test_gradient_checkpointing_gives_the_gradients_of_a_plain_step(reentrant: b
             torch.testing.assert_close(checked[name], plain[name], atol=1e-6, rtol=0)
 
 
+class _CheckpointedNet(torch.nn.Module):
+    """``a`` runs inside a checkpoint, and (``shared``) also before it."""
+
+    def __init__(self, reentrant: bool | None, shared: bool) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+        self.reentrant, self.shared = reentrant, shared
+
+    def block(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.a(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared:
+            x = torch.tanh(self.a(x))
+        if self.reentrant is None:
+            return self.b(self.block(x))
+        return self.b(torch.utils.checkpoint.checkpoint(self.block, x,
+                                                        use_reentrant=self.reentrant))
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["inside", "inside-and-outside"])
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non-reentrant", "reentrant"])
+def test_checkpointed_layers_with_a_pass_in_between_give_the_plain_gradients(
+        reentrant: bool, shared: bool):
+    """A no-grad pass between the forward and the backward pass, a layer used
+    inside and outside the checkpoint, then an optimizer step and a layer
+    called inside another backward pass: every gradient is the one without
+    checkpointing, computed from the parameters of its own pass."""
+    # the input requires grad: a reentrant checkpoint trains only through inputs that do
+    x, x2 = torch.randn(3, 8, requires_grad=True), torch.randn(3, 8)
+
+    def run(mode: bool | None) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = get_qpeft_model(_CheckpointedNet(mode, shared),
+                                QPeftConfig(target_modules=["a", "b"], rank=2))
+        perturb(model, 0.3)
+        loss = model(x).pow(2).sum()
+        with torch.no_grad():
+            model(x2)
+        loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.mul_(2.0)
+        # a layer called inside the backward pass of an unrelated graph
+        layer = model.qpeft_layers()["a"]
+        inner = x2.clone().requires_grad_()
+        outer = (inner * 1.0).sum()
+
+        def call_layer(gradient: torch.Tensor) -> torch.Tensor:
+            with torch.enable_grad():
+                out = layer(inner.detach().requires_grad_()).sum()
+            return gradient + torch.autograd.grad(out, layer.qpeft_lambda["default"])[0].sum()
+
+        hooked = inner.register_hook(call_layer)
+        outer.backward()
+        hooked.remove()
+        return grads + [inner.grad.clone()]
+
+    for checked, plain in zip(run(reentrant), run(None), strict=True):
+        torch.testing.assert_close(checked, plain, atol=1e-6, rtol=0)
+
+
 def test_each_adapted_layer_adds_no_more_operations_than_a_lora_layer():
     """The frames and the factors are built per circuit and per shape, so a
     training step's operations grow with the number of adapted layers no faster

@@ -85,8 +85,21 @@ def test_openqasm_3_restores_names_that_escape_onto_each_other():
     assert set(foreign.parameters) == {"theta[2]", "theta_2_", "theta_2__1", "a_0_"}
 
 
+def test_openqasm_3_restores_names_qiskit_would_rename() -> None:
+    """Qiskit renames inputs that clash with a keyword, a constant or a gate name
+    (gate, pi, input, h); they get identifiers of their own, and the names line
+    gives every name back, also next to names that look like Qiskit's renames."""
+    circuit = (Circuit(2).ry(0, "h").ry(1, "h_0").cz(0, 1).rx(0, "pi").ry(1, "input")
+               .rx(1, "h_").ry(0, "gate").rx(0, "theta[2]"))
+    back = from_qasm(to_qasm(circuit))
+    assert sorted(back.parameters) == sorted(circuit.parameters)
+    values = dict(zip(circuit.parameters, np.linspace(-1, 1, circuit.num_parameters)))
+    np.testing.assert_allclose(back.matrix(values), circuit.matrix(values), atol=1e-12)
+
+
 @pytest.mark.parametrize("line, message", [
     ('// qpeft parameters: [1, 2]', "JSON object"),
+    ('// qpeft parameters: {"zz": "q[1]"}', "names input.s. zz that the program does not"),
     ('// qpeft parameters: {"b": "theta_2_"}', "do not fit"),  # b onto another input
 ])
 def test_a_broken_names_line_is_an_interop_error(line: str, message: str) -> None:

@@ -364,6 +364,28 @@ def batched_factors(
     return factors
 
 
+def _innermost_checkpoint_hook() -> str | None:
+    """``"_checkpoint_hook"`` inside the forward pass of a non-reentrant
+    ``torch.utils.checkpoint``, ``"_recomputation_hook"`` while it recomputes
+    that pass during the backward pass, else None (read from the innermost
+    saved-tensor hook; a torch that does not expose it gives None)."""
+    try:
+        hooks = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    except (AttributeError, TypeError, RuntimeError):
+        return None
+    if not hooks:
+        return None
+    name = getattr(hooks[0], "__qualname__", "").split(".")[0]
+    return name if name in ("_checkpoint_hook", "_recomputation_hook") else None
+
+
+def _values_signature(layer: QPeftLinear, adapter: str) -> tuple:
+    """What the factors of ``layer``'s adapter are computed from: its
+    parameters (identity and version counter) and settings."""
+    return tuple((id(p), p._version) for p in layer.adapter_parameters(adapter)) + (
+        layer.scaling[adapter], layer.active_rank[adapter], layer.quantize_bits[adapter])
+
+
 def _stacked_lambdas(members: list, initial: bool) -> torch.Tensor:
     """``(G, K)``: α times the effective λ (or λ₀) of each member, in one
     multiplication when the members share α (the usual case)."""
@@ -417,8 +439,8 @@ class FrameBank:
         self._frames: dict[tuple[int, str, str], torch.Tensor] = {}
         self._factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self._factors_grad = False  # whether _factors were built with grad enabled
-        self._served: set[tuple[int, str]] = set()  # layers that read _factors this pass
-        self._last_factors: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        # factors read inside a non-reentrant checkpoint, with the parameters' signature
+        self._checkpointed: dict[tuple[int, str], tuple[tuple, tuple]] = {}
         self._signature: tuple | None = None
         self._depth = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -427,8 +449,7 @@ class FrameBank:
         # weak references and hook handles do not pickle; an unpickled bank
         # serves no layers until set_layers() (the layers compute their own frames)
         return {"_layers": [], "_frames": {}, "_factors": {}, "_factors_grad": False,
-                "_served": set(), "_last_factors": {}, "_signature": None, "_depth": 0,
-                "_handles": []}
+                "_checkpointed": {}, "_signature": None, "_depth": 0, "_handles": []}
 
     # -- membership --------------------------------------------------------------
     def set_layers(self, layers: Iterable[QPeftLinear]) -> None:
@@ -445,8 +466,7 @@ class FrameBank:
         """Drop cached frames (after a change the version counters cannot see)."""
         self._frames = {}
         self._factors = {}
-        self._served = set()
-        self._last_factors = {}
+        self._checkpointed = {}
         self._signature = None
 
     # -- hooks ---------------------------------------------------------------------
@@ -472,9 +492,7 @@ class FrameBank:
     def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._depth = max(self._depth - 1, 0)
         if self._depth == 0:
-            # built from λ on every pass; kept for a checkpointed layer's recomputation
-            self._last_factors = self._factors if self._factors_grad else {}
-            self._factors = {}
+            self._factors = {}  # built from λ on every pass
             if self._signature is None:
                 self._frames = {}  # frames with a graph are not kept past the pass
 
@@ -491,8 +509,6 @@ class FrameBank:
     def refresh(self) -> None:
         """Compute (or reuse) the frames of every contributing side, and the
         factors of every contributing adapter."""
-        self._served = set()
-        self._last_factors = {}
         self._factors_grad = torch.is_grad_enabled()
         slots = self.slots()
         layers = {id(layer): layer for layer, _, _ in slots}
@@ -528,18 +544,21 @@ class FrameBank:
         first pass of a reentrant checkpoint): the layer then builds its own.
         A layer recomputed during the backward pass by a non-reentrant
         checkpoint (``torch.utils.checkpoint(..., use_reentrant=False)``, the
-        transformers default) gets the factors it read in the forward pass, so
-        that it saves the same tensors."""
+        transformers default) gets the factors it read inside that checkpoint
+        in the forward pass, so that it saves the same tensors, as long as its
+        parameters and settings are unchanged; any other call gets None."""
         key = (id(layer), adapter)
         if self._depth > 0:
             if torch.is_grad_enabled() != self._factors_grad:
                 return None
             found = self._factors.get(key)
-            if found is not None:
-                self._served.add(key)
+            if found is not None and _innermost_checkpoint_hook() == "_checkpoint_hook":
+                self._checkpointed[key] = (found, _values_signature(layer, adapter))
             return found
-        if key in self._served and torch._C._current_graph_task_id() != -1:
-            return self._last_factors.get(key)
+        if _innermost_checkpoint_hook() == "_recomputation_hook":
+            kept = self._checkpointed.get(key)
+            if kept is not None and kept[1] == _values_signature(layer, adapter):
+                return kept[0]
         return None
 
     def lookup(self, layer: QPeftLinear, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -111,10 +111,22 @@ def to_qasm(circuit: Circuit, version: int = 3) -> str:
         from qiskit import qasm3
 
         names = _identifiers(circuit.parameters)
-        renamed = {new: old for old, new in names.items() if new != old}
-        text = qasm3.dumps(_lowered(circuit.rename(names) if renamed else circuit, QASM_GATES))
-        declared = set(re.findall(r"^input float\[64\] (\S+);$", text, re.M))
-        if renamed and declared == set(names.values()):
+        for _ in range(len(names) + 1):
+            renamed = {new: old for old, new in names.items() if new != old}
+            text = qasm3.dumps(_lowered(circuit.rename(names) if renamed else circuit,
+                                        QASM_GATES))
+            declared = set(re.findall(r"^input float\[64\] (\S+);$", text, re.M))
+            # Qiskit renames inputs that clash with a keyword or a gate name (pi, gate,
+            # h, …): pick another identifier for those and write the program again
+            clashing = [old for old, new in names.items() if new not in declared]
+            if not clashing:
+                break
+            taken = set(names.values()) | declared
+            for old in clashing:
+                names[old] = _free(f"{names[old]}_", taken)
+        else:  # pragma: no cover - every pass renames at least one clashing input
+            raise InteropError("could not give every parameter an OpenQASM 3 input name")
+        if renamed:
             header, _, rest = text.partition("\n")
             text = f"{header}\n{NAMES_COMMENT}{json.dumps(renamed)}\n{rest}"
         return text
@@ -134,13 +146,18 @@ def _identifiers(names: tuple[str, ...]) -> dict[str, str]:
             out[name] = name
             continue
         base = re.sub(r"[^A-Za-z0-9_]", "_", name)
-        base = base if _IDENTIFIER.fullmatch(base) else f"_{base}"
-        chosen, suffix = base, 1
-        while chosen in taken:
-            chosen, suffix = f"{base}_{suffix}", suffix + 1
-        taken.add(chosen)
-        out[name] = chosen
+        out[name] = _free(base if _IDENTIFIER.fullmatch(base) else f"_{base}", taken)
     return out
+
+
+def _free(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, … : the first one not in ``taken``
+    (which it joins)."""
+    chosen, suffix = base, 1
+    while chosen in taken:
+        chosen, suffix = f"{base}_{suffix}", suffix + 1
+    taken.add(chosen)
+    return chosen
 
 
 def qasm3_import_available() -> bool:
@@ -215,6 +232,12 @@ def _restore_names(circuit: Circuit, recorded: str) -> Circuit:
         raise InteropError(
             f"the line '{NAMES_COMMENT}…' must hold a JSON object of identifier → name "
             f"strings, got {recorded[:80]!r}; remove the line to keep the file's own names"
+        )
+    unknown = sorted(set(names) - set(circuit.parameters))
+    if unknown:
+        raise InteropError(
+            f"the line '{NAMES_COMMENT}…' names input(s) {', '.join(unknown)} that the "
+            "program does not declare (was an input renamed by hand?); fix or remove the line"
         )
     renames = {old: new for old, new in names.items() if old in circuit.parameters}
     try:
