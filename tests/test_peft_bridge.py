@@ -136,6 +136,16 @@ def test_peft_refused_safe_merge_leaves_every_layer_unmerged():
     assert_a_refused_safe_merge_changes_nothing(model, adapter_layers, "nothing was merged")
 
 
+def test_a_different_adapter_per_sample_is_refused():
+    model = peft.get_peft_model(tiny_gpt2(), QPeftPeftConfig(rank=2, target_modules="all-linear"))
+    ids = tokens(batch=2)
+    with pytest.raises(ConfigError, match="adapter_names= .* not supported"):
+        model(input_ids=ids, adapter_names=["default", "default"])
+    with pytest.raises(ConfigError, match="set_adapter"):
+        model.generate(input_ids=ids, adapter_names=["default", "default"], max_new_tokens=2)
+    assert model(input_ids=ids).logits.shape[0] == 2  # the plain call still runs
+
+
 def test_named_adapters_switch_save_and_load(tmp_path):
     ids = tokens()
     with torch.no_grad():

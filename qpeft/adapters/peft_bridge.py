@@ -28,6 +28,7 @@ trainable params: 90 || all params: 2,466 || trainable%: 3.6496
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib.metadata
@@ -243,6 +244,18 @@ class QPeftTuner(BaseTuner):
     prefix: str = PREFIX
     tuner_layer_cls = QPeftTunerLinear
     target_module_mapping: dict[str, list[str]] = {}
+
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any):
+        """peft's ``adapter_names=`` (a different adapter for each sample of a
+        batch) is a LoRA feature this tuner does not have: refused, rather than
+        every sample silently running the active adapter."""
+        if kwargs.get("adapter_names") is not None:
+            raise ConfigError(
+                "adapter_names= (a different adapter for each sample) is not supported by "
+                "qpeft adapters; call model.set_adapter(name) and run one batch per adapter"
+            )
+        yield
 
     # -- which modules, with which frames --------------------------------------------------
     def _prepare_adapter_config(self, peft_config, model_config: dict):
