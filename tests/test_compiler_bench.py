@@ -100,8 +100,30 @@ def test_quick_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert report["memory"]["recompute_saved_bytes"] < report["memory"]["standard_saved_bytes"]
     statuses = {target["status"] for target in report["targets"]}
     assert statuses <= {"PASS", "FAIL", "not measured"}
-    assert len(report["targets"]) == 4
-    assert report["targets"][3]["status"] == "not measured"  # 12 frames, not 72
+    assert measured[("cayley-full", 96)]["status"] == "ok"  # any N, not qubits only
+    assert len(report["targets"]) == 5
+    assert report["targets"][4]["status"] == "not measured"  # 12 frames, not 72
+
+
+@pytest.mark.parametrize("kind", ["cayley", "exponential"])
+def test_full_mappings_are_orthogonal_matrices_cut_to_k_columns(kind: str) -> None:
+    """The first K columns of the whole orthogonal matrix of a skew-symmetric
+    generator: against SciPy's expm and the Cayley formula, with gradients."""
+    import scipy.linalg
+
+    frame = unitary.FullMapping(kind, 12, 3, torch.float64)
+    assert frame.num_parameters == 66
+    values = torch.randn(66, dtype=torch.float64, requires_grad=True)
+    U = frame(values)
+    upper = np.zeros((12, 12))
+    upper[np.triu_indices(12, 1)] = values.detach().numpy()
+    generator = upper - upper.T
+    eye = np.eye(12)
+    whole = (scipy.linalg.expm(generator) if kind == "exponential"
+             else np.linalg.solve(eye + generator, eye - generator))
+    np.testing.assert_allclose(whole.T @ whole, eye, atol=1e-12)
+    np.testing.assert_allclose(U.detach().numpy(), whole[:, :3], atol=1e-12)
+    assert torch.autograd.gradcheck(lambda v: frame(v), (values,))
 
 
 def test_table_and_plot(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,10 @@ parameter vector (the work an adapter does twice per layer and step):
 * ``pennylane`` – ``qml.matrix`` with the torch interface, forward and
   backward, qubit registers only;
 * ``cayley``, ``exponential``, ``householder``, ``givens``, ``taylor`` –
-  the alternative maps onto N×K orthonormal frames (``qpeft.compiler.mappings``).
+  the alternative maps onto N×K orthonormal frames (``qpeft.compiler.mappings``);
+* ``cayley-full``, ``exponential-full`` – the first K columns of a whole N×N
+  orthogonal matrix built from N(N−1)/2 generator entries (:class:`FullMapping`),
+  the setting of the paper's Fig. 6; timed once per size, like Qiskit.
 
 With ``torch_compile`` (``--torch-compile``) every torch method is wrapped
 in ``torch.compile`` and compiled before it is timed (dynamo's caches are
@@ -68,7 +71,8 @@ from qpeft.errors import ConfigError, InteropError
 FAST_METHODS = ("columns", "tensornet", "dense", "naive")
 MAPPINGS = ("cayley", "exponential", "householder", "givens", "taylor")
 SLOW_METHODS = ("qiskit", "pennylane")
-ALL_METHODS = FAST_METHODS + SLOW_METHODS + MAPPINGS
+FULL_MAPPINGS = ("cayley-full", "exponential-full")
+ALL_METHODS = FAST_METHODS + SLOW_METHODS + MAPPINGS + FULL_MAPPINGS
 
 #: Default dimensions: the powers of two 2^8 … 2^14 and three transformer widths.
 DEFAULT_SIZES = (256, 384, 512, 768, 1024, 2048, 3072, 4096, 8192, 16384)
@@ -139,6 +143,38 @@ class NaiveSimulator:
                                                          list(wires)))
             state = torch.movedim(state, list(range(count)), list(wires))
         return state.reshape(-1, state.shape[-1])
+
+
+class FullMapping:
+    """The first K columns of a whole N×N orthogonal matrix: the Cayley
+    transform ``(I + A)⁻¹ (I − A)`` or the exponential ``exp(A)`` of a
+    skew-symmetric A whose N(N−1)/2 upper entries are the parameters. This is
+    how the maps compare in the paper's Fig. 6; O(N³) work and N×N memory,
+    where the thin maps of ``qpeft.compiler.mappings`` stay O(N·K²).
+
+    >>> frame = FullMapping("cayley", 6, 2, torch.float64)
+    >>> U = frame(torch.randn(frame.num_parameters, dtype=torch.float64))
+    >>> bool(torch.allclose(U.T @ U, torch.eye(2, dtype=torch.float64)))
+    True
+    """
+
+    def __init__(self, kind: str, dimension: int, columns: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+        if kind not in ("cayley", "exponential"):
+            raise ConfigError(f"FullMapping builds 'cayley' or 'exponential', not {kind!r}")
+        self.kind, self.dimension, self.columns = kind, dimension, columns
+        self.upper = tuple(torch.triu_indices(dimension, dimension, 1, device=device))
+        self.eye = torch.eye(dimension, dtype=dtype, device=device)
+        self.num_parameters = dimension * (dimension - 1) // 2
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        """values (N(N−1)/2,) -> (N, K)."""
+        upper = torch.zeros_like(self.eye).index_put(self.upper, values)
+        generator = upper - upper.T
+        if self.kind == "cayley":
+            return torch.linalg.solve(self.eye + generator,
+                                      (self.eye - generator)[:, : self.columns])
+        return torch.linalg.matrix_exp(generator)[:, : self.columns]
 
 
 def _tensor(array, dtype, work, device) -> torch.Tensor:
@@ -464,7 +500,7 @@ def _compile_now(name: str, function: Callable[[], object]) -> None:
 def _slow_measurement(method: str, circuit: Circuit, config: BenchmarkConfig,
                       tracker: _SlowTracker) -> Measurement:
     dimension = circuit.dimension
-    if set(circuit.dims) != {2}:
+    if method in SLOW_METHODS and set(circuit.dims) != {2}:
         return Measurement(method, dimension, None, "n/a",
                            f"N not a power of two needs a qudit register; {method} takes "
                            "qubits only")
@@ -473,7 +509,20 @@ def _slow_measurement(method: str, circuit: Circuit, config: BenchmarkConfig,
         return Measurement(method, dimension, None, "skipped",
                            f"estimated {predicted:.0f} s > {config.slow_limit:.0f} s limit")
     values = 0.5 * np.random.default_rng(0).standard_normal(circuit.num_parameters)
-    if method == "qiskit":
+    if method in FULL_MAPPINGS:
+        frame = FullMapping(method.removesuffix("-full"), dimension, config.columns,
+                            config.torch_dtype(), config.torch_device())
+        generator = torch.Generator().manual_seed(0)
+        run = forward_backward(frame, (0.1 * torch.randn(frame.num_parameters, generator=generator,
+                                                         dtype=config.torch_dtype())
+                                       ).to(config.torch_device()))
+        if predicted is None or predicted < 1.0:
+            run()  # a short run would mostly time torch's first call
+        start = time.perf_counter()
+        run()
+        seconds = time.perf_counter() - start
+        note = "forward and backward of the whole N×N matrix; 1 run"
+    elif method == "qiskit":
         from qiskit.quantum_info import Operator
 
         start = time.perf_counter()
@@ -589,7 +638,7 @@ def run_benchmark(config: BenchmarkConfig, progress: Callable[[str], None] | Non
 def _run(config: BenchmarkConfig, note: Callable[[str], None]) -> dict:
     torch.manual_seed(0)
     measurements: list[Measurement] = []
-    trackers = {method: _SlowTracker() for method in SLOW_METHODS}
+    trackers = {method: _SlowTracker() for method in SLOW_METHODS + FULL_MAPPINGS}
     for dimension in sorted(config.sizes):
         circuit = benchmark_circuit(dimension, config.layers, config.construction)
         note(f"N = {dimension}: fast methods")
@@ -598,7 +647,7 @@ def _run(config: BenchmarkConfig, note: Callable[[str], None]) -> dict:
         if "dense" in config.methods and dimension > DENSE_LIMIT:
             measurements.append(Measurement("dense", dimension, None, "skipped",
                                             f"N×N unitary above N = {DENSE_LIMIT}"))
-        for method in SLOW_METHODS:
+        for method in SLOW_METHODS + FULL_MAPPINGS:
             if method in config.methods:
                 note(f"N = {dimension}: {method}")
                 measurements.append(_slow_measurement(method, circuit, config,
@@ -656,6 +705,11 @@ def _targets(report: dict, config: BenchmarkConfig) -> list[dict]:
     worst = min((r for _, _, r in large), default=None)
     out.append(target("columns faster than every alternative mapping for N >= 1024 "
                       "(smallest ratio)", 1.0, worst))
+    full = [r for n, peers in ratios.items() if int(n) >= 1024
+            for m, r in peers.items() if m in FULL_MAPPINGS]
+    out.append(target("columns faster than the mappings that form the whole N x N matrix, "
+                      "N >= 1024 (the paper's Fig. 6 setting; smallest ratio)", 1.0,
+                      min(full, default=None)))
     batched = report.get("batched")
     at_setting = batched is not None and batched["total_frames"] == BATCHED_TARGET_FRAMES
     out.append(target(f"batched vs separate calls ({BATCHED_TARGET_FRAMES} BERT frames)", 5.0,
@@ -777,16 +831,16 @@ def plot(report: dict, filename: str | os.PathLike) -> Path:
 
     figure = Figure(figsize=(8.5, 4.5))
     axes = figure.add_subplot()
-    # the compiler in black, the ten others in matplotlib's ten cycle colours
-    colours = iter(f"C{i}" for i in range(10))
+    # the compiler in black, the others in matplotlib's ten cycle colours and two more
+    colours = iter([f"C{i}" for i in range(10)] + ["darkred", "navy"])
     for method in ALL_METHODS:
         points = sorted((x["dimension"], x["seconds"]) for x in report["measurements"]
                         if x["method"] == method and x["seconds"] is not None)
         colour = "black" if method == "columns" else next(colours)
         if points:
             sizes, seconds = zip(*points)
-            style = "-o" if method in FAST_METHODS else ("--s" if method in SLOW_METHODS
-                                                         else ":^")
+            style = ("-o" if method in FAST_METHODS else "--s" if method in SLOW_METHODS
+                     else ":^" if method in MAPPINGS else "-.v")
             axes.plot(sizes, seconds, style, label=method, markersize=4, color=colour)
     axes.set_xscale("log", base=2)
     measured = sorted({x["dimension"] for x in report["measurements"]})
