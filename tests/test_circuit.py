@@ -580,3 +580,84 @@ def test_gates_built_from_their_classes_are_plain_data(built, canonical):
 def test_gate_classes_refuse_non_integer_wires(build):
     with pytest.raises(WireError, match="integers"):
         build()
+
+
+def test_inverse_keeps_the_parameter_order():
+    """c.inverse().matrix(θ) is c.matrix(θ)ᴴ for the same vector θ, in the
+    reference, the compiled module and after a JSON round trip."""
+    c = Circuit(2).ry(0, "a").rx(1, "b").cz(0, 1).ry(1, "c").ry(0, "a")
+    inverse = c.inverse()
+    assert inverse.parameters == c.parameters == ("a", "b", "c")
+    theta = [0.3, -0.8, 1.4]
+    np.testing.assert_allclose(inverse.matrix(theta) @ c.matrix(theta), np.eye(4), atol=1e-12)
+    compiled = qpeft.compile(inverse, dtype=torch.float64)(torch.tensor(theta, dtype=torch.float64))
+    np.testing.assert_allclose(compiled.numpy(), c.matrix(theta).conj().T, atol=1e-12)
+    back = Circuit.from_json(inverse.to_json())
+    assert back == inverse and back.parameters == ("a", "b", "c")
+    assert inverse.to_dict()["version"] == 3 and inverse.to_dict()["parameters"] == ["a", "b", "c"]
+    assert c.to_dict()["version"] == 1 and "parameters" not in c.to_dict()
+    # a circuit whose order is its order of first appearance compares equal to a fresh one
+    assert inverse.inverse() == c and inverse.inverse().to_dict() == c.to_dict()
+    # the same gates read in another order are another circuit
+    assert inverse != Circuit(2).extend(inverse.gates)
+
+
+def test_derived_circuits_keep_the_order_of_the_names_that_remain():
+    c = Circuit(2).ry(1, "b").ry(0, "a").inverse()  # parameters b, a; gates a, b
+    assert c.parameters == ("b", "a")
+    assert c.rename({"a": "z"}).parameters == ("b", "z")
+    assert c.bind({"b": 0.1}).parameters == ("a",)
+    assert (c + Circuit(2).ry(0, "x").ry(1, "a")).parameters == ("b", "a", "x")
+    assert c.repeat(2).parameters == ("b_0", "a_0", "b_1", "a_1")
+    assert c.copy().parameters == ("b", "a")
+    assert c.reorder(["a", "b"]).parameters == ("a", "b")
+    with pytest.raises(ParameterError, match="every parameter of the circuit once"):
+        c.reorder(["a"])
+    with pytest.raises(ParameterError, match="every parameter of the circuit once"):
+        c.reorder(["a", "a", "b"])
+
+
+@pytest.mark.parametrize("order", [["a"], ["a", "b", "b"], "ab", [1, 2], {"a": 1}])
+def test_a_parameter_list_that_does_not_fit_the_gates_is_refused(order):
+    data = Circuit(2).ry(0, "a").ry(1, "b").inverse().to_dict()
+    data["parameters"] = order
+    with pytest.raises(DescriptionError, match="parameters"):
+        Circuit.from_dict(data)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Circuit(2).unitary([[1j]], []),
+    lambda: Circuit(2).append(SignDiagonal((), (-1,))),
+    lambda: Circuit(2).append(Barrier(())),
+    lambda: Circuit(2).append(controlled(Unitary((), [[1j]]), [0])),
+])
+def test_a_gate_on_no_wires_is_refused(make):
+    with pytest.raises(WireError, match="at least one wire"):
+        make()
+
+
+@pytest.mark.parametrize("gate", [
+    {"gate": "Barrier", "wires": []},
+    {"gate": "Unitary", "wires": [0], "real": [["1", "0"], ["0", "1"]]},
+    {"gate": "Unitary", "wires": [0], "real": [[True, False], [False, True]]},
+    {"gate": "Unitary", "wires": [0], "real": [[1, 0], [0, 1]], "imag": [[0]]},
+    {"gate": "Unitary", "wires": [0], "real": [[1, 0], [0]]},
+])
+def test_json_gates_that_to_json_never_writes_are_refused(gate):
+    data = {"format": "qpeft.circuit", "version": 1, "dims": [2], "gates": [gate]}
+    with pytest.raises((DescriptionError, WireError)):
+        Circuit.from_dict(data)
+
+
+@pytest.mark.parametrize("name", [5, None, ["x"]])
+def test_a_name_that_is_not_a_string_is_refused(name):
+    with pytest.raises(DescriptionError, match="name must be a string"):
+        Circuit(1, name=name)
+    c = Circuit(1)
+    with pytest.raises(DescriptionError, match="name must be a string"):
+        c.name = name
+
+
+def test_compose_takes_a_circuit():
+    with pytest.raises(WireError, match="compose takes another Circuit"):
+        Circuit(2).compose("x")

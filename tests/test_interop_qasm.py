@@ -58,8 +58,10 @@ def test_openqasm_3_keeps_parameters_as_inputs():
     assert text.startswith("OPENQASM 3.0;")
     assert "input float[64] b;" in text
     assert "input float[64] theta_0_;" in text  # theta[0] as an identifier
-    assert text.splitlines()[1] == ('// qpeft parameters: {"theta_0_": "theta[0]", '
-                                    '"theta_2_": "theta[2]"}')
+    # every input, in the circuit's parameter order
+    order = ", ".join(f'"{name.replace("[", "_").replace("]", "_")}": "{name}"'
+                      for name in mixed_circuit().parameters)
+    assert text.splitlines()[1] == "// qpeft parameters: {" + order + "}"
 
 
 def test_openqasm_3_round_trip_when_the_importer_is_installed():
@@ -145,3 +147,34 @@ def test_helpful_errors():
         from_qasm("OPENQASM 2.0;\nqreg q[1];\nfoo q[0];")
     with pytest.raises(InteropError, match="embed_in_qubits"):
         to_qasm(Circuit([3]).givens(0, (0, 2), 0.1))
+
+
+def test_openqasm_3_keeps_the_parameter_order_when_lowering_reorders_gates():
+    """Qiskit's lowering emits gates on different wires by wire; the names line
+    carries the order, so the same vector of values drives the same gates."""
+    circuit = Circuit(3).ry(2, "a").ry(1, "b").rx(0, "c").cz(0, 2)
+    back = from_qasm(to_qasm(circuit))
+    assert back.parameters == ("a", "b", "c")
+    values = [0.3, -0.7, 1.1]
+    np.testing.assert_allclose(back.matrix(values), circuit.matrix(values), atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["true", "false", "switch", "case", "default", "input", "pi"])
+def test_openqasm_3_keywords_as_names_give_a_readable_program(name: str) -> None:
+    circuit = Circuit(2).ry(0, name).ry(1, "x").cz(0, 1)
+    text = to_qasm(circuit)
+    assert f"input float[64] {name};" not in text
+    back = from_qasm(text)
+    assert back.parameters == (name, "x")
+    np.testing.assert_allclose(back.matrix([0.4, -0.2]), circuit.matrix([0.4, -0.2]), atol=1e-12)
+
+
+def test_a_name_that_looks_like_a_qiskit_escape_survives():
+    circuit = Circuit(1).ry(0, "_theta_0_")
+    assert from_qasm(to_qasm(circuit)).parameters == ("_theta_0_",)
+
+
+def test_a_syntax_error_is_an_interop_error(capfd):
+    with pytest.raises(InteropError, match="invalid OpenQASM 3 program"):
+        from_qasm('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[1] q;\nry( q[0];\n')
+    assert capfd.readouterr().err == ""

@@ -308,3 +308,16 @@ def test_foreign_indices_with_leading_zeros_become_distinct_qpeft_names():
     qc.ry(QiskitParameter("w[01]"), 0)
     qc.rx(QiskitParameter("w[1]"), 0)
     assert from_qiskit(qc).parameters == ("w[1]", "w_2[1]")
+
+
+def test_a_controlled_gate_with_one_base_on_several_targets_uses_its_definition():
+    """MCMTGate is a ControlledGate whose 1-qubit base acts on each target."""
+    from qiskit import QuantumCircuit
+    from qiskit.circuit.library import MCMTGate, RYGate, XGate
+    from qiskit.quantum_info import Operator
+
+    for base in (RYGate(0.4), XGate()):
+        qc = QuantumCircuit(3)
+        qc.append(MCMTGate(base, 1, 2), [0, 1, 2])
+        np.testing.assert_allclose(from_qiskit(qc).matrix(), Operator(qc.reverse_bits()).data,
+                                   atol=1e-12)

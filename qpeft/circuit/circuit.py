@@ -30,19 +30,23 @@ from qpeft.errors import DescriptionError, ParameterError, WireError
 
 FORMAT = "qpeft.circuit"
 #: The newest description version: 2 adds Givens gates on several level
-#: pairs. A description is written with the oldest version that holds it, so
-#: circuits without such gates still load in releases that read version 1.
-FORMAT_VERSION = 2
+#: pairs, 3 a ``parameters`` list for an order that is not the order of
+#: first appearance (as :meth:`Circuit.inverse` makes). A description is
+#: written with the oldest version that holds it, so circuits without such
+#: gates or order still load in releases that read version 1.
+FORMAT_VERSION = 3
 #: The largest dimension of one wire.
 MAX_WIRE_DIMENSION = 2**31 - 1
 
 
-def _description_version(gates: Sequence[g.Gate]) -> int:
+def _description_version(gates: Sequence[g.Gate], ordered: bool) -> int:
     def multi_pair(gate: g.Gate) -> bool:
         if isinstance(gate, g.Controlled):
             return multi_pair(gate.base)
         return isinstance(gate, g.Givens) and len(gate.levels) > 2
 
+    if ordered:
+        return 3
     return 2 if any(multi_pair(gate) for gate in gates) else 1
 
 
@@ -76,7 +80,21 @@ class Circuit:
             )
         self._dims = dims
         self._gates: list[g.Gate] = []
+        #: the parameter order when it is not the order of first appearance
+        #: (kept by inverse(), compose(), rename(), bind() and JSON)
+        self._order: tuple[str, ...] | None = None
         self.name = name
+
+    @property
+    def name(self) -> str:
+        """A label for drawings and reprs (not part of equality)."""
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise DescriptionError(f"a circuit's name must be a string, got {value!r:.60}")
+        self._name = value
 
     # -- structure ------------------------------------------------------------
     @property
@@ -105,13 +123,57 @@ class Circuit:
 
     @property
     def parameters(self) -> tuple[str, ...]:
-        """Free parameter names, in order of first appearance."""
+        """Free parameter names, in the order a sequence of values is read.
+
+        That is the order of first appearance, unless the circuit came from
+        one whose order it keeps: :meth:`inverse` reverses the gates but keeps
+        the order, :meth:`compose` puts this circuit's parameters before the
+        other's new ones, and :meth:`rename` and :meth:`bind` keep the order
+        of the names that remain.
+
+        >>> c = Circuit(1).ry(0, "a").rx(0, "b")
+        >>> c.inverse().parameters
+        ('a', 'b')
+        """
+        present = self._appearance()
+        if self._order is None:
+            return present
+        kept = [name for name in self._order if name in present]
+        known = set(kept)
+        return tuple(kept) + tuple(name for name in present if name not in known)
+
+    def _appearance(self) -> tuple[str, ...]:
         seen: dict[str, None] = {}
         for gate in self._gates:
             for expr in gate.params:
                 for name in expr.parameters:
                     seen.setdefault(name, None)
         return tuple(seen)
+
+    def reorder(self, names: Sequence[str]) -> Circuit:
+        """The same circuit with its parameters read in the order ``names``,
+        which must list every parameter once.
+
+        >>> Circuit(1).ry(0, "a").rx(0, "b").reorder(["b", "a"]).parameters
+        ('b', 'a')
+        """
+        present = self._appearance()
+        if isinstance(names, (str, bytes)) or not isinstance(names, Sequence) or not all(
+                isinstance(n, str) for n in names) or sorted(names) != sorted(present):
+            raise ParameterError(
+                "a parameter order must list every parameter of the circuit once, by name; "
+                f"the circuit has {list(present)!r:.200}, got {names!r:.200}"
+            )
+        return self.copy()._ordered(names)
+
+    def _ordered(self, names: Iterable[str]) -> Circuit:
+        """Set the parameter order to ``names`` (deduplicated; names no gate
+        uses are dropped) and return the circuit."""
+        present = self._appearance()
+        order = [name for name in dict.fromkeys(names) if name in set(present)]
+        order += [name for name in present if name not in set(order)]
+        self._order = None if tuple(order) == present else tuple(order)
+        return self
 
     @property
     def num_parameters(self) -> int:
@@ -214,10 +276,28 @@ class Circuit:
     def copy(self) -> Circuit:
         out = Circuit(self._dims, name=self.name)
         out._gates = list(self._gates)
+        out._order = self._order
         return out
 
     def compose(self, other: Circuit, wires: Sequence[int] | None = None) -> Circuit:
-        """A new circuit: this one followed by ``other`` (on ``wires`` of this one)."""
+        """A new circuit: this one followed by ``other`` (on ``wires`` of this one).
+
+        Parameters are identified by name: a name both circuits use becomes
+        one shared angle (``a + a`` has the parameters of ``a``). For
+        independent angles rename first (:meth:`rename`) or use
+        :meth:`repeat`, which suffixes each copy's names.
+        The result reads this circuit's parameters first, then the other's
+        new ones, each in its own :attr:`parameters` order.
+
+        >>> a = Circuit(1).ry(0, "t")
+        >>> (a + a).parameters, a.repeat(2).parameters
+        (('t',), ('t_0', 't_1'))
+        """
+        if not isinstance(other, Circuit):
+            raise WireError(
+                f"compose takes another Circuit, got {type(other).__name__}; build the gates "
+                "into a Circuit of their own first"
+            )
         mapping = list(range(other.num_wires)) if wires is None else list(
             g.integers(wires, "compose wires")
         )
@@ -240,7 +320,7 @@ class Circuit:
         out = self.copy()
         for gate in other.gates:
             out.append(gate.with_wires([mapping[w] for w in gate.wires]))
-        return out
+        return out._ordered(self.parameters + other.parameters)
 
     def __add__(self, other: Circuit) -> Circuit:
         return self.compose(other)
@@ -252,18 +332,20 @@ class Circuit:
         if not g.is_integer(count) or count < 0:
             raise WireError(f"repeat count must be an integer >= 0, got {count!r}")
         out = Circuit(self._dims, name=self.name)
+        order: list[str] = []
         for r in range(count):
             block = self if share_parameters else self.rename(
                 {p: _suffixed(p, r) for p in self.parameters}
             )
             out._gates.extend(block.gates)
-        return out
+            order.extend(block.parameters)
+        return out._ordered(order)
 
     def inverse(self) -> Circuit:
         """The circuit whose matrix is the adjoint of this one's."""
         out = Circuit(self._dims, name=f"{self.name}†" if self.name else "")
         out._gates = [gate.inverse() for gate in reversed(self._gates)]
-        return out
+        return out._ordered(self.parameters)
 
     def rename(self, mapping: Mapping[str, str], *, merge: bool = False) -> Circuit:
         """Rename parameters (names not in ``mapping`` stay).
@@ -297,7 +379,7 @@ class Circuit:
             gate.with_params([p.rename(mapping) for p in gate.params]) if gate.params else gate
             for gate in self._gates
         ]
-        return out
+        return out._ordered(mapping.get(name, name) for name in self.parameters)
 
     def bind(self, values: Mapping[str, float] | Sequence[float]) -> Circuit:
         """Substitute values for parameters. A mapping (keyed by names or by
@@ -309,7 +391,7 @@ class Circuit:
             gate.with_params([p.bind(bindings) for p in gate.params]) if gate.params else gate
             for gate in self._gates
         ]
-        return out
+        return out._ordered(self.parameters)
 
     def _bindings(self, values, partial: bool) -> dict[str, float]:
         names = self.parameters
@@ -365,10 +447,12 @@ class Circuit:
     def to_dict(self) -> dict:
         data = {
             "format": FORMAT,
-            "version": _description_version(self._gates),
+            "version": _description_version(self._gates, self._order is not None),
             "dims": list(self._dims),
             "gates": [gate.to_json() for gate in self._gates],
         }
+        if self._order is not None:
+            data["parameters"] = list(self.parameters)
         if self.name:
             data["name"] = self.name
         return data
@@ -419,6 +503,13 @@ class Circuit:
                     "only a few levels in any real circuit"
                 ) from None
             circuit.append(gate)
+        if "parameters" in data:
+            if not isinstance(data["parameters"], list):
+                raise DescriptionError("'parameters' must be a list of names")
+            try:
+                return circuit.reorder(data["parameters"])
+            except ParameterError as exc:
+                raise DescriptionError(f"'parameters' does not fit the gates: {exc}") from None
         return circuit
 
     @classmethod
@@ -442,7 +533,8 @@ class Circuit:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Circuit):
             return NotImplemented
-        return self._dims == other._dims and self._gates == other._gates
+        return (self._dims == other._dims and self._gates == other._gates
+                and self.parameters == other.parameters)
 
     def __hash__(self) -> int:
         return hash((self._dims, tuple(self._gates)))

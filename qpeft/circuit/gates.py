@@ -103,6 +103,18 @@ def _expressions(params) -> tuple[Expression, ...]:
     return tuple(as_expression(p) for p in params)
 
 
+def _wires_of(gate: Gate, what: str) -> tuple[int, ...]:
+    """``gate.wires`` as a tuple of ints, refusing an empty list: a gate on
+    no wires (a bare phase) would change nothing or only a global phase."""
+    wires = integers(gate.wires, "wires")
+    if not wires:
+        raise WireError(
+            f"a {what} needs at least one wire, got none; a global phase is a gate on a wire "
+            "(e.g. unitary(e^{iφ}·I, [0]))"
+        )
+    return wires
+
+
 def _normalise(gate: Gate, **fields) -> None:
     """Store fields of a frozen gate in their canonical form (tuples of ints,
     expressions), so that gates built from lists, numpy integers or plain
@@ -457,7 +469,7 @@ class SignDiagonal(FixedGate):
     kind = "SignDiagonal"
 
     def __post_init__(self) -> None:
-        _normalise(self, wires=integers(self.wires, "wires"))
+        _normalise(self, wires=_wires_of(self, "sign diagonal"))
         if self.signs is not None:
             _normalise(self, signs=integers(self.signs, "SignDiagonal signs"))
         if self.signs is None and len(self.wires) != 2:
@@ -529,7 +541,7 @@ class Unitary(FixedGate):
     kind = "Unitary"
 
     def __post_init__(self) -> None:
-        _normalise(self, wires=integers(self.wires, "wires"), data=_freeze_matrix(self.data))
+        _normalise(self, wires=_wires_of(self, "unitary gate"), data=_freeze_matrix(self.data))
 
     @property
     def name(self) -> str:
@@ -574,7 +586,7 @@ class Barrier(Gate):
     kind = "Barrier"
 
     def __post_init__(self) -> None:
-        _normalise(self, wires=integers(self.wires, "wires"))
+        _normalise(self, wires=_wires_of(self, "barrier"))
         if not isinstance(self.text, str):
             raise DescriptionError(f"a barrier's text must be a string, got {self.text!r:.60}")
         if self.params:
@@ -755,6 +767,20 @@ def _json_list(value, what: str) -> list:
     return value
 
 
+def _json_matrix(rows: object, what: str) -> np.ndarray:
+    """A JSON matrix (a list of rows of numbers) as a float array; strings and
+    bools are refused, as ``to_json`` never writes them."""
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for row in rows for v in row
+    ):
+        raise DescriptionError(
+            f"a Unitary's '{what}' must be a list of rows of numbers, got {rows!r:.80}"
+        )
+    if len({len(row) for row in rows}) > 1:
+        raise DescriptionError(f"a Unitary's '{what}' has rows of different lengths")
+    return np.asarray(rows, dtype=float).reshape(len(rows), -1)
+
+
 def gate_from_json(data: Mapping) -> Gate:
     """Rebuild a gate from :meth:`Gate.to_json` output."""
     if not isinstance(data, Mapping) or "gate" not in data:
@@ -800,8 +826,13 @@ def gate_from_json(data: Mapping) -> Gate:
                 wires, None if signs is None else integers(signs, "signs", DescriptionError)
             )
         if kind == "Unitary":
-            real = np.asarray(data["real"], dtype=float)
-            imag = np.asarray(data.get("imag", np.zeros_like(real)), dtype=float)
+            real = _json_matrix(data["real"], "real")
+            imag = _json_matrix(data["imag"], "imag") if "imag" in data else 0 * real
+            if imag.shape != real.shape:
+                raise DescriptionError(
+                    f"a Unitary's 'imag' has shape {imag.shape} but its 'real' has "
+                    f"{real.shape}; both list the same square matrix's entries"
+                )
             return unitary(real + 1j * imag, wires)
         if kind == "Barrier":
             text = data.get("text", "")

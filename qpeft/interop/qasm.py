@@ -14,10 +14,15 @@ not the gate list.
 
 OpenQASM 3 keeps symbolic angles (``input float[64] …;``). A parameter name
 that is not an OpenQASM identifier is written with ``_`` for each other
-character (``theta[3]`` as ``theta_3_``), with a numeric suffix where that
-name is taken, and a comment line after the header,
-``// qpeft parameters: {"theta_3_": "theta[3]"}``, lets :func:`from_qasm`
-restore every name exactly. A file without that line (written by Qiskit
+character (``theta[3]`` as ``theta_3_``), one that is a keyword or a
+built-in name (``true``, ``input``, ``pi``, a gate name) with a ``_``
+appended, each with a numeric suffix where that name is taken. A comment
+line after the header,
+``// qpeft parameters: {"a": "a", "theta_3_": "theta[3]"}``, lists every
+input with its qpeft name in the circuit's parameter order, so that
+:func:`from_qasm` restores the names and the order exactly (the lowering
+may reorder gates on different wires, and with them the order of first
+appearance). A file without that line (written by Qiskit
 itself) gets Qiskit's escapes undone instead: ``_theta_3_`` becomes
 ``theta[3]`` where that name is free.
 Reading OpenQASM 3 needs the optional package ``qiskit-qasm3-import``;
@@ -34,6 +39,8 @@ cz q[0],q[1];
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import re
@@ -55,6 +62,15 @@ QASM2_GATES = ("rx", "ry", "rz", "h", "x", "y", "z", "cx", "cz", "u1",
 QASM_VERSIONS = (2, 3)
 _ESCAPED_ELEMENT = re.compile(r"^_([A-Za-z_][A-Za-z0-9_]*)_([0-9]+)_$")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: OpenQASM 3 keywords, literals and built-in names a parameter cannot take
+#: (the specification's reserved words; Qiskit's exporter renames only some)
+RESERVED = frozenset("""
+OPENQASM include defcalgrammar def cal defcal gate extern box let break continue if else end
+return for while in switch case default nop input output const readonly mutable qreg qubit
+creg bool bit int uint float angle complex array void duration stretch gphase inv pow ctrl
+negctrl dim durationof delay reset measure barrier true false im pi tau euler U CX sizeof
+arccos arcsin arctan ceiling cos exp floor log mod popcount rotl rotr sin sqrt tan real imag
+""".split())
 #: the comment line that carries the qpeft names of renamed parameters
 NAMES_COMMENT = "// qpeft parameters: "
 _INSTALL = (
@@ -126,9 +142,10 @@ def to_qasm(circuit: Circuit, version: int = 3) -> str:
                 names[old] = _free(f"{names[old]}_", taken)
         else:  # pragma: no cover - every pass renames at least one clashing input
             raise InteropError("could not give every parameter an OpenQASM 3 input name")
-        if renamed:
+        if names:
             header, _, rest = text.partition("\n")
-            text = f"{header}\n{NAMES_COMMENT}{json.dumps(renamed)}\n{rest}"
+            recorded = {new: old for old, new in names.items()}
+            text = f"{header}\n{NAMES_COMMENT}{json.dumps(recorded)}\n{rest}"
         return text
     from qiskit import qasm2
 
@@ -139,14 +156,19 @@ def _identifiers(names: tuple[str, ...]) -> dict[str, str]:
     """Each parameter name as an OpenQASM identifier: names that are one stay,
     the others get ``_`` for each other character and, where that is taken, the
     smallest free suffix ``_1``, ``_2``, …"""
-    taken = {name for name in names if _IDENTIFIER.fullmatch(name)}
+    def usable(name: str) -> bool:
+        return bool(_IDENTIFIER.fullmatch(name)) and name not in RESERVED
+
+    taken = set(filter(usable, names)) | RESERVED
     out = {}
     for name in names:
-        if _IDENTIFIER.fullmatch(name):
+        if usable(name):
             out[name] = name
             continue
         base = re.sub(r"[^A-Za-z0-9_]", "_", name)
-        out[name] = _free(base if _IDENTIFIER.fullmatch(base) else f"_{base}", taken)
+        if not _IDENTIFIER.fullmatch(base):
+            base = f"_{base}"
+        out[name] = _free(f"{base}_" if base in RESERVED else base, taken)
     return out
 
 
@@ -201,9 +223,13 @@ def from_qasm(text: str) -> Circuit:
         raise InteropError(_INSTALL)
     from qiskit import qasm3
 
+    from openqasm3.parser import QASM3ParsingError
+
     try:
-        qc = qasm3.loads(text)
-    except qasm3.QASM3ImporterError as exc:
+        # the parser reports syntax errors on stderr as well as raising them
+        with contextlib.redirect_stderr(io.StringIO()):
+            qc = qasm3.loads(text)
+    except (qasm3.QASM3ImporterError, QASM3ParsingError) as exc:
         raise InteropError(f"invalid OpenQASM 3 program: {exc}") from exc
     circuit = from_qiskit(qc)
     recorded = re.search("^" + re.escape(NAMES_COMMENT) + r"(.*)$", text, re.M)
@@ -241,7 +267,11 @@ def _restore_names(circuit: Circuit, recorded: str) -> Circuit:
         )
     renames = {old: new for old, new in names.items() if old in circuit.parameters}
     try:
-        return circuit.rename(renames)
+        circuit = circuit.rename(renames)
+        if set(names) == set(renames) and len(names) == len(circuit.parameters):
+            # every input listed: the line's order is the circuit's parameter order
+            circuit = circuit.reorder(list(names.values()))
+        return circuit
     except QpeftError as exc:
         raise InteropError(f"the names on the '{NAMES_COMMENT}…' line do not fit the "
                            f"program's inputs ({exc}); remove the line to keep the file's "

@@ -366,6 +366,8 @@ class _Importer:
         if list(operation.params) != list(base.params):
             return None  # extra parameters (CU's phase): only the definition is safe
         count = operation.num_ctrl_qubits
+        if operation.num_qubits != count + base.num_qubits:
+            return None  # one base on each of several targets (MCMTGate): the definition
         values = [operation.ctrl_state >> k & 1 for k in range(count)]
         return self.under_control(base, wires[count:], wires[:count], values)
 
