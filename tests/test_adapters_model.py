@@ -327,6 +327,8 @@ def test_checkpointed_layers_with_a_pass_in_between_give_the_plain_gradients(
         loss = model(x).pow(2).sum()
         with torch.no_grad():
             model(x2)
+        with torch.no_grad(), model.disable_adapter():  # a reference pass, as DPO takes
+            model(x2)
         loss.backward()
         grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
         with torch.no_grad():

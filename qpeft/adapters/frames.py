@@ -463,10 +463,15 @@ class FrameBank:
         return [layer for ref in self._layers if (layer := ref()) is not None]
 
     def invalidate(self) -> None:
-        """Drop cached frames (after a change the version counters cannot see)."""
+        """Drop cached frames (after a change the version counters cannot see).
+
+        The factors kept for a checkpoint's recomputation stay: a pass made
+        between the forward and the backward pass (a reference pass under
+        ``disable_adapter()``, as DPO takes) must not change what the
+        checkpoint recomputes, and each is served only while its layer's
+        parameters and settings are those it was built from."""
         self._frames = {}
         self._factors = {}
-        self._checkpointed = {}
         self._signature = None
 
     # -- hooks ---------------------------------------------------------------------
