@@ -220,6 +220,26 @@ def test_bfloat16_and_autocast():
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 
 
+@pytest.mark.parametrize("ansatz", ["qudit", "shannon", "cayley"])
+def test_backward_inside_autocast_gives_the_full_precision_gradients(ansatz: str):
+    """A training loop may call ``loss.backward()`` inside the autocast block;
+    the frames' written-out backward then still runs in float32."""
+    layer = QPeftLinear(torch.nn.Linear(24, 40), rank=4, ansatz=ansatz)
+    randomize(layer)
+    x = torch.randn(3, 24)
+    names = ["qpeft_theta_out", "qpeft_theta_in"]
+
+    def gradients(autocast: bool) -> list[torch.Tensor]:
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            layer(x).float().square().sum().backward()
+        return [getattr(layer, name)["default"].grad.clone() for name in names]
+
+    for mixed, full in zip(gradients(True), gradients(False), strict=True):
+        assert mixed.dtype == torch.float32
+        torch.testing.assert_close(mixed, full, atol=0.05 * full.abs().max().item(), rtol=0)
+
+
 def test_frames_are_computed_in_float64_for_float64_parameters():
     layer = QPeftLinear(torch.nn.Linear(12, 12).double(), rank=2)
     U, V = layer.frames("default")

@@ -37,6 +37,7 @@ from torch import nn
 
 from qpeft.adapters.quantize import fake_quantize
 from qpeft.circuit import Circuit
+from qpeft.compiler.blocks import autocast_off
 from qpeft.errors import AdapterFileError, ConfigError, QpeftError
 
 if TYPE_CHECKING:
@@ -318,7 +319,7 @@ def compute_frames(
         stacked = torch.stack([values.to(dtype) for _, values in members])
         stacked = fake_quantize(stacked, bits, spec.periodic)
         module = compiled_frame(spec, device, dtype)
-        with _no_autocast(device):
+        with autocast_off(device):
             batch = module(stacked)
         # unbind: one stack in the backward pass, where indexing each frame would add a
         # zero-filled (G, N, K) gradient per frame and sum them
@@ -395,23 +396,6 @@ def _stacked_lambdas(members: list, initial: bool) -> torch.Tensor:
     if len(set(alphas)) == 1:
         return alphas[0] * lambdas
     return lambdas * torch.tensor(alphas, dtype=lambdas.dtype, device=lambdas.device)[:, None]
-
-
-class _no_autocast:
-    """Frames are computed in full precision even inside ``torch.autocast``."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device_type = device.type
-        self.context = None
-
-    def __enter__(self) -> None:
-        if torch.amp.is_autocast_available(self.device_type):
-            self.context = torch.autocast(device_type=self.device_type, enabled=False)
-            self.context.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.context is not None:
-            self.context.__exit__(*exc)
 
 
 class FrameBank:

@@ -26,8 +26,10 @@ also runs under vmap; it gives first derivatives only and refuses
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -541,7 +543,7 @@ class BuildFunction(torch.autograd.Function):
         refuse_second_derivatives()
         values, *tensors = ctx.saved_tensors
         saved = _unpack(ctx.spec, tuple(tensors))
-        with torch.no_grad():
+        with torch.no_grad(), autocast_off(values.device):
             grad = ctx.builder.backward_tables(values, saved, list(grads[: ctx.classes]),
                                                list(grads[ctx.classes:]))
         return None, grad
@@ -573,6 +575,18 @@ def reduced_precision_matmuls() -> bool:
         return bool(matmul.allow_tf32)
     except RuntimeError:
         return True
+
+
+@contextlib.contextmanager
+def autocast_off(device: torch.device) -> Iterator[None]:
+    """Run in full precision inside ``torch.autocast``: the compiled frames'
+    forward and their written-out backward, which a training loop may call
+    with autocast still on (``loss.backward()`` inside the ``with`` block)."""
+    if torch.amp.is_autocast_available(device.type):
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    else:
+        yield
 
 
 def refuse_second_derivatives() -> None:

@@ -41,7 +41,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from qpeft.compiler.blocks import MatrixBuilder, plain_operations, refuse_second_derivatives
+from qpeft.compiler.blocks import (
+    MatrixBuilder,
+    autocast_off,
+    plain_operations,
+    refuse_second_derivatives,
+)
 from qpeft.compiler.plan import (
     ApplyBlock,
     ApplyControlled,
@@ -391,7 +396,7 @@ class ScheduleFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         refuse_second_derivatives()
-        with torch.no_grad():
+        with torch.no_grad(), autocast_off(grad.device):
             return ScheduleFunction._backward(ctx, grad)
 
     @staticmethod

@@ -221,9 +221,8 @@ def from_qasm(text: str) -> Circuit:
         raise InteropError(f"unknown OpenQASM version {version}; qpeft reads 2 and 3")
     if not qasm3_import_available():
         raise InteropError(_INSTALL)
-    from qiskit import qasm3
-
     from openqasm3.parser import QASM3ParsingError
+    from qiskit import qasm3
 
     try:
         # the parser reports syntax errors on stderr as well as raising them
