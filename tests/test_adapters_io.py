@@ -386,3 +386,35 @@ def test_a_bad_configuration_is_refused_before_the_model_is_touched(tmp_path, ed
     model.save_pretrained(tmp_path)
     _rewrite(tmp_path, edit_document=edit)
     _assert_load_fails_and_model_unchanged(tmp_path, match)
+
+
+def test_saved_adapter_files_get_the_mode_a_plain_open_gives(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        trained_bert().save_pretrained(tmp_path)
+    finally:
+        os.umask(umask)
+    assert {(tmp_path / name).stat().st_mode & 0o777 for name in (CONFIG_NAME, WEIGHTS_NAME)} \
+        == {0o644}
+
+
+def test_a_frozen_adapter_stays_frozen_when_other_adapters_come_and_go(tmp_path):
+    """Only set_adapter makes an adapter trainable again (as in peft)."""
+    trained_bert().save_pretrained(tmp_path)
+    loaded = QPeftModel.from_pretrained(tiny_bert(), tmp_path)
+
+    def trainable() -> list[str]:
+        return [n for n, p in loaded.named_parameters() if p.requires_grad]
+
+    assert trainable() == []
+    loaded.add_adapter("b", QPeftConfig(target_modules=["value"], rank=2))
+    assert trainable() == []
+    loaded.load_adapter(tmp_path, "c")
+    assert trainable() == []
+    loaded.delete_adapter("c")
+    loaded.delete_adapter("b")
+    assert trainable() == []
+    loaded.set_adapter("default")
+    assert len(trainable()) > 0 and all(".default" in n for n in trainable())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import math
 import xml.etree.ElementTree as ElementTree
@@ -422,3 +423,33 @@ def test_cli_refuses_bad_dpi_and_scale_with_an_error(tmp_path, capsys, option):
                  *option]) == 2
     assert capsys.readouterr().err.startswith("error: " + option[0])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_barrier_text_is_drawn_as_written_not_as_math():
+    """A label with dollar signs (from a downloaded circuit, say) is the
+    user's text: it is drawn literally, and a stray ``$x^{`` saves fine."""
+    figure = draw_mpl(Circuit(2).h(0).barrier("cost $5 or $6").h(1).barrier("$x^{$"))
+    texts = [t.get_text() for t in figure.axes[0].texts]
+    assert "cost $5 or $6" in texts and "$x^{$" in texts
+    labels = [t for t in figure.axes[0].texts if t.get_text() in ("cost $5 or $6", "$x^{$")]
+    assert len(labels) == 2 and not any(t.get_parse_math() for t in labels)
+    figure.savefig(io.BytesIO(), format="png")  # renders without a parse error
+
+
+def test_a_dpi_too_large_for_the_renderer_is_a_config_error(tmp_path):
+    figure = draw_mpl(pauli(3, 2))
+    with pytest.raises(ConfigError, match="lower the dpi"):
+        save(figure, tmp_path / "huge.png", dpi=1e9)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_files_get_the_mode_a_plain_open_gives(tmp_path):
+    import os
+
+    umask = os.umask(0o027)
+    try:
+        save(draw_text(pauli(2, 1)), tmp_path / "c.txt")
+        save(draw_mpl(pauli(2, 1)), tmp_path / "c.svg")
+    finally:
+        os.umask(umask)
+    assert {(tmp_path / name).stat().st_mode & 0o777 for name in ("c.txt", "c.svg")} == {0o640}

@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +51,7 @@ from qpeft.adapters.quantize import (
 )
 from qpeft.circuit import Circuit
 from qpeft.errors import AdapterFileError, QpeftError
+from qpeft.files import write_atomically
 
 if TYPE_CHECKING:
     from qpeft.adapters.model import QPeftModel
@@ -78,18 +78,7 @@ _RESERVED = ("format", "qpeft_version", "circuits", "modules", "modules_to_save_
 
 # -- saving -------------------------------------------------------------------------------------
 def _atomic_write(path: Path, data: bytes) -> None:
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                             suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    write_atomically(path, lambda handle: handle.write(data))
 
 
 def _layer_vectors(layer: QPeftLinear, adapter: str) -> dict[str, list[tuple[torch.Tensor, bool]]]:

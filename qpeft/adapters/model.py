@@ -284,6 +284,8 @@ class QPeftModel(nn.Module):
         self.peft_config: dict[str, QPeftConfig] = {}
         self.active_adapter = adapter_name
         self.frame_bank = FrameBank()
+        #: adapters loaded frozen (is_trainable=False); they stay frozen until set_adapter
+        self._frozen: set[str] = set()
         self._inject(adapter_name, config, frames)
         for parameter in model.parameters():
             parameter.requires_grad_(False)
@@ -332,7 +334,16 @@ class QPeftModel(nn.Module):
             layer.set_adapter(self.active_adapter)
         for wrapper in self.saved_modules().values():
             wrapper.set_adapter(self.active_adapter)
+        self._freeze(self._frozen & {self.active_adapter})
         self.frame_bank.set_layers(self.qpeft_layers().values())
+
+    def _freeze(self, adapter_names: set[str]) -> None:
+        for name in adapter_names:
+            for layer in self.qpeft_layers(name).values():
+                for parameter in layer.adapter_parameters(name):
+                    parameter.requires_grad_(False)
+            for wrapper in self.saved_modules(name).values():
+                wrapper.modules_to_save[name].requires_grad_(False)
 
     def qpeft_layers(self, adapter_name: str | None = None) -> dict[str, QPeftLinear]:
         """``{path: layer}`` of the adapted layers (holding ``adapter_name`` if given)."""
@@ -356,7 +367,9 @@ class QPeftModel(nn.Module):
         self._inject(adapter_name, peft_config)
 
     def set_adapter(self, adapter_name: str) -> None:
-        """Make ``adapter_name`` the active adapter (the only trainable one)."""
+        """Make ``adapter_name`` the active adapter (the only trainable one, also
+        when it was loaded frozen, as in peft). Adding, loading or deleting
+        another adapter leaves a frozen active adapter frozen."""
         if adapter_name not in self.peft_config:
             raise ConfigError(
                 f"no adapter named {adapter_name!r}; adapters: {', '.join(self.peft_config)}"
@@ -364,6 +377,7 @@ class QPeftModel(nn.Module):
         if any(layer.merged for layer in self.qpeft_layers().values()):
             raise ConfigError("unmerge the adapters (unmerge_adapter()) before switching")
         self.active_adapter = adapter_name
+        self._frozen.discard(adapter_name)
         self._apply_active_adapter()
 
     @property
@@ -381,6 +395,7 @@ class QPeftModel(nn.Module):
         for wrapper in self.saved_modules(adapter_name).values():
             wrapper.delete_adapter(adapter_name)
         del self.peft_config[adapter_name]
+        self._frozen.discard(adapter_name)
         self._apply_active_adapter()
 
     # -- settings after training -----------------------------------------------------------
@@ -551,11 +566,8 @@ class QPeftModel(nn.Module):
 
     def _finish_loading(self, adapter_name: str, is_trainable: bool) -> None:
         if not is_trainable:
-            for layer in self.qpeft_layers(adapter_name).values():
-                for parameter in layer.adapter_parameters(adapter_name):
-                    parameter.requires_grad_(False)
-            for wrapper in self.saved_modules(adapter_name).values():
-                wrapper.modules_to_save[adapter_name].requires_grad_(False)
+            self._frozen.add(adapter_name)
+            self._freeze({adapter_name})
             self.eval()
         self.frame_bank.invalidate()
 

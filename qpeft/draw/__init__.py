@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +22,7 @@ from qpeft.circuit import Circuit
 from qpeft.draw.layout import Layout, layout
 from qpeft.draw.text import draw_text
 from qpeft.errors import ConfigError
+from qpeft.files import write_atomically
 
 #: Output names accepted by :func:`draw`.
 OUTPUTS = ("text", "mpl")
@@ -128,7 +128,7 @@ def save(drawing, filename: str | os.PathLike, *, dpi: int = 150) -> Path:
             try:
                 drawing.savefig(handle, format=image_format, dpi=dpi, metadata=metadata,
                                 facecolor="white")
-            except (ValueError, MemoryError) as error:  # Agg's size limit, or no memory
+            except (ValueError, TypeError, MemoryError) as error:  # Agg's size limits
                 width, height = drawing.get_size_inches() * dpi
                 raise ConfigError(
                     f"cannot write {path}: the image would be {width:.0f} x {height:.0f} "
@@ -175,21 +175,9 @@ def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     if path.is_dir():
         raise ConfigError(f"cannot write {path}: it is a folder; name a file inside it")
     try:
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                                 dir=folder)
+        write_atomically(path, write)
     except OSError as error:
-        raise ConfigError(f"cannot write {path}: {error.strerror}") from error
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path}: {error}") from error
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        raise ConfigError(f"cannot write {path}: {error.strerror or error}") from error
 
 
 def __getattr__(name: str):

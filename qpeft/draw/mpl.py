@@ -237,7 +237,8 @@ class _Painter:
         line.set_gid("qpeft-barrier")
         text = getattr(placement.gate, "text", "")
         if text:
-            self.text(x, y_top + 0.08, text, SMALL_SIZE + 1, va="bottom", color=WIRE_COLOR)
+            self.text(x, y_top + 0.08, text, SMALL_SIZE + 1, va="bottom", color=WIRE_COLOR,
+                      parse_math=False)  # the user's words, drawn as written
 
     def gate(self, placement: Placement, x: float, wire_y: list[float]) -> None:
         glyph = placement.glyph

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from qpeft.errors import ConfigError
+from qpeft.files import write_atomically
 
 CHECKPOINT_FORMAT = 1
 
@@ -323,16 +324,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     """Write ``state`` with ``torch.save`` to a temporary file beside ``path``,
     then move it into place, so a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as file:
-            torch.save(dict(state), file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    write_atomically(path, lambda handle: torch.save(dict(state), handle))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

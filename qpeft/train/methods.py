@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.errors import ConfigError
+from qpeft.files import file_mode
 
 METHODS = ("qpeft", "lora", "oft", "boft", "head", "full")
 
@@ -401,11 +402,10 @@ class PreparedModel:
                 (staging / "adapter_config.json").write_text(
                     json.dumps(config, indent=2) + "\n", encoding="utf-8"
                 )
-            umask = os.umask(0)
-            os.umask(umask)
+            mode = file_mode()
             for path in staging.rglob("*"):
                 if path.is_file():
-                    path.chmod(0o666 & ~umask)
+                    path.chmod(mode)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(staging, target)

@@ -26,27 +26,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+from qpeft.files import write_atomically
 
 
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` (UTF-8) atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def write_json(path: str | Path, value: Any) -> None:
@@ -74,14 +65,9 @@ def save_figure(figure: Any, path: str | Path) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
-    try:
-        FigureCanvasAgg(figure)
-        figure.savefig(temporary, format="png", dpi=120, bbox_inches="tight")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    FigureCanvasAgg(figure)
+    write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=120,
+                                                         bbox_inches="tight"))
 
 
 # --------------------------------------------------------------------- plots
