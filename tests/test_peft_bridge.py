@@ -176,6 +176,16 @@ def test_named_adapters_switch_save_and_load(tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, second)
 
+    # deleting the active adapter makes the remaining one active, as with peft's LoRA
+    again = peft.get_peft_model(tiny_bert(), QPeftPeftConfig(rank=4, target_modules=["query"]))
+    again.add_adapter("b", QPeftPeftConfig(rank=2, target_modules=["query"]))
+    with pytest.warns(UserWarning, match="Setting active adapter to b"):
+        again.delete_adapter("default")
+    assert again.active_adapters == ["b"]
+    assert all(".b" in name for name, p in again.named_parameters() if p.requires_grad)
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, reference)  # b is at ΔW = 0
+
 
 # -- the same adapters as the standalone API -----------------------------------------------------
 def test_the_bridge_builds_the_adapter_get_qpeft_model_builds():

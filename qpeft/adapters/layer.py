@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -256,7 +257,14 @@ class QPeftLinear(nn.Module):
         for table in (self.frame_specs, self.scaling, self.rank, self.active_rank,
                       self.quantize_bits, self.init, self._initial_frames):
             table.pop(adapter_name, None)
-        self._active_adapters = [a for a in self._active_adapters if a != adapter_name]
+        if adapter_name in self._active_adapters:
+            # as peft's layers do: the other active ones, else the first remaining adapter
+            active = [a for a in self._active_adapters if a != adapter_name]
+            if not active and len(self.qpeft_lambda):
+                active = [next(iter(self.qpeft_lambda))]
+                warnings.warn(f"Adapter {adapter_name} was active which is now deleted. "
+                              f"Setting active adapter to {active[0]}.", stacklevel=2)
+            self.set_adapter(active)
 
     @property
     def active_adapters(self) -> list[str]:
