@@ -137,6 +137,12 @@ def test_layers_to_transform_and_exclude_modules():
     config = QPeftConfig(target_modules="all-linear", rank=2, exclude_modules=["dense"])
     names = get_qpeft_model(tiny_bert(), config).qpeft_layers()
     assert names and not any(n.endswith("dense") for n in names)
+    # with a string target the layer filter would be ignored: refused, as in peft
+    for target in ("all-linear", r".*\.query"):
+        with pytest.raises(ConfigError, match="layers_to_transform cannot be used when"):
+            QPeftConfig(target_modules=target, rank=2, layers_to_transform=[0])
+        with pytest.raises(ConfigError, match="layers_pattern cannot be used when"):
+            QPeftConfig(target_modules=target, rank=2, layers_pattern="layer")
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -445,6 +451,18 @@ def test_a_refused_safe_merge_leaves_every_layer_unmerged():
     perturb(model)
     assert_a_refused_safe_merge_changes_nothing(model, QPeftModel.qpeft_layers,
                                                 "{last}: .*nothing was merged")
+
+
+def test_merging_an_adapter_the_model_does_not_hold_is_refused():
+    """A typo in adapter_names would otherwise return the plain base model."""
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=4))
+    perturb(model)
+    for names in (["defualt"], "default"):
+        with pytest.raises(ConfigError, match="nothing was merged"):
+            model.merge_and_unload(adapter_names=names)
+        with pytest.raises(ConfigError, match="nothing was merged"):
+            model.merge_adapter(names)
+    assert not any(layer.merged for layer in model.qpeft_layers().values())
 
 
 def test_disable_adapter_gives_the_base_outputs():

@@ -162,6 +162,14 @@ class QPeftConfig:
             )
             if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
                 raise ConfigError("layers_to_transform must be an int or a list of ints")
+        for name in ("layers_to_transform", "layers_pattern"):
+            if getattr(self, name) is not None and isinstance(self.target_modules, str):
+                raise ConfigError(
+                    f"{name} cannot be used when target_modules is a string "
+                    f"({self.target_modules!r}: 'all-linear' or a pattern), as in peft; list "
+                    "the module names instead, or write the layer indices into the pattern "
+                    r"(e.g. r'.*\.layer\.0\..*\.query')"
+                )
 
     # -- (de)serialisation ------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -441,6 +441,12 @@ class QPeftModel(nn.Module):
         ``safe_merge`` checks every layer for NaN/inf before writing any: a refused
         merge leaves the model as it was."""
         names = adapter_names or [self.active_adapter]
+        unknown = [name for name in names if name not in self.peft_config]
+        if unknown or isinstance(adapter_names, str):
+            raise ConfigError(
+                f"adapter_names must be a list of this model's adapters "
+                f"({', '.join(self.peft_config)}), got {adapter_names!r}; nothing was merged"
+            )
         layers = self.qpeft_layers()
         if safe_merge:
             check_merges(layers, names)
