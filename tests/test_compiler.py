@@ -860,6 +860,74 @@ def test_tensornet_compiles_to_one_graph(method: str) -> None:
     torch.testing.assert_close(compiled_grad, eager_grad, rtol=0, atol=1e-12)
 
 
+def test_tensornet_of_a_complex_diagonal_gate_compiles_with_the_eager_gradients() -> None:
+    """With torch's default backend (inductor) the diagonal of a complex RZ
+    table is read by an index gather: .diagonal() got a wrong backward there."""
+    circuit = Circuit([2, 3, 2]).rz(2, "a").gcz(0, 1).ry(0, "c")
+    frame = compile_circuit(circuit, method="tensornet", dtype=torch.float64)
+    torch._dynamo.reset()
+    fast = torch.compile(frame)
+    values = torch.randn(3, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 12, 12, 2, dtype=torch.float64)
+    compiled_grad, = torch.autograd.grad((real_view(fast(values)) * weight).sum(), values)
+    eager_grad, = torch.autograd.grad((real_view(frame(values)) * weight).sum(), values)
+    torch.testing.assert_close(compiled_grad, eager_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["columns", "dense", "tensornet", "recompute"])
+def test_autocast_does_not_lower_the_frame_precision(method: str) -> None:
+    """Inside torch.autocast the frame is computed in the compiled dtype, as
+    the mappings' are, and the backward pass runs too."""
+    circuit = pauli(6, 2)
+    frame = compiled(circuit, 4, method, dtype=torch.float32)
+    values = torch.randn(circuit.num_parameters, requires_grad=True)
+    plain = frame(values)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = frame(values)
+        mixed.square().sum().backward()
+    assert torch.equal(mixed, plain) and values.grad.dtype == torch.float32
+
+
+def test_values_given_as_a_list_or_a_reversed_array_keep_their_precision() -> None:
+    circuit = pauli(3, 1)
+    frame = compile_circuit(circuit, None, dtype=torch.float64)
+    values = [0.1 * (k + 1) + 1e-9 for k in range(circuit.num_parameters)]
+    reference = circuit.matrix(values)
+    np.testing.assert_allclose(frame(values).numpy(), reference, rtol=0, atol=1e-13)
+    reversed_values = np.array(values[::-1])[::-1]  # a view with a negative stride
+    np.testing.assert_allclose(frame(reversed_values).numpy(), reference, rtol=0, atol=1e-13)
+    with pytest.raises(ParameterError, match="tensor of real numbers"):
+        frame(["a"] * circuit.num_parameters)
+
+
+@pytest.mark.parametrize("method", ["columns", "dense", "recompute"])
+def test_forward_mode_ad_outside_torch_func_is_a_compile_error(method: str) -> None:
+    frame = compiled(pauli(3, 1), 2, method)
+    values = torch.randn(7, dtype=torch.float64)
+    with pytest.raises(CompileError, match="forward-mode AD"):
+        torch.autograd.functional.jacobian(frame, values, vectorize=True,
+                                           strategy="forward-mode")
+    jacobian = torch.func.jacfwd(frame)(values)  # the plain operations: forward mode works
+    torch.testing.assert_close(jacobian, torch.autograd.functional.jacobian(frame, values))
+
+
+def test_a_frame_built_on_the_meta_device_is_rebuilt_by_to_empty() -> None:
+    circuit = pauli(3, 1)
+    with torch.device("meta"):
+        frame = compile_circuit(circuit, 2, dtype=torch.float64)
+    frame.to_empty(device="cpu")
+    values = torch.linspace(-1, 1, circuit.num_parameters, dtype=torch.float64)
+    np.testing.assert_allclose(frame(values).numpy(), circuit.matrix(values.numpy())[:, :2],
+                               rtol=0, atol=1e-13)
+
+
+def test_the_frame_keeps_a_snapshot_of_its_circuit() -> None:
+    circuit = pauli(3, 1)
+    frame = compile_circuit(circuit, 2)
+    circuit.rx(0, "late")
+    assert frame.circuit == pauli(3, 1) and frame.circuit.parameters == frame.parameters_names
+
+
 @pytest.mark.parametrize("method", ["columns", "tensornet"])
 def test_a_circuit_without_parameters_stays_on_the_values_graph(method: str) -> None:
     circuit = Circuit(2).h(0).cx(0, 1)

@@ -23,7 +23,7 @@ from torch import nn
 
 from qpeft.circuit import Circuit
 from qpeft.circuit.gates import is_integer
-from qpeft.compiler.blocks import plain_operations, reduced_precision_matmuls
+from qpeft.compiler.blocks import autocast_off, plain_operations, reduced_precision_matmuls
 from qpeft.compiler.engine import ColumnsEngine
 from qpeft.compiler.plan import Plan, make_plan
 from qpeft.errors import CompileError, ParameterError
@@ -75,7 +75,7 @@ class CompiledCircuit(nn.Module):
         if is_integer(max_block):
             max_block = int(max_block)  # a NumPy integer, as columns accepts
         device = _resolve_device(device)
-        self.circuit = circuit
+        self.circuit = circuit.copy()  # a snapshot: appending to the caller's changes nothing
         self.dimension = circuit.dimension
         self.num_parameters = circuit.num_parameters
         self.parameters_names = circuit.parameters
@@ -110,7 +110,13 @@ class CompiledCircuit(nn.Module):
         # matrices real and the index buffers floating point.
         self.__dict__.pop("_float64_twin", None)
         current = self.engine.real_dtype
-        target = fn(torch.empty(0, dtype=current, device=self.engine.builder.offset.device))
+        source = self.engine.builder.offset.device
+        target = fn(torch.empty(0, dtype=current, device=source))
+        if source.type == "meta" and target.device.type != "meta":
+            # built under torch.device("meta"), then to_empty(): the buffers (gather indices,
+            # gate constants) hold no values, and none is in the state dict; build them again
+            self.engine = self._build_engine(current).to(target.device)
+            return self
         if target.dtype == current:
             def keep_dtype(tensor: torch.Tensor) -> torch.Tensor:
                 with warnings.catch_warnings():
@@ -143,7 +149,12 @@ class CompiledCircuit(nn.Module):
         """
         if not isinstance(values, torch.Tensor):
             try:
-                values = torch.as_tensor(values)
+                # through NumPy: a list of Python floats stays float64 (torch.as_tensor would
+                # round it to float32), and a reversed array (negative strides) is copied
+                array = np.asarray(values)
+                if array.dtype == object:
+                    raise TypeError("not numbers")
+                values = torch.from_numpy(np.ascontiguousarray(array))
             except (TypeError, ValueError, RuntimeError):
                 raise ParameterError(
                     f"parameter values must be a tensor of real numbers, got "
@@ -197,12 +208,13 @@ class CompiledCircuit(nn.Module):
             # TF32 products would leave a float32 frame orthonormal only to about 2e-3:
             # the work runs in float64 (still launch-bound on a GPU) and the frame is cast back
             engine, flat = self._float64_engine(flat.device), flat.double()
-        if self.recompute_backward:
-            from qpeft.compiler.recompute import recomputed_forward
+        with autocast_off(flat.device):  # the frame in the compiled dtype, as the mappings do
+            if self.recompute_backward:
+                from qpeft.compiler.recompute import recomputed_forward
 
-            out = recomputed_forward(engine, flat)
-        else:
-            out = engine(flat)
+                out = recomputed_forward(engine, flat)
+            else:
+                out = engine(flat)
         if self.method == "dense":
             out = out[..., self.columns]
         out = out.to(self.engine.work_dtype)

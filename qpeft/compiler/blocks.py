@@ -548,6 +548,10 @@ class BuildFunction(torch.autograd.Function):
                                                list(grads[ctx.classes:]))
         return None, grad
 
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:
+        refuse_forward_mode()
+
 
 def plain_operations() -> bool:
     """Whether plain tensor operations stand in for the written-out backward
@@ -587,6 +591,16 @@ def autocast_off(device: torch.device) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def refuse_forward_mode() -> None:
+    """The written-out passes give reverse-mode derivatives only."""
+    raise CompileError(
+        "the compiled circuit's backward pass is written out for reverse mode, and forward-mode "
+        "AD (torch.autograd.forward_ad, jacobian(strategy='forward-mode')) was asked for; use "
+        "torch.func.jvp or torch.func.jacfwd, under which the plain operations run, or compile "
+        "with method='tensornet', which autograd differentiates in both modes"
+    )
 
 
 def refuse_second_derivatives() -> None:

@@ -45,6 +45,7 @@ from qpeft.compiler.blocks import (
     MatrixBuilder,
     autocast_off,
     plain_operations,
+    refuse_forward_mode,
     refuse_second_derivatives,
 )
 from qpeft.compiler.plan import (
@@ -398,6 +399,10 @@ class ScheduleFunction(torch.autograd.Function):
         refuse_second_derivatives()
         with torch.no_grad(), autocast_off(grad.device):
             return ScheduleFunction._backward(ctx, grad)
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:
+        refuse_forward_mode()
 
     @staticmethod
     def _backward(ctx: Any, grad: torch.Tensor) -> tuple:

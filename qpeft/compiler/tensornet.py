@@ -226,7 +226,14 @@ class TensorNetwork(nn.Module):
                 size, row = self.builder.node_row[index]
                 matrix = tables[size][:, row]
                 if diagonal:
-                    out.append(matrix.diagonal(dim1=-2, dim2=-1).reshape(batch, *local))
+                    if torch.compiler.is_compiling():
+                        # inductor (torch 2.13) derives a wrong backward for .diagonal() of
+                        # these complex tables; an index gather traces correctly
+                        levels = torch.arange(matrix.shape[-1], device=matrix.device)
+                        diagonal_values = matrix[..., levels, levels]
+                    else:
+                        diagonal_values = matrix.diagonal(dim1=-2, dim2=-1)
+                    out.append(diagonal_values.reshape(batch, *local))
                 else:
                     out.append(matrix.reshape(batch, *local, *local))
         return [t.to(self.work_dtype) for t in out]
