@@ -172,5 +172,14 @@ def load_sequence_classifier(
             "label2id": {name: index for index, name in enumerate(label_names)},
             "problem_type": "single_label_classification",
         }
-    kwargs.update(config_overrides)
+    if config_overrides:
+        # settings the config class may not declare (DeBERTa's classifier reads
+        # cls_dropout from its config, but DebertaV2Config has no such field):
+        # from_pretrained would hand those to the model's __init__, which refuses them
+        from transformers import AutoConfig
+
+        config = _load(AutoConfig, source, **kwargs)
+        for name, value in config_overrides.items():
+            setattr(config, name, value)
+        kwargs = {"config": config}
     return _load(AutoModelForSequenceClassification, source, **kwargs)

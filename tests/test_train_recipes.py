@@ -42,6 +42,22 @@ def tiny_deberta(num_labels: int):
     ))
 
 
+def test_a_saved_deberta_loads_with_the_recipes_classifier_dropout(tmp_path: Path) -> None:
+    """DebertaV2Config declares no cls_dropout, so it cannot be a from_pretrained
+    keyword (the model's __init__ would refuse it): it is set on the config."""
+    from qpeft.models import ModelSource, load_sequence_classifier
+
+    tiny_deberta(2).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.pop("cls_dropout", None)  # as in microsoft/deberta-v3-base's config.json
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = load_sequence_classifier(ModelSource("local", str(tmp_path), "tiny"),
+                                     ["no", "yes"], cls_dropout=0.1)
+    assert model.config.cls_dropout == 0.1 and model.config.num_labels == 2
+    dropout = model.dropout
+    assert getattr(dropout, "p", getattr(dropout, "drop_prob", None)) == 0.1
+
+
 def glue_loader(name: str, task: str) -> dict[str, Split]:
     rows = sentiment_rows(64, seed=1)
     first = [text for text, _ in rows]
