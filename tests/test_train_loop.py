@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,40 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes_exactly(
     train(resumed.model, encoded, CONFIG, progress=False, checkpoint_path=checkpoint, resume=True)
     for name, tensor in trainable(reference).items():
         assert torch.equal(tensor, trainable(resumed)[name]), name
+
+
+@pytest.mark.parametrize("interrupted_epoch", [1, 2])
+def test_ctrl_c_during_the_end_of_epoch_evaluation_resumes_with_that_evaluation(
+    encoded: data.EncodedDataset, tmp_path: Path, interrupted_epoch: int
+) -> None:
+    """The epoch's checkpoint is written before its evaluation ends; the resumed
+    run evaluates that epoch from the same weights (the last one included)."""
+    def scores(wrapped) -> Callable:
+        def on_epoch_end(epoch: int) -> dict:
+            return {"sum": float(sum(p.double().sum() for p in trainable(wrapped).values()))}
+        return on_epoch_end
+
+    reference = lora_model()
+    expected = train(reference.model, encoded, CONFIG, progress=False,
+                     on_epoch_end=scores(reference)).epoch_metrics
+    assert [m["epoch"] for m in expected] == [1, 2]
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    interrupted = lora_model()
+    evaluate = scores(interrupted)
+
+    def interrupt(epoch: int) -> dict:
+        if epoch == interrupted_epoch:
+            raise KeyboardInterrupt
+        return evaluate(epoch)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted.model, encoded, CONFIG, progress=False, checkpoint_path=checkpoint,
+              on_epoch_end=interrupt)
+    resumed = scrambled(lora_model())
+    result = train(resumed.model, encoded, CONFIG, progress=False, checkpoint_path=checkpoint,
+                   resume=True, on_epoch_end=scores(resumed))
+    assert result.epoch_metrics == expected
 
 
 def test_resuming_with_other_settings_is_refused(

@@ -448,6 +448,14 @@ def train(
             "fingerprint": full_fingerprint,
         })
 
+    finished = start_step // steps_per_epoch
+    if (on_epoch_end is not None and finished and start_step % steps_per_epoch == 0
+            and all(entry["epoch"] != finished for entry in epoch_metrics)):
+        # interrupted during the end-of-epoch evaluation, after the epoch's checkpoint:
+        # evaluate that epoch now, from the same weights, as the uninterrupted run did
+        epoch_metrics.append({"epoch": finished, **dict(on_epoch_end(finished))})
+        _set_rng_state(rng_at_step_start)
+
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total_steps, initial=start_step, desc=description, disable=not progress,
