@@ -153,6 +153,19 @@ def load_tokenizer(source: ModelSource) -> Any:
     return _load(AutoTokenizer, source)
 
 
+def check_sequence_length(model: Any, length: int, option: str) -> None:
+    """Refuse a sequence length beyond the model's learned positions (a
+    ``ConfigError`` naming ``option``), before any work; models with relative
+    positions only (DeBERTa v3: ``position_biased_input=False``) take any length."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or getattr(config, "position_biased_input", True) is False:
+        return
+    if length > limit:
+        raise ConfigError(f"{option} {length} is longer than the model allows ({limit} "
+                          f"positions); use {option} {limit} or less")
+
+
 def load_sequence_classifier(
     source: ModelSource,
     label_names: Sequence[str] | None,

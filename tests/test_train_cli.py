@@ -145,6 +145,19 @@ def test_a_refused_command_leaves_no_folder_behind(
     assert not comparison.exists()  # refused before training head
 
 
+def test_a_max_length_beyond_the_models_positions_is_refused_before_any_work(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    limit = json.loads((Path(tiny["model"]) / "config.json").read_text())[
+        "max_position_embeddings"]
+    output = tmp_path / "run"
+    assert cli.main([*head_run(tiny, output), "--max-length", str(limit + 1)]) == 2
+    assert f"--max-length {limit + 1} is longer than the model allows" in capsys.readouterr().err
+    assert not output.exists()
+
+
 def test_an_output_folder_that_cannot_be_made_is_a_config_error(
     tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

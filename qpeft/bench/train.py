@@ -49,6 +49,7 @@ from qpeft.bench.cli import max_threads, synchronize
 from qpeft.bench.unitary import time_interleaved
 from qpeft.compiler.recompute import autograd_saved_bytes
 from qpeft.errors import ConfigError
+from qpeft.models import check_sequence_length
 
 #: The methods compared, in table order; ``lora`` is the reference of every ratio.
 METHODS = ("qpeft", "lora", "oft", "boft")
@@ -146,10 +147,7 @@ def method_spec(name: str, config: TrainBenchConfig) -> Any:
 
 def random_batch(model: Any, config: TrainBenchConfig, device: torch.device) -> dict:
     """Random token ids (all attended) and labels."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and config.seq_len > limit:
-        raise ConfigError(f"--seq-len {config.seq_len} is longer than the model allows "
-                          f"({limit} positions)")
+    check_sequence_length(model, config.seq_len, "--seq-len")
     generator = torch.Generator().manual_seed(config.seed)
     ids = torch.randint(0, model.config.vocab_size, (config.batch_size, config.seq_len),
                         generator=generator)

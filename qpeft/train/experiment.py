@@ -289,7 +289,7 @@ def check_method(task: Task, spec: Any, seeds: Sequence[int]) -> None:
     """Check everything about training ``spec`` on ``task`` that can fail
     before the first step: the budget, the seeds, the device, the targets and
     the method's own options (it loads the model and prepares it once)."""
-    from qpeft.models import load_sequence_classifier
+    from qpeft.models import check_sequence_length, load_sequence_classifier
     from qpeft.train.loop import resolve_device
     from qpeft.train.methods import prepare_model
 
@@ -299,6 +299,7 @@ def check_method(task: Task, spec: Any, seeds: Sequence[int]) -> None:
         train_config(settings, spec, seed)
     resolve_device(settings.device)
     model = load_sequence_classifier(task.model_source, task.label_names)
+    check_sequence_length(model, settings.max_length, "--max-length")
     prepare_model(model, spec, settings.targets)
 
 
