@@ -245,8 +245,9 @@ def test_quick_sets_defaults_and_explicit_options_win() -> None:
     (["--threads", "0"], "--threads 0 must lie in 1"),
     (["--methods="], "--methods names no method"),
     (["--sizes", "256,1"], r"dimensions N >= 2 only, got \[256, 1\]"),
-    (["--slow-limit", "0"], "--slow-limit 0.0 must be a positive number"),
-    (["--slow-limit", "nan"], "--slow-limit nan must be a positive number"),
+    (["--slow-limit", "0"], "--slow-limit 0.0 must be a positive finite number"),
+    (["--slow-limit", "nan"], "--slow-limit nan must be a positive finite number"),
+    (["--slow-limit", "inf"], "--slow-limit inf must be a positive finite number"),
     (["--repeats", "0"], "--repeats >= 1"),
     (["--device", "gpu0"], "unknown device 'gpu0'; use cpu, cuda"),
 ])

@@ -359,8 +359,9 @@ def test_bad_options_are_compile_errors() -> None:
         mapping("givens", 6, 2, dtype=torch.float16)
     with pytest.raises(CompileError, match="terms must be"):
         mapping("taylor", 6, 2, terms=0)
-    with pytest.raises(CompileError, match="terms must be"):
-        taylor_deviation(torch.zeros(9, dtype=F64), 6, 2, terms=[])
+    for terms in ([], 2.5, 3.0, [2.5], [2, "a"]):
+        with pytest.raises(CompileError, match="terms must be"):
+            taylor_deviation(torch.zeros(9, dtype=F64), 6, 2, terms=terms)
 
 
 def test_dense_reference_checks_its_input() -> None:

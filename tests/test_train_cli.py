@@ -158,6 +158,19 @@ def test_a_max_length_beyond_the_models_positions_is_refused_before_any_work(
     assert not output.exists()
 
 
+@pytest.mark.parametrize("options", [
+    ["--method", "head", "--lr", "inf"],
+    ["--method", "lora:lr=inf"],
+    ["--method", "lora", "--alpha", "nan"],
+])
+def test_non_finite_rates_and_alphas_are_refused_before_any_work(
+    tiny: dict[str, str], tmp_path: Path, options: list[str]
+) -> None:
+    output = tmp_path / "run"
+    assert cli.main(["finetune", *options, *budget(tiny, output)]) == 2
+    assert not output.exists()
+
+
 def test_an_output_folder_that_cannot_be_made_is_a_config_error(
     tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -281,6 +281,7 @@ def test_checkpoints_are_written_atomically_and_checked_on_load(tmp_path: Path) 
 
 @pytest.mark.parametrize("setting, message", [
     ({"epochs": 0}, "--epochs must be at least 1"),
+    ({"eval_batch_size": 0}, "--eval-batch-size must be at least 1, not 0"),
     ({"learning_rate": 0}, "--lr must be positive"),
     # a negative warm-up made the rate grow without bound (step / max(warmup, 1) = step)
     ({"warmup_steps": -5}, "warm-up steps must be 0 or more, not -5"),

@@ -234,6 +234,12 @@ def cifar_loader(name: str) -> dict[str, Split]:
             "test": Split(img=test_images, label=test_labels)}
 
 
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
+def test_cifar10_validation_fraction_outside_0_and_1_is_refused(fraction: float) -> None:
+    with pytest.raises(ConfigError, match="--validation-fraction .* strictly between 0 and 1"):
+        cifar10.Cifar10Recipe(method="lora:r=2", validation_fraction=fraction)
+
+
 def test_cifar10_recipe_trains_with_accumulation_and_flips(tmp_path: Path) -> None:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 

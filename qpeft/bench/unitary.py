@@ -418,8 +418,8 @@ class BenchmarkConfig:
             raise ConfigError(f"--threads {self.threads} must lie in 1 … {limit} (the CPUs of "
                               f"this machine); 1, the default, gives the steadiest timings")
         self.torch_device()
-        if not self.slow_limit > 0:
-            raise ConfigError(f"--slow-limit {self.slow_limit} must be a positive number of "
+        if not (self.slow_limit > 0 and math.isfinite(self.slow_limit)):
+            raise ConfigError(f"--slow-limit {self.slow_limit} must be a positive finite number of "
                               f"seconds; leave Qiskit and PennyLane out with --methods instead")
 
 

@@ -828,8 +828,11 @@ def taylor_deviation(
             f"taylor_deviation takes values as a torch.Tensor, got {type(values).__name__}; "
             f"wrap them with torch.as_tensor(values, dtype=torch.float64)"
         )
-    wanted = sorted({terms} if isinstance(terms, (int, np.integer)) else set(terms))
-    whole = all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in wanted)
+    try:
+        wanted = sorted({terms} if isinstance(terms, (int, np.integer)) else set(terms))
+        whole = all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in wanted)
+    except TypeError:  # a float, or a collection of things that do not compare
+        wanted, whole = [], False
     if not wanted or not whole or wanted[0] < 1:
         raise CompileError(
             f"terms must be a positive whole number or a collection of them, got {terms!r}; "

@@ -73,8 +73,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, not {self.epochs}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
+        if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"--eval-batch-size must be at least 1, not {self.eval_batch_size}")
         if not self.learning_rate > 0:
             raise ConfigError(f"--lr must be positive, not {self.learning_rate}")
         if not 0 <= self.warmup_ratio <= 1:

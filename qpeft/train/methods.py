@@ -22,6 +22,7 @@ A method is written on the command line as ``name`` or
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import warnings
@@ -156,8 +157,10 @@ class MethodSpec:
             if value is not None and value < 1:
                 raise ConfigError(f"{self.name} {key} must be at least 1, not {value}")
         for rate in (self.learning_rate, self.head_learning_rate):
-            if rate is not None and not rate > 0:
-                raise ConfigError(f"learning rates must be positive, not {rate}")
+            if rate is not None and not (rate > 0 and math.isfinite(rate)):
+                raise ConfigError(f"learning rates must be positive finite numbers, not {rate}")
+        if self.alpha is not None and not math.isfinite(self.alpha):
+            raise ConfigError(f"{self.name} alpha must be a finite number, not {self.alpha}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ConfigError(f"adapter dropout must be in [0, 1), not {self.dropout}")
         used = METHOD_OPTIONS[self.name]

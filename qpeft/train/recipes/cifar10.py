@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qpeft.errors import DataError
+from qpeft.errors import ConfigError, DataError
 from qpeft.train.recipes.common import check_row_caps
 
 PROTOCOL = (
@@ -68,6 +68,11 @@ class Cifar10Recipe:
 
     def __post_init__(self) -> None:
         check_row_caps(self)
+        if not 0 < self.validation_fraction < 1:
+            raise ConfigError(
+                f"--validation-fraction {self.validation_fraction} must lie strictly between 0 "
+                "and 1: the recipe validates every epoch on that share of the train split"
+            )
 
 
 class ImageDataset:
