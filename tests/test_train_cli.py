@@ -171,6 +171,17 @@ def test_non_finite_rates_and_alphas_are_refused_before_any_work(
     assert not output.exists()
 
 
+@pytest.mark.parametrize("method", ["head", "full"])
+def test_targets_for_a_method_without_adapters_are_refused(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str
+) -> None:
+    output = tmp_path / "run"
+    assert cli.main(["finetune", "--method", method, "--targets", "query",
+                     *budget(tiny, output)]) == 2
+    assert "--targets would be ignored" in capsys.readouterr().err
+    assert not output.exists()
+
+
 def test_an_output_folder_that_cannot_be_made_is_a_config_error(
     tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -72,6 +72,7 @@ def method_from_args(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``qpeft finetune``; returns the exit code."""
+    from qpeft.errors import ConfigError
     from qpeft.train.experiment import (
         check_method,
         check_output_dir,
@@ -87,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     spec = effective_spec(method_from_args(args), settings)
+    if spec.name in ("head", "full") and settings.targets:
+        raise ConfigError(
+            f"--method {spec.name} trains no adapter, so --targets would be ignored; leave it "
+            "out (qpeft compare takes --targets for the adapter methods of its list)"
+        )
     folder = args.output_dir or DEFAULT_RUNS_FOLDER / f"{spec.slug}-seed{args.seed}"
     check_output_dir(folder, resume=args.resume, overwrite=args.overwrite)
     if args.resume:
