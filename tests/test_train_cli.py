@@ -289,6 +289,17 @@ def test_compare_tables_every_method_over_seeds(
     assert cli.main(["compare", "--methods", "head", "lora:r=2", "--seeds", "0,1",
                      *budget(tiny, output, "--epochs", "1", "--resume")]) == 0
     assert capsys.readouterr().err.count("(already done)") == 4
+    # a run whose method changed is refused before any other run trains
+    marker = output / "runs" / "lora-r2" / "seed-1" / "run.json"
+    saved = json.loads(marker.read_text())
+    saved["method"]["dropout"] = 0.3
+    marker.write_text(json.dumps(saved))
+    (output / "runs" / "head" / "seed-1" / "metrics.json").unlink()  # head would train again
+    assert cli.main(["compare", "--methods", "head", "lora:r=2", "--seeds", "0,1",
+                     *budget(tiny, output, "--epochs", "1", "--resume")]) == 2
+    err = capsys.readouterr().err
+    assert "lora-r2/seed-1 holds a run with other settings" in err
+    assert "head, seed 1" not in err
 
 
 def test_compare_refuses_duplicate_methods(
@@ -297,6 +308,10 @@ def test_compare_refuses_duplicate_methods(
     assert cli.main(["compare", "--methods", "lora:r=2", "lora:rank=2",
                      *budget(tiny, tmp_path / "cmp")]) == 2
     assert "names a method twice" in capsys.readouterr().err
+    assert cli.main(["compare", "--methods", "lora:r=2", "lora:r=2,lr=0.01",
+                     *budget(tiny, tmp_path / "cmp")]) == 2
+    assert "differ only in settings that the run folders" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()
 
 
 def test_parser_options_and_defaults() -> None:

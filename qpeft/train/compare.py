@@ -211,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``qpeft compare``; returns the exit code."""
     from qpeft.errors import ConfigError
     from qpeft.train.experiment import (
+        RUN_MARKER,
         check_method,
         check_output_dir,
         check_same_run,
@@ -218,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         effective_spec,
         load_task,
         prepare_output_dir,
+        run_marker,
         run_method,
         settings_from_args,
     )
@@ -227,8 +229,19 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     specs = [effective_spec(MethodSpec.parse(text), settings) for text in args.methods]
     labels = [spec.label for spec in specs]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"--methods names a method twice ({', '.join(labels)}); list each once")
+    for index, spec in enumerate(specs):
+        for earlier, text in zip(specs[:index], args.methods):
+            if earlier.label != spec.label:
+                continue
+            if earlier == spec:
+                raise ConfigError(f"--methods names a method twice ({spec.label}); list each "
+                                  "once")
+            raise ConfigError(
+                f"--methods {text!r} and {args.methods[index]!r} differ only in settings that "
+                f"the run folders and tables do not name (lr, head_lr, alpha, dropout), so both "
+                f"would be {spec.label!r}; compare them in separate runs, each with its own "
+                "--output-dir"
+            )
     if any(spec.name == "qpeft" for spec in specs):
         _check_qpeft_available()
     folder: Path = args.output_dir
@@ -236,6 +249,12 @@ def run(args: argparse.Namespace) -> int:
     marker = {"kind": "compare", "settings": settings.to_dict()}
     if args.resume and (folder / COMPARE_MARKER).is_file():
         check_same_run(folder, marker, marker=COMPARE_MARKER)
+        # each run with other settings is refused now, not after the runs before it trained
+        for spec in specs:
+            for seed in args.seeds:
+                run_folder = folder / "runs" / spec.slug / f"seed-{seed}"
+                if (run_folder / RUN_MARKER).is_file():
+                    check_same_run(run_folder, run_marker("compare", spec, seed, settings))
 
     threads = choose_threads(args.threads)
     print(f"comparing {len(specs)} methods over seeds {', '.join(map(str, args.seeds))} on "
