@@ -317,3 +317,35 @@ def test_recipe_command_refuses_max_train_zero(
     assert main(["e2e", "--max-train", "0", "--output-dir", str(output)]) == 2
     assert "--max-train must be a positive number of rows" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_recipe_resume_shows_a_complete_run_and_refuses_other_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qpeft.train.recipes.__main__ import main
+    from qpeft.train.report import write_json
+
+    calls = []
+
+    def fake_run(recipe, folder, resume=False):
+        calls.append(resume)
+        metrics = {"test_accuracy": 0.5}
+        write_json(Path(folder) / "metrics.json", metrics)
+        return metrics
+
+    monkeypatch.setattr(cifar10, "run", fake_run)
+    folder = tmp_path / "run"
+    command = ["cifar10", "--method", "lora:r=2", "--epochs", "2", "--output-dir", str(folder)]
+    assert main(command) == 0 and calls == [False]
+    assert main([*command, "--resume"]) == 0 and calls == [False]  # shown, not trained again
+    assert "holds a complete run" in capsys.readouterr().err
+    assert main([*command, "--resume", "--epochs", "3"]) == 2 and calls == [False]
+    assert "holds a run with other settings" in capsys.readouterr().err
+
+    def refuse(recipe, folder, resume=False):
+        raise ConfigError("the model does not load")
+
+    monkeypatch.setattr(cifar10, "run", refuse)
+    fresh = tmp_path / "fresh"
+    assert main(["cifar10", "--output-dir", str(fresh)]) == 2
+    assert not (fresh / "run.json").exists()  # the corrected command is not refused

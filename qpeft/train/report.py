@@ -45,6 +45,12 @@ def write_json(path: str | Path, value: Any) -> None:
     write_text(path, json.dumps(value, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from :func:`write_json` (tuples as lists, paths
+    as strings), for comparing a setting with a saved one."""
+    return json.loads(json.dumps(value, default=_jsonable))
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 

@@ -34,25 +34,41 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from qpeft.train.experiment import prepare_output_dir
+    from qpeft.train.experiment import RUN_MARKER, check_same_run, prepare_output_dir
     from qpeft.train.recipes.common import recipe_from_args
-    from qpeft.train.report import write_json
+    from qpeft.train.report import as_json, read_json, write_json
 
     args = build_parser().parse_args(argv)
     module_name, class_name = RECIPES[args.recipe]
     module = importlib.import_module(module_name)
+    folder: Path = args.output_dir
+    started_here = False
     try:
         recipe = recipe_from_args(getattr(module, class_name), args)
-        prepare_output_dir(args.output_dir, resume=args.resume, overwrite=args.overwrite)
-        write_json(args.output_dir / "run.json", {"kind": f"recipe:{args.recipe}",
-                                                   "recipe": recipe.__dict__})
-        metrics = module.run(recipe, args.output_dir, resume=args.resume)
+        marker = as_json({"kind": f"recipe:{args.recipe}", "recipe": recipe.__dict__})
+        if args.resume and (folder / RUN_MARKER).is_file():
+            check_same_run(folder, marker)  # other settings are refused, not trained over
+            if (folder / "metrics.json").is_file():
+                print(f"{folder} holds a complete run; showing its results", file=sys.stderr)
+                return _show(read_json(folder / "metrics.json"), folder)
+        started_here = not (folder / RUN_MARKER).is_file()
+        prepare_output_dir(folder, resume=args.resume, overwrite=args.overwrite)
+        write_json(folder / RUN_MARKER, marker)
+        metrics = module.run(recipe, folder, resume=args.resume)
     except QpeftError as error:
+        if started_here and sorted(p.name for p in folder.iterdir()) == [RUN_MARKER]:
+            # refused before any work (a model that does not load, say): leave no run
+            # behind that would refuse the corrected command
+            (folder / RUN_MARKER).unlink()
         print(f"error: {error}", file=sys.stderr)
         return 2
+    return _show(metrics, folder)
+
+
+def _show(metrics: dict, folder: Path) -> int:
     scores = {key: value for key, value in metrics.items() if isinstance(value, float)}
     print(", ".join(f"{key} {value:.4f}" for key, value in scores.items()))
-    print(f"report: {args.output_dir / 'metrics.json'}")
+    print(f"report: {folder / 'metrics.json'}")
     return 0
 
 
