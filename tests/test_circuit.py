@@ -661,3 +661,15 @@ def test_a_name_that_is_not_a_string_is_refused(name):
 def test_compose_takes_a_circuit():
     with pytest.raises(WireError, match="compose takes another Circuit"):
         Circuit(2).compose("x")
+
+
+def test_a_mapping_of_tensors_keeps_the_torch_matrix_differentiable():
+    a = Parameter("a")
+    c = Circuit(2).ry(0, a).rx(1, "b").cz(0, 1)
+    values = {a: torch.tensor(0.3, dtype=torch.float64, requires_grad=True),
+              "b": torch.tensor(-0.4, dtype=torch.float64, requires_grad=True)}
+    by_name = c.matrix(values, backend="torch")
+    by_vector = c.matrix(torch.stack(list(values.values())), backend="torch")
+    torch.testing.assert_close(by_name, by_vector, rtol=0, atol=0)
+    by_name.real.sum().backward()
+    assert values[a].grad is not None and values["b"].grad is not None

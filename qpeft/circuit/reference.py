@@ -27,7 +27,13 @@ def parameter_tensor(circuit, values) -> torch.Tensor:
             )
         return torch.zeros(0, dtype=torch.float64)
     if isinstance(values, Mapping):
-        bindings = circuit._bindings(values, partial=False)
+        plain = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
+        bindings = circuit._bindings(plain, partial=False)  # names and finiteness checked
+        given = dict(zip(bindings, values.values()))  # the same order, keys as names
+        if any(isinstance(v, torch.Tensor) for v in given.values()):
+            # tensors stay on their graph, so the matrix is differentiable in them
+            return torch.stack([torch.as_tensor(given[n], dtype=torch.float64).reshape(())
+                                for n in names])
         return torch.tensor([bindings[n] for n in names], dtype=torch.float64)
     if isinstance(values, torch.Tensor):
         tensor = values
