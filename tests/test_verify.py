@@ -114,6 +114,8 @@ def test_arguments_are_checked():
         verify(circuit, columns=[0, 8])
     with pytest.raises(InteropError, match="Circuit"):
         verify("pauli")
+    with pytest.raises(InteropError, match="above its limit of 4194304"):
+        verify(pauli(23, 1))  # refused before any column is computed
 
 
 @pytest.mark.parametrize("against", ["qiskit,qiskit", ["pennylane", "qiskit", "PennyLane"],

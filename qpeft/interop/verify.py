@@ -39,6 +39,8 @@ from qpeft.errors import ConfigError, InteropError, ParameterError, QpeftError
 FULL_LIMIT = 256
 #: columns compared when ``columns=None`` and N > FULL_LIMIT
 DEFAULT_COLUMNS = 8
+#: the largest N that verify simulates (a complex128 column of 2^22 numbers is 64 MiB)
+MAX_DIMENSION = 2**22
 REFERENCES = ("qiskit", "pennylane")
 
 
@@ -344,6 +346,13 @@ def verify(
     check_tolerance(atol, "atol")
     _check_seed(seed)
     names = _references(against)
+    if circuit.dimension > MAX_DIMENSION:
+        raise InteropError(
+            f"verify compares dense columns of N numbers, simulated by Qiskit and PennyLane "
+            f"column by column; N = {circuit.dimension} is above its limit of {MAX_DIMENSION} "
+            f"(2^{MAX_DIMENSION.bit_length() - 1}); verify a smaller instance of the same "
+            "ansatz (fewer qubits or a smaller dimension)"
+        )
     vector = _angles(circuit, values, seed)
     chosen = _columns(columns, circuit.dimension)
 
