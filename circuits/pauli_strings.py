@@ -6,9 +6,11 @@ Angles: n + 2·L·(n − 1).
 """
 
 from qpeft import Circuit, ParameterVector
+from qpeft.ansatz import check_counts
 
 
 def build(qubits: int = 4, layers: int = 2):
+    qubits, layers = check_counts(qubits, layers)
     theta = iter(ParameterVector("theta", qubits + 2 * layers * (qubits - 1)))
     circuit = Circuit(qubits, name=f"pauli_strings(qubits={qubits}, layers={layers})")
     for wire in range(qubits):

@@ -7,10 +7,14 @@ Angles: (L + 1)·Σ (d − 1). Real orthogonal.
 """
 
 from qpeft import Circuit, GeneralizedCZ, Parameter
+from qpeft.ansatz import check_counts
 
 
 def build(dims: tuple = (3, 2, 2), layers: int = 2):
-    circuit = Circuit(list(dims), name=f"qutrit_ladder(dims={tuple(dims)}, layers={layers})")
+    circuit = Circuit(dims)  # refuses anything but a list of wire dimensions
+    dims = circuit.dims
+    _, layers = check_counts(len(dims), layers)
+    circuit.name = f"qutrit_ladder(dims={dims}, layers={layers})"
     count = 0
 
     def rotate_all():

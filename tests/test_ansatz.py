@@ -10,7 +10,7 @@ import torch
 
 import qpeft
 from qpeft.ansatz import catalog_names, for_dimension, load_ansatz, pauli, pauli_parameter_count
-from qpeft.errors import CatalogError, ConfigError
+from qpeft.errors import CatalogError, ConfigError, QpeftError
 
 TRANSFORMER_WIDTHS = [384, 768, 1536, 3072, 5120, 11008]
 
@@ -244,3 +244,14 @@ def test_for_dimension_is_orthogonal_at_transformer_widths(dimension, method):
     U = frame(values)
     eye = torch.eye(len(columns), dtype=torch.float64)
     torch.testing.assert_close(U.T @ U, eye, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("pauli_strings", {"qubits": 0}, "qubits must be a positive integer"),
+    ("pauli_strings", {"layers": -1}, "layers must be an integer >= 0"),
+    ("qutrit_ladder", {"layers": -2}, "layers must be an integer >= 0"),
+    ("qutrit_ladder", {"dims": {3: 2}}, "wire dimensions must be a list of integers"),
+])
+def test_catalog_entries_refuse_bad_counts(name, options, message):
+    with pytest.raises(QpeftError, match=message):
+        load_ansatz(name, **options)

@@ -37,7 +37,7 @@ def pauli_parameter_count(qubits: int, layers: int) -> int:
     return (2 * layers + 1) * qubits - 2 * layers
 
 
-def _check_counts(qubits: int, layers: int, what: str = "qubits") -> tuple[int, int]:
+def check_counts(qubits: int, layers: int, what: str = "qubits") -> tuple[int, int]:
     """The counts as Python ints (numpy integers accepted; bools and floats refused)."""
     if not is_integer(qubits) or qubits < 1:
         raise ConfigError(f"{what} must be a positive integer, got {qubits!r}")
@@ -85,7 +85,7 @@ def pauli(qubits: int, layers: int = 1, *, name: str = "theta", barriers: bool =
     >>> c.num_parameters, c.dimension, c.is_real
     (10, 16, True)
     """
-    qubits, layers = _check_counts(qubits, layers)
+    qubits, layers = check_counts(qubits, layers)
     theta = iter(ParameterVector(name, pauli_parameter_count(qubits, layers)))
     circuit = Circuit(qubits, name=f"pauli(qubits={qubits}, layers={layers})")
     return brickwork(
@@ -173,7 +173,7 @@ def for_dimension(
     if not is_integer(dimension) or dimension < 2:
         raise ConfigError(f"dimension must be an integer >= 2, got {dimension!r}")
     dimension = int(dimension)
-    _, layers = _check_counts(1, layers)
+    _, layers = check_counts(1, layers)
     odd, power = _factor_dimension(dimension)
     if method == "qudit":
         return _qudit(dimension, odd, power, layers, name, barriers)
@@ -299,7 +299,7 @@ def entangling_pairs(qubits: int, entanglement: str) -> list[tuple[int, int]]:
 
 
 def _rotation_entangler(qubits, layers, entanglement, name, gate, title) -> Circuit:
-    qubits, layers = _check_counts(qubits, layers)
+    qubits, layers = check_counts(qubits, layers)
     pairs = entangling_pairs(qubits, entanglement)
     theta = iter(ParameterVector(name, (layers + 1) * qubits))
     circuit = Circuit(qubits, name=title)
