@@ -418,3 +418,19 @@ def test_a_frozen_adapter_stays_frozen_when_other_adapters_come_and_go(tmp_path)
     assert trainable() == []
     loaded.set_adapter("default")
     assert len(trainable()) > 0 and all(".default" in n for n in trainable())
+
+
+def test_the_same_adapter_saves_to_the_same_bytes(tmp_path):
+    """safetensors writes its metadata in hash-map order; the header is
+    rewritten with sorted keys, so the bytes and their checksum repeat."""
+    model = trained_bert()
+    contents = set()
+    for index in range(6):
+        model.save_pretrained(tmp_path / str(index))
+        contents.add(((tmp_path / str(index) / WEIGHTS_NAME).read_bytes(),
+                      (tmp_path / str(index) / CONFIG_NAME).read_bytes()))
+    assert len(contents) == 1
+    header = safetensors_header(tmp_path / "0" / WEIGHTS_NAME)
+    assert list(header) == sorted(header) and list(header["__metadata__"]) == sorted(
+        header["__metadata__"])
+    assert_round_trip(model, tmp_path / "again", tiny_bert)

@@ -77,6 +77,22 @@ _RESERVED = ("format", "qpeft_version", "circuits", "modules", "modules_to_save_
 
 
 # -- saving -------------------------------------------------------------------------------------
+def _canonical_header(blob: bytes) -> bytes:
+    """The safetensors file with its JSON header written with sorted keys.
+
+    safetensors writes the metadata in hash-map order, which changes from
+    call to call, so the same adapter gave different bytes (and a different
+    ``tensors_sha256``). The tensor data and their offsets are unchanged; the
+    header stays padded with spaces to a multiple of 8 bytes, as the format
+    requires.
+    """
+    size = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + size :]
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     write_atomically(path, lambda handle: handle.write(data))
 
@@ -165,7 +181,7 @@ def save_adapter(model: QPeftModel, directory: str | os.PathLike, adapter_name: 
         for key, value in state.items():
             tensors[f"{path}.{SAVED_PREFIX}.{key}"] = _plain(value)
     metadata = {"format": "pt", "qpeft.format": FORMAT, "qpeft.modules": _modules_digest(modules)}
-    blob = safetensors_bytes(tensors, metadata=metadata)
+    blob = _canonical_header(safetensors_bytes(tensors, metadata=metadata))
     document = {
         "format": FORMAT,
         **config.to_dict(),
