@@ -453,3 +453,14 @@ def test_saved_files_get_the_mode_a_plain_open_gives(tmp_path):
     finally:
         os.umask(umask)
     assert {(tmp_path / name).stat().st_mode & 0o777 for name in ("c.txt", "c.svg")} == {0o640}
+
+
+def test_long_barrier_labels_get_room_and_do_not_overlap():
+    figure = draw_mpl(Circuit(2).barrier("a very long barrier label text").barrier("second label")
+                      .h(0).barrier("third long label"))
+    renderer = figure.canvas.get_renderer()
+    labels = [t for t in figure.axes[0].texts if "label" in t.get_text()]
+    boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda box: box.x0)
+    assert len(boxes) == 3
+    assert all(left.x1 <= right.x0 for left, right in zip(boxes, boxes[1:]))
+    assert boxes[0].x0 >= figure.axes[0].get_window_extent(renderer).x0  # not clipped

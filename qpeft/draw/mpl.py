@@ -74,10 +74,13 @@ ROW_GAP = 0.8  # between folded rows
 
 
 @lru_cache(maxsize=4096)
-def text_width(text: str, size: float) -> float:
-    """Width of ``text`` (math text allowed) at font ``size``, in layout units."""
+def text_width(text: str, size: float, *, literal: bool = False) -> float:
+    """Width of ``text`` (math text allowed, unless ``literal``) at font
+    ``size``, in layout units."""
     if not text:
         return 0.0
+    if literal:
+        text = text.replace("$", r"\$")
     path = TextPath((0, 0), text, size=size, prop=FontProperties(family="DejaVu Sans"))
     return path.get_extents().width / 72.0 / UNIT_INCHES
 
@@ -106,8 +109,10 @@ def _mark_extent(mark: Mark) -> _Extent:
 
 
 def _extent(placement: Placement, show_parameters: bool) -> _Extent:
-    if placement.glyph is None:
-        return _Extent(BARRIER_WIDTH / 2, BARRIER_WIDTH / 2)
+    if placement.glyph is None:  # a barrier: as wide as its label, drawn centred above it
+        label = getattr(placement.gate, "text", "")
+        half = max(BARRIER_WIDTH, text_width(label, SMALL_SIZE + 1, literal=True) + 0.1) / 2
+        return _Extent(half, half)
     left = right = 0.0
     if placement.glyph.box is not None:
         left = right = _box_width(placement.glyph.box, show_parameters) / 2
