@@ -673,3 +673,25 @@ def test_a_mapping_of_tensors_keeps_the_torch_matrix_differentiable():
     torch.testing.assert_close(by_name, by_vector, rtol=0, atol=0)
     by_name.real.sum().backward()
     assert values[a].grad is not None and values["b"].grad is not None
+
+
+def test_a_mapping_with_a_parameter_and_its_name_binds_like_the_float_path():
+    a = Parameter("a")
+    c = Circuit(2).ry(0, a).rx(1, "b")
+    values = {a: 0.1, "b": -1.2, "a": 0.3}  # the later key for a wins, as in bind()
+    tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
+    np.testing.assert_allclose(c.matrix(tensors, backend="torch").numpy(), c.matrix(values),
+                               rtol=0, atol=1e-15)
+
+
+def test_a_circuit_pickled_before_the_parameter_order_loads():
+    import pickle
+
+    c = Circuit(2, name="old").ry(0, "a").cz(0, 1)
+    state = dict(c.__dict__)
+    state["name"] = state.pop("_name")  # the attributes of the earlier release
+    del state["_order"]
+    old = Circuit.__new__(Circuit)
+    old.__setstate__(state)
+    assert old == c and old.name == "old" and old.parameters == ("a",)
+    assert pickle.loads(pickle.dumps(c.inverse())).parameters == c.inverse().parameters

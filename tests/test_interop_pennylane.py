@@ -151,3 +151,12 @@ def test_state_preparation_and_qudits_are_refused():
         from_pennylane(prepare)
     with pytest.raises(InteropError, match="embed_in_qubits"):
         to_pennylane(Circuit([3, 2]).gcz(0, 1))
+
+
+def test_a_barrier_on_no_wires_is_imported_as_nothing():
+    def qfunc():
+        qml.Hadamard(0)
+        qml.Barrier(wires=[])
+        qml.CNOT([0, 1])
+
+    assert [g.name for g in from_pennylane(qfunc).gates] == ["H", "CX"]

@@ -321,3 +321,13 @@ def test_a_controlled_gate_with_one_base_on_several_targets_uses_its_definition(
         qc.append(MCMTGate(base, 1, 2), [0, 1, 2])
         np.testing.assert_allclose(from_qiskit(qc).matrix(), Operator(qc.reverse_bits()).data,
                                    atol=1e-12)
+
+
+def test_a_barrier_on_no_qubits_is_imported_as_nothing():
+    from qiskit.circuit.library import Barrier as QiskitBarrier
+
+    qc = QuantumCircuit(2)
+    qc.h(0)
+    qc.append(QiskitBarrier(0), [])
+    qc.cx(0, 1)
+    assert [g.name for g in from_qiskit(qc).gates] == ["H", "CX"]

@@ -138,7 +138,8 @@ class Circuit:
         present = self._appearance()
         if self._order is None:
             return present
-        kept = [name for name in self._order if name in present]
+        used = set(present)
+        kept = [name for name in self._order if name in used]
         known = set(kept)
         return tuple(kept) + tuple(name for name in present if name not in known)
 
@@ -170,10 +171,22 @@ class Circuit:
         """Set the parameter order to ``names`` (deduplicated; names no gate
         uses are dropped) and return the circuit."""
         present = self._appearance()
-        order = [name for name in dict.fromkeys(names) if name in set(present)]
-        order += [name for name in present if name not in set(order)]
+        used = set(present)
+        order = [name for name in dict.fromkeys(names) if name in used]
+        listed = set(order)
+        order += [name for name in present if name not in listed]
         self._order = None if tuple(order) == present else tuple(order)
         return self
+
+    def __setstate__(self, state: dict) -> None:
+        # a circuit pickled before the name became a checked property and the
+        # parameter order an attribute
+        state = dict(state)
+        if "name" in state:
+            state["_name"] = state.pop("name")
+        state.setdefault("_name", "")
+        state.setdefault("_order", None)
+        self.__dict__.update(state)
 
     @property
     def num_parameters(self) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from qpeft.circuit.parameters import Parameter
 from qpeft.errors import ParameterError
 
 
@@ -29,7 +30,7 @@ def parameter_tensor(circuit, values) -> torch.Tensor:
     if isinstance(values, Mapping):
         plain = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()}
         bindings = circuit._bindings(plain, partial=False)  # names and finiteness checked
-        given = dict(zip(bindings, values.values()))  # the same order, keys as names
+        given = {k.name if isinstance(k, Parameter) else k: v for k, v in values.items()}
         if any(isinstance(v, torch.Tensor) for v in given.values()):
             # tensors stay on their graph, so the matrix is differentiable in them
             return torch.stack([torch.as_tensor(given[n], dtype=torch.float64).reshape(())

@@ -222,8 +222,9 @@ class _Recorder:
         name = op.name
         if name in ("Identity", "Snapshot"):
             return []
-        if name == "Barrier":
-            return [Barrier(self.wires(op))]
+        if name == "Barrier":  # one on no wires (PennyLane allows it) marks nothing
+            wires = self.wires(op)
+            return [Barrier(wires)] if wires else []
         if name == "GlobalPhase":  # exp(-iφ)
             self.phase = self.phase - self.angle(op.data[0])
             return []

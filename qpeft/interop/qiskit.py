@@ -283,8 +283,8 @@ class _Importer:
         name = operation.name
         if name in ("id", "delay"):
             return []
-        if name == "barrier":
-            return [Barrier(tuple(wires), operation.label or "")]
+        if name == "barrier":  # one on no qubits (Qiskit allows it) marks nothing
+            return [Barrier(tuple(wires), operation.label or "")] if wires else []
         if name == "global_phase":
             self.phase = self.phase + self.angle(operation.params[0])
             return []
