@@ -116,6 +116,9 @@ def test_arguments_are_checked():
         verify("pauli")
     with pytest.raises(InteropError, match="above its limit of 4194304"):
         verify(pauli(23, 1))  # refused before any column is computed
+    # 13 qutrits: N = 3^13 is under the limit, but the qubit embedding has 2^26 amplitudes
+    with pytest.raises(InteropError, match="on 67108864 amplitudes .*above its limit"):
+        verify(Circuit([3] * 13))
 
 
 @pytest.mark.parametrize("against", ["qiskit,qiskit", ["pennylane", "qiskit", "PennyLane"],

@@ -346,12 +346,13 @@ def verify(
     check_tolerance(atol, "atol")
     _check_seed(seed)
     names = _references(against)
-    if circuit.dimension > MAX_DIMENSION:
+    simulated = 2 ** sum(_qubits_per_wire(circuit.dims))  # N, or a qudit circuit's embedding
+    if simulated > MAX_DIMENSION:
         raise InteropError(
-            f"verify compares dense columns of N numbers, simulated by Qiskit and PennyLane "
-            f"column by column; N = {circuit.dimension} is above its limit of {MAX_DIMENSION} "
-            f"(2^{MAX_DIMENSION.bit_length() - 1}); verify a smaller instance of the same "
-            "ansatz (fewer qubits or a smaller dimension)"
+            f"verify compares dense columns, simulated by Qiskit and PennyLane column by "
+            f"column on {simulated} amplitudes (N = {circuit.dimension}, on qubits); that is "
+            f"above its limit of {MAX_DIMENSION} (2^{MAX_DIMENSION.bit_length() - 1}); verify "
+            "a smaller instance of the same ansatz (fewer qubits or a smaller dimension)"
         )
     vector = _angles(circuit, values, seed)
     chosen = _columns(columns, circuit.dimension)
