@@ -405,7 +405,7 @@ class PreparedModel:
                 (staging / "adapter_config.json").write_text(
                     json.dumps(config, indent=2) + "\n", encoding="utf-8"
                 )
-            mode = file_mode()
+            mode = file_mode(staging)
             for path in staging.rglob("*"):
                 if path.is_file():
                     path.chmod(mode)

@@ -1,0 +1,35 @@
+"""qpeft.files: whole files or none, with the mode open() gives."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from qpeft.files import file_mode, write_atomically
+
+
+def test_a_write_is_whole_or_absent_and_never_touches_the_umask(tmp_path: Path, monkeypatch):
+    def no_umask(mask: int) -> int:  # the umask is process-wide: other threads would see it
+        raise AssertionError("os.umask was called")
+
+    target = tmp_path / "a.bin"
+    target.write_bytes(b"old")
+    previous = os.umask(0o027)
+    try:
+        monkeypatch.setattr(os, "umask", no_umask)
+        write_atomically(target, lambda handle: handle.write(b"new"))
+
+        def fail(handle) -> None:
+            handle.write(b"partial")
+            raise RuntimeError("interrupted")
+
+        with pytest.raises(RuntimeError):
+            write_atomically(target, fail)
+        assert file_mode(tmp_path) == 0o640
+    finally:
+        monkeypatch.undo()
+        os.umask(previous)
+    assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
