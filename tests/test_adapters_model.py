@@ -140,9 +140,26 @@ def test_layers_to_transform_and_exclude_modules():
     # with a string target the layer filter would be ignored: refused, as in peft
     for target in ("all-linear", r".*\.query"):
         with pytest.raises(ConfigError, match="layers_to_transform cannot be used when"):
-            QPeftConfig(target_modules=target, rank=2, layers_to_transform=[0])
+            get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=target, rank=2,
+                                                     layers_to_transform=[0]))
         with pytest.raises(ConfigError, match="layers_pattern cannot be used when"):
-            QPeftConfig(target_modules=target, rank=2, layers_pattern="layer")
+            get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=target, rank=2,
+                                                     layers_pattern="layer"))
+
+
+def test_an_adapter_saved_with_an_ignored_layer_filter_still_loads(tmp_path):
+    """Saved before the filter was refused: its module list says what it adapted."""
+    import json
+
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules="all-linear", rank=2))
+    perturb(model)
+    model.save_pretrained(tmp_path)
+    config = tmp_path / "adapter_config.json"
+    document = json.loads(config.read_text())
+    document["layers_to_transform"] = [0]
+    config.write_text(json.dumps(document))
+    loaded = QPeftModel.from_pretrained(tiny_bert(), tmp_path)
+    assert loaded.qpeft_layers().keys() == model.qpeft_layers().keys()
 
 
 # -- training ----------------------------------------------------------------------------------

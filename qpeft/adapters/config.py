@@ -162,6 +162,12 @@ class QPeftConfig:
             )
             if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
                 raise ConfigError("layers_to_transform must be an int or a list of ints")
+
+    def check_layer_filter(self) -> None:
+        """Refuse ``layers_to_transform`` / ``layers_pattern`` next to a string
+        ``target_modules``, which would ignore them (peft refuses the same).
+        Checked when an adapter is planned, not when a saved one is read: an
+        adapter saved before this check lists the modules it adapted."""
         for name in ("layers_to_transform", "layers_pattern"):
             if getattr(self, name) is not None and isinstance(self.target_modules, str):
                 raise ConfigError(

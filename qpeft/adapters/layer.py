@@ -261,7 +261,7 @@ class QPeftLinear(nn.Module):
             # as peft's layers do: the other active ones, else the first remaining adapter
             active = [a for a in self._active_adapters if a != adapter_name]
             if not active and len(self.qpeft_lambda):
-                active = [next(iter(self.qpeft_lambda))]
+                active = [sorted(self.qpeft_lambda)[0]]  # peft's rule, the same in every layer
                 warnings.warn(f"Adapter {adapter_name} was active which is now deleted. "
                               f"Setting active adapter to {active[0]}.", stacklevel=2)
             self.set_adapter(active)

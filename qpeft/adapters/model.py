@@ -113,14 +113,18 @@ def linear_suffixes(model: nn.Module) -> list[str]:
     return sorted({name.rsplit(".", 1)[-1] for name, _ in _candidates(model)})
 
 
-def find_target_modules(model: nn.Module, config: QPeftConfig) -> list[str]:
-    """Names of the linear layers ``config`` adapts; a ConfigError when there are none.
+def find_target_modules(model: nn.Module, config: QPeftConfig, *,
+                        new_adapter: bool = True) -> list[str]:
+    """Names of the linear layers ``config`` adapts; a ConfigError when there are
+    none, or (for a ``new_adapter``) when a layer filter would be ignored.
 
     >>> import torch
     >>> base = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
     >>> find_target_modules(base, QPeftConfig(target_modules="all-linear", rank=1))
     ['0', '1']
     """
+    if new_adapter:
+        config.check_layer_filter()
     if config.target_modules is None:
         raise ConfigError(
             "target_modules is not set; name the linear layers to adapt, e.g. "

@@ -265,8 +265,10 @@ class QPeftTuner(BaseTuner):
     def _prepare_model(self, peft_config, model: nn.Module) -> None:
         """Plan the adapter before peft walks the model: its targets and their frames."""
         config = peft_config.to_qpeft_config()
+        # a config with recorded circuits was saved (or injected) before: read, not planned
+        targets = find_target_modules(model, config, new_adapter=not peft_config.circuits)
         self._plan = (peft_config, _recorded_frames(
-            peft_config, plan_frames(model, config, find_target_modules(model, config))
+            peft_config, plan_frames(model, config, targets)
         ), config)
 
     def _check_target_module_exists(self, peft_config, key: str):
