@@ -161,6 +161,12 @@ def check_sequence_length(model: Any, length: int, option: str) -> None:
     limit = getattr(config, "max_position_embeddings", None)
     if not isinstance(limit, int) or getattr(config, "position_biased_input", True) is False:
         return
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(
+                getattr(module, "padding_idx", None), int):
+            # RoBERTa's family numbers positions from padding_idx + 1 (514 rows, 512 tokens)
+            limit = min(limit, module.num_embeddings - module.padding_idx - 1)
+            break
     if length > limit:
         raise ConfigError(f"{option} {length} is longer than the model allows ({limit} "
                           f"positions); use {option} {limit} or less")

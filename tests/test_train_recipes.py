@@ -340,7 +340,8 @@ def test_recipe_resume_shows_a_complete_run_and_refuses_other_settings(
     assert main([*command, "--resume"]) == 0 and calls == [False]  # shown, not trained again
     assert "holds a complete run" in capsys.readouterr().err
     assert main([*command, "--resume", "--epochs", "3"]) == 2 and calls == [False]
-    assert "holds a run with other settings" in capsys.readouterr().err
+    assert "holds a run with other settings (--epochs differ)" in capsys.readouterr().err
+    assert main([*command, "--resume", "--device", "cpu"]) == 0  # the device may change
 
     def refuse(recipe, folder, resume=False):
         raise ConfigError("the model does not load")
@@ -349,3 +350,32 @@ def test_recipe_resume_shows_a_complete_run_and_refuses_other_settings(
     fresh = tmp_path / "fresh"
     assert main(["cifar10", "--output-dir", str(fresh)]) == 2
     assert not (fresh / "run.json").exists()  # the corrected command is not refused
+
+
+def test_the_sequence_length_check_knows_roberta_s_position_offset() -> None:
+    """RoBERTa's family numbers positions from padding_idx + 1: 20 rows, 18 tokens."""
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    from qpeft.models import check_sequence_length
+
+    small = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 20}
+    roberta = RobertaForSequenceClassification(RobertaConfig(**small)).eval()
+    check_sequence_length(roberta, 18, "--max-length")
+    roberta(torch.full((1, 18), 5))  # the longest accepted length runs
+    with pytest.raises(ConfigError, match="--max-length 19 is longer than the model allows"):
+        check_sequence_length(roberta, 19, "--max-length")
+    bert = BertForSequenceClassification(BertConfig(**small))
+    check_sequence_length(bert, 20, "--seq-len")
+    with pytest.raises(ConfigError, match="--seq-len 21 is longer"):
+        check_sequence_length(bert, 21, "--seq-len")
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    relative = DebertaV2ForSequenceClassification(DebertaV2Config(  # as deberta-v3-base
+        **small, position_biased_input=False, relative_attention=True, pooler_hidden_size=16))
+    check_sequence_length(relative, 10_000, "--max-length")  # relative positions only

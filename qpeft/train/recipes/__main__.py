@@ -45,9 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started_here = False
     try:
         recipe = recipe_from_args(getattr(module, class_name), args)
-        marker = as_json({"kind": f"recipe:{args.recipe}", "recipe": recipe.__dict__})
+        # "settings" as qpeft finetune's marker: compared option by option, the device free
+        marker = as_json({"kind": f"recipe:{args.recipe}", "settings": recipe.__dict__})
         if args.resume and (folder / RUN_MARKER).is_file():
-            check_same_run(folder, marker)  # other settings are refused, not trained over
+            if "settings" in read_json(folder / RUN_MARKER):  # not a run of an earlier release
+                check_same_run(folder, marker)  # other settings are refused, not trained over
             if (folder / "metrics.json").is_file():
                 print(f"{folder} holds a complete run; showing its results", file=sys.stderr)
                 return _show(read_json(folder / "metrics.json"), folder)
