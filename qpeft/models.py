@@ -120,10 +120,12 @@ def _load(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
                 "pass its folder to --model"
             ) from None
         raise ConfigError(f"could not load the model in {source.location} ({error})") from None
-    except (ValueError, KeyError, TypeError) as error:
+    except Exception as error:  # noqa: BLE001 - a damaged folder raises many types: a
+        # truncated safetensors file, a config field of the wrong type, an empty vocabulary
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(
             f"could not load the model in {source.location}: its config.json or files are not "
-            f"a model transformers understands ({error})"
+            f"a model transformers understands ({type(error).__name__}: {first})"
         ) from None
 
 
@@ -150,7 +152,16 @@ def load_tokenizer(source: ModelSource) -> Any:
                 f"{', '.join(TOKENIZER_FILES)}); save the tokenizer into it with "
                 "tokenizer.save_pretrained(folder)"
             )
-    return _load(AutoTokenizer, source)
+    tokenizer = _load(AutoTokenizer, source)
+    try:  # a tokenizer can load and still not encode (an empty vocabulary, no [UNK])
+        tokenizer(["a probe sentence"], truncation=True, max_length=8)
+    except Exception as error:  # noqa: BLE001 - tokenizers raises plain Exception
+        raise ConfigError(
+            f"the tokenizer saved with the model in {source.location} cannot encode text "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+            "save a working tokenizer into the folder with tokenizer.save_pretrained(folder)"
+        ) from None
+    return tokenizer
 
 
 def check_sequence_length(model: Any, length: int, option: str) -> None:

@@ -204,8 +204,25 @@ def test_a_model_folder_without_model_type_or_tokenizer_is_refused(
     no_tokenizer.mkdir()
     for name in ("config.json", "model.safetensors"):
         shutil.copy(Path(tiny["model"]) / name, no_tokenizer / name)
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny["model"], truncated)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    wrong_type = tmp_path / "wrong-type"
+    shutil.copytree(tiny["model"], wrong_type)
+    config = json.loads((wrong_type / "config.json").read_text())
+    config["hidden_size"] = str(config["hidden_size"])
+    (wrong_type / "config.json").write_text(json.dumps(config))
+    no_vocabulary = tmp_path / "no-vocabulary"
+    shutil.copytree(tiny["model"], no_vocabulary)
+    for name in ("tokenizer.json", "vocab.txt"):
+        (no_vocabulary / name).unlink(missing_ok=True)
+    (no_vocabulary / "vocab.txt").write_text("")
     for folder, message in ((empty, "could not load the model"),
-                            (no_tokenizer, "holds no tokenizer files")):
+                            (no_tokenizer, "holds no tokenizer files"),
+                            (truncated, "could not load the model"),
+                            (wrong_type, "could not load the model"),
+                            (no_vocabulary, "cannot encode text")):
         output = tmp_path / f"run-{folder.name}"
         code = cli.main([*head_run(tiny, output), "--model", str(folder)])
         assert code == 2

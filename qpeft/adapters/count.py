@@ -159,9 +159,10 @@ def local_skeleton(folder: str | Path) -> nn.Module:
             config = AutoConfig.from_pretrained(path, local_files_only=True)
             with torch.device("meta"):
                 return AutoModel.from_config(config)
-    except (OSError, ValueError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 - transformers and huggingface_hub raise many types
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(
-            f"transformers cannot build a model from {path / 'config.json'}: {error}"
+            f"transformers cannot build a model from {path / 'config.json'}: {first}"
         ) from None
 
 
