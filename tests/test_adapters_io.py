@@ -434,3 +434,14 @@ def test_the_same_adapter_saves_to_the_same_bytes(tmp_path):
     assert list(header) == sorted(header) and list(header["__metadata__"]) == sorted(
         header["__metadata__"])
     assert_round_trip(model, tmp_path / "again", tiny_bert)
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_an_adapter_with_non_finite_values_is_not_written(tmp_path, bits):
+    model = trained_bert(quantize_bits=bits)
+    layer = next(iter(model.qpeft_layers().values()))
+    with torch.no_grad():
+        layer.qpeft_lambda["default"][0] = float("nan")
+    with pytest.raises(AdapterFileError, match="NaN or infinite values in qpeft.lambda"):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out" / WEIGHTS_NAME).exists()

@@ -171,6 +171,14 @@ def save_adapter(model: QPeftModel, directory: str | os.PathLike, adapter_name: 
             "in": specs["in"].describe(),
         })
         for name, vectors in _layer_vectors(layer, adapter_name).items():
+            if not all(torch.isfinite(values).all() for values, _ in vectors):
+                # quantized, NaN would become an out-of-range code and inf a scale that
+                # zeroes its neighbours; plain, the file would be refused on loading
+                raise AdapterFileError(
+                    f"adapter {adapter_name!r} of {path} holds NaN or infinite values in "
+                    f"{name}; nothing was written (check the training run: learning rate, "
+                    "gradient clipping)"
+                )
             packed.setdefault(name, []).extend(vectors)
     for name, vectors in packed.items():
         _pack(name, vectors, bits, tensors)
