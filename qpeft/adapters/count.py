@@ -273,6 +273,9 @@ def count_parameters(model: nn.Module, config: QPeftConfig) -> list[LayerCount]:
     """Trainable adapter parameters that ``get_qpeft_model(model, config)`` would
     create, grouped by layer type and shape (in the model's order), without
     creating them: the same target search and frame specs, no compiled circuit.
+    The trained copies of ``config.modules_to_save`` (a classifier head, say)
+    are not adapter parameters and are not counted; they are the same for
+    every method (``get_nb_trainable_parameters`` counts them).
 
     >>> import torch, qpeft
     >>> base = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.Linear(40, 24))
