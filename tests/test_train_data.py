@@ -34,6 +34,16 @@ def test_columns_are_detected_and_labels_sorted(tmp_path: Path) -> None:
     assert loaded.labels == [1, 0, 1]
 
 
+def test_ambiguous_or_shared_columns_are_refused(tmp_path: Path) -> None:
+    exact = write(tmp_path / "exact.csv", "text,label,Text\nthe tweet,pos,note\nother,neg,n\n")
+    assert data.load_csv(exact).texts == ["the tweet", "other"]  # the exact name wins
+    both = write(tmp_path / "both.csv", "Text,label,TEXT\nthe tweet,pos,note\nother,neg,n\n")
+    with pytest.raises(DataError, match="'Text', 'TEXT' could each be the text column"):
+        data.load_csv(both)
+    with pytest.raises(DataError, match="both the text and the label column"):
+        data.load_csv(exact, text_column="label", label_column="label")
+
+
 def test_integer_labels_sort_numerically_and_columns_can_be_named(tmp_path: Path) -> None:
     path = write(tmp_path / "d.csv", "body,y\na,10\nb,2\nc,2\n")
     loaded = data.load_csv(path, text_column="body", label_column="y")

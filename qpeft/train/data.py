@@ -153,10 +153,17 @@ def _pick_column(header: Sequence[str], wanted: str | None, candidates: Sequence
             f"{path}: there is no {role} column {wanted!r}; the columns are "
             f"{', '.join(header)}; pass one of them with {option}"
         )
-    lowered = {name.strip().lower(): name for name in header}
     for candidate in candidates:
-        if candidate in lowered:
-            return lowered[candidate]
+        found = [name for name in header if name.strip().lower() == candidate]
+        if len(found) > 1 and found.count(candidate) == 1:
+            return candidate  # 'text' next to 'Text': the exact name
+        if len(found) > 1:
+            raise DataError(
+                f"{path}: the columns {', '.join(map(repr, found))} could each be the {role} "
+                f"column; name the one to use with {option}"
+            )
+        if found:
+            return found[0]
     raise DataError(
         f"{path}: no {role} column found (tried {', '.join(candidates)}); the columns are "
         f"{', '.join(header)}; name the {role} column with {option}"
@@ -237,6 +244,12 @@ def load_csv(
     label_name = _pick_column(
         header, label_column, LABEL_COLUMN_NAMES, "label", "--label-column", path
     )
+    if text_name == label_name:
+        raise DataError(
+            f"{path}: {text_name!r} would be both the text and the label column (the model "
+            "would be given the answer); name the other one with --text-column or "
+            "--label-column"
+        )
     text_index, label_index = header.index(text_name), header.index(label_name)
     needed = max(text_index, label_index) + 1
 
