@@ -63,8 +63,9 @@ PACKED = ("qpeft.theta", "qpeft.lambda", "qpeft.initial.theta", "qpeft.initial.l
 """The adapter values, each packed into one flat tensor in the order of the JSON's
 ``modules``: ``theta`` holds θ_U then θ_V of each module, ``lambda`` each
 module's K values; the ``initial`` pair holds the frozen values of the
-``offset`` init. Quantized, a tensor ``X`` is stored as ``X.codes`` (int8/int16)
-plus ``X.scale`` (float32, one per pow2-coded vector: every λ, and the
+``offset`` init. Quantized, a tensor ``X`` is stored as ``X.codes`` (a packed
+uint8 stream of ``bits``-bit codes) plus ``X.scale`` (float32, one per
+pow2-coded vector: every λ, and the
 parameters of comparison mappings). Offsets follow from the circuits, so
 nothing else is stored."""
 VALUE_NAMES = ("theta_out", "theta_in", "lambda", "initial_theta_out", "initial_theta_in",
