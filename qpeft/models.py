@@ -13,8 +13,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
+import os
 import re
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,14 +111,42 @@ def quiet_transformers() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
+#: where hub models come from, probed once before the first hub load
+HUB_HOST = ("huggingface.co", 443)
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+@functools.cache
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers a TCP connection within ``timeout`` seconds.
+
+    Without it, huggingface_hub retries each file for about 50 s before it
+    falls back to its cache or fails. Behind a proxy (or with
+    ``HF_HUB_OFFLINE`` set) the probe is skipped and the hub's own rules apply.
+    """
+    if any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        return True
+    try:
+        with socket.create_connection(HUB_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _load(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
+    offline = (source.kind == "hub" and not os.environ.get("HF_HUB_OFFLINE")
+               and not hub_reachable())
+    if offline:
+        kwargs = {**kwargs, "local_files_only": True}  # a cached copy loads at once
     try:
         with quiet_transformers():
             return loader.from_pretrained(source.location, **kwargs)
     except OSError as error:
         if source.kind == "hub":
+            reason = (f"huggingface.co cannot be reached and {source.location!r} is not in "
+                      "the local cache" if offline else str(error))
             raise ConfigError(
-                f"could not load {source.location!r} from the Hugging Face hub ({error}); "
+                f"could not load {source.location!r} from the Hugging Face hub ({reason}); "
                 "check the name and the network connection, or download the model and "
                 "pass its folder to --model"
             ) from None
