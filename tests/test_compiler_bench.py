@@ -37,6 +37,29 @@ def test_naive_simulator_equals_the_reference() -> None:
     assert torch.allclose(out, torch.as_tensor(circuit.matrix(values))[:, :3], atol=1e-12)
 
 
+def test_naive_simulator_takes_bound_angles() -> None:
+    circuit = mixed_circuit().ry(1, 0.4).pauli_rotation("ZY", [0, 2], -0.7)
+    values = torch.randn(circuit.num_parameters, dtype=torch.float64)
+    out = unitary.NaiveSimulator(circuit, 3, torch.float64)(values)
+    assert torch.allclose(out, torch.as_tensor(circuit.matrix(values))[:, :3], atol=1e-12)
+
+
+def test_torch_compile_also_compiles_the_full_mappings() -> None:
+    compiled = []
+
+    def recording(module):
+        compiled.append(module)
+        return module
+
+    config = unitary.BenchmarkConfig(sizes=(8,), columns=2, layers=1,
+                                     methods=("columns", "cayley-full"), torch_compile=True)
+    with mock.patch.object(torch, "compile", recording):
+        measured = unitary._slow_measurement("cayley-full", pauli(3, 1), config,
+                                             unitary._SlowTracker())
+    assert measured.status == "ok" and "torch.compile" in measured.note
+    assert [type(m).__name__ for m in compiled] == ["FullMapping"]
+
+
 def test_naive_simulator_on_qudits() -> None:
     circuit = for_dimension(24, 1)
     values = torch.randn(circuit.num_parameters, dtype=torch.float64)

@@ -263,6 +263,8 @@ def test_under_tf32_products_float32_frames_stay_orthonormal() -> None:
     """With TF32 matrix products switched on, a float32 frame computed in float32
     was orthonormal to about 2e-3 only; the compiled circuit now computes it in
     float64 there and returns float32."""
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch < 2.9
+        pytest.skip("this torch has no torch.backends.cuda.matmul.fp32_precision")
     previous = torch.backends.cuda.matmul.fp32_precision
     torch.backends.cuda.matmul.fp32_precision = "tf32"
     try:
@@ -287,14 +289,17 @@ def test_a_compiled_circuit_replays_as_a_cuda_graph(method: str) -> None:
     (``torch.cuda.make_graphed_callables``) with the eager values and gradients."""
     circuit = for_dimension(384, layers=2)
     frame = compile_circuit(circuit, 4, method=method, device=CUDA, check_values=False)
+    # a module given to make_graphed_callables is itself turned into a replay, so the
+    # eager reference is a second module of its own
+    eager_frame = compile_circuit(circuit, 4, method=method, device=CUDA, check_values=False)
     sample = torch.randn(60, circuit.num_parameters, device=CUDA, requires_grad=True)
     graphed = torch.cuda.make_graphed_callables(frame, (sample,))
     weight = torch.randn(60, 384, 4, device=CUDA)
     for _ in range(2):
         values = torch.randn(60, circuit.num_parameters, device=CUDA, requires_grad=True)
-        out = graphed(values)
-        gradient, = torch.autograd.grad((out * weight).sum(), values)
-        eager = frame(values)
+        out = graphed(values).clone()  # the replay's output buffer is reused by the next
+        gradient, = torch.autograd.grad((graphed(values) * weight).sum(), values)
+        eager = eager_frame(values)
         eager_gradient, = torch.autograd.grad((eager * weight).sum(), values)
         torch.testing.assert_close(out, eager, atol=1e-6, rtol=0)
         torch.testing.assert_close(gradient, eager_gradient, atol=1e-5, rtol=0)

@@ -109,7 +109,12 @@ class NaiveSimulator:
             if gate.is_identity:
                 continue
             local = circuit.wire_dims(gate.wires)
-            if gate.params:
+            if gate.params and gate.params[0].is_constant:  # a bound angle: a fixed matrix
+                self.gates.append(("fixed", gate.wires, local,
+                                   _tensor(gate.matrix(local, torch.tensor(
+                                       [gate.params[0].constant], dtype=torch.float64)).numpy(),
+                                       dtype, work, device)))
+            elif gate.params:
                 generator = gate.generator(local)
                 projector = generator @ generator
                 parts = [np.eye(len(generator)) - projector, projector, -1j * generator]
@@ -507,21 +512,25 @@ def _slow_measurement(method: str, circuit: Circuit, config: BenchmarkConfig,
     predicted = tracker.predict(dimension)
     if predicted is not None and predicted > config.slow_limit:
         return Measurement(method, dimension, None, "skipped",
-                           f"estimated {predicted:.0f} s > {config.slow_limit:.0f} s limit")
+                           f"estimated {predicted:.3g} s > {config.slow_limit:g} s limit")
     values = 0.5 * np.random.default_rng(0).standard_normal(circuit.num_parameters)
     if method in FULL_MAPPINGS:
         frame = FullMapping(method.removesuffix("-full"), dimension, config.columns,
                             config.torch_dtype(), config.torch_device())
         generator = torch.Generator().manual_seed(0)
-        run = forward_backward(frame, (0.1 * torch.randn(frame.num_parameters, generator=generator,
-                                                         dtype=config.torch_dtype())
-                                       ).to(config.torch_device()))
-        if predicted is None or predicted < 1.0:
+        run = forward_backward(torch.compile(frame) if config.torch_compile else frame,
+                               (0.1 * torch.randn(frame.num_parameters, generator=generator,
+                                                  dtype=config.torch_dtype())
+                                ).to(config.torch_device()))
+        if config.torch_compile:
+            _compile_now(method, run)  # compiled (and run once) like every torch method
+        elif predicted is None or predicted < 1.0:
             run()  # a short run would mostly time torch's first call
         start = time.perf_counter()
         run()
         seconds = time.perf_counter() - start
-        note = "forward and backward of the whole N×N matrix; 1 run"
+        note = "forward and backward of the whole N×N matrix; 1 run" + (
+            " (torch.compile)" if config.torch_compile else "")
     elif method == "qiskit":
         from qiskit.quantum_info import Operator
 
@@ -925,7 +934,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help=f"comma-separated subset of {','.join(ALL_METHODS)} (default: "
                              "all)")
     parser.add_argument("--slow-limit", type=float, default=None,
-                        help="skip Qiskit/PennyLane where a run is estimated to take longer "
+                        help="skip Qiskit, PennyLane and the full mappings where one run is "
+                             "estimated to take longer "
                              f"(seconds > 0, default {full.slow_limit:g}; {quick.slow_limit:g} "
                              "with --quick)")
     parser.add_argument("--no-batched", action="store_true",
