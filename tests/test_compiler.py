@@ -758,6 +758,16 @@ def test_values_that_overflow_the_compiled_dtype_say_so() -> None:
             frame(torch.full((7,), bad, dtype=torch.float64))
     big = torch.full((7,), 1e39, dtype=torch.float64)
     assert compile_circuit(pauli(3, 1), 2, dtype=torch.float64)(big).isfinite().all()
+    # finite values whose angles overflow: through a coefficient, or a bound constant
+    scaled = compile_circuit(Circuit(1).ry(0, 1e30 * Parameter("a")), None)
+    with pytest.raises(ParameterError, match="times a coefficient up to 1e\\+30"):
+        scaled(torch.tensor([1e10]))
+    assert scaled(torch.tensor([1e-31])).isfinite().all()
+    shifted = compile_circuit(Circuit(1).ry(0, Parameter("a") + 1e39), None)
+    with pytest.raises(ParameterError, match="constant angle of the circuit .* overflows"):
+        shifted(torch.tensor([0.0]))
+    assert compile_circuit(Circuit(1).ry(0, Parameter("a") + 1e39), None,
+                           dtype=torch.float64)(torch.tensor([0.0])).isfinite().all()
 
 
 @pytest.mark.parametrize("device", ["gpu", "not a device", 2.5])

@@ -88,6 +88,12 @@ class CompiledCircuit(nn.Module):
             )
         self.recompute_backward = recompute_backward
         self.check_values = check_values
+        # an angle is constant + coefficient · value: the largest of each bounds what a
+        # value may be before the angle overflows the compiled dtype
+        expressions = [expr for gate in circuit.gates for expr in gate.params]
+        self._largest_coefficient = max((abs(c) for e in expressions for _, c in e.terms),
+                                        default=1.0)
+        self._largest_constant = max((abs(e.constant) for e in expressions), default=0.0)
         self.plan: Plan = make_plan(circuit, max_block=max_block)
         self.engine = self._build_engine(dtype)
         if device is not None:
@@ -186,17 +192,8 @@ class CompiledCircuit(nn.Module):
         lead = values.shape[:-1]
         given = values.reshape(math.prod(lead), self.num_parameters)
         flat = given.to(self.engine.real_dtype)
-        if self.check_values and not plain_operations() and not torch.isfinite(flat).all():
-            if torch.isfinite(given).all():
-                raise ParameterError(
-                    f"parameter values overflow the compiled dtype {flat.dtype} (largest "
-                    f"magnitude {given.abs().max().item():.3g}); compile with "
-                    "dtype=torch.float64 or pass smaller values"
-                )
-            raise ParameterError(
-                "parameter values contain NaN or infinity; check the optimiser step (learning "
-                "rate, gradient clipping) or the values loaded from disk"
-            )
+        if self.check_values and not plain_operations():
+            self._check_finite(given, flat)
         if flat.shape[0] == 0:
             # Nothing to evaluate. The zeros are built from the values, as the mappings'
             # frames are, so a backward pass gives a (0, P) zero gradient.
@@ -219,6 +216,31 @@ class CompiledCircuit(nn.Module):
             out = out[..., self.columns]
         out = out.to(self.engine.work_dtype)
         return out.reshape(*lead, *out.shape[-2:])
+
+    def _check_finite(self, given: torch.Tensor, flat: torch.Tensor) -> None:
+        """Raise for NaN or infinite values, or for angles (constant + coefficient ·
+        value) that overflow the compiled dtype; one read-back from the device."""
+        largest = torch.finfo(flat.dtype).max
+        if self._largest_constant > largest:
+            raise ParameterError(
+                f"a constant angle of the circuit ({self._largest_constant:.3g}) overflows the "
+                f"compiled dtype {flat.dtype}; compile with dtype=torch.float64"
+            )
+        angles = flat if self._largest_coefficient <= 1.0 else flat * self._largest_coefficient
+        if torch.isfinite(angles).all():
+            return
+        if torch.isfinite(given).all():
+            scale = ("" if self._largest_coefficient <= 1.0 else
+                     f", times a coefficient up to {self._largest_coefficient:.3g}")
+            raise ParameterError(
+                f"parameter values overflow the compiled dtype {flat.dtype} (largest "
+                f"magnitude {given.abs().max().item():.3g}{scale}); compile with "
+                "dtype=torch.float64 or pass smaller values"
+            )
+        raise ParameterError(
+            "parameter values contain NaN or infinity; check the optimiser step (learning "
+            "rate, gradient clipping) or the values loaded from disk"
+        )
 
     def _reduced_precision(self, flat: torch.Tensor) -> bool:
         """Whether this call's float32 products would run in TF32 on a GPU."""
