@@ -109,6 +109,29 @@ def test_folding_keeps_every_line_within_the_width():
     assert len(unfolded) == 4
 
 
+@pytest.mark.parametrize("label", ["层层", "e\u0301e\u0301x", "😀 1"])
+def test_labels_are_measured_in_terminal_cells(label):
+    """A double-width or combining character in a barrier label keeps the
+    columns under it aligned: the barrier and the box borders sit at the same
+    terminal cell in every row, and the label is centred on the barrier."""
+    from rich.cells import cell_len
+
+    text = draw(Circuit(2).barrier(label).ry(0, "a").cz(0, 1), width=None)
+    rows = text.splitlines()
+
+    def cells(row: str, char: str) -> list[int]:
+        return [cell_len(row[:i]) for i, c in enumerate(row) if c == char]
+
+    barrier = {x for row in rows for x in cells(row, "┆")}
+    assert len(barrier) == 1
+    (centre,) = barrier
+    first = next(i for i, c in enumerate(rows[0]) if not c.isspace())
+    assert cell_len(rows[0][:first]) == centre - (cell_len(label) - 1) // 2
+    for pair in ("┌└", "┐┘"):
+        corners = [x for row in rows for char in pair for x in cells(row, char)]
+        assert len(set(corners)) == 1 and len(corners) == 2
+
+
 def test_folding_keeps_every_gate():
     circuit = real_amplitudes(qubits=3, layers=5)
     folded = draw(circuit, width=50)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import unicodedata
 from dataclasses import dataclass
 
+from rich.cells import get_character_cell_size
+
 from qpeft.circuit import Circuit
 from qpeft.draw.layout import (
     CONTROL,
@@ -73,6 +75,27 @@ def _line_characters() -> dict[frozenset, str]:
 _LINES = _line_characters()
 
 
+def _cells(text: str) -> list[str]:
+    """``text`` split into terminal cells: a double-width character (CJK, most
+    emoji) takes its cell and an empty one after it, a zero-width character
+    (a combining accent) joins the cell before it."""
+    cells: list[str] = []
+    for char in text:
+        size = get_character_cell_size(char)
+        if size == 0 and cells:
+            cells[-1] += char
+        elif size == 2:
+            cells += [char, ""]
+        else:
+            cells.append(char)
+    return cells
+
+
+def _width(text: str) -> int:
+    """Terminal cells ``text`` takes."""
+    return len(_cells(text))
+
+
 class _Canvas:
     """A grid of cells; each holds either line directions or a literal character."""
 
@@ -90,9 +113,10 @@ class _Canvas:
         self.chars[row][x] = None
 
     def put(self, row: int, x: int, text: str) -> None:
-        """Write literal characters, over any line."""
-        for offset, char in enumerate(text):
-            self.chars[row][x + offset] = char
+        """Write literal characters, over any line, one terminal cell each
+        (see :func:`_cells`)."""
+        for offset, cell in enumerate(_cells(text)):
+            self.chars[row][x + offset] = cell
 
     def render(self) -> list[str]:
         out = []
@@ -130,13 +154,13 @@ def _box_label(box: Box, show_parameters: bool) -> str:
 
 
 def _pin_width(box: Box) -> int:
-    return max((len(text) for _, text in box.pins), default=0)
+    return max((_width(text) for _, text in box.pins), default=0)
 
 
 def _box_width(box: Box, show_parameters: bool) -> int:
     """Borders, a space either side of the label, and room for the pins."""
     pins = _pin_width(box)
-    return len(_box_label(box, show_parameters)) + 4 + (pins + 1 if pins else 0)
+    return _width(_box_label(box, show_parameters)) + 4 + (pins + 1 if pins else 0)
 
 
 def _column_box_width(column: list[Placement], show_parameters: bool) -> int:
@@ -148,7 +172,7 @@ def _column_box_width(column: list[Placement], show_parameters: bool) -> int:
 def _extent(placement: Placement, box_width: int) -> _Extent:
     if placement.glyph is None:
         text = getattr(placement.gate, "text", "")
-        width = max(1, len(text))
+        width = max(1, _width(text))
         return _Extent((width - 1) // 2, width - 1 - (width - 1) // 2)
     left = right = 0
     if placement.glyph.box is not None:
@@ -188,7 +212,7 @@ def draw_text(
     extents = [[_extent(p, w) for p in column] for column, w in zip(columns, box_widths)]
     widths = [max((e.width for e in column), default=1) for column in extents]
     labels = [drawing.wire_label(w).text for w in range(drawing.num_wires)]
-    prefix = max(len(label) for label in labels) + 2
+    prefix = max(_width(label) for label in labels) + 2
 
     # Greedy folding: as many columns per block as fit in `width`.
     blocks: list[list[int]] = [[]]
@@ -231,7 +255,7 @@ def _draw_block(
     weights = [LIGHT if d == 2 else HEAVY for d in drawing.dims]
     for wire, label in enumerate(labels):
         row = 2 * wire + 1
-        canvas.put(row, 0, f"{label}: ".rjust(prefix))
+        canvas.put(row, prefix - _width(label) - 2, f"{label}: ")
         for x in range(start, total - (1 if continues else 0)):
             canvas.add(row, x, "lr", weights[wire])
         if continued:
@@ -258,7 +282,7 @@ def _draw_block(
 def _draw_barrier(canvas: _Canvas, placement: Placement, centre: int, rows: int) -> None:
     text = getattr(placement.gate, "text", "")
     if text:
-        canvas.put(0, centre - (len(text) - 1) // 2, text)
+        canvas.put(0, centre - (_width(text) - 1) // 2, text)
     for row in range(2 * placement.top + 1, 2 * placement.bottom + 2):
         canvas.put(row, centre, _BARRIER)
 
@@ -318,7 +342,7 @@ def _draw_box(
     # The label is centred, clear of the pins at the left edge.
     label = _box_label(box, show_parameters)
     pin_room = _pin_width(box) + 1 if pins else 0
-    offset = max((width - 2 - len(label)) // 2, pin_room)
+    offset = max((width - 2 - _width(label)) // 2, pin_room)
     canvas.put(box.top + box.bottom + 1, left + 1 + offset, label)
 
 
