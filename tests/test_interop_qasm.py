@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qpeft.ansatz import pauli
-from qpeft.circuit import RX, RY, SWAP, Circuit, Parameter, ParameterVector, controlled
+from qpeft.circuit import CZ, RX, RY, SWAP, Circuit, Parameter, ParameterVector, X, controlled
 from qpeft.errors import InteropError, QpeftError
 from qpeft.interop import qasm
 from qpeft.interop.qasm import from_qasm, to_qasm
@@ -178,3 +178,47 @@ def test_a_syntax_error_is_an_interop_error(capfd):
     with pytest.raises(InteropError, match="invalid OpenQASM 3 program"):
         from_qasm('OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[1] q;\nry( q[0];\n')
     assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("circuit", [
+    Circuit(5).append(controlled(SWAP(2, 3), [0, 1])),  # wire 4 idle throughout
+    Circuit(5).append(controlled(X(3), [0, 1, 2])).h(4),  # wire 4 used only later
+    Circuit(5).append(controlled(CZ(2, 3), [0, 1])),
+    Circuit(6).append(controlled(RY(4, 0.3), [0, 1, 2, 3])).cz(5, 0),
+])
+def test_multi_controlled_gates_keep_the_whole_matrix_with_spare_wires(circuit, version):
+    """The lowering may not use a wire that is idle so far as a |0> scratch qubit:
+    that is exact on inputs with the wire in |0> only."""
+    back = from_qasm(to_qasm(circuit, version=version))
+    np.testing.assert_allclose(back.matrix(), circuit.matrix(), atol=1e-12)
+
+
+def test_comments_may_come_before_the_header():
+    text = ('// ported from an OPENQASM 2 file\n/* OPENQASM 2.0; */\nOPENQASM 3.0;\n'
+            'include "stdgates.inc";\nqubit[1] q;\nh q[0];\n')
+    assert from_qasm(text) == Circuit(1).h(0)
+
+
+@pytest.mark.parametrize("text", [
+    'OPENQASM 2.0;\ninclude "qelib1.inc";\ninclude "{path}";\nqreg q[1];\n',
+    'OPENQASM 3.0;\ninclude "{path}";\nqubit[1] q;\n',
+    'OPENQASM 2.0;\ninclude "stdgates.inc";\nqreg q[1];\n',
+])
+def test_a_program_cannot_include_other_files(tmp_path, monkeypatch, text):
+    """Only the standard gate library; a program handed to us cannot make
+    from_qasm open a file on this machine."""
+    target = tmp_path / "defs.inc"
+    target.write_text("gate g a { h a; }\n")
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: opened.append(f) or real_open(f, *a, **k))
+    with pytest.raises(InteropError, match="reads no other file than the standard"):
+        from_qasm(text.format(path=target))
+    assert str(target) not in map(str, opened)
+
+
+@pytest.mark.parametrize("line", ["h q[3];", "cx q[0];", "for int i in [0:1] { h q[i]; }"])
+def test_faults_the_openqasm_3_importer_misses_are_interop_errors(line):
+    with pytest.raises(InteropError, match="invalid OpenQASM 3 program"):
+        from_qasm(f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\n{line}\n')

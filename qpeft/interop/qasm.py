@@ -1,6 +1,7 @@
 """OpenQASM out and in, through Qiskit: :func:`to_qasm` and :func:`from_qasm`.
 
-Export lowers the circuit with ``qiskit.transpile(optimization_level=0)``
+Export lowers the circuit with ``qiskit.transpile(optimization_level=0,
+qubits_initially_zero=False)`` (the whole unitary, not only its action on |0…0⟩)
 to standard gates every reader of that version knows: those of OpenQASM 3's
 ``stdgates.inc`` (:data:`QASM_GATES`), or for OpenQASM 2 those of the
 original ``qelib1.inc`` (:data:`QASM2_GATES`; Qiskit's copy of that file
@@ -60,6 +61,12 @@ QASM2_GATES = ("rx", "ry", "rz", "h", "x", "y", "z", "cx", "cz", "u1",
                "crz", "cy", "ch", "ccx")
 #: the versions :func:`to_qasm` writes
 QASM_VERSIONS = (2, 3)
+_COMMENTS = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+_HEADER = re.compile(r"\s*OPENQASM\s+([0-9]+)(?:\.[0-9]+)?\s*;")
+_INCLUDE = re.compile(r'\binclude\s+"([^"]*)"')
+#: the only files a program may include: the standard gate libraries, which the
+#: readers know without opening a file
+STANDARD_INCLUDES = {2: "qelib1.inc", 3: "stdgates.inc"}
 _ESCAPED_ELEMENT = re.compile(r"^_([A-Za-z_][A-Za-z0-9_]*)_([0-9]+)_$")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: OpenQASM 3 keywords, literals and built-in names a parameter cannot take
@@ -86,7 +93,11 @@ def _lowered(circuit: Circuit, gates: tuple[str, ...]):
     from qiskit import transpile
     from qiskit.circuit.library import PhaseGate, U1Gate
 
-    qc = transpile(to_qiskit(circuit), basis_gates=list(gates), optimization_level=0)
+    # qubits_initially_zero=False: the lowering must keep the whole unitary, so a
+    # multi-controlled gate may not borrow a wire that is idle up to it as a |0>
+    # scratch qubit (exact for the state from |0…0>, wrong for the matrix)
+    qc = transpile(to_qiskit(circuit), basis_gates=list(gates), optimization_level=0,
+                   qubits_initially_zero=False)
     phase = qc.global_phase
     numeric = not getattr(phase, "parameters", None)
     if not numeric or abs(math.remainder(float(phase), 2 * math.pi)) > 1e-14:
@@ -192,6 +203,9 @@ def qasm3_import_available() -> bool:
 def from_qasm(text: str) -> Circuit:
     """A qpeft circuit from an OpenQASM 2 or 3 program (read by its header).
 
+    The program may include only its version's standard gate library
+    (:data:`STANDARD_INCLUDES`): it never makes this function open a file.
+
     Parameter names come back from the ``// qpeft parameters:`` line that
     :func:`to_qasm` writes; in a file without it, names Qiskit escaped on
     export (``_theta_3_``) get their vector names back (``theta[3]``) where
@@ -205,24 +219,35 @@ def from_qasm(text: str) -> Circuit:
     """
     if not isinstance(text, str):
         raise InteropError(f"from_qasm takes the program text, got {type(text).__name__}")
-    header = re.search(r"OPENQASM\s+([0-9]+)", text)
+    code = _COMMENTS.sub(" ", text)
+    header = _HEADER.match(code)
     if header is None:
-        raise InteropError("no 'OPENQASM <version>;' header found; is this an OpenQASM program?")
+        raise InteropError("the program does not start with an 'OPENQASM <version>;' header "
+                           "(comments may come before it); is this an OpenQASM program?")
     version = int(header.group(1))
+    if version not in QASM_VERSIONS:
+        raise InteropError(f"unknown OpenQASM version {version}; qpeft reads 2 and 3")
+    for name in _INCLUDE.findall(code):
+        if name != STANDARD_INCLUDES[version]:
+            raise InteropError(
+                f"the program includes {name!r}; from_qasm reads no other file than the "
+                f"standard {STANDARD_INCLUDES[version]!r}: paste the included definitions "
+                "into the program"
+            )
     if version == 2:
         from qiskit import qasm2
 
         try:
-            qc = qasm2.loads(text, custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
+            qc = qasm2.loads(text, include_path=(),
+                             custom_instructions=qasm2.LEGACY_CUSTOM_INSTRUCTIONS)
         except qasm2.QASM2ParseError as exc:
             raise InteropError(f"invalid OpenQASM 2 program: {exc}") from exc
         return from_qiskit(qc)
-    if version != 3:
-        raise InteropError(f"unknown OpenQASM version {version}; qpeft reads 2 and 3")
     if not qasm3_import_available():
         raise InteropError(_INSTALL)
     from openqasm3.parser import QASM3ParsingError
     from qiskit import qasm3
+    from qiskit.circuit.exceptions import CircuitError
 
     try:
         # the parser reports syntax errors on stderr as well as raising them
@@ -230,6 +255,12 @@ def from_qasm(text: str) -> Circuit:
             qc = qasm3.loads(text)
     except (qasm3.QASM3ImporterError, QASM3ParsingError) as exc:
         raise InteropError(f"invalid OpenQASM 3 program: {exc}") from exc
+    except (CircuitError, IndexError, KeyError, TypeError, ValueError) as exc:
+        # faults the importer does not check itself (a qubit index out of range,
+        # a gate given too few qubits, a loop over qubits) surface from Qiskit's
+        # circuit builder
+        raise InteropError(f"invalid OpenQASM 3 program: {type(exc).__name__}: {exc}; "
+                           "check the gate calls and qubit indices") from exc
     circuit = from_qiskit(qc)
     recorded = re.search("^" + re.escape(NAMES_COMMENT) + r"(.*)$", text, re.M)
     if recorded is not None:
