@@ -249,7 +249,52 @@ def test_foreign_parameter_names_are_cleaned_and_kept_distinct():
     qc.ry(QiskitParameter("θ"), 0)
     qc.rx(QiskitParameter("my angle"), 0)
     qc.rz(QiskitParameter("my_angle"), 0)
-    assert from_qiskit(qc).parameters == ("theta", "my_angle", "my_angle_2")
+    # a name that is already valid keeps it; the cleaned one gets the suffix
+    assert from_qiskit(qc).parameters == ("theta", "my_angle_2", "my_angle")
+
+
+def test_qpeft_names_next_to_qiskit_names_that_clean_to_them_are_kept():
+    """Binding ``theta[0]`` by name must set the gate that was called so."""
+    ours = to_qiskit(Circuit(2).ry(0, "theta[0]").ry(1, "theta[1]"))
+    mixed = QuantumCircuit(2)
+    mixed.compose(real_amplitudes(2, reps=0), inplace=True)  # θ[0], θ[1]
+    mixed.compose(ours, inplace=True)
+    circuit = from_qiskit(mixed)
+    assert circuit.parameters == ("theta_2[0]", "theta_2[1]", "theta[0]", "theta[1]")
+    values = {"theta[0]": 0.3, "theta[1]": -0.4, "theta_2[0]": 1.1, "theta_2[1]": 0.2}
+    qiskit_values = {p: values[{"θ[0]": "theta_2[0]", "θ[1]": "theta_2[1]"}.get(p.name, p.name)]
+                     for p in mixed.parameters}
+    expected = Operator(mixed.assign_parameters(qiskit_values).reverse_bits()).data
+    np.testing.assert_allclose(circuit.matrix(values), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Circuit(2).ry(0, "a").rx(1, "b").cz(0, 1).inverse(),
+    lambda: Circuit(3).ry(0, "z").ry(1, "a").ry(2, "m").cz(0, 2),  # Qiskit sorts: a, m, z
+    lambda: qpeft_real_amplitudes(3, 1).reorder(
+        list(reversed(qpeft_real_amplitudes(3, 1).parameters))),
+])
+def test_the_round_trip_keeps_the_parameter_order(make):
+    """Qiskit sorts parameters by name; the order travels in the metadata, so
+    the same vector of values drives the same gates after the round trip."""
+    circuit = make()
+    qc = to_qiskit(circuit)
+    assert qc.metadata["qpeft_parameters"] == list(circuit.parameters)
+    back = from_qiskit(qc)
+    assert back == circuit
+    values = np.linspace(-1.0, 1.3, circuit.num_parameters)
+    np.testing.assert_allclose(back.matrix(values), circuit.matrix(values), atol=1e-12)
+    lowered = from_qiskit(qiskit.transpile(qc, basis_gates=["ry", "rx", "rz", "cx"],
+                                           optimization_level=0))
+    assert lowered.parameters == circuit.parameters
+
+
+def test_a_stale_parameter_order_in_the_metadata_is_ignored():
+    qc = to_qiskit(Circuit(2).ry(0, "b").ry(1, "a"))
+    qc.metadata = {"qpeft_parameters": ["a", "b", "c"]}
+    assert from_qiskit(qc).parameters == ("b", "a")
+    qc.metadata = {"qpeft_parameters": "ab"}
+    assert from_qiskit(qc).parameters == ("b", "a")
 
 
 def test_qudit_circuits_are_refused_with_a_pointer_to_the_embedding():
@@ -307,7 +352,7 @@ def test_foreign_indices_with_leading_zeros_become_distinct_qpeft_names():
     qc = QuantumCircuit(1)
     qc.ry(QiskitParameter("w[01]"), 0)
     qc.rx(QiskitParameter("w[1]"), 0)
-    assert from_qiskit(qc).parameters == ("w[1]", "w_2[1]")
+    assert from_qiskit(qc).parameters == ("w_2[1]", "w[1]")  # the valid name keeps it
 
 
 def test_a_controlled_gate_with_one_base_on_several_targets_uses_its_definition():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cmath
 import math
 import re
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 import numpy as np
 
@@ -64,11 +64,30 @@ def clean_name(raw: str) -> str:
 class NameTable:
     """Gives each foreign parameter (any hashable key) one qpeft name; two
     different keys never share a name, even when their cleaned names agree
-    (the later one gets a ``_2``, ``_3`` … suffix on its base name)."""
+    (the later one gets a ``_2``, ``_3`` … suffix on its base name).
+
+    :meth:`reserve` first gives every parameter whose name is already a valid
+    qpeft name that very name, so only names that had to be cleaned get
+    suffixes: ``my angle`` and ``my_angle`` become ``my_angle_2`` and
+    ``my_angle``, whichever comes first.
+
+    >>> table = NameTable()
+    >>> table.reserve([("k2", "my_angle")])
+    >>> table.name("k1", "my angle"), table.name("k2", "my_angle")
+    ('my_angle_2', 'my_angle')
+    """
 
     def __init__(self) -> None:
         self._names: dict[Hashable, str] = {}
         self._taken: set[str] = set()
+
+    def reserve(self, parameters: Iterable[tuple[Hashable, str]]) -> None:
+        """Give each ``(key, raw name)`` whose raw name is a valid qpeft name,
+        and not yet taken, that name."""
+        for key, raw in parameters:
+            if key not in self._names and raw not in self._taken and clean_name(raw) == raw:
+                self._names[key] = raw
+                self._taken.add(raw)
 
     def name(self, key: Hashable, raw: str) -> str:
         if key in self._names:

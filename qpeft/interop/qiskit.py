@@ -46,6 +46,8 @@ from qpeft.errors import InteropError, QpeftError
 from qpeft.interop.common import NameTable, phase_gates, real_number, require_qubits
 
 _INDEXED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\[([0-9]+)\]$")
+#: the key of ``QuantumCircuit.metadata`` that holds the qpeft parameter order
+ORDER_KEY = "qpeft_parameters"
 _DEFAULT_NAME = re.compile(r"^circuit-[0-9]+$")
 
 # Qiskit gate name -> qpeft standard gate
@@ -165,7 +167,9 @@ def to_qiskit(circuit: Circuit):
     """The Qiskit ``QuantumCircuit`` of a qubit circuit (wire w = qubit w).
 
     Symbolic angles stay symbolic (Qiskit parameters with the same names);
-    assign them by name before simulating. ``Operator(qc.reverse_bits())``
+    assign them by name before simulating. The circuit's parameter order is
+    kept in ``qc.metadata["qpeft_parameters"]``, so that :func:`from_qiskit`
+    gives it back. ``Operator(qc.reverse_bits())``
     equals ``circuit.matrix(values)``.
 
     >>> from qpeft.ansatz import pauli
@@ -178,6 +182,9 @@ def to_qiskit(circuit: Circuit):
     require_qubits(circuit, "to_qiskit")
     params = _QiskitParameters(circuit.parameters)
     qc = QuantumCircuit(circuit.num_wires, name=circuit.name or None)
+    if circuit.parameters:
+        # Qiskit lists parameters sorted by name; from_qiskit restores this order
+        qc.metadata = {ORDER_KEY: list(circuit.parameters)}
     for gate in circuit.gates:
         barrier = barrier_of(gate)
         if barrier is not None:  # a controlled barrier too: the identity either way
@@ -438,7 +445,12 @@ def from_qiskit(quantum_circuit) -> Circuit:
     gate; any other gate is replaced by its definition, recursively (so
     ``real_amplitudes``, ``n_local`` blocks and custom gates work), and a
     constant gate without a definition by its matrix. Parameter names that
-    are not valid qpeft names are cleaned (``θ[0]`` becomes ``theta[0]``).
+    are not valid qpeft names are cleaned (``θ[0]`` becomes ``theta[0]``);
+    valid ones are kept, and a cleaned name that meets one of them gets a
+    suffix (``my angle`` next to ``my_angle`` becomes ``my_angle_2``). The
+    parameters come in the order :func:`to_qiskit` recorded in
+    ``metadata["qpeft_parameters"]`` when that lists exactly the circuit's
+    parameters, else by first appearance.
     A global phase becomes a gate on wire 0 (see
     :func:`qpeft.interop.common.phase_gates`).
 
@@ -456,6 +468,7 @@ def from_qiskit(quantum_circuit) -> Circuit:
     if quantum_circuit.num_qubits < 1:
         raise InteropError("the Qiskit circuit has no qubits")
     importer = _Importer(quantum_circuit.num_qubits)
+    importer.names.reserve((p, p.name) for p in quantum_circuit.parameters)
     importer.walk(quantum_circuit, list(range(quantum_circuit.num_qubits)))
     name = quantum_circuit.name if not _DEFAULT_NAME.match(quantum_circuit.name or "") else ""
     circuit = Circuit(quantum_circuit.num_qubits, name=name)
@@ -464,5 +477,10 @@ def from_qiskit(quantum_circuit) -> Circuit:
         circuit.extend(phase_gates(importer.phase, circuit.dims))
     except QpeftError as exc:
         raise InteropError(f"the converted circuit is not valid: {exc}") from exc
+    order = (quantum_circuit.metadata or {}).get(ORDER_KEY) if isinstance(
+        quantum_circuit.metadata, dict) else None
+    if (isinstance(order, list) and len(order) == len(circuit.parameters)
+            and set(order) == set(circuit.parameters)):
+        circuit = circuit.reorder(order)
     return circuit
 
