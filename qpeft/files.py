@@ -27,7 +27,12 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
 def _create(folder: Path, prefix: str) -> tuple[int, Path]:
-    """A new, empty file in ``folder`` with the mode ``open()`` would give."""
+    """A new, empty file in ``folder`` with the mode ``open()`` would give.
+
+    Its name is ``prefix`` cut to 200 bytes, so that with the dot, the random
+    part and ``.tmp`` it stays within the 255 bytes a file name may have on
+    common file systems, whatever the length of the target's name."""
+    prefix = os.fsencode(prefix)[:200].decode(errors="ignore")
     for _ in range(100):
         candidate = folder / f".{prefix}.{secrets.token_hex(6)}.tmp"
         try:

@@ -173,6 +173,22 @@ def test_wrong_options_raise_typed_errors():
         draw_text(pauli(2, 1), width=0)
     with pytest.raises(ConfigError, match="precision"):
         draw(pauli(2, 1), precision=0)
+    with pytest.raises(ConfigError, match="filename is a path"):
+        draw(pauli(2, 1), filename=5)
+
+
+def test_numpy_numbers_are_accepted_as_options(tmp_path):
+    circuit = Circuit(2).ry(0, 0.123456).cz(0, 1)
+    assert draw(circuit, width=np.int64(30), precision=np.int32(2)) == draw(
+        circuit, width=30, precision=2)
+    figure = draw(circuit, output="mpl", fold=np.int64(3), scale=np.float32(0.5))
+    save(figure, tmp_path / "c.png", dpi=np.int64(20))
+    assert matplotlib.image.imread(tmp_path / "c.png").shape[2] == 4
+
+
+def test_control_characters_in_labels_are_drawn_as_control_pictures():
+    rows = draw(Circuit(2).barrier("a\nb\tc").ry(0, "a").cz(0, 1)).splitlines()
+    assert "a␊b␉c" in rows[0] and len(rows) == 4  # a newline once split the label row
 
 
 # -- matplotlib --------------------------------------------------------------

@@ -33,3 +33,11 @@ def test_a_write_is_whole_or_absent_and_never_touches_the_umask(tmp_path: Path, 
         os.umask(previous)
     assert target.read_bytes() == b"new" and target.stat().st_mode & 0o777 == 0o640
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin"]
+
+
+@pytest.mark.parametrize("name", ["a" * 251 + ".txt", "é" * 125 + ".txt"])
+def test_a_target_name_of_the_longest_allowed_length_is_written(tmp_path: Path, name: str):
+    """255 bytes is the limit for a name; the temporary name must fit in it too."""
+    assert len(os.fsencode(name)) <= 255
+    write_atomically(tmp_path / name, lambda handle: handle.write(b"x"))
+    assert [p.name for p in tmp_path.iterdir()] == [name]

@@ -91,6 +91,22 @@ def test_to_pennylane_checks_the_number_of_values():
         qml.matrix(apply, wire_order=[0])()
     with pytest.raises(InteropError, match="expected 1 values"):
         qml.matrix(apply, wire_order=[0])([0.1, 0.2])
+    with pytest.raises(InteropError, match="in circuit.parameters order"):
+        qml.matrix(apply, wire_order=[0])({"a": 0.1})  # once a KeyError: 0
+    with pytest.raises(InteropError, match="in circuit.parameters order"):
+        qml.matrix(apply, wire_order=[0])(0.1)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"wires": 2.5}, "a count N"), ({"wires": True}, "a count N"),
+    ({"wires": 0}, "not a count of wires"), ({"parameter_names": 5}, "a prefix string"),
+])
+def test_from_pennylane_refuses_options_of_the_wrong_type(options, message):
+    def qfunc():
+        qml.RY(0.3, wires=0)
+
+    with pytest.raises(InteropError, match=message):
+        from_pennylane(qfunc, **options)
 
 
 def test_wire_labels_and_explicit_wire_order():

@@ -376,3 +376,13 @@ def test_a_barrier_on_no_qubits_is_imported_as_nothing():
     qc.append(QiskitBarrier(0), [])
     qc.cx(0, 1)
     assert [g.name for g in from_qiskit(qc).gates] == ["H", "CX"]
+
+
+def test_a_gate_whose_definition_raises_is_a_typed_refusal():
+    """HamiltonianGate of a Parameter raises TypeError when asked for its definition."""
+    from qiskit.circuit.library import HamiltonianGate
+
+    qc = QuantumCircuit(1)
+    qc.append(HamiltonianGate(np.diag([1.0, -1.0]), QiskitParameter("t")), [0])
+    with pytest.raises(InteropError, match="assign its parameters first"):
+        from_qiskit(qc)

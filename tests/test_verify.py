@@ -133,6 +133,12 @@ def test_a_reference_named_twice_is_refused(against, capsys):
     assert "more than once" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("against", [None, 3])
+def test_references_that_are_not_names_are_refused(against):
+    with pytest.raises(InteropError, match="against names the references"):
+        verify(pauli(2, 1), against=against)
+
+
 @pytest.mark.parametrize("columns", ["12", [1.5], 2.5, True, [0, 3, 0]])
 def test_columns_that_are_not_distinct_integers_are_refused(columns):
     # "12" once meant the columns [1, 2], and [1.5] the column 1

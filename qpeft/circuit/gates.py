@@ -70,6 +70,18 @@ def is_integer(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def is_real_number(value: object) -> bool:
+    """True for a Python or numpy integer or float (NaN and infinities
+    included: check the range separately); False for bools, complex numbers,
+    strings and tensors.
+
+    >>> is_real_number(np.float32(2.5)), is_real_number(np.int64(3)), is_real_number(True)
+    (True, True, False)
+    """
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)))
+
+
 def integers(values, what: str, error: type[Exception] = WireError) -> tuple[int, ...]:
     """A sequence of integers as a tuple of ints, refusing anything else.
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from qpeft.circuit import Circuit
+from qpeft.circuit.gates import is_real_number
 from qpeft.draw.layout import Layout, layout
 from qpeft.draw.text import draw_text
 from qpeft.errors import ConfigError
@@ -96,9 +97,11 @@ def save(drawing, filename: str | os.PathLike, *, dpi: int = 150) -> Path:
     >>> save(draw(Circuit(1).h(0)), folder / "h.txt").read_text(encoding="utf-8").splitlines()[1]
     'q0: ─┤ H ├─'
     """
+    if not isinstance(filename, (str, os.PathLike)):
+        raise ConfigError(f"filename is a path (str or pathlib.Path), got {filename!r}")
     path = Path(filename)
     suffix = path.suffix.lower()
-    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 0 < dpi < math.inf:
+    if not is_real_number(dpi) or not 0 < dpi < math.inf:
         raise ConfigError(f"dpi must be a positive number of dots per inch, got {dpi!r}")
     if isinstance(drawing, str):
         if suffix not in TEXT_SUFFIXES:

@@ -39,6 +39,7 @@ from qpeft.circuit import (
     Unitary,
     barrier_of,
 )
+from qpeft.circuit.gates import is_integer
 from qpeft.errors import ConfigError
 
 #: Glyph families; the matplotlib drawer colours each family differently.
@@ -205,7 +206,7 @@ def layout(circuit: Circuit, *, precision: int = 3) -> Layout:
 
 
 def check_precision(precision: int) -> None:
-    if isinstance(precision, bool) or not isinstance(precision, int) or precision < 1:
+    if not is_integer(precision) or precision < 1:
         raise ConfigError(f"precision is a number of significant digits >= 1, got {precision!r}")
 
 

@@ -29,6 +29,7 @@ from matplotlib.patches import Circle, FancyBboxPatch, Rectangle
 from matplotlib.textpath import TextPath
 
 from qpeft.circuit import Circuit
+from qpeft.circuit.gates import is_integer, is_real_number
 from qpeft.draw.layout import (
     CONTROL,
     DOT,
@@ -141,10 +142,9 @@ def draw_mpl(
     >>> sum(text.get_text() == "$q_{0}$" for text in figure.axes[0].texts)  # rows
     3
     """
-    if fold is not None and (isinstance(fold, bool) or not isinstance(fold, int) or fold < 1):
+    if fold is not None and (not is_integer(fold) or fold < 1):
         raise ConfigError(f"fold is a number of columns per row (>= 1) or None, got {fold!r}")
-    if (isinstance(scale, bool) or not isinstance(scale, (int, float))
-            or not 0 < scale < math.inf):
+    if not is_real_number(scale) or not 0 < scale < math.inf:
         raise ConfigError(f"scale must be a positive finite number, got {scale!r}")
     drawing = layout(circuit, precision=precision)
     columns = drawing.columns() or [[]]

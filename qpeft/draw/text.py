@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from rich.cells import get_character_cell_size
 
 from qpeft.circuit import Circuit
+from qpeft.circuit.gates import is_integer
 from qpeft.draw.layout import (
     CONTROL,
     DOT,
@@ -78,9 +79,14 @@ _LINES = _line_characters()
 def _cells(text: str) -> list[str]:
     """``text`` split into terminal cells: a double-width character (CJK, most
     emoji) takes its cell and an empty one after it, a zero-width character
-    (a combining accent) joins the cell before it."""
+    (a combining accent) joins the cell before it, and a control character
+    (a newline, a tab) is drawn as its Unicode control picture (``␊``, ``␉``)
+    so that it cannot break the rows."""
     cells: list[str] = []
     for char in text:
+        if unicodedata.category(char) == "Cc":
+            code = ord(char)
+            char = chr(0x2400 + code) if code < 0x20 else "␡" if code == 0x7F else "\ufffd"
         size = get_character_cell_size(char)
         if size == 0 and cells:
             cells[-1] += char
@@ -204,7 +210,7 @@ def draw_text(
           q1: ──────────────┤     ├─
                             └─────┘
     """
-    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+    if width is not None and (not is_integer(width) or width < 1):
         raise ConfigError(f"width is a number of characters (>= 1) or None, got {width!r}")
     drawing = layout(circuit, precision=precision)
     columns = drawing.columns()

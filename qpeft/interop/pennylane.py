@@ -18,7 +18,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -137,6 +137,12 @@ def to_pennylane(circuit: Circuit) -> Callable:
                     "value per circuit.parameters entry"
                 )
             values = ()
+        elif isinstance(values, (Mapping, str)) or not hasattr(values, "__len__"):
+            raise InteropError(
+                f"apply takes the values as a sequence or array in circuit.parameters order "
+                f"{circuit.parameters}, got {type(values).__name__}; for a dict use "
+                "[values[name] for name in circuit.parameters]"
+            )
         elif len(values) != count:
             raise InteropError(
                 f"expected {count} values (one per circuit.parameters entry), got {len(values)}"
@@ -289,8 +295,15 @@ def _wire_order(tape, wires) -> list:
         if all(isinstance(w, (int, np.integer)) and w >= 0 for w in labels):
             return list(range(int(max(labels)) + 1))
         return labels
-    if isinstance(wires, (int, np.integer)):
+    if isinstance(wires, (int, np.integer)) and not isinstance(wires, bool):
+        if wires < 1:
+            raise InteropError(f"wires={wires} is not a count of wires; give N >= 1 or a list")
         return list(range(int(wires)))
+    if isinstance(wires, (str, bytes)) or not isinstance(wires, Iterable):
+        raise InteropError(
+            f"wires is a count N (for range(N)) or a list of PennyLane wire labels, got "
+            f"{wires!r}"
+        )
     order = list(wires)
     if len(set(order)) != len(order):
         raise InteropError(f"wires lists a wire twice: {order}")
@@ -304,6 +317,11 @@ def _namer(parameter_names) -> tuple[Callable[[int], str] | None, int | None]:
     if isinstance(parameter_names, str):
         Parameter(f"{parameter_names}[0]")  # validates the prefix
         return (lambda k: f"{parameter_names}[{k}]"), None
+    if not isinstance(parameter_names, Iterable):
+        raise InteropError(
+            f"parameter_names is None, a prefix string or a list of names, got "
+            f"{parameter_names!r}"
+        )
     names = [str(n) for n in parameter_names]
     for n in names:
         Parameter(n)

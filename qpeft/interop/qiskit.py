@@ -270,8 +270,13 @@ class _Importer:
         gates = self.direct(operation, wires)
         if gates is not None:
             self.gates.extend(gates)
-        elif getattr(operation, "definition", None) is not None:
-            self.walk(operation.definition, wires)
+            return
+        try:
+            definition = getattr(operation, "definition", None)
+        except Exception:  # noqa: BLE001 - some gates (HamiltonianGate of a Parameter) raise
+            definition = None  # here; as_matrix then gives the typed refusal
+        if definition is not None:
+            self.walk(definition, wires)
         else:
             self.gates.append(self.as_matrix(operation, wires))
 

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from qpeft.circuit import Barrier, Circuit, Unitary
-from qpeft.circuit.gates import integers, is_integer
+from qpeft.circuit.gates import integers, is_integer, is_real_number
 from qpeft.circuit.reference import parameter_tensor
 from qpeft.errors import ConfigError, InteropError, ParameterError, QpeftError
 
@@ -289,6 +289,11 @@ def _check_seed(seed) -> None:
 
 
 def _references(against) -> list[str]:
+    if not isinstance(against, (str, Iterable)):
+        raise InteropError(
+            f"against names the references, as 'qiskit,pennylane' or a list; got {against!r} "
+            f"(choose from {', '.join(REFERENCES)})"
+        )
     names = against.split(",") if isinstance(against, str) else list(against)
     names = [str(n).strip().lower() for n in names if str(n).strip()]
     unknown = [n for n in names if n not in REFERENCES]
@@ -309,7 +314,7 @@ def _references(against) -> list[str]:
 def check_tolerance(atol: float, what: str) -> None:
     """Raise :class:`ConfigError` unless ``atol`` is a finite number >= 0 (a NaN
     tolerance would fail every comparison, a negative one even exact ones)."""
-    if isinstance(atol, bool) or not isinstance(atol, (int, float, np.floating, np.integer)):
+    if not is_real_number(atol):
         raise ConfigError(f"{what} must be a number, got {atol!r}")
     if not 0 <= atol < math.inf:
         raise ConfigError(f"{what} {atol}: the tolerance must be a finite number >= 0, e.g. 1e-10")
