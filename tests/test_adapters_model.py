@@ -653,3 +653,74 @@ def test_ansatz_by_width_and_user_circuits():
     assert layer.frame_specs["default"]["in"].circuit == circuit
     assert layer.frame_specs["default"]["out"].mapping == "cayley"
     assert QPeftConfig.from_dict(config.to_dict()) == config
+
+
+def _interrupted_pass(model: QPeftModel, ids: torch.Tensor, grad: bool) -> None:
+    """A forward pass stopped by Ctrl-C inside the model: torch runs no forward
+    hook for a KeyboardInterrupt, so the bank never hears that the pass ended."""
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    handle = model.base_model.bert.encoder.layer[1].register_forward_hook(stop)
+    try:
+        with torch.set_grad_enabled(grad), pytest.raises(KeyboardInterrupt):
+            model(ids)
+    finally:
+        handle.remove()
+
+
+def _reference_logits(model: QPeftModel, ids: torch.Tensor) -> torch.Tensor:
+    fresh = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=3))
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        return fresh(ids).logits
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_pass_interrupted_by_ctrl_c_leaves_later_passes_right(grad):
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=3))
+    perturb(model)
+    ids = tokens()
+    _interrupted_pass(model, ids, grad)
+    with torch.no_grad():
+        for layer in model.qpeft_layers().values():
+            layer.qpeft_lambda["default"].mul_(3.0)
+        torch.testing.assert_close(model(ids).logits, _reference_logits(model, ids),
+                                   rtol=0, atol=0)
+    # training goes on: each step builds its own graph (once "backward through the
+    # graph a second time", reusing the interrupted pass's factors)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(ids).logits.square().sum().backward()
+        optimizer.step()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, _reference_logits(model, ids),
+                                   rtol=0, atol=0)
+
+
+def test_a_pass_nested_in_a_pass_reuses_its_frames():
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=3))
+    perturb(model)
+    ids = tokens()
+    inner = []
+
+    def nested(*_):
+        if not inner:
+            inner.append(None)
+            inner[0] = model(ids).logits
+
+    handle = model.base_model.bert.encoder.layer[0].register_forward_hook(nested)
+    try:
+        with torch.no_grad():
+            outer = model(ids).logits
+    finally:
+        handle.remove()
+    expected = _reference_logits(model, ids)
+    torch.testing.assert_close(outer, expected, rtol=0, atol=0)
+    torch.testing.assert_close(inner[0], expected, rtol=0, atol=0)
+    with torch.no_grad():  # the bank counted both passes as ended
+        for layer in model.qpeft_layers().values():
+            layer.qpeft_lambda["default"].mul_(2.0)
+        torch.testing.assert_close(model(ids).logits, _reference_logits(model, ids),
+                                   rtol=0, atol=0)

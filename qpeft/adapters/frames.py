@@ -26,10 +26,12 @@ gradient needed) it keeps the frames until a parameter changes.
 from __future__ import annotations
 
 import math
+import sys
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -427,13 +429,15 @@ class FrameBank:
         self._checkpointed: dict[tuple[int, str], tuple[tuple, tuple]] = {}
         self._signature: tuple | None = None
         self._depth = 0
+        self._pass_frame: FrameType | None = None  # where the outermost pass was called
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __getstate__(self) -> dict[str, Any]:
         # weak references and hook handles do not pickle; an unpickled bank
         # serves no layers until set_layers() (the layers compute their own frames)
         return {"_layers": [], "_frames": {}, "_factors": {}, "_factors_grad": False,
-                "_checkpointed": {}, "_signature": None, "_depth": 0, "_handles": []}
+                "_checkpointed": {}, "_signature": None, "_depth": 0, "_pass_frame": None,
+                "_handles": []}
 
     # -- membership --------------------------------------------------------------
     def set_layers(self, layers: Iterable[QPeftLinear]) -> None:
@@ -472,15 +476,33 @@ class FrameBank:
             handle.remove()
         self._handles = []
         self._depth = 0
+        self._pass_frame = None
 
     def _before_forward(self, module: nn.Module, args: tuple) -> None:
+        tracked = not torch.compiler.is_compiling()  # dynamo cannot trace sys._getframe
+        if tracked and self._depth and not self._outer_pass_running():
+            # the last pass ended by an exception torch runs no forward hook for
+            # (KeyboardInterrupt): this pass is not nested in it, start afresh
+            self._depth = 0
         self._depth += 1
         if self._depth == 1:
+            self._pass_frame = sys._getframe(1) if tracked else None
             self.refresh()
+
+    def _outer_pass_running(self) -> bool:
+        """Whether the pass that set ``_pass_frame`` is still on the call stack
+        (a nested pass), rather than ended without ``_after_forward``."""
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame is self._pass_frame:
+                return True
+            frame = frame.f_back
+        return False
 
     def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._depth = max(self._depth - 1, 0)
         if self._depth == 0:
+            self._pass_frame = None
             self._factors = {}  # built from λ on every pass
             if self._signature is None:
                 self._frames = {}  # frames with a graph are not kept past the pass
