@@ -724,3 +724,33 @@ def test_a_pass_nested_in_a_pass_reuses_its_frames():
             layer.qpeft_lambda["default"].mul_(2.0)
         torch.testing.assert_close(model(ids).logits, _reference_logits(model, ids),
                                    rtol=0, atol=0)
+
+
+def test_an_adapted_layer_passes_on_the_base_weight_and_bias():
+    """T5-family models read ``self.wo.weight.dtype`` in their forward pass."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=100, d_model=24, d_ff=48, num_layers=1, num_heads=2, d_kv=12,
+                      decoder_start_token_id=0)
+    base = T5ForConditionalGeneration(config).eval()
+    ids = tokens(2, 6)
+    with torch.no_grad():
+        expected = base(input_ids=ids, decoder_input_ids=ids).logits
+    model = get_qpeft_model(base, QPeftConfig(target_modules=["wi", "wo"], rank=2))
+    layer = model.base_model.encoder.block[0].layer[1].DenseReluDense.wo
+    assert layer.weight is layer.base_layer.weight and layer.bias is None
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, decoder_input_ids=ids).logits, expected)
+
+
+def test_the_output_projection_of_torch_multihead_attention_is_not_adapted():
+    """nn.MultiheadAttention reads out_proj.weight and never calls out_proj."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32,
+                                             batch_first=True)
+    base = torch.nn.TransformerEncoder(layer, num_layers=1, enable_nested_tensor=False).eval()
+    with pytest.raises(ConfigError, match="never calls it"):
+        get_qpeft_model(base, QPeftConfig(target_modules=["out_proj"], rank=2))
+    model = get_qpeft_model(base, QPeftConfig(target_modules="all-linear", rank=2))
+    assert sorted(model.qpeft_layers()) == ["layers.0.linear1", "layers.0.linear2"]

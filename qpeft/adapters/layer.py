@@ -159,6 +159,18 @@ class QPeftLinear(nn.Module):
         self._initial_frames: dict[str, tuple] = {}
         self.update_layer(adapter_name, **options)
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The frozen base layer's weight, without the adapters (models read it
+        for its dtype or device, as the T5 family does; peft's layers pass it
+        on the same way)."""
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The frozen base layer's bias (``None`` without one)."""
+        return self.base_layer.bias
+
     # -- adapters ------------------------------------------------------------------
     def update_layer(
         self,

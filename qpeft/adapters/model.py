@@ -152,6 +152,14 @@ def find_target_modules(model: nn.Module, config: QPeftConfig, *,
                 "nn.Linear and transformers' Conv1D layers only; target those "
                 f"(linear layers here end in: {', '.join(linear_suffixes(model))})"
             )
+        if isinstance(_parent(model, name)[0], nn.MultiheadAttention):
+            if all_linear:
+                continue
+            raise ConfigError(
+                f"target module {name!r} is the output projection of a torch "
+                "nn.MultiheadAttention, which reads its weight directly and never calls it: "
+                "an adapter there would change nothing. Target other linear layers"
+            )
         chosen.append(name)
     if not chosen:
         raise ConfigError(
