@@ -7,6 +7,7 @@ import io
 import re
 from unittest import mock
 
+import peft
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
@@ -754,3 +755,41 @@ def test_the_output_projection_of_torch_multihead_attention_is_not_adapted():
         get_qpeft_model(base, QPeftConfig(target_modules=["out_proj"], rank=2))
     model = get_qpeft_model(base, QPeftConfig(target_modules="all-linear", rank=2))
     assert sorted(model.qpeft_layers()) == ["layers.0.linear1", "layers.0.linear2"]
+
+
+def _tied_head_model(bridge: bool):
+    targets = ["lm_head", "c_attn"]
+    if bridge:
+        from qpeft.adapters.peft_bridge import QPeftPeftConfig
+
+        return peft.get_peft_model(tiny_gpt2(), QPeftPeftConfig(target_modules=targets, rank=2))
+    return get_qpeft_model(tiny_gpt2(), QPeftConfig(target_modules=targets, rank=2))
+
+
+@pytest.mark.parametrize("bridge", [False, True])
+def test_merging_into_a_weight_tied_to_the_embedding_is_refused(bridge):
+    """GPT-2's lm_head shares wte's weight: a merge would change the embedding too."""
+    model = _tied_head_model(bridge)
+    perturb_all(model)
+    ids = tokens()
+    embedding = model.get_input_embeddings().weight.detach().clone()
+    with torch.no_grad():
+        expected = model(ids).logits
+    for merge in (model.merge_adapter, model.merge_and_unload):
+        with pytest.raises(ConfigError, match="shared with transformer.wte.weight"):
+            merge()
+        assert torch.equal(model.get_input_embeddings().weight, embedding)
+    # untied as the error says, the merge is exact
+    head = next(m for name, m in model.named_modules() if name.endswith("lm_head"))
+    head.base_layer.weight = torch.nn.Parameter(head.base_layer.weight.detach().clone())
+    merged = model.merge_and_unload()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(merged.get_input_embeddings().weight, embedding)
+
+
+def perturb_all(model: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                parameter.add_(0.5 * torch.randn_like(parameter))

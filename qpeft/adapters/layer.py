@@ -30,6 +30,7 @@ import math
 import sys
 import warnings
 import weakref
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -544,6 +545,27 @@ def check_merges(layers: Mapping[str, QPeftLinear],
             layer.check_merge(adapter_names)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+
+
+def check_untied(model: nn.Module, layers: Mapping[str, QPeftLinear]) -> None:
+    """Raise :class:`~qpeft.errors.ConfigError` if the weight of an adapted layer
+    (``{path in model: layer}``) is shared with another module, as a language
+    model's output layer shares the input embedding (``tie_word_embeddings``):
+    merging would add the update to both. Changes nothing."""
+    names: dict[int, list[str]] = defaultdict(list)
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names[id(parameter)].append(name)
+    for path, layer in layers.items():
+        own = f"{path}.base_layer.weight" if path else "base_layer.weight"
+        others = [n for n in names[id(layer.base_layer.weight)] if n != own]
+        if others:
+            raise ConfigError(
+                f"{path}: its weight is shared with {', '.join(others)} (tied embeddings), so "
+                "merging would change that module too; nothing was merged. Keep the adapter "
+                "unmerged, or untie the weight first: give the layer its own copy "
+                "(layer.base_layer.weight = nn.Parameter(layer.base_layer.weight.detach()"
+                ".clone())) and set config.tie_word_embeddings = False"
+            )
 
 
 def _random_angles(spec: FrameSpec, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -26,6 +26,7 @@ from qpeft.adapters.layer import (
     ModulesToSaveWrapper,
     QPeftLinear,
     check_merges,
+    check_untied,
     is_supported_linear,
     linear_shape,
 )
@@ -460,6 +461,8 @@ class QPeftModel(nn.Module):
                 f"({', '.join(self.peft_config)}), got {adapter_names!r}; nothing was merged"
             )
         layers = self.qpeft_layers()
+        check_untied(self.base_model, {path: layer for path, layer in layers.items()
+                                       if any(n in layer.qpeft_lambda for n in names)})
         if safe_merge:
             check_merges(layers, names)
         for layer in layers.values():

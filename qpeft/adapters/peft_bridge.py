@@ -118,7 +118,7 @@ from qpeft.adapters.frames import (  # noqa: E402
     resolve_frame_spec,
     without_named_code,
 )
-from qpeft.adapters.layer import QPeftLinear, check_merges  # noqa: E402
+from qpeft.adapters.layer import QPeftLinear, check_merges, check_untied  # noqa: E402
 from qpeft.adapters.model import (  # noqa: E402
     PathSpecs,
     add_adapter_layer,
@@ -337,14 +337,18 @@ class QPeftTuner(BaseTuner):
 
     # peft merges layer by layer; a safe merge checks every layer first, so that one
     # refused layer leaves the model as it was rather than half merged
-    def _check_merges(self, adapter_names: list[str] | None) -> None:
-        check_merges({path: module for path, module in self.model.named_modules()
-                      if isinstance(module, QPeftLinear)}, adapter_names)
+    def _check_merges(self, adapter_names: list[str] | None, safe_merge: bool) -> None:
+        layers = {path: module for path, module in self.model.named_modules()
+                  if isinstance(module, QPeftLinear)}
+        names = adapter_names or self.active_adapters
+        check_untied(self.model, {path: layer for path, layer in layers.items()
+                                  if any(n in layer.qpeft_lambda for n in names)})
+        if safe_merge:
+            check_merges(layers, adapter_names)
 
     def merge_adapter(self, adapter_names: list[str] | None = None,
                       safe_merge: bool = False) -> None:
-        if safe_merge:
-            self._check_merges(adapter_names)
+        self._check_merges(adapter_names, safe_merge)
         super().merge_adapter(adapter_names, safe_merge=False)
         self.frame_bank.invalidate()
 
@@ -355,8 +359,8 @@ class QPeftTuner(BaseTuner):
     def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False,
                                      safe_merge: bool = False,
                                      adapter_names: list[str] | None = None, **kwargs: Any):
-        if merge and safe_merge:
-            self._check_merges(adapter_names)
+        if merge:
+            self._check_merges(adapter_names, safe_merge)
         model = super()._unload_and_optionally_merge(
             merge=merge, progressbar=progressbar, safe_merge=False,
             adapter_names=adapter_names, **kwargs,
