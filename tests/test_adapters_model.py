@@ -790,6 +790,33 @@ def test_merging_into_a_weight_tied_to_the_embedding_is_refused(bridge):
 
 def perturb_all(model: torch.nn.Module) -> None:
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.add_(0.5 * torch.randn_like(parameter))
+
+
+@pytest.mark.parametrize("take_out", ["merge_and_unload", "unload"])
+def test_saving_after_the_layers_were_taken_out_is_refused_and_keeps_the_saved_adapter(
+        tmp_path, take_out):
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=2))
+    model.add_adapter("second", QPeftConfig(target_modules=["query"], rank=2))
+    model.save_pretrained(tmp_path)
+    saved = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    getattr(model, take_out)()
+    with pytest.raises(ConfigError, match="no adapted layers left"):
+        model.save_pretrained(tmp_path)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == saved
+    QPeftModel.from_pretrained(tiny_bert(), tmp_path)  # the saved adapter still loads
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"layers_to_transform": 2.5}, "layers_to_transform must be a layer index"),
+    ({"layers_to_transform": ""}, "layers_to_transform must be a layer index"),
+    ({"layers_to_transform": []}, "layers_to_transform must be a layer index"),
+    ({"layers_to_transform": [0, -1]}, "layers_to_transform must be a layer index"),
+    ({"alpha": 1e39}, "alpha must be a finite number"),
+    ({"init_lambda": -1e39}, "init_lambda must be a finite number"),
+])
+def test_config_values_of_the_wrong_type_or_range_are_refused(options, message):
+    with pytest.raises(ConfigError, match=message):
+        QPeftConfig(target_modules=["query"], rank=2, **options)

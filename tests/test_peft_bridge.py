@@ -7,6 +7,7 @@ and the standalone API staying free of peft.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -373,3 +374,34 @@ def test_a_peft_configuration_never_names_code_to_run(tmp_path):
     with pytest.raises(ConfigError, match="cannot name a Python file"):
         peft.PeftConfig.from_pretrained(tmp_path / "adapter")
     assert not marker.exists()
+
+
+def test_a_configuration_used_again_after_a_change_plans_new_circuits():
+    """The circuits are recorded on the model's copy; the caller's object stays as given."""
+    def trainable(model) -> int:
+        return model.get_nb_trainable_parameters()[0]
+
+    def fresh(**options) -> int:
+        return trainable(peft.get_peft_model(tiny_bert(), QPeftPeftConfig(
+            target_modules=["query", "value"], rank=2, **options)))
+
+    config = QPeftPeftConfig(target_modules=["query", "value"], rank=2, layers=1)
+    first = peft.get_peft_model(tiny_bert(), config)
+    assert config.circuits is None and first.peft_config["default"].circuits
+    assert trainable(first) == fresh(layers=1)
+    changed = dataclasses.replace(config, layers=3)
+    assert trainable(peft.get_peft_model(tiny_bert(), changed)) == fresh(layers=3) != fresh(
+        layers=1)
+    config.layers = 2
+    assert trainable(peft.get_peft_model(tiny_bert(), config)) == fresh(layers=2)
+    assert first.peft_config["default"].layers == 1  # the first model's record is its own
+
+
+def test_deleting_the_active_adapter_activates_one_on_other_layers():
+    model = peft.get_peft_model(tiny_bert(), QPeftPeftConfig(target_modules=["query", "value"],
+                                                             rank=2))
+    model.add_adapter("b", QPeftPeftConfig(target_modules=["key"], rank=2))
+    model.delete_adapter("default")
+    assert model.active_adapters == ["b"]
+    with torch.no_grad():
+        assert model(tokens()).logits.shape == (4, 3)  # once KeyError: 'default'

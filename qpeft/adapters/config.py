@@ -160,8 +160,12 @@ class QPeftConfig:
                 if isinstance(self.layers_to_transform, int)
                 else self.layers_to_transform
             )
-            if not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
-                raise ConfigError("layers_to_transform must be an int or a list of ints")
+            if not isinstance(indices, (list, tuple)) or not indices or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+                raise ConfigError(
+                    f"layers_to_transform must be a layer index (an int >= 0) or a non-empty "
+                    f"list of them, got {self.layers_to_transform!r}"
+                )
 
     def check_layer_filter(self) -> None:
         """Refuse ``layers_to_transform`` / ``layers_pattern`` next to a string
@@ -217,14 +221,15 @@ def check_layer_options(alpha: object, dropout: object, init: object,
     """Raise :class:`~qpeft.errors.ConfigError` on an invalid α, dropout or init
     (shared by :class:`QPeftConfig` and :meth:`QPeftLinear.update_layer`)."""
     if not _finite_number(alpha):
-        raise ConfigError(f"alpha must be a finite number, got {alpha!r}")
+        raise ConfigError(f"alpha must be a finite number (within float32's range), got {alpha!r}")
     if not _finite_number(dropout) or not 0.0 <= dropout < 1.0:
         raise ConfigError(f"dropout must lie in [0, 1), got {dropout!r}")
     if init not in INIT_SCHEMES:
         raise ConfigError(f"unknown init {init!r}; use one of {', '.join(INIT_SCHEMES)}")
     if not _finite_number(init_lambda) or (init == "offset" and init_lambda == 0):
         raise ConfigError(
-            f"init_lambda must be a finite nonzero number for init='offset', got {init_lambda!r}"
+            f"init_lambda must be a finite number (within float32's range), nonzero for "
+            f"init='offset', got {init_lambda!r}"
         )
 
 
@@ -245,9 +250,14 @@ def _positive_int(value: object, name: str) -> None:
 
 
 def _finite_number(value: object) -> bool:
+    """A real number that float32, the adapters' compute type, holds as a finite value."""
     return (
         isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        and abs(value) <= _FLOAT32_MAX
     )
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _ansatz_items(ansatz: object) -> list[tuple[object, object]]:

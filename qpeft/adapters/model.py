@@ -550,9 +550,17 @@ class QPeftModel(nn.Module):
         named after them (as peft does)."""
         from qpeft.adapters.io import save_adapter
 
-        for name in selected_adapters or list(self.peft_config):
+        names = selected_adapters or list(self.peft_config)
+        for name in names:  # every adapter checked before any file is written
             if name not in self.peft_config:
-                raise ConfigError(f"no adapter named {name!r}")
+                raise ConfigError(f"no adapter named {name!r}; nothing was saved")
+            if not self.qpeft_layers(name):
+                raise ConfigError(
+                    f"adapter {name!r} has no adapted layers left (merge_and_unload() or "
+                    "unload() took them out), so there is nothing to save; nothing was saved. "
+                    "Save before merging"
+                )
+        for name in names:
             target = save_directory if name == "default" else os.path.join(save_directory, name)
             save_adapter(self, target, name)
 

@@ -319,6 +319,10 @@ class QPeftTuner(BaseTuner):
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any,
                        **kwargs: Any) -> None:
+        # the circuits are recorded on the model's own copy of the configuration: the
+        # caller's object stays as given, so using it again (changed, or through
+        # dataclasses.replace) plans new circuits rather than reusing these
+        self.peft_config[adapter_name] = copy.deepcopy(self.peft_config[adapter_name])
         super().inject_adapter(model, adapter_name, *args, **kwargs)
         self.__dict__.pop("_plan", None)
         self._sync_frame_bank()
@@ -328,7 +332,14 @@ class QPeftTuner(BaseTuner):
         self._sync_frame_bank()
 
     def delete_adapter(self, adapter_name: str) -> None:
+        was_active = adapter_name in self.active_adapters
         super().delete_adapter(adapter_name)
+        # peft takes the new active adapter from the first adapted layer, which holds
+        # none when the remaining adapters target other layers: the model would keep
+        # the deleted name. Pick the sorted first remaining adapter instead.
+        remaining = sorted(self.peft_config)
+        if was_active and remaining and not set(self.active_adapters) & set(remaining):
+            self.set_adapter(remaining[0])
         self._sync_frame_bank()
 
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
