@@ -328,11 +328,23 @@ def test_rename_onto_a_kept_name_refuses_to_merge_angles():
         swapped.matrix({"b": 0.1, "a": 0.2}), c.matrix({"a": 0.1, "b": 0.2})
     )
     assert c.rename({"a": "b", "b": "c"}).parameters == ("b", "c")
-    assert c.rename({"zzz": "a"}) == c
+    # a misspelt key would leave the angle shared after composing: refused
+    with pytest.raises(ParameterError, match="unknown parameter.*'zzz'"):
+        c.rename({"zzz": "q"})
     # merging on request shares one angle
     shared = c.rename({"a": "b"}, merge=True)
     assert shared.parameters == ("b",)
     np.testing.assert_array_equal(shared.matrix({"b": 0.3}), c.matrix({"a": 0.3, "b": 0.3}))
+
+
+def test_rename_takes_parameter_objects_as_keys_and_values():
+    theta = ParameterVector("theta", 2)
+    block = Circuit(2).ry(0, theta[0]).ry(1, theta[1])
+    renamed = block.rename({theta[0]: "phi0", theta[1]: Parameter("phi1")})
+    assert renamed.parameters == ("phi0", "phi1")
+    assert (block + renamed).num_parameters == 4
+    with pytest.raises(ParameterError, match="mapping"):
+        block.rename([("theta[0]", "b")])
 
 
 def test_torch_reference_is_differentiable():
@@ -695,3 +707,32 @@ def test_a_circuit_pickled_before_the_parameter_order_loads():
     old.__setstate__(state)
     assert old == c and old.name == "old" and old.parameters == ("a",)
     assert pickle.loads(pickle.dumps(c.inverse())).parameters == c.inverse().parameters
+
+
+@pytest.mark.parametrize("values", [
+    np.array([0.3 + 2j]), torch.tensor([0.3 + 2j]), [0.3 + 2j], {"a": np.complex128(0.3 + 2j)},
+    {"a": torch.tensor(1 + 2j)}, np.array([True]), torch.tensor([True]), {"a": np.bool_(True)},
+])
+def test_complex_and_boolean_values_are_refused_not_cut_to_a_real_angle(values):
+    """NumPy and torch turn 0.3+2j into 0.3 and True into 1.0 with at most a warning."""
+    c = Circuit(1).ry(0, "a")
+    for call in (c.matrix, c.bind, lambda v: c.matrix(v, backend="torch")):
+        with pytest.raises(ParameterError, match="complex number|boolean"):
+            call(values)
+
+
+@pytest.mark.parametrize("angle", [np.complex128(0.3 + 2j), np.bool_(True), torch.tensor(True),
+                                   torch.tensor(1 + 2j)])
+def test_complex_and_boolean_constant_angles_are_refused(angle):
+    with pytest.raises(ParameterError, match="complex number|boolean"):
+        Circuit(1).ry(0, angle)
+
+
+def test_trained_tensors_bind_and_a_list_of_them_stays_differentiable():
+    c = qpeft.ansatz.pauli(qubits=3, layers=1)
+    theta = torch.nn.Parameter(torch.randn(c.num_parameters, dtype=torch.float64))
+    bound = c.bind(theta)  # once "Can't call numpy() on Tensor that requires grad"
+    np.testing.assert_allclose(bound.matrix(), c.matrix(theta.detach().numpy()), atol=1e-14)
+    angles = [torch.nn.Parameter(t) for t in theta.detach().clone()]
+    c.matrix(angles, backend="torch").trace().backward()
+    assert all(a.grad is not None for a in angles)

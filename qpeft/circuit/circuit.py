@@ -21,11 +21,16 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 
 from qpeft.circuit import gates as g
-from qpeft.circuit.parameters import Expression, ExpressionLike, Parameter
+from qpeft.circuit.parameters import (
+    Expression,
+    ExpressionLike,
+    Parameter,
+    real_number,
+    real_values,
+)
 from qpeft.errors import DescriptionError, ParameterError, WireError
 
 FORMAT = "qpeft.circuit"
@@ -360,8 +365,11 @@ class Circuit:
         out._gates = [gate.inverse() for gate in reversed(self._gates)]
         return out._ordered(self.parameters)
 
-    def rename(self, mapping: Mapping[str, str], *, merge: bool = False) -> Circuit:
-        """Rename parameters (names not in ``mapping`` stay).
+    def rename(self, mapping: Mapping[str | Parameter, str | Parameter], *,
+               merge: bool = False) -> Circuit:
+        """Rename parameters (names not in ``mapping`` stay). Keys and values are
+        names or :class:`Parameter` objects; a key the circuit does not have
+        raises :class:`~qpeft.errors.ParameterError`.
 
         Renaming onto a name another parameter keeps, or two names onto one,
         would make independent angles one; that raises
@@ -374,8 +382,7 @@ class Circuit:
         >>> c.rename({"a": "b"}, merge=True).parameters
         ('b',)
         """
-        for new in mapping.values():
-            Parameter(new)
+        mapping = self._renames(mapping)
         if not merge:
             merged = _merged_names(self.parameters, mapping)
             if merged:
@@ -393,6 +400,26 @@ class Circuit:
             for gate in self._gates
         ]
         return out._ordered(mapping.get(name, name) for name in self.parameters)
+
+    def _renames(self, mapping: object) -> dict[str, str]:
+        """``mapping`` as ``{old name: new name}``: keys and values may be names or
+        :class:`Parameter` objects; every key must be a parameter of the circuit."""
+        if not isinstance(mapping, Mapping):
+            raise ParameterError(
+                f"rename takes a mapping from old to new names, got {type(mapping).__name__}"
+            )
+        renames = {}
+        for old, new in mapping.items():
+            old = old.name if isinstance(old, Parameter) else old
+            new = new.name if isinstance(new, Parameter) else new
+            renames[old] = Parameter(new).name  # validates the new name
+        unknown = [old for old in renames if old not in self.parameters]
+        if unknown:
+            raise ParameterError(
+                f"rename: unknown parameter(s) {', '.join(map(repr, unknown))}; the circuit has "
+                f"{', '.join(self.parameters) or 'no parameters'}"
+            )
+        return renames
 
     def bind(self, values: Mapping[str, float] | Sequence[float]) -> Circuit:
         """Substitute values for parameters. A mapping (keyed by names or by
@@ -417,20 +444,15 @@ class Circuit:
                     f"unknown parameter(s) {', '.join(map(str, unknown))}; the circuit has "
                     f"{', '.join(names) or 'no parameters'}"
                 )
-            bindings = {str(k): _finite(v, k) for k, v in values.items()}
+            bindings = {str(k): real_number(v, f"value of {k}") for k, v in values.items()}
         else:
-            try:
-                flat = np.asarray(values, dtype=float).reshape(-1)
-            except (TypeError, ValueError) as exc:
-                raise ParameterError(
-                    f"parameter values must be numbers, one per circuit.parameters entry: {exc}"
-                ) from None
+            flat = real_values(values)
             if flat.shape[0] != len(names):
                 raise ParameterError(
                     f"expected {len(names)} values (one per circuit.parameters entry), "
                     f"got {flat.shape[0]}"
                 )
-            bindings = {n: _finite(v, n) for n, v in zip(names, flat)}
+            bindings = {n: real_number(v, f"value of {n}") for n, v in zip(names, flat)}
         if not partial:
             missing = [n for n in names if n not in bindings]
             if missing:
@@ -603,16 +625,6 @@ def _suffixed(name: str, r: int) -> str:
     match = re.match(r"^(.*?)(\[[0-9]+\])?$", name)
     assert match is not None
     return f"{match.group(1)}_{r}{match.group(2) or ''}"
-
-
-def _finite(value, name) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"value of {name} is not a number: {value!r}") from None
-    if not math.isfinite(number):
-        raise ParameterError(f"value of {name} is {number}; values must be finite")
-    return number
 
 
 def gate_angles(gate: g.Gate, bindings: Mapping[str, float]) -> list[float]:

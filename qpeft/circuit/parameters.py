@@ -20,12 +20,80 @@ from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
+import torch
 
 from qpeft.errors import ParameterError
 
 #: a name and an optional index without leading zeros (``w[1]``, never ``w[01]``:
 #: Qiskit and OpenQASM read both as element 1 of the vector ``w``)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[(0|[1-9][0-9]*)\])?$")
+
+
+def refuse_non_real(value: object, what: str) -> None:
+    """Refuse booleans and complex numbers, which NumPy and torch would turn
+    into angles silently (1.0, or the real part only)."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        complex_ = value.is_complex() if isinstance(value, torch.Tensor) else np.iscomplexobj(value)
+        boolean = value.dtype in (torch.bool, np.bool_)
+    else:
+        complex_ = isinstance(value, (complex, np.complexfloating))
+        boolean = isinstance(value, (bool, np.bool_))
+    if complex_:
+        raise ParameterError(f"{what}: a complex number ({_short(value)}) is not an angle; "
+                             "pass real numbers")
+    if boolean:
+        raise ParameterError(f"{what}: a boolean ({_short(value)}) is not an angle; pass numbers")
+
+
+def real_number(value: object, what: str) -> float:
+    """``value`` as a finite float: a Python, NumPy or one-element torch real
+    number (a tensor that requires grad is read off its graph). Booleans,
+    complex numbers and anything else raise :class:`ParameterError`.
+
+    >>> real_number(np.float32(0.5), "angle")
+    0.5
+    >>> real_number(0.3 + 2j, "angle")
+    Traceback (most recent call last):
+    ...
+    qpeft.errors.ParameterError: angle: a complex number ((0.3+2j)) is not an angle; ...
+    """
+    refuse_non_real(value, what)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ParameterError(f"{what} is a tensor of {value.numel()} numbers, not one number")
+        value = value.detach().item()
+    if not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ParameterError(f"{what} is not a number: {_short(value)}") from None
+    return _check_finite(value, what)
+
+
+def real_values(values: object, what: str = "parameter values") -> np.ndarray:
+    """``values`` (a sequence, nested or not, a NumPy array or a tensor) as a flat
+    float64 array, with the checks of :func:`real_number` (finiteness aside, which
+    the caller checks with its own names). Nested sequences must be rectangular."""
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__"):
+        raise ParameterError(
+            f"{what} must be a sequence of numbers, one per circuit.parameters entry, got "
+            f"{type(values).__name__}"
+        )
+
+    def plain(value: object) -> object:
+        if isinstance(value, (list, tuple)):
+            return [plain(item) for item in value]
+        refuse_non_real(value, what)
+        if isinstance(value, torch.Tensor):
+            return value.detach().cpu().tolist()
+        return value.tolist() if isinstance(value, np.ndarray) else value
+
+    try:
+        return np.asarray(plain(values), dtype=float).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ParameterError(
+            f"{what} must be numbers, one per circuit.parameters entry ({exc})"
+        ) from None
 
 
 def _check_finite(value: float, what: str) -> float:
@@ -269,11 +337,13 @@ def as_expression(value: ExpressionLike) -> Expression:
         return value._expr()
     if isinstance(value, str):
         return Parameter(value)._expr()
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise ParameterError("a boolean is not an angle; pass a number or a Parameter")
     if isinstance(value, (int, float)):
         return Expression((), _check_finite(value, "angle"))
-    try:  # numpy / torch scalars
+    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
+        return Expression((), real_number(value, "angle"))  # numpy / torch scalars
+    try:  # other numbers (Fraction, Decimal)
         number = float(value)
     except (TypeError, ValueError):
         raise ParameterError(

@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 
-from qpeft.circuit.parameters import Parameter
+from qpeft.circuit.parameters import Parameter, real_number, real_values, refuse_non_real
 from qpeft.errors import ParameterError
 
 
@@ -37,14 +36,17 @@ def parameter_tensor(circuit, values) -> torch.Tensor:
                                 for n in names])
         return torch.tensor([bindings[n] for n in names], dtype=torch.float64)
     if isinstance(values, torch.Tensor):
+        refuse_non_real(values, "parameter values")
         tensor = values
+    elif (isinstance(values, (list, tuple))
+          and any(isinstance(v, torch.Tensor) and v.requires_grad for v in values)):
+        # a list of scalar tensors (trained angles) stays on their graph
+        for value in values:
+            real_number(value, "a parameter value")
+        tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64).reshape(())
+                              for v in values])
     else:
-        try:
-            tensor = torch.as_tensor(np.asarray(values, dtype=float))
-        except (TypeError, ValueError) as exc:
-            raise ParameterError(
-                f"parameter values must be numbers, one per circuit.parameters entry: {exc}"
-            ) from None
+        tensor = torch.as_tensor(real_values(values))
     tensor = tensor.to(torch.float64).reshape(-1)
     if tensor.shape[0] != len(names):
         raise ParameterError(
