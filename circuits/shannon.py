@@ -8,7 +8,7 @@ P(q) = (2L + 1)·q − 2L for q ≥ 1 and P(0) = 0 (a one-level block, which an
 odd N has, holds no angle); 384 at L=2 → 135.
 """
 
-from qpeft.ansatz import for_dimension
+from qpeft.ansatz import check_counts, for_dimension
 
 
 def build(dimension: int = 384, layers: int = 2):
@@ -16,6 +16,7 @@ def build(dimension: int = 384, layers: int = 2):
 
 
 def parameter_count(dimension: int = 384, layers: int = 2) -> int:
+    dimension, layers = check_counts(dimension, layers, "dimension")
     odd, power = dimension, 0
     while odd % 2 == 0:
         odd, power = odd // 2, power + 1

@@ -76,6 +76,9 @@ def test_doubling_counts_of_odd_widths_and_of_the_shannon_construction(layers):
     for dimension in (6, 12, 96, 384, 768, 5120, 11008, 2 * 255):
         blocks = bin(dimension >> (dimension & -dimension).bit_length() - 1).count("1")
         assert added(dimension, "shannon") == 2 * blocks * (2 * layers + 1)
+    # a power of two is one Pauli ansatz, not two stages
+    for dimension in (64, 256, 1024):
+        assert added(dimension, "shannon") == 2 * layers + 1
 
 
 def test_for_dimension_of_a_power_of_two_is_pauli():
@@ -255,3 +258,12 @@ def test_for_dimension_is_orthogonal_at_transformer_widths(dimension, method):
 def test_catalog_entries_refuse_bad_counts(name, options, message):
     with pytest.raises(QpeftError, match=message):
         load_ansatz(name, **options)
+
+
+@pytest.mark.parametrize("dimension", [0, -4, 2.0])
+def test_the_shannon_closed_form_refuses_a_dimension_that_is_no_width(dimension):
+    """parameter_count(0) once looped forever halving 0."""
+    from qpeft.catalog import shannon
+
+    with pytest.raises(QpeftError, match="dimension must be a positive integer"):
+        shannon.parameter_count(dimension, 2)

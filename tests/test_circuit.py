@@ -736,3 +736,46 @@ def test_trained_tensors_bind_and_a_list_of_them_stays_differentiable():
     angles = [torch.nn.Parameter(t) for t in theta.detach().clone()]
     c.matrix(angles, backend="torch").trace().backward()
     assert all(a.grad is not None for a in angles)
+
+
+@pytest.mark.parametrize("build, error", [
+    (lambda: Circuit(2).pauli_rotation(None, [0], 0.1), DescriptionError),
+    (lambda: Circuit([3]).givens(0, None, 0.1), DescriptionError),
+    (lambda: Circuit([3]).givens(0, 1, 0.1), DescriptionError),
+    (lambda: Circuit(1).unitary([[1, 0], [0]], 0), NotUnitaryError),
+    (lambda: Circuit(1).unitary("I", 0), NotUnitaryError),
+    (lambda: Parameter("a") / Parameter("b"), ParameterError),
+    (lambda: 2 / Parameter("a"), ParameterError),
+    (lambda: RY(0, "a").matrix((2,)), ParameterError),
+])
+def test_malformed_gate_arguments_are_typed_errors(build, error):
+    with pytest.raises(error):
+        build()
+
+
+def test_a_constant_gate_matrix_needs_no_angles_and_a_tensor_matrix_is_read_off_its_graph():
+    torch.testing.assert_close(RY(0, 0.5).matrix((2,)),
+                               RY(0, "a").matrix((2,), torch.tensor([0.5], dtype=torch.float64)))
+    rotation = torch.linalg.qr(torch.randn(2, 2, dtype=torch.float64))[0].requires_grad_(True)
+    assert Circuit(1).unitary(rotation, 0).num_wires == 1
+
+
+def test_equal_circuits_have_equal_fingerprints_whatever_the_sign_of_zero():
+    circuit = Circuit(1).ry(0, 0.0)
+    assert circuit == circuit.inverse()
+    assert circuit.fingerprint() == circuit.inverse().fingerprint()
+    plus = Circuit(1).unitary([[0.0, 1.0], [1.0, 0.0]], 0)
+    minus = Circuit(1).unitary([[-0.0, 1.0], [1.0, 0.0]], 0)
+    assert plus == minus and plus.fingerprint() == minus.fingerprint()
+
+
+@pytest.mark.parametrize("name", ["theta\n", "a\n", "w[3]\n"])
+def test_a_name_with_a_trailing_newline_is_refused(name):
+    with pytest.raises(ParameterError, match="invalid parameter name"):
+        Parameter(name)
+
+
+def test_a_controlled_barrier_adds_no_layer_as_a_barrier_adds_none():
+    plain = Circuit(3).h(0).barrier("mid").h(0)
+    under_control = Circuit(3).h(0).append(controlled(Barrier((1, 2), "mid"), [0])).h(0)
+    assert under_control.depth() == plain.depth() == 2

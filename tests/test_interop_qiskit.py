@@ -111,6 +111,16 @@ def test_real_amplitudes_function_imports_with_the_same_matrix():
     np.testing.assert_allclose(builder.matrix(values), circuit.matrix(values), atol=1e-12)
 
 
+@pytest.mark.parametrize("entanglement", ["linear", "reverse_linear", "circular", "full"])
+@pytest.mark.parametrize("qubits", [2, 3, 4])
+def test_real_amplitudes_entanglements_are_qiskits(entanglement, qubits):
+    qc = real_amplitudes(qubits, reps=2, entanglement=entanglement)
+    circuit = from_qiskit(qc)
+    values = random_values(circuit)
+    builder = qpeft_real_amplitudes(qubits, 2, entanglement=entanglement)
+    np.testing.assert_allclose(builder.matrix(values), circuit.matrix(values), atol=1e-12)
+
+
 def test_n_local_ry_cz_imports_with_the_same_matrix():
     qc = n_local(4, "ry", "cz", reps=2, entanglement="linear")
     circuit = from_qiskit(qc)

@@ -269,7 +269,8 @@ def real_amplitudes(
     """RY layers with CX entanglers, (L + 1)·n angles — the structure of
     Qiskit's ``real_amplitudes``. ``entanglement``: ``linear`` (CX(i, i+1)
     for i = 0…), ``reverse_linear`` (the same pairs in reverse order),
-    ``circular`` (linear plus CX(n−1, 0)) or ``full`` (every i < j)."""
+    ``circular`` (CX(n−1, 0), then linear, as in Qiskit) or ``full`` (every
+    i < j)."""
     return _rotation_entangler(qubits, layers, entanglement, name, "cx",
                                f"real_amplitudes(qubits={qubits}, layers={layers})")
 
@@ -290,7 +291,7 @@ def entangling_pairs(qubits: int, entanglement: str) -> list[tuple[int, int]]:
     if entanglement == "reverse_linear":
         return linear[::-1]
     if entanglement == "circular":
-        return linear + ([(qubits - 1, 0)] if qubits > 2 else [])
+        return ([(qubits - 1, 0)] if qubits > 2 else []) + linear  # Qiskit's order
     if entanglement == "full":
         return [(i, j) for i in range(qubits) for j in range(i + 1, qubits)]
     raise ConfigError(

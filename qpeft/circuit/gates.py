@@ -187,9 +187,21 @@ class Gate(ABC):
         """The gate's matrix on its own wires, shape ``(..., D, D)``.
 
         ``angles`` has shape ``(..., len(params))`` (values of the angle
-        expressions, not of the free parameters). Real gates come back in
-        ``dtype``; complex ones in its complex counterpart.
+        expressions, not of the free parameters); it may be left out when
+        every angle is a constant. Real gates come back in ``dtype``; complex
+        ones in its complex counterpart.
         """
+
+    def _angles(self, angles: torch.Tensor | None) -> torch.Tensor:
+        """``angles``, or the constant angles when none are given."""
+        if angles is not None:
+            return angles
+        if not all(expr.is_constant for expr in self.params):
+            raise ParameterError(
+                f"{self.name} has free parameters; pass the values of its angles "
+                f"(gate.matrix(dims, angles)), or bind the circuit first"
+            )
+        return torch.tensor([expr.constant for expr in self.params], dtype=torch.float64)
 
     # -- data ----------------------------------------------------------------
     def with_params(self, params: Sequence[Expression]) -> Gate:
@@ -271,7 +283,7 @@ class PauliRotation(Gate):
         return reduce(np.kron, [_PAULI[p] for p in self.pauli])
 
     def matrix(self, dims, angles=None, dtype=torch.float64):
-        return _rotation_matrix(self.generator(dims), angles, dtype)
+        return _rotation_matrix(self.generator(dims), self._angles(angles), dtype)
 
     def options(self) -> dict:
         return {"pauli": self.pauli}
@@ -311,6 +323,11 @@ def RZ(wire: int, theta: ExpressionLike) -> PauliRotation:
 
 def pauli_rotation(pauli: str, wires: Sequence[int], theta: ExpressionLike) -> PauliRotation:
     """``exp(-iθP/2)`` for the Pauli string ``pauli`` on ``wires``."""
+    if not isinstance(pauli, str):
+        raise DescriptionError(
+            f"a Pauli string is a str of I, X, Y, Z, one letter per wire (e.g. 'XY'), "
+            f"got {pauli!r:.60}"
+        )
     return PauliRotation(pauli.upper(), _tuple_of_ints(wires, "wires"), _angle(theta))
 
 
@@ -374,7 +391,7 @@ class Givens(Gate):
         return g
 
     def matrix(self, dims, angles=None, dtype=torch.float64):
-        return _rotation_matrix(self.generator(dims), angles, dtype)
+        return _rotation_matrix(self.generator(dims), self._angles(angles), dtype)
 
     def options(self) -> dict:
         return {"levels": list(self.levels)}
@@ -384,6 +401,11 @@ def givens(wire: int, levels: Sequence, theta: ExpressionLike) -> Givens:
     """A real rotation between levels ``levels = (i, j)`` of qudit ``wire``;
     ``levels`` may also list several pairs, ``[(i₁, j₁), (i₂, j₂), …]``,
     rotated together by the same angle."""
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Iterable):
+        raise DescriptionError(
+            f"Givens levels are a pair (i, j) of levels of the wire, or a list of pairs, "
+            f"got {levels!r:.60}"
+        )
     items = list(levels)
     if len(items) and np.ndim(items[0]) > 0:  # pairs: [(i1, j1), (i2, j2), …]
         items = [v for pair in items for v in np.asarray(pair).reshape(-1).tolist()]
@@ -530,7 +552,16 @@ def GeneralizedCZ(wire_a: int, wire_b: int) -> SignDiagonal:
 
 
 def _freeze_matrix(matrix) -> tuple[tuple[complex, ...], ...]:
-    array = np.asarray(matrix, dtype=complex)
+    if isinstance(matrix, torch.Tensor):
+        matrix = matrix.detach().cpu().numpy()
+    if isinstance(matrix, (str, bytes)):
+        raise NotUnitaryError(f"a gate matrix is a square array of numbers, got {matrix!r:.60}")
+    try:
+        array = np.asarray(matrix, dtype=complex) + 0.0  # + 0.0: no negative zeros
+    except (TypeError, ValueError) as exc:
+        raise NotUnitaryError(
+            f"a gate matrix is a square array of numbers (rows of equal length): {exc}"
+        ) from None
     if array.ndim != 2 or array.shape[0] != array.shape[1]:
         raise NotUnitaryError(f"a gate matrix must be square, got shape {array.shape}")
     if not np.all(np.isfinite(array)):
@@ -664,6 +695,11 @@ class Controlled(Gate):
                 f"{len(self.controls)} control wires but {len(self.control_values)} lists of "
                 "control values; give one list of allowed levels per control wire"
             )
+
+    @property
+    def is_identity(self) -> bool:
+        """A controlled identity (a controlled barrier) is the identity."""
+        return self.base.is_identity
 
     @property
     def wires(self) -> tuple[int, ...]:  # type: ignore[override]

@@ -106,7 +106,7 @@ def _check_finite(value: float, what: str) -> float:
         ) from None
     if not math.isfinite(value):
         raise ParameterError(f"{what} is {value}; angles and coefficients must be finite numbers")
-    return value
+    return value + 0.0  # -0.0 becomes 0.0: equal expressions get equal JSON and fingerprints
 
 
 class _Algebra:
@@ -148,9 +148,22 @@ class _Algebra:
     __rmul__ = __mul__
 
     def __truediv__(self, divisor: float) -> Expression:
+        if isinstance(divisor, (bool, np.bool_)) or not isinstance(
+            divisor, (int, float, np.integer, np.floating)
+        ):
+            raise ParameterError(
+                f"an angle can only be divided by a number, not {type(divisor).__name__}: "
+                "expressions stay affine (a*theta + b)"
+            )
         if divisor == 0:
             raise ParameterError("division of a parameter by zero")
         return self * (1.0 / divisor)
+
+    def __rtruediv__(self, other: object) -> Expression:
+        raise ParameterError(
+            f"cannot divide {type(other).__name__} by an angle: expressions stay affine "
+            "(a*theta + b)"
+        )
 
 
 @dataclass(frozen=True, eq=True, order=True)
@@ -160,7 +173,7 @@ class Parameter(_Algebra):
     name: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise ParameterError(
                 f"invalid parameter name {self.name!r}: use letters, digits and underscores, "
                 "starting with a letter, optionally followed by an index without leading zeros "
