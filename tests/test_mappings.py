@@ -424,3 +424,15 @@ def test_taylor_deviation_checks_its_arguments() -> None:
             taylor_deviation(values, 6, 2, terms=bad)
     with pytest.raises(ParameterError, match="torch.as_tensor"):
         taylor_deviation(values.tolist(), 6, 2, terms=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", MAPPINGS)
+def test_a_mapping_built_on_the_meta_device_is_rebuilt_by_to_empty(name):
+    """Its index buffers hold no values after to_empty() and none is in the state dict."""
+    values = 0.3 * torch.randn(parameter_count(8, 2), dtype=torch.float64)
+    expected = mapping(name, 8, 2, dtype=torch.float64)(values)
+    with torch.device("meta"):
+        frame = mapping(name, 8, 2, dtype=torch.float64)
+        assert frame(torch.zeros(3, parameter_count(8, 2), dtype=torch.float64)).shape == (3, 8, 2)
+    frame.to_empty(device="cpu")
+    torch.testing.assert_close(frame(values), expected, rtol=0, atol=1e-14)

@@ -192,8 +192,8 @@ class CompiledCircuit(nn.Module):
         lead = values.shape[:-1]
         given = values.reshape(math.prod(lead), self.num_parameters)
         flat = given.to(self.engine.real_dtype)
-        if self.check_values and not plain_operations():
-            self._check_finite(given, flat)
+        if self.check_values and not plain_operations() and flat.device.type != "meta":
+            self._check_finite(given, flat)  # (meta tensors hold no values to check)
         if flat.shape[0] == 0:
             # Nothing to evaluate. The zeros are built from the values, as the mappings'
             # frames are, so a backward pass gives a (0, P) zero gradient.

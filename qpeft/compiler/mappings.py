@@ -191,7 +191,17 @@ class StiefelMapping(torch.nn.Module):
     def _apply(self, fn, recurse: bool = True):
         # .half(), .bfloat16() or .to(complex) would leave a module that computes in a
         # dtype the constructor refuses (orthonormal to 1e-3 only, or complex garbage).
-        self._check_dtype(fn(torch.empty(0, dtype=self.dtype, device=self.device)).dtype)
+        target = fn(torch.empty(0, dtype=self.dtype, device=self.device))
+        self._check_dtype(target.dtype)
+        if self.device.type == "meta" and target.device.type != "meta":
+            # built under torch.device("meta"), then to_empty(): the index buffers hold no
+            # values and none is in the state dict; take them from a twin built where the
+            # module goes (they depend on N and K only)
+            twin = type(self)(self.dimension, self.columns, dtype=target.dtype,
+                              device=target.device)
+            for name, buffer in twin.named_buffers(recurse=False):
+                self._buffers[name] = buffer
+            return self
         return super()._apply(fn, recurse)
 
     @property
@@ -256,7 +266,7 @@ class StiefelMapping(torch.nn.Module):
             )
         # skipped under torch.compile (a sync that splits the graph) and torch.func transforms
         # (data-dependent control flow), as in qpeft.compile
-        if self.check_values and not plain_operations() \
+        if self.check_values and not plain_operations() and values.device.type != "meta" \
                 and not bool(torch.isfinite(values).all()):
             bad = int((~torch.isfinite(values)).sum())
             raise ParameterError(

@@ -117,10 +117,9 @@ class TensorNetwork(nn.Module):
                 index = pair_index[id(node)]
                 if not diagonal:
                     rows, columns = node.off_diagonal()
-                    self.register_buffer(f"pair{index}_rows", torch.as_tensor(rows),
-                                         persistent=False)
-                    self.register_buffer(f"pair{index}_columns", torch.as_tensor(columns),
-                                         persistent=False)
+                    mask = torch.zeros(node.size, node.size, dtype=dtype)
+                    mask[torch.as_tensor(rows), torch.as_tensor(columns)] = 1
+                    self.register_buffer(f"pair{index}_mask", mask, persistent=False)
                 self._operands.append(("pair", index, local, diagonal))
                 terms.append(batch + indices)
                 shapes.append((1, *local, *(() if diagonal else local)))
@@ -211,12 +210,13 @@ class TensorNetwork(nn.Module):
                 _, index, local, diagonal = recipe
                 if diagonal:
                     out.append(pairs[index][:, 0].reshape(batch, *local))
-                else:  # A on the diagonal, B at (i, partner[i]); index buffers, so that
-                    # torch.compile traces the matrix without branching on plan data
-                    rows = getattr(self, f"pair{index}_rows")
-                    columns = getattr(self, f"pair{index}_columns")
-                    matrix = torch.diag_embed(pairs[index][:, 0])
-                    matrix[:, rows, columns] = pairs[index][:, 1].index_select(-1, rows)
+                else:  # A on the diagonal, B[i] at (i, partner[i]), placed by a 0/1 mask:
+                    # out of place, since inductor (torch 2.13) miscompiles an indexed
+                    # write into the complex matrix that then meets the einsum
+                    mask = getattr(self, f"pair{index}_mask")
+                    coefficients = pairs[index]
+                    matrix = (torch.diag_embed(coefficients[:, 0])
+                              + coefficients[:, 1, :, None] * mask)
                     out.append(matrix.reshape(batch, *local, *local))
             elif recipe[0] == "ones":
                 # from the values, so that a circuit without angles stays on their graph
