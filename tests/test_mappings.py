@@ -436,3 +436,9 @@ def test_a_mapping_built_on_the_meta_device_is_rebuilt_by_to_empty(name):
         assert frame(torch.zeros(3, parameter_count(8, 2), dtype=torch.float64)).shape == (3, 8, 2)
     frame.to_empty(device="cpu")
     torch.testing.assert_close(frame(values), expected, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("flag", ["no", 0, None])
+def test_check_values_must_be_a_bool_as_for_compiled_circuits(flag):
+    with pytest.raises(CompileError, match="check_values must be True or False"):
+        mapping("cayley", 8, 2, check_values=flag)

@@ -176,7 +176,9 @@ class StiefelMapping(torch.nn.Module):
         device = _resolve_device(device)
         self.dimension = int(dimension)
         self.columns = int(columns)
-        self.check_values = bool(check_values)
+        if not isinstance(check_values, bool):
+            raise CompileError(f"check_values must be True or False, got {check_values!r}")
+        self.check_values = check_values
         # An empty floating buffer follows module.to(dtype/device), so the
         # `dtype` and `device` properties stay truthful after a move.
         self.register_buffer("_probe", torch.empty(0, dtype=dtype, device=device), persistent=False)
