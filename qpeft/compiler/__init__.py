@@ -23,6 +23,7 @@ from torch import nn
 
 from qpeft.circuit import Circuit
 from qpeft.circuit.gates import is_integer
+from qpeft.circuit.parameters import refuse_non_real
 from qpeft.compiler.blocks import autocast_off, plain_operations, reduced_precision_matmuls
 from qpeft.compiler.engine import ColumnsEngine
 from qpeft.compiler.plan import Plan, make_plan
@@ -173,16 +174,7 @@ class CompiledCircuit(nn.Module):
                 f"circuit.parameters order, got {tuple(values.shape)}; pass one angle per "
                 "circuit parameter in the last axis"
             )
-        if values.is_complex():
-            raise ParameterError(
-                "parameter values must be real angles, got a complex tensor; pass values.real "
-                "if the imaginary part is zero"
-            )
-        if values.dtype == torch.bool:
-            raise ParameterError(
-                "parameter values must be real angles, got a bool tensor (it would be read as "
-                "0 and 1 radians); pass values.float() if that is what you mean"
-            )
+        refuse_non_real(values, "parameter values")
         expected = self.engine.builder.offset.device
         if values.device != expected:
             raise ParameterError(
