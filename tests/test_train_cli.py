@@ -105,6 +105,48 @@ def test_overwrite_replaces_a_run_but_never_a_foreign_folder(
     assert (foreign / "thesis.tex").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("content", [
+    '{"experiment": "another tool", "status": "COMPLETED"}',  # another tool's run.json
+    '{"kind": "training"}',
+    "not json",
+    "[1, 2]",
+    "\udcff",
+])
+def test_a_run_json_that_qpeft_did_not_write_is_neither_overwritten_nor_resumed(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    folder = tmp_path / "project"
+    (folder / "data").mkdir(parents=True)
+    (folder / "run.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "data" / "results.csv").write_text("x,y\n")
+    before = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    for option in ("--overwrite", "--resume"):
+        assert cli.main([*head_run(tiny, folder), option]) == 2, option
+        err = capsys.readouterr().err
+        assert "is not a qpeft run marker" in err and "Traceback" not in err, option
+        assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == before
+    assert (folder / "notes.txt").read_text() == "keep me"
+    # compare's folder marker is checked the same way
+    (folder / "compare-run.json").write_bytes(content.encode("utf-8", "surrogateescape"))
+    assert cli.main(["compare", "--methods", "head", "--seeds", "0",
+                     *budget(tiny, folder, "--overwrite")]) == 2
+    assert "is not a qpeft run marker" in capsys.readouterr().err
+    assert (folder / "notes.txt").read_text() == "keep me"
+
+
+def test_a_complete_run_whose_metrics_cannot_be_read_is_refused_with_advice(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "run"
+    args = finished_head_run(tiny, output, "--epochs", "1")
+    capsys.readouterr()
+    (output / "metrics.json").write_text("[truncated")
+    assert cli.main([*args, "--resume"]) == 2
+    assert "cannot be read back" in capsys.readouterr().err
+    assert cli.main([*args, "--overwrite"]) == 0  # a run qpeft wrote can still be replaced
+
+
 def test_a_mistyped_overwrite_leaves_the_finished_run_alone(
     tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -349,7 +349,24 @@ def test_recipe_resume_shows_a_complete_run_and_refuses_other_settings(
     monkeypatch.setattr(cifar10, "run", refuse)
     fresh = tmp_path / "fresh"
     assert main(["cifar10", "--output-dir", str(fresh)]) == 2
-    assert not (fresh / "run.json").exists()  # the corrected command is not refused
+    assert not fresh.exists()  # no run.json, no folder: the corrected command is not refused
+
+
+def test_recipes_neither_overwrite_nor_resume_a_folder_with_a_foreign_run_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qpeft.train.recipes.__main__ import main
+
+    monkeypatch.setattr(cifar10, "run", lambda *args, **kwargs: pytest.fail("trained"))
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    for content in ('{"experiment": "sacred run 17"}', "not json", "[1]"):
+        (folder / "run.json").write_text(content)
+        for option in ("--overwrite", "--resume"):
+            assert main(["cifar10", "--output-dir", str(folder), option]) == 2
+            assert "is not a qpeft run marker" in capsys.readouterr().err
+            assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "run.json"]
 
 
 def test_the_sequence_length_check_knows_roberta_s_position_offset() -> None:

@@ -33,7 +33,7 @@ DEFAULT_EPOCHS = 2
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_MAX_LENGTH = 64
 
-#: Written first into every run folder; its presence marks a qpeft run.
+#: Written first into every run folder; it marks a qpeft run (see :func:`read_marker`).
 RUN_MARKER = "run.json"
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
@@ -232,17 +232,49 @@ def load_task(settings: TaskSettings) -> Task:
 
 # ---------------------------------------------------------------- run folder
 
+#: ``kind`` of the markers that ``qpeft finetune`` and ``qpeft compare`` write;
+#: a recipe's is ``recipe:NAME``.
+MARKER_KINDS = ("finetune", "compare")
+
+
+def read_marker(path: Path) -> dict[str, Any] | None:
+    """The qpeft run marker in ``path``, or ``None`` when ``path`` is not one.
+
+    A marker is a JSON object whose ``kind`` is one of :data:`MARKER_KINDS` or
+    ``recipe:NAME``; a file that merely has the marker's name (another tool's
+    ``run.json``, a damaged file) is not one, so that ``--overwrite`` never
+    deletes a folder that qpeft did not make.
+    """
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("kind")
+    if not isinstance(kind, str) or not (kind in MARKER_KINDS or kind.startswith("recipe:")):
+        return None
+    return value
+
+
+def holds_run(folder: Path, marker: str = RUN_MARKER) -> bool:
+    """Whether ``folder`` holds a qpeft run: its ``marker`` file is a qpeft marker."""
+    return (folder / marker).is_file() and read_marker(folder / marker) is not None
+
 
 def check_output_dir(folder: Path, *, resume: bool, overwrite: bool,
                      marker: str = RUN_MARKER) -> None:
     """Refuse ``folder`` as a run folder, without changing anything on disk.
 
-    An empty or missing folder is fine. A folder holding a qpeft run (it has
-    ``marker``) is refused unless ``resume`` (continue it) or ``overwrite``
-    (replace it). A non-empty folder that is not a qpeft run is always
-    refused, so that ``--overwrite`` cannot delete unrelated files. A folder
-    that cannot be created (its parent is a file, or not writable) is refused
-    too.
+    An empty or missing folder is fine. A folder holding a qpeft run (its
+    ``marker`` is a qpeft marker, see :func:`read_marker`) is refused unless
+    ``resume`` (continue it) or ``overwrite`` (replace it). A non-empty folder
+    that is not a qpeft run is always refused, so that ``--overwrite`` cannot
+    delete unrelated files; so is one whose ``marker`` file is not a qpeft
+    marker (another tool's ``run.json``, or a damaged file). A folder that
+    cannot be created (its parent is a file, or not writable) is refused too.
     """
     try:
         if folder.exists() and not folder.is_dir():
@@ -252,6 +284,13 @@ def check_output_dir(folder: Path, *, resume: bool, overwrite: bool,
                 raise ConfigError(
                     f"{folder} is not empty and holds no qpeft run ({marker}); choose an empty "
                     "or new folder for --output-dir"
+                )
+            if read_marker(folder / marker) is None:
+                raise ConfigError(
+                    f"{folder / marker} is not a qpeft run marker (not a JSON object with "
+                    f"the 'kind' qpeft writes), so {folder} is not treated as a qpeft run and "
+                    "is neither resumed nor overwritten; choose an empty or new folder for "
+                    "--output-dir (delete the folder yourself if it is a damaged qpeft run)"
                 )
             if not (overwrite or resume):
                 raise ConfigError(
@@ -276,7 +315,7 @@ def prepare_output_dir(folder: Path, *, resume: bool, overwrite: bool,
     check has passed, so that a mistyped command leaves the old run alone."""
     check_output_dir(folder, resume=resume, overwrite=overwrite, marker=marker)
     try:
-        if overwrite and (folder / marker).is_file():
+        if overwrite and holds_run(folder, marker):
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -315,16 +354,21 @@ def train_config(settings: TaskSettings, spec: Any, seed: int) -> Any:
 
 def check_same_run(folder: Path, expected: Mapping[str, Any], marker: str = RUN_MARKER) -> None:
     """Refuse to resume ``folder`` when its marker differs from ``expected``
-    (keys absent from ``expected`` are not compared)."""
-    from qpeft.train.report import read_json
-
-    saved = read_json(folder / marker)
+    (keys absent from ``expected`` are not compared), or is not a qpeft marker."""
+    saved = read_marker(folder / marker)
+    if saved is None:
+        raise ConfigError(
+            f"{folder / marker} is not a qpeft run marker, so {folder} cannot be resumed; "
+            "choose an empty or new folder for --output-dir"
+        )
     differences = [
         key for key in sorted(expected)
         if key != "settings" and saved.get(key) != expected.get(key)
     ]
     saved_settings = saved.get("settings", {})
     expected_settings = expected.get("settings", {})
+    if not isinstance(saved_settings, dict):
+        saved_settings = {"settings": saved_settings}
     differences += [
         f"--{key.replace('_', '-')}" for key in sorted(set(saved_settings) | set(expected_settings))
         if key not in _FREE_ON_RESUME and saved_settings.get(key) != expected_settings.get(key)
@@ -392,8 +436,17 @@ def finished_run(folder: Path, marker: Mapping[str, Any]) -> RunOutcome | None:
     if not (folder / RUN_MARKER).is_file() or not (folder / METRICS_NAME).is_file():
         return None
     check_same_run(folder, marker)
-    return RunOutcome(read_json(folder / METRICS_NAME), reused=True,
-                      history=read_json(folder / "history.json")["steps"])
+    try:
+        metrics = read_json(folder / METRICS_NAME)
+        history = read_json(folder / "history.json")["steps"]
+        if not isinstance(metrics, dict) or not isinstance(history, list):
+            raise ValueError("not the objects qpeft writes")
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as error:
+        raise ConfigError(
+            f"the complete run in {folder} cannot be read back ({METRICS_NAME} or "
+            f"history.json: {type(error).__name__}: {error}); pass --overwrite to run it again"
+        ) from None
+    return RunOutcome(metrics, reused=True, history=history)
 
 
 def run_method(

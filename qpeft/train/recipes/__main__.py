@@ -34,7 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from qpeft.train.experiment import RUN_MARKER, check_same_run, prepare_output_dir
+    from qpeft.errors import ConfigError
+    from qpeft.train.experiment import (
+        RUN_MARKER,
+        check_output_dir,
+        check_same_run,
+        prepare_output_dir,
+        read_marker,
+    )
     from qpeft.train.recipes.common import recipe_from_args
     from qpeft.train.report import as_json, read_json, write_json
 
@@ -42,26 +49,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     module_name, class_name = RECIPES[args.recipe]
     module = importlib.import_module(module_name)
     folder: Path = args.output_dir
-    started_here = False
+    started_here = created_here = False
     try:
         recipe = recipe_from_args(getattr(module, class_name), args)
         # "settings" as qpeft finetune's marker: compared option by option, the device free
         marker = as_json({"kind": f"recipe:{args.recipe}", "settings": recipe.__dict__})
+        check_output_dir(folder, resume=args.resume, overwrite=args.overwrite)
         if args.resume and (folder / RUN_MARKER).is_file():
-            if "settings" in read_json(folder / RUN_MARKER):  # not a run of an earlier release
+            saved = read_marker(folder / RUN_MARKER) or {}
+            if "settings" in saved:  # not a run of an earlier release
                 check_same_run(folder, marker)  # other settings are refused, not trained over
             if (folder / "metrics.json").is_file():
+                try:
+                    metrics = read_json(folder / "metrics.json")
+                    if not isinstance(metrics, dict):
+                        raise ValueError("not a JSON object")
+                except (OSError, UnicodeDecodeError, ValueError) as error:
+                    raise ConfigError(
+                        f"the complete run in {folder} cannot be read back (metrics.json: "
+                        f"{error}); pass --overwrite to run it again"
+                    ) from None
                 print(f"{folder} holds a complete run; showing its results", file=sys.stderr)
-                return _show(read_json(folder / "metrics.json"), folder)
+                return _show(metrics, folder)
         started_here = not (folder / RUN_MARKER).is_file()
+        created_here = not folder.exists()
         prepare_output_dir(folder, resume=args.resume, overwrite=args.overwrite)
         write_json(folder / RUN_MARKER, marker)
         metrics = module.run(recipe, folder, resume=args.resume)
     except QpeftError as error:
         if started_here and sorted(p.name for p in folder.iterdir()) == [RUN_MARKER]:
             # refused before any work (a model that does not load, say): leave no run
-            # behind that would refuse the corrected command
+            # behind that would refuse the corrected command, nor a folder made for it
             (folder / RUN_MARKER).unlink()
+            if created_here:
+                folder.rmdir()
         print(f"error: {error}", file=sys.stderr)
         return 2
     return _show(metrics, folder)
