@@ -172,6 +172,8 @@ def load_tokenizer(source: ModelSource) -> Any:
 
     A local folder without tokenizer files is refused: transformers would
     otherwise build an empty vocabulary and encode every word as ``[UNK]``.
+    A tokenizer without a padding token (GPT-2, Llama) pads with its
+    end-of-text token.
     """
     from transformers import AutoTokenizer
 
@@ -184,6 +186,10 @@ def load_tokenizer(source: ModelSource) -> Any:
                 "tokenizer.save_pretrained(folder)"
             )
     tokenizer = _load(AutoTokenizer, source)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # GPT-2's and Llama's tokenizers have no padding token: pad with the end-of-text
+        # token, as transformers advises (the attention mask hides the padding)
+        tokenizer.pad_token = tokenizer.eos_token
     try:  # a tokenizer can load and still not encode (an empty vocabulary, no [UNK])
         tokenizer(["a probe sentence"], truncation=True, max_length=8)
     except Exception as error:  # noqa: BLE001 - tokenizers raises plain Exception
@@ -214,14 +220,49 @@ def check_sequence_length(model: Any, length: int, option: str) -> None:
                           f"positions); use {option} {limit} or less")
 
 
+def align_padding(model: Any, tokenizer: Any = None) -> None:
+    """Give ``model.config`` the padding token id that the data is padded with.
+
+    Decoder classifiers (GPT-2, Llama, Mistral) read each example's score at
+    its last token that is not ``config.pad_token_id``, and refuse a batch of
+    several examples when that id is unset, which it is in their released
+    configurations. The id is the tokenizer's padding token (see
+    :func:`load_tokenizer`); without a tokenizer, an unset id becomes the
+    configuration's end-of-text token. Encoder models do not read the id.
+
+    Example:
+        >>> from transformers import GPT2Config
+        >>> class Model:
+        ...     config = GPT2Config(eos_token_id=7)
+        >>> model = Model()
+        >>> model.config.pad_token_id is None
+        True
+        >>> align_padding(model)
+        >>> model.config.pad_token_id
+        7
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    if pad is None and getattr(config, "pad_token_id", None) is None:
+        eos = getattr(config, "eos_token_id", None)
+        pad = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    if isinstance(pad, int) and getattr(config, "pad_token_id", None) != pad:
+        config.pad_token_id = pad
+
+
 def load_sequence_classifier(
     source: ModelSource,
     label_names: Sequence[str] | None,
+    *,
+    tokenizer: Any = None,
     **config_overrides: Any,
 ) -> Any:
     """A sequence-classification model with a new head for ``label_names``
     (``None``: one regression output). ``config_overrides`` go to the model
-    config (for example ``cls_dropout`` for DeBERTa)."""
+    config (for example ``cls_dropout`` for DeBERTa). The configuration's
+    padding token is the ``tokenizer``'s (see :func:`align_padding`)."""
     from transformers import AutoModelForSequenceClassification
 
     if label_names is None:
@@ -243,4 +284,6 @@ def load_sequence_classifier(
         for name, value in config_overrides.items():
             setattr(config, name, value)
         kwargs = {"config": config}
-    return _load(AutoModelForSequenceClassification, source, **kwargs)
+    model = _load(AutoModelForSequenceClassification, source, **kwargs)
+    align_padding(model, tokenizer)
+    return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from qpeft import models
 from qpeft.errors import ConfigError
@@ -44,3 +45,112 @@ def test_the_probe_is_skipped_behind_a_proxy(monkeypatch) -> None:
         assert models.hub_reachable() is True
     finally:
         models.hub_reachable.cache_clear()
+
+
+# ------------------------------------------------------------ decoder classifiers
+
+
+def _pad_less_tokenizer(folder):
+    """A GPT-2-like tokenizer: an end-of-text token and no padding token."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    from qpeft.train.testing import VOCABULARY
+
+    words = [*VOCABULARY[1:], "<|endoftext|>"]  # no [PAD]
+    backend = Tokenizer(WordLevel({word: index for index, word in enumerate(words)},
+                                  unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
+                                        unk_token="[UNK]")
+    tokenizer.save_pretrained(str(folder))
+    return len(words)
+
+
+def _tiny_decoder(folder, kind: str, with_pad_token: bool):
+    """A tiny GPT-2 or Llama backbone saved like a released one (no pad_token_id)."""
+    from transformers import GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+
+    from qpeft.train.testing import VOCABULARY, write_tokenizer
+
+    if with_pad_token:
+        write_tokenizer(folder)  # word pieces with [PAD]
+        vocabulary = len(VOCABULARY)
+    else:
+        vocabulary = _pad_less_tokenizer(folder)
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        model = GPT2Model(GPT2Config(vocab_size=vocabulary, n_embd=32, n_layer=2, n_head=2,
+                                     n_positions=64))
+    else:
+        model = LlamaModel(LlamaConfig(vocab_size=vocabulary, hidden_size=32,
+                                       num_hidden_layers=2, num_attention_heads=2,
+                                       num_key_value_heads=2, intermediate_size=64,
+                                       max_position_embeddings=64))
+    assert model.config.pad_token_id is None
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+@pytest.mark.parametrize("with_pad_token", [True, False])
+def test_decoder_classifiers_score_a_padded_batch_as_each_example_alone(
+    tmp_path, kind: str, with_pad_token: bool
+) -> None:
+    """GPT-2 and Llama classifiers read the score at the last token that is not
+    padding: the configuration's padding id must be the one the data is padded with."""
+    from qpeft.train.data import TextDataset, encode
+
+    folder = _tiny_decoder(tmp_path / kind, kind, with_pad_token)
+    source = models.resolve_model(str(folder))
+    tokenizer = models.load_tokenizer(source)
+    assert tokenizer.pad_token_id is not None
+    if not with_pad_token:
+        assert tokenizer.pad_token == tokenizer.eos_token
+    model = models.load_sequence_classifier(source, ["a", "b", "c"], tokenizer=tokenizer)
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    model.eval()
+    texts = ["the car is good", "a very old road today was bad and the ride fine", "my seat"]
+    encoded = encode(tokenizer, TextDataset(texts, [0, 1, 2], ("a", "b", "c")), 32)
+    batch = encoded.batch([0, 1, 2])
+    batch.pop("labels")
+    with torch.no_grad():
+        together = model(**batch).logits
+        alone = torch.cat([
+            model(**{key: value[[row]][:, : len(encoded.features[row]["input_ids"])]
+                     for key, value in batch.items()}).logits
+            for row in range(3)
+        ])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_finetune_trains_a_gpt2_classifier_whose_tokenizer_has_no_padding_token(
+    tmp_path, capsys
+) -> None:
+    import json
+
+    from qpeft import cli
+    from qpeft.train.testing import write_sentiment_csv
+
+    folder = _tiny_decoder(tmp_path / "gpt2", "gpt2", with_pad_token=False)
+    data = write_sentiment_csv(tmp_path / "s.csv", rows=60)
+    output = tmp_path / "run"
+    assert cli.main(["finetune", "--model", str(folder), "--dataset", str(data), "--method",
+                     "lora:r=2", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+                     "--no-progress", "--output-dir", str(output)]) == 0, capsys.readouterr().err
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["config"]["targets"] == ["c_attn", "attn.c_proj"]
+
+
+def test_without_a_tokenizer_a_decoder_classifier_pads_with_its_end_of_text_token(
+    tmp_path,
+) -> None:
+    """``qpeft bench train`` loads the classifier without a tokenizer."""
+    folder = _tiny_decoder(tmp_path / "gpt2", "gpt2", with_pad_token=True)
+    model = models.load_sequence_classifier(models.resolve_model(str(folder)), ["a", "b"])
+    assert model.config.pad_token_id == model.config.eos_token_id
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    with torch.no_grad():
+        assert model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.shape == (2, 2)

@@ -337,7 +337,8 @@ def check_method(task: Task, spec: Any, seeds: Sequence[int]) -> None:
     for seed in seeds:
         train_config(settings, spec, seed)
     resolve_device(settings.device)
-    model = load_sequence_classifier(task.model_source, task.label_names)
+    model = load_sequence_classifier(task.model_source, task.label_names,
+                                     tokenizer=task.tokenizer)
     check_sequence_length(model, settings.max_length, "--max-length")
     prepare_model(model, spec, settings.targets)
 
@@ -485,7 +486,8 @@ def run_method(
     device = resolve_device(settings.device)
     release_free_memory()
     torch.manual_seed(seed)
-    model = load_sequence_classifier(task.model_source, task.label_names)
+    model = load_sequence_classifier(task.model_source, task.label_names,
+                                     tokenizer=task.tokenizer)
     prepared = prepare_model(model, spec, settings.targets)
     counts = prepared.parameter_counts()
     num_classes = len(task.label_names)

@@ -147,7 +147,12 @@ def run(
 
     import torch
 
-    from qpeft.models import load_sequence_classifier, load_tokenizer, resolve_model
+    from qpeft.models import (
+        align_padding,
+        load_sequence_classifier,
+        load_tokenizer,
+        resolve_model,
+    )
     from qpeft.train.data import encode, glue_task, load_glue, stratified_sample
     from qpeft.train.loop import TrainConfig, evaluate, resolve_device, train
     from qpeft.train.methods import MethodSpec, prepare_model
@@ -174,6 +179,7 @@ def run(
         tokenizer = load_tokenizer(source)
         model = load_sequence_classifier(source, train_data.label_names,
                                          cls_dropout=hyper.cls_dropout)
+    align_padding(model, tokenizer)
     spec = MethodSpec.parse(recipe.method)
     if spec.name == "lora" and spec.alpha is None:
         spec = replace(spec, alpha=hyper.lora_alpha)
