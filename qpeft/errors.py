@@ -45,6 +45,11 @@ class ConfigError(QpeftError, ValueError):
     """An adapter or run configuration is invalid."""
 
 
+class DivergenceError(ConfigError):
+    """Training diverged: the loss, the trained parameters or the model's
+    outputs became NaN or infinite (usually a learning rate that is too high)."""
+
+
 class AdapterFileError(QpeftError, OSError):
     """An adapter directory is missing files, truncated or mismatched."""
 

@@ -213,6 +213,22 @@ def test_non_finite_rates_and_alphas_are_refused_before_any_work(
     assert not output.exists()
 
 
+def test_a_run_that_diverges_reports_no_scores(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One step at --lr 1e30 leaves weights whose logits are NaN or infinite."""
+    output = tmp_path / "run"
+    args = ["finetune", "--method", "lora", "--lr", "1e30",
+            *budget(tiny, output, "--max-train", "8", "--batch-size", "8", "--epochs", "1")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "NaN or infinite" in err
+    assert "lower the learning rate (--lr, or lr= in the method)" in err
+    assert "start again with --overwrite" in err
+    assert not (output / "metrics.json").exists()
+    assert cli.main([*args, "--overwrite", "--lr", "1e-3"]) == 0
+
+
 @pytest.mark.parametrize("method", ["head", "full"])
 def test_targets_for_a_method_without_adapters_are_refused(
     tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from qpeft.errors import ConfigError
+from qpeft.errors import ConfigError, DivergenceError
 from qpeft.train import data
 from qpeft.train.loop import (
     PeakMemory,
@@ -307,3 +307,26 @@ def test_diverging_loss_stops_with_advice(encoded: data.EncodedDataset) -> None:
     with pytest.raises(ConfigError, match=r"loss became nan at step 1; lower the learning rate"):
         train(prepared.model, encoded, CONFIG, progress=False,
               compute_loss=lambda outputs, batch: outputs.loss * float("nan"))
+
+
+def test_parameters_that_become_infinite_stop_training_with_advice(
+    encoded: data.EncodedDataset,
+) -> None:
+    prepared = lora_model()
+    config = TrainConfig(epochs=1, batch_size=16, learning_rate=float("inf"), warmup_steps=0)
+    with pytest.raises(DivergenceError, match=r"trained parameters became NaN or infinite at "
+                                              r"step 1 .*lower the learning rate \(--rate\)"):
+        train(prepared.model, encoded, config, progress=False, rate_option="--rate")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_outputs_that_are_not_finite_are_refused_not_scored(
+    encoded: data.EncodedDataset, value: float
+) -> None:
+    """The argmax of NaN logits is class 0: scoring them would report an accuracy."""
+    prepared = lora_model()
+    with torch.no_grad():
+        prepared.model.base_model.model.classifier.modules_to_save.default.bias[1] = value
+    message = r"outputs \(test\) are NaN or infinite, so they cannot be scored.*\(--lr\)"
+    with pytest.raises(DivergenceError, match=message):
+        evaluate(prepared.model, encoded, batch_size=32, description="test")

@@ -20,7 +20,8 @@ import argparse
 import platform
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -450,6 +451,23 @@ def finished_run(folder: Path, marker: Mapping[str, Any]) -> RunOutcome | None:
     return RunOutcome(metrics, reused=True, history=history)
 
 
+#: Where the learning rate of ``qpeft finetune`` and ``qpeft compare`` is set.
+RATE_OPTIONS = "--lr, or lr= in the method"
+
+
+@contextmanager
+def _divergence_advice(folder: Path) -> Iterator[None]:
+    """Add to a :class:`~qpeft.errors.DivergenceError` how to start the run again."""
+    from qpeft.errors import DivergenceError
+
+    try:
+        yield
+    except DivergenceError as error:
+        raise DivergenceError(
+            f"{error}; {folder} keeps the unfinished run: start again with --overwrite"
+        ) from None
+
+
 def run_method(
     task: Task,
     spec: Any,
@@ -495,26 +513,29 @@ def run_method(
 
     def validate(epoch: int) -> dict[str, Any]:
         predictions = evaluate(prepared.model, task.validation, batch_size=config.eval_batch_size,
-                               device=device, progress=progress, description="validation")
+                               device=device, progress=progress, description="validation",
+                               rate_option=RATE_OPTIONS)
         return {
             **scores.classification_metrics(predictions.predicted_classes, predictions.labels,
                                             num_classes),
             "seconds": predictions.seconds,
         }
 
-    result = train(
-        prepared.model, task.train, config,
-        head_parameter_names=prepared.head_parameter_names(), device=device,
-        checkpoint_path=folder / CHECKPOINT_NAME, resume=resume,
-        fingerprint={"method": spec.label, "model": task.model_source.location},
-        stop_after_step=stop_after_step, on_epoch_end=validate, progress=progress,
-        description=spec.label,
-    )
-    if not result.completed:
-        return RunOutcome({"completed": False, "steps": result.steps}, history=result.history)
-
-    test = evaluate(prepared.model, task.test, batch_size=config.eval_batch_size, device=device,
-                    progress=progress, description="test")
+    with _divergence_advice(folder):
+        result = train(
+            prepared.model, task.train, config,
+            head_parameter_names=prepared.head_parameter_names(), device=device,
+            checkpoint_path=folder / CHECKPOINT_NAME, resume=resume,
+            fingerprint={"method": spec.label, "model": task.model_source.location},
+            stop_after_step=stop_after_step, on_epoch_end=validate, progress=progress,
+            description=spec.label, rate_option=RATE_OPTIONS,
+        )
+        if not result.completed:
+            return RunOutcome({"completed": False, "steps": result.steps},
+                              history=result.history)
+        test = evaluate(prepared.model, task.test, batch_size=config.eval_batch_size,
+                        device=device, progress=progress, description="test",
+                        rate_option=RATE_OPTIONS)
     predicted = test.predicted_classes
     final_validation = result.epoch_metrics[-1]
     adapter_bytes = prepared.save_adapter(folder / "adapter")

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from qpeft.errors import ConfigError
+from qpeft.errors import ConfigError, DivergenceError
 from qpeft.files import write_atomically
 
 CHECKPOINT_FORMAT = 1
@@ -368,6 +368,7 @@ def train(
     on_epoch_end: Callable[[int], Mapping[str, Any]] | None = None,
     progress: bool = True,
     description: str = "train",
+    rate_option: str = "--lr",
 ) -> TrainResult:
     """Train the parameters of ``model`` that require gradients.
 
@@ -381,6 +382,10 @@ def train(
     ``fingerprint`` and the training configuration match.
     ``stop_after_step`` ends the call after that global step with a
     checkpoint written, as an interruption would (``completed`` is False).
+
+    A loss or a trained parameter that becomes NaN or infinite stops training
+    with a :class:`~qpeft.errors.DivergenceError` whose advice names
+    ``rate_option``, the option that sets the learning rate.
     """
     device = torch.device(device)
     if len(dataset) == 0:
@@ -484,9 +489,9 @@ def train(
                     outputs = model(**batch)
                     loss = compute_loss(outputs, batch) if compute_loss else outputs.loss
                     if not math.isfinite(float(loss.detach())):
-                        raise ConfigError(
+                        raise DivergenceError(
                             f"the loss became {float(loss.detach())} at step {step + 1}; lower "
-                            "the learning rate (--lr) or check the data"
+                            f"the learning rate ({rate_option}) or check the data"
                         )
                     # weight by size so that the step's gradient is the mean over its examples
                     share = len(micro) / len(indices)
@@ -501,6 +506,11 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 updating = False
                 step += 1
+                if not _all_finite(p for _, p in named):
+                    raise DivergenceError(
+                        f"the trained parameters became NaN or infinite at step {step} "
+                        f"(training diverged); lower the learning rate ({rate_option})"
+                    )
                 rng_at_step_start = _rng_state()
                 history.append({
                     "step": step,
@@ -547,6 +557,12 @@ def train(
         resumed_from_step=start_step,
         completed=step >= total_steps,
     )
+
+
+def _all_finite(tensors: Iterator[torch.Tensor] | Sequence[torch.Tensor]) -> bool:
+    """Whether every value of every tensor is finite (one device synchronisation)."""
+    checks = [torch.isfinite(tensor).all() for tensor in tensors]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 def _rng_state() -> dict[str, Any]:
@@ -598,10 +614,15 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = False,
     description: str = "evaluate",
+    rate_option: str = "--lr",
 ) -> Predictions:
     """Logits of ``model`` on every example of ``dataset`` (no gradients,
     dropout off). Examples are batched by length when the dataset has
-    ``lengths()``, which cuts padding; the result is in dataset order."""
+    ``lengths()``, which cuts padding; the result is in dataset order.
+
+    Logits that are NaN or infinite (a model whose training diverged) cannot
+    be scored: they raise a :class:`~qpeft.errors.DivergenceError` whose
+    advice names ``rate_option``, the option that sets the learning rate."""
     from tqdm.auto import tqdm
 
     device = torch.device(device)
@@ -623,6 +644,12 @@ def evaluate(
                 batch = dataset.batch(indices)
                 batch_labels = batch.pop("labels")
                 logits = model(**_to_device(batch, device)).logits.float().cpu()
+                if not torch.isfinite(logits).all():
+                    raise DivergenceError(
+                        f"the model's outputs ({description}) are NaN or infinite, so they "
+                        "cannot be scored: training diverged; lower the learning rate "
+                        f"({rate_option})"
+                    )
                 for row, index in enumerate(indices):
                     outputs[index] = logits[row]
                     labels[index] = batch_labels[row].item()

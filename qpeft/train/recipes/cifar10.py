@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.errors import ConfigError, DataError
-from qpeft.train.recipes.common import check_row_caps
+from qpeft.train.recipes.common import RATE_OPTION, check_row_caps
 
 PROTOCOL = (
     "FourierFT (Gao et al., ICML 2024) ViT scripts, github.com/Chaos96/fourierft "
@@ -184,7 +184,8 @@ def run(
 
     def validate(epoch: int) -> dict[str, Any]:
         predictions = evaluate(prepared.model, validation_set, batch_size=config.eval_batch_size,
-                               device=device, progress=progress, description="validation")
+                               device=device, progress=progress, description="validation",
+                               rate_option=RATE_OPTION)
         return {"accuracy": scores.accuracy(predictions.predicted_classes, predictions.labels)}
 
     result = train(
@@ -192,11 +193,11 @@ def run(
         head_parameter_names=prepared.head_parameter_names(), device=device,
         checkpoint_path=folder / "checkpoint.pt", resume=resume,
         fingerprint={"recipe": "cifar10", "method": spec.label}, on_epoch_end=validate,
-        progress=progress, description=f"cifar10 {spec.label}",
+        progress=progress, description=f"cifar10 {spec.label}", rate_option=RATE_OPTION,
     )
     test = evaluate(prepared.model, subset(test_rows, test_images, test_labels, False),
                     batch_size=config.eval_batch_size, device=device, progress=progress,
-                    description="test")
+                    description="test", rate_option=RATE_OPTION)
     metrics = write_recipe_report(
         folder, recipe=recipe, source=PROTOCOL, prepared=prepared, result=result,
         scores={

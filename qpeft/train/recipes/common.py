@@ -9,6 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+#: The option of every recipe that sets the learning rate (named in the advice
+#: given when training diverges).
+RATE_OPTION = "--learning-rate"
+
 
 def _parser_type(annotation: str) -> Any:
     if "tuple" in annotation:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.errors import ConfigError, DataError
-from qpeft.train.recipes.common import check_row_caps
+from qpeft.train.recipes.common import RATE_OPTION, check_row_caps
 
 PROTOCOL = (
     "LoRA (Hu et al., ICLR 2022) Table 11 and github.com/microsoft/LoRA examples/NLG/README.md "
@@ -256,7 +256,7 @@ def run(
         checkpoint_path=folder / "checkpoint.pt", resume=resume,
         fingerprint={"recipe": "e2e", "method": spec.label},
         compute_loss=label_smoothed_loss(recipe.label_smoothing),
-        progress=progress, description=f"e2e {spec.label}",
+        progress=progress, description=f"e2e {spec.label}", rate_option=RATE_OPTION,
     )
     generation_started = time.perf_counter()
     prompts = [meaning + SEPARATOR for meaning, _ in test_groups]

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.errors import ConfigError
-from qpeft.train.recipes.common import check_row_caps
+from qpeft.train.recipes.common import RATE_OPTION, check_row_caps
 
 PROTOCOL = (
     "AdaLoRA (Zhang et al., ICLR 2023) DeBERTaV3-base GLUE scripts, "
@@ -200,9 +200,10 @@ def run(
         checkpoint_path=folder / "checkpoint.pt", resume=resume,
         fingerprint={"recipe": "glue", "task": recipe.task, "method": spec.label},
         progress=progress, description=f"{recipe.task} {spec.label}",
+        rate_option=RATE_OPTION,
     )
     predictions = evaluate(prepared.model, evaluation_set, batch_size=config.eval_batch_size,
-                           device=device, progress=progress)
+                           device=device, progress=progress, rate_option=RATE_OPTION)
     scores = task_scores(recipe.task, predictions)
     metrics = write_recipe_report(
         folder, recipe=recipe, source=PROTOCOL, prepared=prepared, result=result,
