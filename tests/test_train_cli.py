@@ -161,6 +161,7 @@ def test_a_mistyped_overwrite_leaves_the_finished_run_alone(
         ["--epochs", "0"],
         ["--device", "nonsense"],
         ["--method", "lora", "--targets", "no_such_module"],
+        ["--method", "lora", "--targets", "query,valeu"],
         ["--method", "oft:block=5"],
         ["--seed", "99999999999999999"],
         ["--seed", "-1"],

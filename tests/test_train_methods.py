@@ -73,6 +73,16 @@ def test_bad_specs_are_refused(text: str, message: str) -> None:
         MethodSpec.parse(text)
 
 
+def test_targets_are_picked_only_when_every_name_matches() -> None:
+    from qpeft.train.methods import pick_targets, unmatched_targets
+
+    model = bert()
+    assert unmatched_targets(model, ["query", "q_proj", "output.dense"]) == ["q_proj"]
+    assert pick_targets(model, ("q_proj", "attention.output.dense"), ("query", "value")) == (
+        "query", "value")
+    assert pick_targets(model, ("q_proj", "attention.output.dense")) is None
+
+
 def test_default_targets_are_the_attention_projections_of_bert() -> None:
     model = bert()
     assert default_targets(model) == DEFAULT_TARGETS["bert"]
@@ -127,6 +137,12 @@ def test_orthogonal_peft_methods_build_and_train_a_step() -> None:
 def test_unmatched_targets_and_bad_block_sizes_are_explained() -> None:
     with pytest.raises(ConfigError, match=r"no module .* matches the targets q_proj.*--targets"):
         prepare_model(bert(), MethodSpec("lora"), targets=["q_proj"])
+    # a misspelt target among good ones is refused, not dropped
+    with pytest.raises(ConfigError, match=r"matches the targets valeu, kye \(of --targets "
+                                          r"query,valeu,kye; each target must match\)"):
+        prepare_model(bert(), MethodSpec("lora"), targets=["query", "valeu", "kye"])
+    with pytest.raises(ConfigError, match=r"matches the targets valeu \("):
+        prepare_model(bert(), MethodSpec("qpeft", rank=2), targets=["query", "valeu"])
     with pytest.raises(ConfigError, match="oft block size 5 does not divide the layer width 32"):
         prepare_model(bert(), MethodSpec("oft", block_size=5))
 

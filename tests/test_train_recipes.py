@@ -89,6 +89,68 @@ def test_glue_recipe_trains_and_scores_rte(tmp_path: Path) -> None:
     assert (tmp_path / "rte" / "adapter" / "adapter_model.safetensors").is_file()
 
 
+def tiny_encoder(kind: str, num_labels: int = 2):
+    from transformers import (
+        BertForSequenceClassification,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    from qpeft.train.testing import VOCABULARY, tiny_bert_config
+
+    torch.manual_seed(0)
+    if kind == "deberta-v2":
+        return tiny_deberta(num_labels)
+    if kind == "bert":
+        return BertForSequenceClassification(tiny_bert_config(num_labels=num_labels))
+    return RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=len(VOCABULARY), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=66, num_labels=num_labels,
+        pad_token_id=0))
+
+
+@pytest.mark.parametrize("kind", ["deberta-v2", "bert", "roberta"])
+def test_glue_recipe_adapts_all_six_weight_matrices_of_each_model_type(
+    tmp_path: Path, kind: str
+) -> None:
+    """AdaLoRA's protocol adapts query, key, value, attention output, intermediate
+    and output: BERT and RoBERTa name them otherwise than DeBERTa."""
+    from qpeft.train.methods import matching_modules
+
+    model = tiny_encoder(kind)
+    targets = glue.glue_targets(model)
+    layer = {name.split(".layer.0.")[1] for name in matching_modules(model, targets)
+             if ".layer.0." in name}
+    linear = {name.split(".layer.0.")[1] for name, module in model.named_modules()
+              if ".layer.0." in name and isinstance(module, torch.nn.Linear)}
+    assert layer == linear and len(layer) == 6
+    recipe = glue.GlueRecipe(task="rte", method="lora:r=2", epochs=1, batch_size=16,
+                             max_length=24, device="cpu")
+    metrics = glue.run(recipe, tmp_path / "rte", model=model, tokenizer=write_tokenizer(
+        tmp_path / "tok"), loader=glue_loader, progress=False)
+    assert metrics["method"]["targets"] == list(targets)
+    assert metrics["trainable_parameters_adapter"] == 2 * 2 * (4 * (32 + 32) + 2 * (32 + 64))
+
+
+def test_glue_recipe_refuses_a_model_type_without_default_targets(tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    model = GPT2ForSequenceClassification(GPT2Config(n_embd=32, n_layer=1, n_head=2,
+                                                     vocab_size=40, num_labels=2))
+    recipe = glue.GlueRecipe(task="rte", method="lora:r=2", epochs=1, device="cpu")
+    with pytest.raises(ConfigError, match="not of model type 'gpt2'; name them with --targets"):
+        glue.run(recipe, tmp_path / "rte", model=model, tokenizer=write_tokenizer(
+            tmp_path / "tok"), loader=glue_loader, progress=False)
+
+
+def test_a_target_that_matches_nothing_is_refused_in_a_recipe(tmp_path: Path) -> None:
+    recipe = glue.GlueRecipe(task="rte", method="lora:r=2", epochs=1, device="cpu",
+                             targets=("query_proj", "valeu_proj"))
+    with pytest.raises(ConfigError, match=r"matches the targets valeu_proj \(of --targets"):
+        glue.run(recipe, tmp_path / "rte", model=tiny_deberta(2), tokenizer=write_tokenizer(
+            tmp_path / "tok"), loader=glue_loader, progress=False)
+
+
 def test_glue_recipe_runs_the_regression_task(tmp_path: Path) -> None:
     tokenizer = write_tokenizer(tmp_path / "tok", words=(*_words(), *map(str, range(5))))
     recipe = glue.GlueRecipe(task="stsb", method="head", epochs=1, max_length=24, device="cpu")

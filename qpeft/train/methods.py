@@ -70,7 +70,7 @@ _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 #: Attention projections per transformers ``model_type``: the default
 #: targets. transformers has renamed modules between versions (ViT's
 #: ``query`` became ``q_proj`` in 5.x), so the names of the installed version
-#: are checked: the first spelling that matches a module of the model wins,
+#: are checked: the first spelling each of whose names matches a module of the model wins,
 #: then ``q_proj, k_proj, v_proj, o_proj``.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
     "bert": _BERT_ATTENTION,
@@ -261,11 +261,21 @@ def model_type(model: Any) -> str:
 
 
 def pick_targets(model: Any, *candidates: Sequence[str]) -> tuple[str, ...] | None:
-    """The first of ``candidates`` that names at least one module of ``model``."""
+    """The first of ``candidates`` each of whose suffixes names a module of
+    ``model`` (see :func:`unmatched_targets`)."""
     for candidate in candidates:
-        if matching_modules(model, candidate):
+        if candidate and not unmatched_targets(model, candidate):
             return tuple(candidate)
     return None
+
+
+def unmatched_targets(model: Any, targets: Sequence[str]) -> list[str]:
+    """The entries of ``targets`` that name no module of ``model``."""
+    names = [name for name, _ in model.named_modules()]
+    return [
+        target for target in targets
+        if not any(name == target or name.endswith("." + target) for name in names)
+    ]
 
 
 def default_targets(model: Any) -> tuple[str, ...]:
@@ -423,8 +433,9 @@ def prepare_model(
 ) -> PreparedModel:
     """Wrap or freeze ``model`` for ``spec``; the head is always trainable.
 
-    ``targets`` (module-name suffixes) default to :func:`default_targets`.
-    ``head`` and ``full`` ignore them.
+    ``targets`` (module-name suffixes) default to :func:`default_targets`;
+    each must name at least one module (a misspelt one is refused, not
+    dropped). ``head`` and ``full`` ignore them.
     """
     spec = spec.resolved()
     heads = head_modules(model)
@@ -434,13 +445,16 @@ def prepare_model(
         return PreparedModel(model, spec, heads)
 
     chosen = tuple(targets or spec.targets or default_targets(model))
-    matched = matching_modules(model, chosen)
-    if not matched:
+    unmatched = unmatched_targets(model, chosen)
+    if unmatched:
+        others = ("" if len(unmatched) == len(chosen) else
+                  f" (of --targets {','.join(chosen)}; each target must match)")
         raise ConfigError(
-            f"no module of the model matches the targets {', '.join(chosen)}; "
+            f"no module of the model matches the targets {', '.join(unmatched)}{others}; "
             f"linear modules are named like {', '.join(_linear_names(model)[:6])}: "
             "pass suffixes of such names to --targets"
         )
+    matched = matching_modules(model, chosen)
     spec = replace(spec, targets=chosen)
     if spec.name in {"oft", "boft"}:
         _check_block_size(model, matched, spec)

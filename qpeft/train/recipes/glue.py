@@ -19,14 +19,15 @@ stsb   2.2e-3    25      128      100 st.    0.2          0.1           32
 =====  ========  ======  =======  =========  ===========  ============  =====
 
 Batch size 32, AdamW, linear schedule, adapters on all six weight matrices of
-every layer (query, key, value, attention output, intermediate, output), as
-in those scripts. α is LoRA's scale; AdaLoRA's budget schedule and
-orthogonality penalty are AdaLoRA-specific and not used here. Scores are on
-GLUE's validation split (``validation_matched`` for MNLI; test labels are
-hidden), recorded as ``evaluation_split`` in the report: accuracy, with Matthews
-correlation for CoLA, Pearson/Spearman for STS-B and F1 too for MRPC/QQP;
-the score after the last epoch is reported (the scripts evaluate
-periodically and papers usually quote the best evaluation).
+every layer (query, key, value, attention output, intermediate, output), as in
+those scripts, named as the model type names them (:data:`GLUE_TARGETS`). α is
+LoRA's scale; AdaLoRA's budget schedule and orthogonality penalty are
+AdaLoRA-specific and not used here. Scores are on GLUE's validation split
+(``validation_matched`` for MNLI; test labels are hidden), recorded as
+``evaluation_split`` in the report: accuracy, with Matthews correlation for
+CoLA, Pearson/Spearman for STS-B and F1 too for MRPC/QQP; the score after the
+last epoch is reported (the scripts evaluate periodically and papers usually
+quote the best evaluation).
 
 Run (online)::
 
@@ -76,6 +77,34 @@ ADALORA_GLUE: dict[str, TaskHyperparameters] = {
 #: All six weight matrices of a DeBERTa-v2 layer (``output.dense`` also
 #: matches ``attention.output.dense``).
 DEBERTA_TARGETS = ("query_proj", "key_proj", "value_proj", "intermediate.dense", "output.dense")
+#: All six weight matrices of a BERT or RoBERTa layer.
+BERT_TARGETS = ("query", "key", "value", "attention.output.dense", "intermediate.dense",
+                "output.dense")
+
+#: The default ``--targets`` per transformers ``model_type``: all six weight
+#: matrices of every layer, as in the protocol (DeBERTa v1 fuses query, key
+#: and value in ``in_proj``).
+GLUE_TARGETS: dict[str, tuple[str, ...]] = {
+    "deberta-v2": DEBERTA_TARGETS,
+    "deberta": ("in_proj", "attention.output.dense", "intermediate.dense", "output.dense"),
+    "bert": BERT_TARGETS,
+    "roberta": BERT_TARGETS,
+    "xlm-roberta": BERT_TARGETS,
+}
+
+
+def glue_targets(model: Any) -> tuple[str, ...]:
+    """The protocol's targets for ``model``: all six weight matrices of every
+    layer, named as its model type names them (:data:`GLUE_TARGETS`)."""
+    from qpeft.train.methods import model_type
+
+    kind = model_type(model)
+    if kind not in GLUE_TARGETS:
+        raise ConfigError(
+            f"the GLUE recipe knows the weight matrices of {', '.join(GLUE_TARGETS)} models, "
+            f"not of model type {kind!r}; name them with --targets"
+        )
+    return GLUE_TARGETS[kind]
 
 
 @dataclass(frozen=True)
@@ -86,8 +115,9 @@ class GlueRecipe:
     model: str = field(default="microsoft/deberta-v3-base", metadata={"help": "model"})
     method: str = field(default="lora:r=8", metadata={
         "help": "method spec, e.g. qpeft:K=4,L=2 or lora:r=8 (α defaults to the protocol's)"})
-    targets: tuple[str, ...] = field(default=DEBERTA_TARGETS,
-                                     metadata={"help": "comma-separated module suffixes"})
+    targets: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "comma-separated module suffixes (default: all six weight matrices of every "
+                "layer, named per model type: DeBERTa, BERT, RoBERTa)"})
     batch_size: int = 32
     learning_rate: float | None = None
     epochs: int | None = None
@@ -184,7 +214,7 @@ def run(
     if spec.name == "lora" and spec.alpha is None:
         spec = replace(spec, alpha=hyper.lora_alpha)
     spec = recipe_method(spec, recipe.learning_rate or hyper.learning_rate)
-    prepared = prepare_model(model, spec, recipe.targets)
+    prepared = prepare_model(model, spec, recipe.targets or glue_targets(model))
     max_length = recipe.max_length or hyper.max_length
     device = resolve_device(recipe.device)
     config = TrainConfig(
