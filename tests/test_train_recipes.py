@@ -370,6 +370,44 @@ def test_recipes_refuse_row_caps_of_zero_or_less(recipe_class: type) -> None:
                 recipe_class(**{field_name: value})
 
 
+@pytest.mark.parametrize(("recipe_class", "values", "message"), [
+    (glue.GlueRecipe, {"epochs": 0}, "--epochs must be at least 1, not 0"),
+    (glue.GlueRecipe, {"epochs": -1}, "--epochs must be at least 1, not -1"),
+    (glue.GlueRecipe, {"learning_rate": 0.0}, "--learning-rate must be a positive finite"),
+    (glue.GlueRecipe, {"learning_rate": float("inf")}, "--learning-rate must be a positive"),
+    (glue.GlueRecipe, {"max_length": 0}, "--max-length 0 is too short; use at least 8"),
+    (glue.GlueRecipe, {"batch_size": 0}, "--batch-size must be at least 1, not 0"),
+    (glue.GlueRecipe, {"seed": -1}, "--seed must be a whole number from 0 to 4294967295"),
+    (e2e.E2ERecipe, {"learning_rate": 0.0}, "--learning-rate must be a positive finite"),
+    (e2e.E2ERecipe, {"max_new_tokens": 0}, "--max-new-tokens must be at least 1, not 0"),
+    (e2e.E2ERecipe, {"num_beams": 0}, "--num-beams must be at least 1, not 0"),
+    (e2e.E2ERecipe, {"warmup_steps": -1}, "--warmup-steps must be 0 or more, not -1"),
+    (e2e.E2ERecipe, {"label_smoothing": 1.0}, "--label-smoothing must lie in"),
+    (cifar10.Cifar10Recipe, {"head_learning_rate": -1.0}, "--head-learning-rate must be a"),
+    (cifar10.Cifar10Recipe, {"gradient_accumulation": 0}, "--gradient-accumulation must be"),
+])
+def test_recipes_refuse_values_that_cannot_train(
+    recipe_class: type, values: dict, message: str
+) -> None:
+    """The GLUE recipe once read 0 as "the protocol's value" (``recipe.epochs or
+    hyper.epochs``) and trained the protocol's epochs while recording 0."""
+    with pytest.raises(ConfigError, match=message):
+        recipe_class(**values)
+
+
+@pytest.mark.parametrize("option", [["--epochs", "0"], ["--learning-rate", "0"],
+                                    ["--max-length", "0"]])
+def test_glue_recipe_command_refuses_zero_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str]
+) -> None:
+    from qpeft.train.recipes.__main__ import main
+
+    output = tmp_path / "never"
+    assert main(["glue", "--task", "sst2", *option, "--output-dir", str(output)]) == 2
+    assert f"error: {option[0]}" in capsys.readouterr().err
+    assert not output.exists()
+
+
 def test_recipe_command_refuses_max_train_zero(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

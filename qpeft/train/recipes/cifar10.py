@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.errors import ConfigError, DataError
-from qpeft.train.recipes.common import RATE_OPTION, check_row_caps
+from qpeft.train.recipes.common import RATE_OPTION, check_recipe_values, check_row_caps
 
 PROTOCOL = (
     "FourierFT (Gao et al., ICML 2024) ViT scripts, github.com/Chaos96/fourierft "
@@ -68,6 +68,7 @@ class Cifar10Recipe:
 
     def __post_init__(self) -> None:
         check_row_caps(self)
+        check_recipe_values(self)
         if not 0 < self.validation_fraction < 1:
             raise ConfigError(
                 f"--validation-fraction {self.validation_fraction} must lie strictly between 0 "

@@ -50,6 +50,61 @@ def check_row_caps(recipe: Any) -> None:
                   "omit the option (None in Python)")
 
 
+#: Recipe fields that must be whole numbers of at least 1.
+_AT_LEAST_ONE = ("epochs", "batch_size", "gradient_accumulation", "eval_batch_size",
+                 "num_beams", "max_new_tokens", "generation_batch_size")
+#: Recipe fields that must be 0 or more.
+_NOT_NEGATIVE = ("warmup_steps", "weight_decay", "no_repeat_ngram_size")
+#: The shortest ``max_length`` accepted (as ``qpeft finetune --max-length``).
+MIN_MAX_LENGTH = 8
+
+
+def check_recipe_values(recipe: Any) -> None:
+    """Refuse a recipe's budget and optimiser values that cannot train: an
+    epoch count, batch size, beam count or token count below 1, a learning
+    rate that is not a positive finite number, a negative weight decay or
+    warm-up, a ``max_length`` below 8, a seed outside 0 … 2³² − 1. ``None``
+    (the protocol's value, in the GLUE recipe) is not checked; every recipe
+    calls this from ``__post_init__``, so a bad value is refused before any work.
+    """
+    import math
+
+    from qpeft.errors import ConfigError
+    from qpeft.train.loop import SEED_LIMIT
+
+    def option(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    def value_of(name: str) -> Any:
+        return getattr(recipe, name, None)
+
+    for name in _AT_LEAST_ONE:
+        value = value_of(name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{option(name)} must be at least 1, not {value}")
+    for name in ("learning_rate", "head_learning_rate"):
+        value = value_of(name)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{option(name)} must be a positive finite number, not {value}")
+    for name in _NOT_NEGATIVE:
+        value = value_of(name)
+        if value is not None and not value >= 0:
+            raise ConfigError(f"{option(name)} must be 0 or more, not {value}")
+    length = value_of("max_length")
+    if length is not None and length < MIN_MAX_LENGTH:
+        raise ConfigError(f"--max-length {length} is too short; use at least "
+                          f"{MIN_MAX_LENGTH} tokens")
+    smoothing = value_of("label_smoothing")
+    if smoothing is not None and not 0 <= smoothing < 1:
+        raise ConfigError(f"--label-smoothing must lie in [0, 1), not {smoothing}")
+    penalty = value_of("length_penalty")
+    if penalty is not None and not math.isfinite(penalty):
+        raise ConfigError(f"--length-penalty must be a finite number, not {penalty}")
+    seed = value_of("seed")
+    if seed is not None and not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"--seed must be a whole number from 0 to {SEED_LIMIT - 1}, not {seed}")
+
+
 def recipe_from_args(recipe_class: type, args: argparse.Namespace) -> Any:
     return recipe_class(**{spec.name: getattr(args, spec.name)
                            for spec in dataclasses.fields(recipe_class)})

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.errors import ConfigError, DataError
-from qpeft.train.recipes.common import RATE_OPTION, check_row_caps
+from qpeft.train.recipes.common import RATE_OPTION, check_recipe_values, check_row_caps
 
 PROTOCOL = (
     "LoRA (Hu et al., ICLR 2022) Table 11 and github.com/microsoft/LoRA examples/NLG/README.md "
@@ -70,6 +70,7 @@ class E2ERecipe:
 
     def __post_init__(self) -> None:
         check_row_caps(self)
+        check_recipe_values(self)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from qpeft.errors import ConfigError
-from qpeft.train.recipes.common import RATE_OPTION, check_row_caps
+from qpeft.train.recipes.common import RATE_OPTION, check_recipe_values, check_row_caps
 
 PROTOCOL = (
     "AdaLoRA (Zhang et al., ICLR 2023) DeBERTaV3-base GLUE scripts, "
@@ -109,7 +109,9 @@ def glue_targets(model: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class GlueRecipe:
-    """A GLUE run; ``None`` fields take the task's protocol value."""
+    """A GLUE run; ``None`` fields take the task's protocol value (a value
+    given, checked by :func:`~qpeft.train.recipes.common.check_recipe_values`,
+    is used as it is)."""
 
     task: str = field(default="sst2", metadata={"help": "GLUE task"})
     model: str = field(default="microsoft/deberta-v3-base", metadata={"help": "model"})
@@ -129,6 +131,7 @@ class GlueRecipe:
 
     def __post_init__(self) -> None:
         check_row_caps(self)
+        check_recipe_values(self)
 
     def hyperparameters(self) -> TaskHyperparameters:
         task = self.task.lower()
@@ -213,12 +216,14 @@ def run(
     spec = MethodSpec.parse(recipe.method)
     if spec.name == "lora" and spec.alpha is None:
         spec = replace(spec, alpha=hyper.lora_alpha)
-    spec = recipe_method(spec, recipe.learning_rate or hyper.learning_rate)
+    spec = recipe_method(spec, hyper.learning_rate if recipe.learning_rate is None
+                         else recipe.learning_rate)
     prepared = prepare_model(model, spec, recipe.targets or glue_targets(model))
-    max_length = recipe.max_length or hyper.max_length
+    max_length = hyper.max_length if recipe.max_length is None else recipe.max_length
     device = resolve_device(recipe.device)
     config = TrainConfig(
-        epochs=recipe.epochs or hyper.epochs, batch_size=recipe.batch_size,
+        epochs=hyper.epochs if recipe.epochs is None else recipe.epochs,
+        batch_size=recipe.batch_size,
         learning_rate=spec.learning_rate, head_learning_rate=spec.head_learning_rate,
         weight_decay=hyper.weight_decay, warmup_steps=hyper.warmup_steps,
         warmup_ratio=hyper.warmup_ratio, seed=recipe.seed,
