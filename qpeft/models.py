@@ -201,21 +201,29 @@ def load_tokenizer(source: ModelSource) -> Any:
     return tokenizer
 
 
-def check_sequence_length(model: Any, length: int, option: str) -> None:
-    """Refuse a sequence length beyond the model's learned positions (a
-    ``ConfigError`` naming ``option``), before any work; models with relative
-    positions only (DeBERTa v3: ``position_biased_input=False``) take any length."""
+def position_limit(model: Any) -> int | None:
+    """The longest sequence, in tokens, that the model's learned positions
+    cover; ``None`` for models with relative positions only (DeBERTa v3:
+    ``position_biased_input=False``), which take any length."""
     config = getattr(model, "config", None)
     limit = getattr(config, "max_position_embeddings", None)
     if not isinstance(limit, int) or getattr(config, "position_biased_input", True) is False:
-        return
+        return None
     for name, module in model.named_modules():
         if name.endswith("position_embeddings") and isinstance(
                 getattr(module, "padding_idx", None), int):
             # RoBERTa's family numbers positions from padding_idx + 1 (514 rows, 512 tokens)
             limit = min(limit, module.num_embeddings - module.padding_idx - 1)
             break
-    if length > limit:
+    return limit
+
+
+def check_sequence_length(model: Any, length: int, option: str) -> None:
+    """Refuse a sequence length beyond the model's learned positions (a
+    ``ConfigError`` naming ``option``), before any work; models with relative
+    positions only (DeBERTa v3: ``position_biased_input=False``) take any length."""
+    limit = position_limit(model)
+    if limit is not None and length > limit:
         raise ConfigError(f"{option} {length} is longer than the model allows ({limit} "
                           f"positions); use {option} {limit} or less")
 

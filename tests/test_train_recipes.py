@@ -145,7 +145,7 @@ def test_glue_recipe_refuses_a_model_type_without_default_targets(tmp_path: Path
 
 def test_a_target_that_matches_nothing_is_refused_in_a_recipe(tmp_path: Path) -> None:
     recipe = glue.GlueRecipe(task="rte", method="lora:r=2", epochs=1, device="cpu",
-                             targets=("query_proj", "valeu_proj"))
+                             max_length=24, targets=("query_proj", "valeu_proj"))
     with pytest.raises(ConfigError, match=r"matches the targets valeu_proj \(of --targets"):
         glue.run(recipe, tmp_path / "rte", model=tiny_deberta(2), tokenizer=write_tokenizer(
             tmp_path / "tok"), loader=glue_loader, progress=False)
@@ -273,6 +273,53 @@ def test_e2e_recipe_trains_generates_and_scores_bleu(tmp_path: Path) -> None:
     assert len(generations) == metrics["test_meaning_representations"] == 6
     assert len(generations[0]["references"]) == 2
     assert metrics["trainable_parameters_adapter"] == 2 * 4 * (32 + 96)  # c_attn is 32 -> 96
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"max_length": 65}, r"--max-length 65 is longer than the model allows \(64 positions\); "
+                         r"use --max-length 64 or less"),
+    # the test prompts are 9 tokens long and are not cut: 9 + 60 > 64
+    ({"max_new_tokens": 60}, r"the longest test prompt \(9 tokens\) and --max-new-tokens 60 "
+                             r"need 69 positions, more than the model's 64; use "
+                             r"--max-new-tokens 55 or less"),
+    # a cut after the 9-token prompt leaves no reference token to learn
+    ({"max_length": 8}, r"48 of 48 training pairs have a prompt of 8 tokens or more.*raise "
+                        r"--max-length \(the longest pair has 15 tokens\)"),
+])
+def test_e2e_recipe_checks_every_length_before_training(
+    tmp_path: Path, values: dict, message: str
+) -> None:
+    model, tokenizer = tiny_gpt2_and_tokenizer()
+    recipe = e2e.E2ERecipe(**{"epochs": 1, "batch_size": 8, "num_beams": 2, "max_new_tokens": 8,
+                              "max_length": 32, "device": "cpu", **values})
+    with pytest.raises(ConfigError, match=message):
+        e2e.run(recipe, tmp_path / "e2e", model=model, tokenizer=tokenizer, loader=e2e_loader,
+                progress=False)
+    assert not (tmp_path / "e2e").exists()
+
+
+def test_e2e_divergence_names_the_recipes_learning_rate_option(tmp_path: Path) -> None:
+    from qpeft.errors import DivergenceError
+
+    model, tokenizer = tiny_gpt2_and_tokenizer()
+    recipe = e2e.E2ERecipe(epochs=1, batch_size=8, learning_rate=1e30, warmup_steps=0,
+                           num_beams=2, max_new_tokens=8, max_length=32, device="cpu")
+    with pytest.raises(DivergenceError, match=r"lower the learning rate \(--learning-rate\)"):
+        e2e.run(recipe, tmp_path / "e2e", model=model, tokenizer=tokenizer, loader=e2e_loader,
+                progress=False)
+
+
+def test_glue_recipe_checks_the_sequence_length_against_the_positions(tmp_path: Path) -> None:
+    """RTE's protocol length is 320; the tiny BERT has 64 positions."""
+    tokenizer = write_tokenizer(tmp_path / "tok")
+    for max_length, message in ((None, r"--max-length 320 \(the protocol's value for rte\) is "
+                                       r"longer than the model allows \(64 positions\)"),
+                                (65, r"--max-length 65 is longer than the model allows")):
+        recipe = glue.GlueRecipe(task="rte", method="lora:r=2", epochs=1, device="cpu",
+                                 max_length=max_length)
+        with pytest.raises(ConfigError, match=message):
+            glue.run(recipe, tmp_path / "rte", model=tiny_encoder("bert"), tokenizer=tokenizer,
+                     loader=glue_loader, progress=False)
 
 
 # -------------------------------------------------------------- CIFAR-10

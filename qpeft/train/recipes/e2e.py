@@ -109,7 +109,9 @@ def group_references(pairs: Pairs) -> list[tuple[str, list[str]]]:
 
 class CausalLMDataset:
     """Prompt + continuation examples for a decoder-only model; the labels
-    are -100 (ignored) on the prompt and on padding."""
+    are -100 (ignored) on the prompt and on padding. Examples are cut to
+    ``max_length`` tokens; one whose prompt alone fills them (no token left to
+    learn) is refused."""
 
     def __init__(self, tokenizer: Any, prompts: Sequence[str], continuations: Sequence[str],
                  max_length: int) -> None:
@@ -121,11 +123,21 @@ class CausalLMDataset:
         continuation_ids = tokenizer([" " + text for text in continuations])["input_ids"]
         self.input_ids: list[list[int]] = []
         self.labels: list[list[int]] = []
+        longest = 0
         for prompt, continuation in zip(prompt_ids, continuation_ids):
             tokens = list(prompt) + list(continuation) + [eos]
             labels = [-100] * len(prompt) + list(continuation) + [eos]
             self.input_ids.append(tokens[:max_length])
             self.labels.append(labels[:max_length])
+            longest = max(longest, len(tokens))
+        empty = sum(all(label == -100 for label in row) for row in self.labels)
+        if empty:
+            raise ConfigError(
+                f"{empty} of {len(self.labels)} training pairs have a prompt of {max_length} "
+                f"tokens or more, so --max-length {max_length} cuts off their whole reference "
+                f"text and leaves nothing to learn; raise --max-length (the longest pair has "
+                f"{longest} tokens)"
+            )
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -147,6 +159,29 @@ class CausalLMDataset:
             "attention_mask": padded([[1] * len(row) for row in ids], 0),
             "labels": padded([self.labels[i] for i in indices], -100),
         }
+
+
+def check_generation_length(model: Any, tokenizer: Any, prompts: Sequence[str],
+                            max_new_tokens: int) -> None:
+    """Refuse test prompts that, with ``max_new_tokens`` generated tokens,
+    need more positions than the model has (the prompts are not cut)."""
+    from qpeft.models import position_limit
+
+    limit = position_limit(model)
+    if limit is None or not prompts:
+        return
+    longest = max(len(ids) for ids in tokenizer(list(prompts))["input_ids"])
+    if longest >= limit:
+        raise ConfigError(
+            f"the longest test prompt has {longest} tokens, which fills the model's {limit} "
+            "positions and leaves none to generate; choose a model with more positions"
+        )
+    if longest + max_new_tokens > limit:
+        raise ConfigError(
+            f"the longest test prompt ({longest} tokens) and --max-new-tokens {max_new_tokens} "
+            f"need {longest + max_new_tokens} positions, more than the model's {limit}; use "
+            f"--max-new-tokens {limit - longest} or less"
+        )
 
 
 def label_smoothed_loss(smoothing: float) -> Any:
@@ -211,7 +246,7 @@ def run(
     (with ``generations.json``) into ``output_dir``."""
     import torch
 
-    from qpeft.models import quiet_transformers, resolve_model
+    from qpeft.models import check_sequence_length, quiet_transformers, resolve_model
     from qpeft.train.loop import TrainConfig, resolve_device, train
     from qpeft.train.methods import MethodSpec, prepare_model
     from qpeft.train.metrics import corpus_bleu
@@ -220,6 +255,7 @@ def run(
 
     started = time.perf_counter()
     folder = Path(output_dir)
+    device = resolve_device(recipe.device)
     dataset = load_hub_dataset(recipe.dataset, loader)
     train_pairs = pairs_from_split(dataset["train"], f"{recipe.dataset} train")
     test_groups = group_references(pairs_from_split(dataset["test"], f"{recipe.dataset} test"))
@@ -239,17 +275,21 @@ def run(
             model = AutoModelForCausalLM.from_pretrained(source.location)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # every length is checked before training: a traceback at the first long batch,
+    # or after hours of training at generation, would leave a run behind
+    check_sequence_length(model, recipe.max_length, "--max-length")
+    prompts = [meaning + SEPARATOR for meaning, _ in test_groups]
+    check_generation_length(model, tokenizer, prompts, recipe.max_new_tokens)
+    training_set = CausalLMDataset(
+        tokenizer, [meaning + SEPARATOR for meaning in train_pairs.meanings], train_pairs.texts,
+        recipe.max_length,
+    )
     spec = recipe_method(MethodSpec.parse(recipe.method), recipe.learning_rate)
     prepared = prepare_model(model, spec, recipe.targets)
-    device = resolve_device(recipe.device)
     config = TrainConfig(
         epochs=recipe.epochs, batch_size=recipe.batch_size, learning_rate=spec.learning_rate,
         weight_decay=recipe.weight_decay, warmup_steps=recipe.warmup_steps,
         max_grad_norm=None, seed=recipe.seed,
-    )
-    training_set = CausalLMDataset(
-        tokenizer, [meaning + SEPARATOR for meaning in train_pairs.meanings], train_pairs.texts,
-        recipe.max_length,
     )
     result = train(
         prepared.model, training_set, config, device=device,
@@ -260,7 +300,6 @@ def run(
         progress=progress, description=f"e2e {spec.label}", rate_option=RATE_OPTION,
     )
     generation_started = time.perf_counter()
-    prompts = [meaning + SEPARATOR for meaning, _ in test_groups]
     hypotheses = generate(prepared.model, tokenizer, prompts, recipe, device, progress)
     references = [refs for _, refs in test_groups]
     write_json(folder / "generations.json", [

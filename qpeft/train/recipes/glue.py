@@ -184,6 +184,7 @@ def run(
         align_padding,
         load_sequence_classifier,
         load_tokenizer,
+        position_limit,
         resolve_model,
     )
     from qpeft.train.data import encode, glue_task, load_glue, stratified_sample
@@ -194,6 +195,8 @@ def run(
     started = time.perf_counter()
     folder = Path(output_dir)
     hyper = recipe.hyperparameters()
+    device = resolve_device(recipe.device)
+    max_length = hyper.max_length if recipe.max_length is None else recipe.max_length
     parts = load_glue(recipe.task, loader=loader)
     train_data, evaluation_data = parts["train"], parts["evaluation"]
     regression = train_data.label_names is None
@@ -213,14 +216,20 @@ def run(
         model = load_sequence_classifier(source, train_data.label_names,
                                          cls_dropout=hyper.cls_dropout)
     align_padding(model, tokenizer)
+    limit = position_limit(model)
+    if limit is not None and max_length > limit:
+        protocol = "" if recipe.max_length is not None else (
+            f" (the protocol's value for {recipe.task.lower()})")
+        raise ConfigError(
+            f"--max-length {max_length}{protocol} is longer than the model allows ({limit} "
+            f"positions); use --max-length {limit} or less"
+        )
     spec = MethodSpec.parse(recipe.method)
     if spec.name == "lora" and spec.alpha is None:
         spec = replace(spec, alpha=hyper.lora_alpha)
     spec = recipe_method(spec, hyper.learning_rate if recipe.learning_rate is None
                          else recipe.learning_rate)
     prepared = prepare_model(model, spec, recipe.targets or glue_targets(model))
-    max_length = hyper.max_length if recipe.max_length is None else recipe.max_length
-    device = resolve_device(recipe.device)
     config = TrainConfig(
         epochs=hyper.epochs if recipe.epochs is None else recipe.epochs,
         batch_size=recipe.batch_size,
