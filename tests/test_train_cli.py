@@ -188,6 +188,19 @@ def test_a_refused_command_leaves_no_folder_behind(
     assert not comparison.exists()  # refused before training head
 
 
+@pytest.mark.parametrize("device", ["xpu", "hpu", "meta"])
+def test_a_device_type_that_training_does_not_support_is_refused_before_any_work(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str
+) -> None:
+    output = tmp_path / "run"
+    assert cli.main([*head_run(tiny, output), "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert f"error: --device {device} is not supported; use cpu, cuda, cuda:N, mps or auto" in err
+    assert not output.exists()
+    assert cli.main(["bench", "train", "--quick", "--device", device]) == 2
+    assert "is not supported" in capsys.readouterr().err
+
+
 def test_a_max_length_beyond_the_models_positions_is_refused_before_any_work(
     tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -330,3 +330,13 @@ def test_outputs_that_are_not_finite_are_refused_not_scored(
     message = r"outputs \(test\) are NaN or infinite, so they cannot be scored.*\(--lr\)"
     with pytest.raises(DivergenceError, match=message):
         evaluate(prepared.model, encoded, batch_size=32, description="test")
+
+
+@pytest.mark.parametrize("name", ["xpu", "hpu", "meta", "xla", "nonsense", "cuda:99"])
+def test_only_the_documented_devices_that_are_present_are_accepted(name: str) -> None:
+    """torch knows xpu, hpu and meta, which failed only after the run had started."""
+    from qpeft.train.loop import resolve_device
+
+    with pytest.raises(ConfigError, match=r"not supported|unknown device|no CUDA GPU|names GPU"):
+        resolve_device(name)
+    assert resolve_device("cpu") == torch.device("cpu")

@@ -113,7 +113,9 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
                              f"cap (default {DEFAULT_MAX_EVAL})")
     budget.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
                         help=f"tokens per example (default {DEFAULT_MAX_LENGTH})")
-    budget.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    budget.add_argument("--device", default="cpu",
+                        help="cpu (default), cuda, cuda:N, mps or auto (other device types "
+                             "are refused)")
     budget.add_argument("--threads", type=_threads, default="auto",
                         help="CPU threads for torch; 'auto' (default) leaves out the cores that "
                              "other processes keep busy (1-minute load average)")
@@ -169,6 +171,7 @@ def choose_threads(requested: str | int) -> int:
 
 def settings_from_args(args: argparse.Namespace) -> TaskSettings:
     from qpeft.train.data import check_cap
+    from qpeft.train.loop import resolve_device
 
     targets = None
     if args.targets:
@@ -179,6 +182,7 @@ def settings_from_args(args: argparse.Namespace) -> TaskSettings:
         raise ConfigError(f"--max-length {args.max_length} is too short; use at least 8 tokens")
     check_cap(args.max_train, "--max-train", "pass --max-train all")
     check_cap(args.max_eval, "--max-eval", "pass --max-eval all")
+    resolve_device(args.device)  # an unsupported or absent device, before the data loads
     return TaskSettings(
         model=args.model, dataset=args.dataset, text_column=args.text_column,
         label_column=args.label_column, encoding=args.encoding, targets=targets,

@@ -145,18 +145,46 @@ class TrainResult:
 # ---------------------------------------------------------------- resources
 
 
+#: The device types that training supports (``--device``).
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
 def resolve_device(name: str | None) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA when present)."""
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA when present).
+
+    Any other device type that torch knows (``xpu``, ``hpu``, ``meta``...) is
+    refused, as is a device that is not available here (no CUDA GPU, a GPU
+    index beyond those visible, no MPS): a :class:`~qpeft.errors.ConfigError`
+    before any work.
+
+    Example:
+        >>> resolve_device("cpu")
+        device(type='cpu')
+        >>> resolve_device("meta")
+        Traceback (most recent call last):
+        ...
+        qpeft.errors.ConfigError: --device meta is not supported; use cpu, cuda, cuda:N, ...
+    """
+    choices = "use cpu, cuda, cuda:N, mps or auto"
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N, mps or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"
-        )
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {name!r}; {choices}") from None
+    if device.type not in DEVICE_TYPES:
+        raise ConfigError(f"--device {name} is not supported; {choices}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"--device {name} names GPU {device.index}, but {count} CUDA GPU(s) are visible "
+                f"(cuda:0 to cuda:{count - 1}); choose one of them"
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("--device mps was asked for but MPS is not available; use --device cpu")
     return device

@@ -136,6 +136,7 @@ def run(
 
     started = time.perf_counter()
     folder = Path(output_dir)
+    device = resolve_device(recipe.device)
     dataset = load_hub_dataset(recipe.dataset, loader)
     images, labels = _split_columns(dataset["train"], recipe.image_column,
                                     f"{recipe.dataset} train")
@@ -167,7 +168,6 @@ def run(
                          recipe.head_learning_rate)
     targets = recipe.targets or pick_targets(model, ("query", "value"), ("q_proj", "v_proj"))
     prepared = prepare_model(model, spec, targets)
-    device = resolve_device(recipe.device)
     config = TrainConfig(
         epochs=recipe.epochs, batch_size=recipe.batch_size,
         gradient_accumulation=recipe.gradient_accumulation,
