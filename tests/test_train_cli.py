@@ -303,7 +303,7 @@ def test_a_model_folder_without_model_type_or_tokenizer_is_refused(
 
 
 def test_a_method_learning_rate_wins_over_the_global_lr(
-    tiny: dict[str, str], tmp_path: Path
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     output = tmp_path / "run"
     assert cli.main(["finetune", "--method", "lora:r=2,lr=0.05", "--lr", "0.001",
@@ -312,6 +312,38 @@ def test_a_method_learning_rate_wins_over_the_global_lr(
     assert metrics["config"]["train"]["learning_rate"] == 0.05
     assert metrics["config"]["learning_rate"] == 0.05
     assert metrics["method"]["learning_rate"] == 0.05
+    assert "note: the method's lr=0.05 is used, not --lr 0.001" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--method", "lora:r=8", "--rank", "2"],
+     "--method lora:r=8 sets r=8 but --rank gives 2; drop r= from --method or drop --rank"),
+    (["--method", "qpeft:head_lr=0.5", "--head-lr", "0.01"],
+     "sets head_lr=0.5 but --head-lr gives 0.01; drop head_lr= from --method or drop --head-lr"),
+    (["--method", "qpeft:K=4,L=1", "--layers", "2"], "sets L=1 but --layers gives 2"),
+    (["--method", "qpeft:ansatz=pauli", "--ansatz", "qudit"], "sets ansatz=pauli but --ansatz"),
+    (["--method", "lora:alpha=8", "--alpha", "16"], "sets alpha=8 but --alpha gives 16"),
+    (["--method", "oft:block=8", "--block-size", "16"], "sets block=8 but --block-size gives"),
+    (["--method", "lora:r=2,r=8"], "sets rank twice (r=2 and r=8); keep one of them"),
+    (["--method", "lora:r=2,K=2"], "sets rank twice (r=2 and K=2)"),
+    (["--method", "lora:lr=0.1,learning_rate=0.2"], "sets learning rate twice"),
+])
+def test_a_setting_given_twice_with_different_values_is_refused(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    options: list[str], message: str
+) -> None:
+    """--rank once beat r=, a repeated key kept its last value, both silently."""
+    output = tmp_path / "run"
+    assert cli.main(["finetune", *options, *budget(tiny, output)]) == 2
+    assert message in capsys.readouterr().err
+    assert not output.exists()
+
+
+def test_an_option_that_repeats_the_methods_own_value_is_accepted(tiny: dict[str, str]) -> None:
+    args = cli.build_parser("finetune").parse_args(
+        ["finetune", "--method", "lora:r=2,alpha=4", "--rank", "2", "--alpha", "4"])
+    spec = finetune.method_from_args(args)
+    assert (spec.rank, spec.alpha) == (2, 4.0)
 
 
 def test_interrupted_finetune_resumes_to_the_uninterrupted_adapter(

@@ -66,6 +66,9 @@ def test_specs_parse_with_aliases_and_fill_defaults() -> None:
         ("head:alpha=2,dropout=0.1", r"head does not use alpha \(--alpha\), dropout"),
         ("lora:L=2,ansatz=pauli", r"lora does not use L \(--layers\), ansatz"),
         ("boft:dropout=0.1", "boft does not use dropout"),
+        ("lora:r=2,r=8", r"sets rank twice \(r=2 and r=8\); keep one of them"),
+        ("qpeft:K=4,rank=4", r"sets rank twice \(K=4 and rank=4\)"),
+        ("qpeft:head_lr=0.1,head_learning_rate=0.2", "sets head learning rate twice"),
     ],
 )
 def test_bad_specs_are_refused(text: str, message: str) -> None:

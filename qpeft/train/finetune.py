@@ -56,10 +56,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+#: The method options of ``qpeft finetune``: field of the method spec ->
+#: (option, key of the method spec).
+METHOD_OPTIONS = {
+    "rank": ("--rank", "r"), "layers": ("--layers", "L"), "ansatz": ("--ansatz", "ansatz"),
+    "alpha": ("--alpha", "alpha"), "block_size": ("--block-size", "block"),
+    "head_learning_rate": ("--head-lr", "head_lr"),
+}
+
+
 def method_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~qpeft.train.methods.MethodSpec` of ``--method`` and its options."""
+    """The :class:`~qpeft.train.methods.MethodSpec` of ``--method`` and its options.
+
+    An option that the method spec also sets, with another value (``--method
+    lora:r=8 --rank 2``), is refused: one of them must go. The same value
+    twice is accepted. ``--lr`` is not a method option but the learning rate
+    of every method, which a method's own ``lr=`` overrides (see
+    :func:`~qpeft.train.experiment.effective_spec`).
+    """
     from dataclasses import replace
 
+    from qpeft.errors import ConfigError
     from qpeft.train.methods import MethodSpec
 
     spec = MethodSpec.parse(args.method)
@@ -67,7 +84,23 @@ def method_from_args(args: argparse.Namespace) -> Any:
         "rank": args.rank, "layers": args.layers, "ansatz": args.ansatz, "alpha": args.alpha,
         "block_size": args.block_size, "head_learning_rate": args.head_lr,
     }
-    return replace(spec, **{key: value for key, value in given.items() if value is not None})
+    given = {key: value for key, value in given.items() if value is not None}
+    for key, value in given.items():
+        written = getattr(spec, key)
+        if written is not None and written != value:
+            option, spec_key = METHOD_OPTIONS[key]
+            raise ConfigError(
+                f"--method {args.method} sets {spec_key}={_plain(written)} but {option} gives "
+                f"{_plain(value)}; drop {spec_key}= from --method or drop {option}"
+            )
+    return replace(spec, **given)
+
+
+def _plain(value: Any) -> str:
+    """``2.0`` as ``2``, other values as they are."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,7 +120,13 @@ def run(args: argparse.Namespace) -> int:
     )
 
     settings = settings_from_args(args)
-    spec = effective_spec(method_from_args(args), settings)
+    method = method_from_args(args)
+    if (method.learning_rate is not None and settings.learning_rate is not None
+            and method.learning_rate != settings.learning_rate):
+        print(f"note: the method's lr={_plain(method.learning_rate)} is used, not --lr "
+              f"{_plain(settings.learning_rate)} (a method's own lr= wins over --lr)",
+              file=sys.stderr)
+    spec = effective_spec(method, settings)
     if spec.name in ("head", "full") and settings.targets:
         raise ConfigError(
             f"--method {spec.name} trains no adapter, so --targets would be ignored; leave it "

@@ -177,9 +177,11 @@ class MethodSpec:
     def parse(cls, text: str) -> MethodSpec:
         """Read ``name`` or ``name:key=value,...`` (keys: ``r``/``K``/``rank``,
         ``L``/``layers``, ``ansatz``, ``alpha``, ``block``, ``factor``, ``lr``,
-        ``head_lr``, ``dropout``)."""
+        ``head_lr``, ``dropout``). A setting given twice (``r=2,r=8``, or
+        ``r=2,K=2``) is refused."""
         name, _, options = text.strip().partition(":")
         values: dict[str, Any] = {}
+        written: dict[str, str] = {}
         for item in filter(None, (part.strip() for part in options.split(","))):
             key, equals, value = item.partition("=")
             field_name = _KEY_ALIASES.get(key.strip().lower())
@@ -188,7 +190,13 @@ class MethodSpec:
                     f"cannot read {item!r} in method {text!r}; write name:key=value,... with "
                     "keys r (or K), L, ansatz, alpha, block, factor, lr, head_lr, dropout"
                 )
+            if field_name in values:
+                raise ConfigError(
+                    f"method {text!r} sets {field_name.replace('_', ' ')} twice "
+                    f"({written[field_name]} and {item}); keep one of them"
+                )
             values[field_name] = value.strip()
+            written[field_name] = item
         try:
             for key in ("rank", "layers", "block_size", "butterfly_factor"):
                 if key in values:
