@@ -143,3 +143,16 @@ def test_threads_are_bounded_by_the_cpus(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert err.startswith("error: --threads") and f"1 … {limit}" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), "99999999999999999999"])
+def test_seeds_outside_the_range_of_finetune_are_refused(
+    capsys: pytest.CaptureFixture[str], seed: str
+) -> None:
+    """A seed of 2**64 or more was an OverflowError traceback, -1 was accepted."""
+    assert cli.main(["bench", "train", "--quick", "--json", "--seed", seed]) \
+        == cli.ERROR_EXIT_CODE
+    err = capsys.readouterr().err
+    assert err.startswith("error: --seed must be a whole number from 0 to 4294967295")
+    assert "Traceback" not in err
+    train.TrainBenchConfig.quick(seed=2**32 - 1).validate()

@@ -50,6 +50,7 @@ from qpeft.bench.unitary import time_interleaved
 from qpeft.compiler.recompute import autograd_saved_bytes
 from qpeft.errors import ConfigError
 from qpeft.models import check_sequence_length
+from qpeft.train.loop import SEED_LIMIT
 
 #: The methods compared, in table order; ``lora`` is the reference of every ratio.
 METHODS = ("qpeft", "lora", "oft", "boft")
@@ -110,6 +111,9 @@ class TrainBenchConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, "
                                   f"not {getattr(self, name)}")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"--seed must be a whole number from 0 to {SEED_LIMIT - 1} "
+                              f"(as in qpeft finetune), not {self.seed}")
         if self.threads > max_threads():
             raise ConfigError(f"--threads {self.threads} must lie in 1 … {max_threads()} (the "
                               "CPUs of this machine); 1, the default, gives the steadiest timings")
@@ -513,7 +517,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "multi-threaded steps wait for scheduler slices and the timings "
                              "become meaningless)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the head, the adapters and the random batch, from 0 to "
+                             "2**32 - 1 (default 0)")
     parser.add_argument("--json", action="store_true",
                         help="print the report as one JSON object on standard output "
                              "(nothing else)")
