@@ -340,3 +340,14 @@ def test_only_the_documented_devices_that_are_present_are_accepted(name: str) ->
     with pytest.raises(ConfigError, match=r"not supported|unknown device|no CUDA GPU|names GPU"):
         resolve_device(name)
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_gpu_index_beyond_the_visible_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qpeft.train.loop import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match=r"--device cuda:2 names GPU 2, but 2 CUDA GPU\(s\) are "
+                                          r"visible \(cuda:0 to cuda:1\)"):
+        resolve_device("cuda:2")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
