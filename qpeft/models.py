@@ -85,7 +85,7 @@ def resolve_model(spec: str | None) -> ModelSource:
                 "by save_pretrained, a hub name such as org/name, or 'embedded'"
             )
         return ModelSource("local", str(path.resolve()), path.name)
-    if _looks_like_path(spec) or not _HUB_NAME.match(spec):
+    if _looks_like_path(spec) or not _HUB_NAME.fullmatch(spec):
         raise ConfigError(
             f"model folder {spec} does not exist; check the path, or give a hub name "
             "such as org/name, or 'embedded' for the bundled all-MiniLM-L6-v2"

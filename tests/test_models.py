@@ -154,3 +154,9 @@ def test_without_a_tokenizer_a_decoder_classifier_pads_with_its_end_of_text_toke
     ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
     with torch.no_grad():
         assert model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.shape == (2, 2)
+
+
+@pytest.mark.parametrize("spec", ["org/name\n", "name\n"])
+def test_a_hub_name_with_a_trailing_newline_is_refused(spec) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        models.resolve_model(spec)
