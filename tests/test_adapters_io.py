@@ -445,3 +445,31 @@ def test_an_adapter_with_non_finite_values_is_not_written(tmp_path, bits):
     with pytest.raises(AdapterFileError, match="NaN or infinite values in qpeft.lambda"):
         model.save_pretrained(tmp_path / "out")
     assert not (tmp_path / "out" / WEIGHTS_NAME).exists()
+
+
+def test_an_adapter_whose_circuits_hold_negative_zeros_still_loads(tmp_path, monkeypatch):
+    """Adapters were written with -0.0 in descriptions (a negated angle: inverse(),
+    -theta) and fingerprinted that way; -0.0 is now stored as 0.0."""
+    import math
+
+    from qpeft.circuit import parameters as parameters_module
+
+    def keeps_negative_zero(value, what):  # the earlier rule: no normalisation
+        value = float(value)
+        if not math.isfinite(value):
+            raise AssertionError(what)
+        return value
+
+    with monkeypatch.context() as patch:
+        patch.setattr(parameters_module, "_check_finite", keeps_negative_zero)
+        circuit = qpeft.ansatz.for_dimension(48, 1).inverse()
+        model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2,
+                                                         ansatz={48: circuit}))
+        perturb(model)
+        model.eval()
+        model.save_pretrained(tmp_path)
+    assert "-0.0" in (tmp_path / CONFIG_NAME).read_text()
+    loaded = QPeftModel.from_pretrained(tiny_bert(), tmp_path)
+    ids = tokens()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)

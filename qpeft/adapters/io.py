@@ -280,6 +280,12 @@ def _read_tensors(directory: Path,
     return tensors, metadata
 
 
+def _stored_fingerprint(data: dict[str, Any]) -> str:
+    """:meth:`Circuit.fingerprint` of a description as it was stored."""
+    kept = {key: value for key, value in data.items() if key != "name"}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+
+
 def _circuits(directory: Path, document: dict[str, Any]) -> dict[str, Circuit]:
     circuits = {}
     entries = document.get("circuits")
@@ -290,7 +296,9 @@ def _circuits(directory: Path, document: dict[str, Any]) -> dict[str, Circuit]:
             circuit = Circuit.from_dict(data)
         except QpeftError as error:
             raise _fail(directory, f"circuit {fingerprint[:12]}… is invalid: {error}") from None
-        if circuit.fingerprint() != fingerprint:
+        # the print of the description as stored also counts: adapters written before
+        # -0.0 was stored as 0.0 hold descriptions (and prints) with negative zeros
+        if fingerprint not in (circuit.fingerprint(), _stored_fingerprint(data)):
             raise _fail(directory, f"circuit {fingerprint[:12]}… does not match its fingerprint; "
                                    "the description was edited or corrupted")
         circuits[fingerprint] = circuit
