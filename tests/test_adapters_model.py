@@ -686,8 +686,19 @@ def test_a_pass_interrupted_by_ctrl_c_leaves_later_passes_right(grad):
     with torch.no_grad():
         for layer in model.qpeft_layers().values():
             layer.qpeft_lambda["default"].mul_(3.0)
-        torch.testing.assert_close(model(ids).logits, _reference_logits(model, ids),
-                                   rtol=0, atol=0)
+        expected = _reference_logits(model, ids)
+        # a direct layer call and a merge, before any other pass, use the new values too
+        layer = model.base_model.bert.encoder.layer[0].attention.self.query
+        hidden = torch.randn(2, 5, 48)
+        fresh_layer = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS,
+                                                               rank=3))
+        fresh_layer.load_state_dict(model.state_dict())
+        fresh_query = fresh_layer.base_model.bert.encoder.layer[0].attention.self.query
+        torch.testing.assert_close(layer(hidden), fresh_query(hidden), rtol=0, atol=0)
+        model.merge_adapter()
+        torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5)
+        model.unmerge_adapter()
+        torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5)
     # training goes on: each step builds its own graph (once "backward through the
     # graph a second time", reusing the interrupted pass's factors)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
@@ -705,6 +716,10 @@ def test_a_pass_nested_in_a_pass_reuses_its_frames():
     perturb(model)
     ids = tokens()
     inner = []
+    bank = model.frame_bank
+    refreshes = []
+    refresh = bank.refresh
+    bank.refresh = lambda: refreshes.append(None) or refresh()
 
     def nested(*_):
         if not inner:
@@ -717,6 +732,7 @@ def test_a_pass_nested_in_a_pass_reuses_its_frames():
             outer = model(ids).logits
     finally:
         handle.remove()
+    assert len(refreshes) == 1  # the nested pass is served by the outer pass's frames
     expected = _reference_logits(model, ids)
     torch.testing.assert_close(outer, expected, rtol=0, atol=0)
     torch.testing.assert_close(inner[0], expected, rtol=0, atol=0)

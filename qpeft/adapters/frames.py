@@ -492,11 +492,23 @@ class FrameBank:
     def _outer_pass_running(self) -> bool:
         """Whether the pass that set ``_pass_frame`` is still on the call stack
         (a nested pass), rather than ended without ``_after_forward``."""
-        frame = sys._getframe(2)
+        frame = sys._getframe(1)
         while frame is not None:
             if frame is self._pass_frame:
                 return True
             frame = frame.f_back
+        return False
+
+    def _in_pass(self) -> bool:
+        """Whether a forward pass of the model is running now: one that ended
+        without ``_after_forward`` (Ctrl-C) does not count, so that a merge or a
+        direct layer call after it never reads that pass's frames."""
+        if self._depth == 0:
+            return False
+        if self._pass_frame is None or self._outer_pass_running():  # (None: under dynamo)
+            return True
+        self._depth = 0
+        self._pass_frame = None
         return False
 
     def _after_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
@@ -559,7 +571,7 @@ class FrameBank:
         in the forward pass, so that it saves the same tensors, as long as its
         parameters and settings are unchanged; any other call gets None."""
         key = (id(layer), adapter)
-        if self._depth > 0:
+        if self._in_pass():
             if torch.is_grad_enabled() != self._factors_grad:
                 return None
             found = self._factors.get(key)
@@ -574,7 +586,7 @@ class FrameBank:
 
     def lookup(self, layer: QPeftLinear, adapter: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(U, V) of ``layer``'s adapter during a model forward pass, else None."""
-        if self._depth == 0:
+        if not self._in_pass():
             return None
         key = id(layer), adapter
         out = self._frames.get((*key, "out"))
