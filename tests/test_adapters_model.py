@@ -832,7 +832,19 @@ def test_saving_after_the_layers_were_taken_out_is_refused_and_keeps_the_saved_a
     ({"layers_to_transform": [0, -1]}, "layers_to_transform must be a layer index"),
     ({"alpha": 1e39}, "alpha must be a finite number"),
     ({"init_lambda": -1e39}, "init_lambda must be a finite number"),
+    ({"alpha": 10**400}, "alpha must be a finite number"),
 ])
 def test_config_values_of_the_wrong_type_or_range_are_refused(options, message):
     with pytest.raises(ConfigError, match=message):
         QPeftConfig(target_modules=["query"], rank=2, **options)
+
+
+def test_tie_weights_on_an_adapted_tied_head_ties_the_base_layer():
+    """transformers' tie_weights sets lm_head.weight: that is the base layer's weight."""
+    model = _tied_head_model(bridge=False)
+    head = model.base_model.lm_head
+    embedding = model.base_model.transformer.wte
+    head.base_layer.weight = torch.nn.Parameter(head.base_layer.weight.detach().clone())
+    model.base_model.tie_weights()
+    assert head.base_layer.weight is embedding.weight and head.weight is embedding.weight
+    assert "weight" not in head._parameters

@@ -758,6 +758,11 @@ def test_a_constant_gate_matrix_needs_no_angles_and_a_tensor_matrix_is_read_off_
                                RY(0, "a").matrix((2,), torch.tensor([0.5], dtype=torch.float64)))
     rotation = torch.linalg.qr(torch.randn(2, 2, dtype=torch.float64))[0].requires_grad_(True)
     assert Circuit(1).unitary(rotation, 0).num_wires == 1
+    # a conjugate view (the adjoint by .mH) and a low-precision matrix
+    phase = torch.linalg.qr(torch.randn(2, 2, dtype=torch.complex128))[0]
+    adjoint = Circuit(1).unitary(phase.mH, 0).matrix()
+    np.testing.assert_allclose(adjoint, phase.numpy().conj().T, atol=1e-15)
+    assert Circuit(1).unitary(torch.eye(2, dtype=torch.bfloat16), 0).num_wires == 1
 
 
 def test_equal_circuits_have_equal_fingerprints_whatever_the_sign_of_zero():

@@ -186,9 +186,10 @@ def test_numpy_numbers_are_accepted_as_options(tmp_path):
     assert matplotlib.image.imread(tmp_path / "c.png").shape[2] == 4
 
 
-def test_control_characters_in_labels_are_drawn_as_control_pictures():
-    rows = draw(Circuit(2).barrier("a\nb\tc").ry(0, "a").cz(0, 1)).splitlines()
-    assert "a␊b␉c" in rows[0] and len(rows) == 4  # a newline once split the label row
+@pytest.mark.parametrize("label, shown", [("a\nb\tc", "a␊b␉c"), ("a\u2028b\u2029c", "a␤b␤c")])
+def test_control_characters_in_labels_are_drawn_as_control_pictures(label, shown):
+    rows = draw(Circuit(2).barrier(label).ry(0, "a").cz(0, 1)).splitlines()
+    assert shown in rows[0] and len(rows) == 4  # a newline once split the label row
 
 
 # -- matplotlib --------------------------------------------------------------

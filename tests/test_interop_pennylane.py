@@ -9,7 +9,7 @@ import torch
 
 from qpeft.ansatz import pauli
 from qpeft.circuit import Circuit, Parameter
-from qpeft.errors import InteropError
+from qpeft.errors import InteropError, ParameterError
 from qpeft.interop.pennylane import from_pennylane, to_pennylane
 
 
@@ -95,6 +95,9 @@ def test_to_pennylane_checks_the_number_of_values():
         qml.matrix(apply, wire_order=[0])({"a": 0.1})  # once a KeyError: 0
     with pytest.raises(InteropError, match="in circuit.parameters order"):
         qml.matrix(apply, wire_order=[0])(0.1)
+    for values in ([True], [0.3 + 2j], np.array([0.3 + 2j])):
+        with pytest.raises(ParameterError, match="is not an angle"):
+            qml.matrix(apply, wire_order=[0])(values)
 
 
 @pytest.mark.parametrize("options, message", [

@@ -305,6 +305,8 @@ def test_a_stale_parameter_order_in_the_metadata_is_ignored():
     assert from_qiskit(qc).parameters == ("b", "a")
     qc.metadata = {"qpeft_parameters": "ab"}
     assert from_qiskit(qc).parameters == ("b", "a")
+    qc.metadata = {"qpeft_parameters": [["a"], ["b"]]}
+    assert from_qiskit(qc).parameters == ("b", "a")
 
 
 def test_qudit_circuits_are_refused_with_a_pointer_to_the_embedding():

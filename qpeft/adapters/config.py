@@ -252,8 +252,9 @@ def _positive_int(value: object, name: str) -> None:
 def _finite_number(value: object) -> bool:
     """A real number that float32, the adapters' compute type, holds as a finite value."""
     return (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        and abs(value) <= _FLOAT32_MAX
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and abs(value) <= _FLOAT32_MAX  # first: math.isfinite(10**400) raises OverflowError
+        and math.isfinite(value)
     )
 
 

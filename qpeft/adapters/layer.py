@@ -172,6 +172,14 @@ class QPeftLinear(nn.Module):
         """The frozen base layer's bias (``None`` without one)."""
         return self.base_layer.bias
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # weight and bias are the base layer's: setting them (transformers' tie_weights
+        # sets lm_head.weight) sets the base layer's
+        if name in ("weight", "bias") and "base_layer" in self.__dict__.get("_modules", {}):
+            setattr(self.base_layer, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # -- adapters ------------------------------------------------------------------
     def update_layer(
         self,

@@ -552,8 +552,8 @@ def GeneralizedCZ(wire_a: int, wire_b: int) -> SignDiagonal:
 
 
 def _freeze_matrix(matrix) -> tuple[tuple[complex, ...], ...]:
-    if isinstance(matrix, torch.Tensor):
-        matrix = matrix.detach().cpu().numpy()
+    if isinstance(matrix, torch.Tensor):  # any dtype, a conjugate view (.mH) too
+        matrix = matrix.detach().resolve_conj().resolve_neg().to(torch.complex128).cpu().numpy()
     if isinstance(matrix, (str, bytes)):
         raise NotUnitaryError(f"a gate matrix is a square array of numbers, got {matrix!r:.60}")
     try:

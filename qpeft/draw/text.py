@@ -84,9 +84,12 @@ def _cells(text: str) -> list[str]:
     so that it cannot break the rows."""
     cells: list[str] = []
     for char in text:
-        if unicodedata.category(char) == "Cc":
+        category = unicodedata.category(char)
+        if category == "Cc":
             code = ord(char)
             char = chr(0x2400 + code) if code < 0x20 else "␡" if code == 0x7F else "\ufffd"
+        elif category in ("Zl", "Zp"):  # line and paragraph separators break rows too
+            char = "␤"
         size = get_character_cell_size(char)
         if size == 0 and cells:
             cells[-1] += char

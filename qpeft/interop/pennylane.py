@@ -37,6 +37,7 @@ from qpeft.circuit import (
     barrier_of,
     unitary,
 )
+from qpeft.circuit.parameters import refuse_non_real
 from qpeft.errors import InteropError, QpeftError
 from qpeft.interop.common import phase_gates, real_number, require_qubits
 
@@ -147,6 +148,9 @@ def to_pennylane(circuit: Circuit) -> Callable:
             raise InteropError(
                 f"expected {count} values (one per circuit.parameters entry), got {len(values)}"
             )
+        # complex or boolean values would give PennyLane a non-unitary or a wrong matrix
+        for value in values if isinstance(values, (list, tuple)) else [values]:
+            refuse_non_real(value, "apply's values")
         for emit in emitters:
             emit(values)
 

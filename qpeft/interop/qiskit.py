@@ -484,8 +484,8 @@ def from_qiskit(quantum_circuit) -> Circuit:
         raise InteropError(f"the converted circuit is not valid: {exc}") from exc
     order = (quantum_circuit.metadata or {}).get(ORDER_KEY) if isinstance(
         quantum_circuit.metadata, dict) else None
-    if (isinstance(order, list) and len(order) == len(circuit.parameters)
-            and set(order) == set(circuit.parameters)):
+    if (isinstance(order, list) and all(isinstance(name, str) for name in order)
+            and len(order) == len(circuit.parameters) and set(order) == set(circuit.parameters)):
         circuit = circuit.reorder(order)
     return circuit
 
