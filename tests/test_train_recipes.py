@@ -499,6 +499,42 @@ def test_recipe_resume_shows_a_complete_run_and_refuses_other_settings(
     assert not fresh.exists()  # no run.json, no folder: the corrected command is not refused
 
 
+def test_an_overwrite_refused_before_any_work_keeps_the_old_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The old run is set aside, not deleted, until the recipe has loaded its model
+    and data; a mistyped command with --overwrite gives it back."""
+    from qpeft.train.recipes.__main__ import main
+    from qpeft.train.report import write_json
+
+    def train(recipe, folder, resume=False):
+        write_json(Path(folder) / "metrics.json", {"test_accuracy": 0.5})
+        return {"test_accuracy": 0.5}
+
+    def refuse(recipe, folder, resume=False):
+        raise ConfigError("the model does not load")
+
+    folder = tmp_path / "run"
+    command = ["cifar10", "--method", "lora:r=2", "--output-dir", str(folder)]
+    monkeypatch.setattr(cifar10, "run", train)
+    assert main(command) == 0
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(cifar10, "run", refuse)
+    assert main([*command, "--overwrite"]) == 2
+    assert "the model does not load" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing left aside
+
+    def train_again(recipe, folder, resume=False):
+        write_json(Path(folder) / "metrics.json", {"test_accuracy": 0.75})
+        return {"test_accuracy": 0.75}
+
+    monkeypatch.setattr(cifar10, "run", train_again)
+    assert main([*command, "--overwrite"]) == 0
+    assert "0.75" in (folder / "metrics.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
 def test_recipes_neither_overwrite_nor_resume_a_folder_with_a_foreign_run_json(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import secrets
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         RUN_MARKER,
         check_output_dir,
         check_same_run,
+        holds_run,
         prepare_output_dir,
         read_marker,
     )
@@ -50,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     folder: Path = args.output_dir
     started_here = created_here = False
+    aside: Path | None = None
     try:
         recipe = recipe_from_args(getattr(module, class_name), args)
         # "settings" as qpeft finetune's marker: compared option by option, the device free
@@ -71,21 +75,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ) from None
                 print(f"{folder} holds a complete run; showing its results", file=sys.stderr)
                 return _show(metrics, folder)
+        if args.overwrite and holds_run(folder):
+            # the run to replace is set aside, not deleted, until the recipe has loaded its
+            # model and data: a command refused before any work gives it back
+            aside = set_aside(folder)
         started_here = not (folder / RUN_MARKER).is_file()
         created_here = not folder.exists()
         prepare_output_dir(folder, resume=args.resume, overwrite=args.overwrite)
         write_json(folder / RUN_MARKER, marker)
         metrics = module.run(recipe, folder, resume=args.resume)
     except QpeftError as error:
-        if started_here and sorted(p.name for p in folder.iterdir()) == [RUN_MARKER]:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if started_here and refused_before_work(folder):
             # refused before any work (a model that does not load, say): leave no run
             # behind that would refuse the corrected command, nor a folder made for it
             (folder / RUN_MARKER).unlink()
             if created_here:
                 folder.rmdir()
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            if aside is not None:
+                aside.rename(folder)
+        elif aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     return _show(metrics, folder)
+
+
+def refused_before_work(folder: Path) -> bool:
+    """Whether ``folder`` holds the run marker and nothing else."""
+    from qpeft.train.experiment import RUN_MARKER
+
+    return folder.is_dir() and sorted(p.name for p in folder.iterdir()) == [RUN_MARKER]
+
+
+def set_aside(folder: Path) -> Path:
+    """Move ``folder`` to a hidden sibling and return where it went."""
+    for _ in range(100):
+        aside = folder.with_name(f".{folder.name}.replaced-{secrets.token_hex(4)}")
+        if not aside.exists():
+            folder.rename(aside)
+            return aside
+    raise FileExistsError(f"no free name beside {folder}")  # pragma: no cover
 
 
 def _show(metrics: dict, folder: Path) -> int:
