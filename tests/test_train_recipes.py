@@ -579,3 +579,17 @@ def test_the_sequence_length_check_knows_roberta_s_position_offset() -> None:
     relative = DebertaV2ForSequenceClassification(DebertaV2Config(  # as deberta-v3-base
         **small, position_biased_input=False, relative_attention=True, pooler_hidden_size=16))
     check_sequence_length(relative, 10_000, "--max-length")  # relative positions only
+
+
+def test_cifar10_recipe_refuses_a_model_without_query_and_value(tmp_path: Path) -> None:
+    """The protocol adapts query and value; other modules are not guessed."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ViTImageProcessor
+
+    model = ConvNextForImageClassification(ConvNextConfig(
+        num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=10,
+        image_size=16))
+    processor = ViTImageProcessor(size={"height": 16, "width": 16})
+    recipe = cifar10.Cifar10Recipe(epochs=1, batch_size=9, device="cpu", method="lora:r=2")
+    with pytest.raises(ConfigError, match="query/value .* with --targets"):
+        cifar10.run(recipe, tmp_path / "cifar", model=model, processor=processor,
+                    loader=cifar_loader, progress=False)

@@ -167,6 +167,11 @@ def run(
     spec = recipe_method(MethodSpec.parse(recipe.method), recipe.learning_rate,
                          recipe.head_learning_rate)
     targets = recipe.targets or pick_targets(model, ("query", "value"), ("q_proj", "v_proj"))
+    if targets is None:  # the protocol adapts query and value; guess nothing else
+        raise ConfigError(
+            f"{type(model).__name__} has no query/value (or q_proj/v_proj) modules, which "
+            "the CIFAR-10 protocol adapts; name the attention projections with --targets"
+        )
     prepared = prepare_model(model, spec, targets)
     config = TrainConfig(
         epochs=recipe.epochs, batch_size=recipe.batch_size,
