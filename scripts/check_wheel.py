@@ -115,8 +115,9 @@ def main() -> int:
         missing = sorted(expected_files() - shipped)
         if missing:
             print(
-                "check_wheel: the wheel lacks these files; add their package to "
-                "[tool.setuptools] packages (data files: package-data) in pyproject.toml:",
+                "check_wheel: the wheel lacks these files; add their package to the "
+                "packages list in setup.py (data files: [tool.setuptools.package-data] in "
+                "pyproject.toml):",
                 *missing,
                 sep="\n  ",
             )

@@ -5,8 +5,8 @@
 # again when it was moved, is broken or is older than Python 3.10; otherwise
 # it is reused. qpeft and its pinned dependencies are installed with
 #   pip install -c requirements/constraints.txt -e ".[models,test,docs,dev]"
-# only when pyproject.toml or the constraints changed since the last install:
-# a hash of both is kept in .venv/qpeft-install.sha256.
+# only when pyproject.toml, setup.py or the constraints changed since the last
+# install: a hash of the three is kept in .venv/qpeft-install.sha256.
 
 set -euo pipefail
 

@@ -504,3 +504,20 @@ def test_long_barrier_labels_get_room_and_do_not_overlap():
     assert len(boxes) == 3
     assert all(left.x1 <= right.x0 for left, right in zip(boxes, boxes[1:]))
     assert boxes[0].x0 >= figure.axes[0].get_window_extent(renderer).x0  # not clipped
+
+
+def test_the_docs_gallery_is_what_gen_gallery_draws_now(tmp_path):
+    """docs/gallery is written by docs/gen_gallery.py; a change to the drawings
+    must come with the regenerated pictures."""
+    import subprocess
+    import sys
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    subprocess.run([sys.executable, str(docs / "gen_gallery.py"), "--docs", str(tmp_path)],
+                   check=True, capture_output=True)
+    fresh = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    committed = {p.relative_to(docs): p.read_bytes()
+                 for p in [docs / "gallery.md", *(docs / "gallery").iterdir()]}
+    assert sorted(fresh) == sorted(committed)
+    stale = [str(name) for name in fresh if fresh[name] != committed[name]]
+    assert not stale, f"regenerate with python docs/gen_gallery.py: {stale}"
