@@ -292,6 +292,34 @@ def load_sequence_classifier(
         for name, value in config_overrides.items():
             setattr(config, name, value)
         kwargs = {"config": config}
-    model = _load(AutoModelForSequenceClassification, source, **kwargs)
+    # a checkpoint with a classification head of another size loads (the head is made
+    # anew); one of the same size would keep its trained head: see _fresh_head
+    model, info = _load(AutoModelForSequenceClassification, source,
+                        ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
+    _fresh_head(model, info)
     align_padding(model, tokenizer)
     return model
+
+
+def _fresh_head(model: Any, info: dict[str, Any]) -> None:
+    """Initialise again the head parameters that came from the checkpoint (a
+    classifier trained on other labels), so that every run starts from a new head
+    as a base model's does; parameters transformers made anew stay as they are."""
+    import torch
+
+    prefix = getattr(model, "base_model_prefix", "")
+    made = set(info.get("missing_keys", ()))
+    made |= {entry[0] if isinstance(entry, (tuple, list)) else entry
+             for entry in info.get("mismatched_keys", ())}
+    modules = sorted({name.rpartition(".")[0] for name, _ in model.named_parameters()
+                      if prefix and not name.startswith(prefix + ".") and name not in made})
+    std = getattr(model.config, "initializer_range", 0.02)
+    with torch.no_grad():
+        for path in filter(None, modules):
+            module = model.get_submodule(path)
+            if isinstance(module, torch.nn.Linear):
+                module.weight.normal_(0.0, std)
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()

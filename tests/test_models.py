@@ -160,3 +160,46 @@ def test_without_a_tokenizer_a_decoder_classifier_pads_with_its_end_of_text_toke
 def test_a_hub_name_with_a_trailing_newline_is_refused(spec) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         models.resolve_model(spec)
+
+
+def _classifier_checkpoint(folder, labels: list[str]) -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16,
+                        id2label=dict(enumerate(labels)),
+                        label2id={name: i for i, name in enumerate(labels)})
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.fill_(0.123)
+    model.save_pretrained(folder)
+
+
+@pytest.mark.parametrize("saved_labels", [["positive", "neutral", "negative"],
+                                          ["a", "b", "c", "d", "e"]])
+def test_a_classification_checkpoint_gets_a_new_head(tmp_path, saved_labels) -> None:
+    """Its trained head (for other labels, or the same number of them in another
+    order) is not reused: the run starts from a new head, as on a base model."""
+    _classifier_checkpoint(tmp_path, saved_labels)
+    source = models.ModelSource("local", str(tmp_path), "checkpoint")
+    model = models.load_sequence_classifier(source, ["negative", "neutral", "positive"])
+    weight = model.classifier.weight
+    assert weight.shape == (3, 16) and not torch.any(weight == 0.123)
+    assert 0.005 < float(weight.std()) < 0.05 and not torch.any(model.classifier.bias)
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
+
+
+def test_a_base_checkpoint_keeps_the_head_transformers_makes(tmp_path) -> None:
+    """No extra initialisation (nor random numbers) where the head is new anyway."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32,
+                         max_position_embeddings=16)).save_pretrained(tmp_path)
+    torch.manual_seed(5)
+    model = models.load_sequence_classifier(models.ModelSource("local", str(tmp_path), "base"),
+                                            ["x", "y"])
+    torch.manual_seed(5)
+    with models.quiet_transformers():
+        plain = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    assert torch.equal(model.classifier.weight, plain.classifier.weight)
