@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,7 +276,12 @@ def test_a_loaded_adapter_never_runs_the_file_it_names(tmp_path):
     assert widths == {48} and all(
         isinstance(c, qpeft.circuit.Circuit) for c in loaded.peft_config["default"].ansatz.values())
     path = tmp_path / "adapter" / CONFIG_NAME
+    # nor does it name the file (a path of the machine it was written on)
+    assert str(tmp_path) not in path.read_text() and Path(ansatz).name not in path.read_text()
+    # a file that names code (as written before ansatz files were saved as circuits)
+    # and records no circuits is refused
     document = json.loads(path.read_text())
+    document["ansatz"] = str(ansatz)
     document["circuits"] = {}
     path.write_text(json.dumps(document))
     _assert_load_fails_and_model_unchanged(tmp_path / "adapter", "never name code to run")

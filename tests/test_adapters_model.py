@@ -848,3 +848,19 @@ def test_tie_weights_on_an_adapted_tied_head_ties_the_base_layer():
     model.base_model.tie_weights()
     assert head.base_layer.weight is embedding.weight and head.weight is embedding.weight
     assert "weight" not in head._parameters
+
+
+@pytest.mark.parametrize("field", ["target_modules", "exclude_modules"])
+def test_an_invalid_regular_expression_is_a_config_error(field):
+    options = {"target_modules": ["query"], field: r".*\.(query|value"}
+    with pytest.raises(ConfigError, match=f"{field} .* is not a valid regular expression"):
+        QPeftConfig(rank=2, **options)
+
+
+@pytest.mark.parametrize("active_rank", [2.5, True, 0, 5])
+def test_a_layer_checks_its_active_rank_as_the_config_does(active_rank):
+    layer = QPeftLinear(torch.nn.Linear(8, 8), rank=4)
+    with pytest.raises(ConfigError, match="active_rank must be an integer in 1..4"):
+        layer.set_active_rank("default", active_rank)
+    with pytest.raises(ConfigError, match="active_rank must be an integer in 1..4"):
+        QPeftLinear(torch.nn.Linear(8, 8), rank=4, active_rank=active_rank)

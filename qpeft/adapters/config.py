@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,8 +117,8 @@ class QPeftConfig:
 
     def validate(self) -> None:
         """Raise :class:`~qpeft.errors.ConfigError` on an invalid field."""
-        _module_names(self.target_modules, "target_modules", pattern=True)
-        _module_names(self.exclude_modules, "exclude_modules", pattern=True)
+        _module_names(self.target_modules, "target_modules", pattern=True, regex=True)
+        _module_names(self.exclude_modules, "exclude_modules", pattern=True, regex=True)
         _module_names(self.modules_to_save, "modules_to_save", pattern=False)
         _module_names(self.layers_pattern, "layers_pattern", pattern=True)
         _positive_int(self.rank, "rank")
@@ -233,9 +234,21 @@ def check_layer_options(alpha: object, dropout: object, init: object,
         )
 
 
-def _module_names(value: object, name: str, pattern: bool) -> None:
-    """None, a list of module names, or (where ``pattern``) one string."""
-    if value is None or (pattern and isinstance(value, str)):
+def _module_names(value: object, name: str, pattern: bool, regex: bool = False) -> None:
+    """None, a list of module names, or (where ``pattern``) one string, which
+    (where ``regex``) must be a valid regular expression."""
+    if value is None:
+        return
+    if pattern and isinstance(value, str):
+        if not regex or value.lower() == ALL_LINEAR:
+            return
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ConfigError(
+                f"{name} {value!r} is not a valid regular expression ({error}); a string is "
+                "matched against whole module names, e.g. r'.*\\.(query|value)'"
+            ) from None
         return
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return

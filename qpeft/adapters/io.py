@@ -191,6 +191,11 @@ def save_adapter(model: QPeftModel, directory: str | os.PathLike, adapter_name: 
             tensors[f"{path}.{SAVED_PREFIX}.{key}"] = _plain(value)
     metadata = {"format": "pt", "qpeft.format": FORMAT, "qpeft.modules": _modules_digest(modules)}
     blob = _canonical_header(safetensors_bytes(tensors, metadata=metadata))
+    # a user's Python file as the ansatz is saved as the circuits built from it: the file
+    # never names code to run, nor a path of the machine it was written on
+    used = [spec.circuit for layer in layers.values()
+            for spec in layer.frame_specs[adapter_name].values() if spec.circuit is not None]
+    config = dataclasses.replace(config, ansatz=without_named_code(config.ansatz, used))
     document = {
         "format": FORMAT,
         **config.to_dict(),

@@ -215,8 +215,8 @@ class QPeftLinear(nn.Module):
                 f"rows and V has {self.in_features}, so K <= {largest}"
             )
         check_layer_options(alpha, dropout, init, init_lambda)
-        if active_rank is not None and not 1 <= active_rank <= rank:
-            raise ConfigError(f"active_rank must lie in 1..{rank}, got {active_rank}")
+        if active_rank is not None:
+            _check_active_rank(active_rank, rank)
         specs = {
             side: self._resolve(choice, width, rank, ansatz, layers, ansatz_options, compile_method)
             for side, choice, width in (
@@ -331,8 +331,7 @@ class QPeftLinear(nn.Module):
         """Keep only the first ``active_rank`` values of λ (intrinsic-rank masking)."""
         if adapter_name in self.merged_adapters:
             raise ConfigError("unmerge the adapter before changing its active rank")
-        if not 1 <= active_rank <= self.rank[adapter_name]:
-            raise ConfigError(f"active_rank must lie in 1..{self.rank[adapter_name]}")
+        _check_active_rank(active_rank, self.rank[adapter_name])
         self.active_rank[adapter_name] = active_rank
 
     def set_quantize_bits(self, adapter_name: str, bits: int | None) -> None:
@@ -553,6 +552,12 @@ def check_merges(layers: Mapping[str, QPeftLinear],
             layer.check_merge(adapter_names)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+
+
+def _check_active_rank(active_rank: object, rank: int) -> None:
+    if (isinstance(active_rank, bool) or not isinstance(active_rank, int)
+            or not 1 <= active_rank <= rank):
+        raise ConfigError(f"active_rank must be an integer in 1..{rank}, got {active_rank!r}")
 
 
 def check_untied(model: nn.Module, layers: Mapping[str, QPeftLinear]) -> None:
