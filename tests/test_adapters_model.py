@@ -864,3 +864,21 @@ def test_a_layer_checks_its_active_rank_as_the_config_does(active_rank):
         layer.set_active_rank("default", active_rank)
     with pytest.raises(ConfigError, match="active_rank must be an integer in 1..4"):
         QPeftLinear(torch.nn.Linear(8, 8), rank=4, active_rank=active_rank)
+
+
+def test_layers_given_twice_with_different_values_are_refused():
+    """ansatz_options={"layers": 5} once overrode layers=2 silently (the saved
+    configuration said 2)."""
+    with pytest.raises(ConfigError, match="ansatz_options sets layers=5 but the configuration"):
+        get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2, layers=2,
+                                                 ansatz_options={"layers": 5}))
+    same = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2, layers=2,
+                                                    ansatz_options={"layers": 2}))
+    assert same.get_nb_trainable_parameters() == get_qpeft_model(
+        tiny_bert(), QPeftConfig(target_modules=["query"], rank=2)).get_nb_trainable_parameters()
+
+
+def test_a_builder_without_a_width_option_says_so():
+    with pytest.raises(ConfigError, match="takes neither a dimension nor a qubits option"):
+        get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2,
+                                                 ansatz="qutrit_ladder"))

@@ -267,3 +267,30 @@ def test_the_shannon_closed_form_refuses_a_dimension_that_is_no_width(dimension)
 
     with pytest.raises(QpeftError, match="dimension must be a positive integer"):
         shannon.parameter_count(dimension, 2)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def build(:\n", r"has a syntax error at line 1"),
+    ("x = 1\ny = 1 / 0\n\ndef build():\n    pass\n",
+     r"failed when run at line 2: ZeroDivisionError"),
+])
+def test_an_ansatz_file_that_cannot_run_is_a_catalog_error(tmp_path, source, message):
+    path = tmp_path / "broken.py"
+    path.write_text(source)
+    with pytest.raises(qpeft.errors.CatalogError, match=message):
+        load_ansatz(str(path))
+
+
+def test_an_ansatz_file_runs_once_until_it_changes(tmp_path):
+    path = tmp_path / "counted.py"
+    runs = tmp_path / "runs"
+    source = (f"from pathlib import Path\nPath({str(runs)!r}).open('a').write('x')\n"
+              "from qpeft.ansatz import pauli\n\ndef build(qubits=2, layers=1):\n"
+              "    return pauli(qubits, layers)\n")
+    path.write_text(source)
+    for qubits in (2, 3, 2):
+        load_ansatz(str(path), qubits=qubits)
+    assert runs.read_text() == "x"
+    path.write_text(source + "\n# edited\n")
+    load_ansatz(str(path))
+    assert runs.read_text() == "xx"

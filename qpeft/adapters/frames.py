@@ -256,12 +256,20 @@ def _catalog_circuit(name: str, width: int, layers: int, options: dict[str, Any]
             )
         options.setdefault("qubits", qubits)
     if "layers" in accepted:
-        options.setdefault("layers", layers)
+        if options.setdefault("layers", layers) != layers:
+            raise ConfigError(
+                f"ansatz_options sets layers={options['layers']!r} but the configuration has "
+                f"layers={layers}; set the number of layers once, with layers="
+            )
     circuit = load_ansatz(name, **options)
     if circuit.dimension != width:
+        hint = ("" if {"dimension", "qubits"} & set(accepted) else
+                f"; its build() takes neither a dimension nor a qubits option, so the side's "
+                f"width is not passed: give the options that make width {width} in "
+                f"ansatz_options, or a Circuit (a dict by width for several widths)")
         raise ConfigError(
             f"ansatz {name!r} with options {options} built a circuit of dimension "
-            f"{circuit.dimension}, but the side has width {width}"
+            f"{circuit.dimension}, but the side has width {width}{hint}"
         )
     return circuit
 

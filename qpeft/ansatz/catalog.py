@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import inspect
+import traceback
 from pathlib import Path
 from types import ModuleType
 
@@ -44,18 +45,44 @@ def _load_module(name_or_path: str | Path) -> ModuleType:
             )
         if not path.is_file():
             raise CatalogError(f"ansatz file {path} does not exist")
-        spec = importlib.util.spec_from_file_location(f"qpeft_user_ansatz_{path.stem}", path)
-        if spec is None or spec.loader is None:
-            raise CatalogError(f"{path} cannot be imported as a Python module")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return _run_file(path)
     if text not in catalog_names():
         raise CatalogError(
             f"no ansatz named {text!r} in the catalog; available: {', '.join(catalog_names())} "
             "(or pass the path of a .py file defining build(**options) -> Circuit)"
         )
     return importlib.import_module(f"qpeft.catalog.{text}")
+
+
+#: user files already run, by (resolved path, modification time, size): a file is
+#: run once for every width it builds, and again only after it changed
+_FILES: dict[tuple[str, int, int], ModuleType] = {}
+
+
+def _run_file(path: Path) -> ModuleType:
+    status = path.stat()
+    key = (str(path.resolve()), status.st_mtime_ns, status.st_size)
+    if key in _FILES:
+        return _FILES[key]
+    spec = importlib.util.spec_from_file_location(f"qpeft_user_ansatz_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise CatalogError(f"{path} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise CatalogError(
+            f"ansatz file {path} has a syntax error at line {exc.lineno}: {exc.msg}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - whatever the user's module raises on import
+        line = next((frame.lineno for frame in reversed(traceback.extract_tb(exc.__traceback__))
+                     if Path(frame.filename).resolve() == path.resolve()), None)
+        where = f" at line {line}" if line else ""
+        raise CatalogError(
+            f"ansatz file {path} failed when run{where}: {type(exc).__name__}: {exc}"
+        ) from exc
+    _FILES[key] = module
+    return module
 
 
 def ansatz_builder(name_or_path: str | Path):
