@@ -882,3 +882,14 @@ def test_a_builder_without_a_width_option_says_so():
     with pytest.raises(ConfigError, match="takes neither a dimension nor a qubits option"):
         get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2,
                                                  ansatz="qutrit_ladder"))
+
+
+@pytest.mark.parametrize("options, culprit", [
+    ({"target_modules": ["classifier"], "modules_to_save": ["classifier"]}, "modules_to_save"),
+    ({"target_modules": ["query"], "exclude_modules": ["query"]}, "exclude_modules"),
+    ({"target_modules": ["query"], "layers_to_transform": [5]}, "layers_to_transform=[5]"),
+])
+def test_targets_that_the_filters_take_out_are_named_with_the_filter(options, culprit):
+    """Not "matches no linear layer … its linear layers end in: <the very name>"."""
+    with pytest.raises(ConfigError, match=f"names .* linear layer.*but {re.escape(culprit)}"):
+        get_qpeft_model(tiny_bert(), QPeftConfig(rank=2, **options))

@@ -81,6 +81,11 @@ def is_excluded(config: QPeftConfig, key: str) -> bool:
             return True
     elif excluded and _suffix_match(key, excluded):
         return True
+    return _saved(config, key)
+
+
+def _saved(config: QPeftConfig, key: str) -> bool:
+    """Whether ``key`` is (inside) a module of ``modules_to_save``."""
     return any(
         re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", key) for m in config.modules_to_save or ()
     )
@@ -163,12 +168,32 @@ def find_target_modules(model: nn.Module, config: QPeftConfig, *,
             )
         chosen.append(name)
     if not chosen:
-        raise ConfigError(
-            f"target_modules {config.target_modules!r} matches no linear layer of "
-            f"{type(model).__name__}; its linear layers end in: "
-            f"{', '.join(linear_suffixes(model)) or '(none)'}"
-        )
+        raise ConfigError(_nothing_targeted(model, config))
     return chosen
+
+
+def _nothing_targeted(model: nn.Module, config: QPeftConfig) -> str:
+    """Why no module was chosen: the targets name none, or the filters took out
+    all the modules they name."""
+    named = [name for name, module in _walk(model) if _is_linear(module) and (
+        re.fullmatch(config.target_modules, name) is not None
+        if isinstance(config.target_modules, str)
+        else _suffix_match(name, list(config.target_modules or ())))]
+    saved = [n for n in named if _saved(config, n)]
+    filters = [f"modules_to_save (trained in full: {', '.join(saved[:3])})" if saved else "",
+               "exclude_modules" if config.exclude_modules else "",
+               (f"layers_to_transform={config.layers_to_transform!r}"
+                + (f" with layers_pattern={config.layers_pattern!r}"
+                   if config.layers_pattern else ""))
+               if config.layers_to_transform is not None else ""]
+    if not named or not any(filters):
+        return (f"target_modules {config.target_modules!r} matches no linear layer of "
+                f"{type(model).__name__}; its linear layers end in: "
+                f"{', '.join(linear_suffixes(model)) or '(none)'}")
+    return (f"target_modules {config.target_modules!r} names {len(named)} linear layer(s) "
+            f"({', '.join(named[:3])}{', …' if len(named) > 3 else ''}), but "
+            f"{' and '.join(f for f in filters if f)} leave(s) none of them to adapt; "
+            "change the targets or those settings")
 
 
 def find_modules_to_save(model: nn.Module, names: list[str] | None) -> list[str]:
