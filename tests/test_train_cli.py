@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from qpeft import cli
+from qpeft.errors import ConfigError
 from qpeft.train import compare, finetune
 from qpeft.train.testing import write_sentiment_csv, write_tiny_bert
 
@@ -381,6 +382,90 @@ def test_interrupted_finetune_resumes_to_the_uninterrupted_adapter(
     got = load_file(split / "adapter" / "adapter_model.safetensors")
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[name], got[name]) for name in expected)
+
+
+ANSATZ_FILE = """from qpeft import Circuit, ParameterVector
+
+
+def build(dimension=32, layers=2):
+    n = dimension.bit_length() - 1
+    t = iter(ParameterVector("t", n + layers * n))
+    c = Circuit(n)
+    for w in range(n):
+        c.ry(w, next(t))
+    for _ in range(layers):
+        for w in range(n - 1):
+            c.cz(w, w + 1)
+        for w in range(n):
+            c.ry(w, next(t))
+    return c
+"""
+
+
+def interrupted_run(tiny: dict[str, str], folder: Path, *options: str) -> list[str]:
+    """Start ``qpeft finetune OPTIONS`` in ``folder`` and stop it after two
+    steps, as Ctrl-C would; returns the command that resumes it."""
+    from qpeft.train.experiment import load_task, prepare_output_dir, run_method
+    from qpeft.train.experiment import settings_from_args as settings_of
+
+    args = ["finetune", *options, *budget(tiny, folder)]
+    parsed = cli.build_parser("finetune").parse_args(args)
+    spec = finetune.method_from_args(parsed)
+    prepare_output_dir(folder, resume=False, overwrite=False)
+    partial = run_method(load_task(settings_of(parsed)), spec, parsed.seed, folder,
+                         progress=False, stop_after_step=2)
+    assert partial.metrics == {"completed": False, "steps": 2}
+    return [*args, "--resume"]
+
+
+def test_a_resume_after_the_ansatz_file_changed_is_refused(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ansatz = tmp_path / "my_ansatz.py"
+    ansatz.write_text(ANSATZ_FILE)
+    folder = tmp_path / "run"
+    resume = interrupted_run(tiny, folder, "--method", "qpeft", "--rank", "4",
+                             "--ansatz", str(ansatz))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    # another circuit with as many angles: the trainable tensors keep their shapes
+    ansatz.write_text(ANSATZ_FILE.replace("c.cz(w, w + 1)", "c.cz(w + 1, w)"))
+    assert cli.main(resume) == 2
+    err = capsys.readouterr().err
+    assert f"error: the ansatz file {ansatz} (--ansatz) changed since the run" in err
+    assert len(err) < 300
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # refused before work
+
+    # a run.json without the file digests (an earlier release): the checkpoint's record
+    # of the circuits actually used still refuses the other circuit
+    from qpeft.train.experiment import load_task, run_method
+    from qpeft.train.experiment import settings_from_args as settings_of
+
+    marker = json.loads((folder / "run.json").read_text())
+    del marker["inputs"]
+    (folder / "run.json").write_text(json.dumps(marker))
+    parsed = cli.build_parser("finetune").parse_args(resume)
+    with pytest.raises(ConfigError, match="the adapter circuits differ from the checkpoint's"):
+        run_method(load_task(settings_of(parsed)), finetune.method_from_args(parsed),
+                   parsed.seed, folder, progress=False, resume=True)
+
+    ansatz.write_text(ANSATZ_FILE)  # the original file resumes
+    assert cli.main(resume) == 0
+    assert json.loads((folder / "metrics.json").read_text())["timings"]["resumed_from_step"] == 2
+
+
+def test_a_resume_after_the_data_file_changed_is_refused(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data.csv"
+    data.write_bytes(Path(tiny["dataset"]).read_bytes())
+    folder = tmp_path / "run"
+    resume = interrupted_run({**tiny, "dataset": str(data)}, folder, "--method", "head")
+    rows = data.read_text().splitlines(keepends=True)
+    data.write_text("".join([rows[0], *rows[1:][::-1]]))  # same rows, another order
+    assert cli.main(resume) == 2
+    err = capsys.readouterr().err
+    assert f"error: the data file {data} (--dataset) changed since the run" in err
+    assert not (folder / "metrics.json").exists()
 
 
 def test_compare_tables_every_method_over_seeds(

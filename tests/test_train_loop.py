@@ -159,6 +159,25 @@ def test_resuming_with_other_settings_is_refused(
               resume=True)
 
 
+def test_resuming_with_other_trainable_tensors_names_a_few_in_a_short_message(
+    encoded: data.EncodedDataset, tmp_path: Path
+) -> None:
+    from transformers import BertForSequenceClassification
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    train(lora_model().model, encoded, CONFIG, progress=False, checkpoint_path=checkpoint,
+          stop_after_step=2)
+    other = prepare_model(BertForSequenceClassification(tiny_bert_config()),
+                          MethodSpec("lora", rank=3))
+    with pytest.raises(ConfigError) as refused:
+        train(other.model, encoded, CONFIG, progress=False, checkpoint_path=checkpoint,
+              resume=True)
+    message = str(refused.value)
+    assert len(message) < 600, message
+    assert "18 trainable tensors in the checkpoint, 18 now; 16 of another shape: " in message
+    assert message.count("lora_A") <= 3 and "and 13 more" in message
+
+
 def test_a_short_lora_run_lowers_the_loss_and_beats_chance(encoded: data.EncodedDataset) -> None:
     prepared = lora_model(dropout=0.0)
     config = TrainConfig(epochs=8, batch_size=16, learning_rate=2e-2, seed=0)

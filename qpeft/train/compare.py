@@ -217,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         check_same_run,
         choose_threads,
         effective_spec,
+        input_digests,
         load_task,
         prepare_output_dir,
         run_marker,
@@ -246,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         _check_qpeft_available()
     folder: Path = args.output_dir
     check_output_dir(folder, resume=args.resume, overwrite=args.overwrite, marker=COMPARE_MARKER)
-    marker = {"kind": "compare", "settings": settings.to_dict()}
+    marker = {"kind": "compare", "settings": settings.to_dict(),
+              "inputs": input_digests(settings)}
     if args.resume and (folder / COMPARE_MARKER).is_file():
         check_same_run(folder, marker, marker=COMPARE_MARKER)
         # each run with other settings is refused now, not after the runs before it trained

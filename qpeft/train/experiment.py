@@ -369,7 +369,7 @@ def check_same_run(folder: Path, expected: Mapping[str, Any], marker: str = RUN_
         )
     differences = [
         key for key in sorted(expected)
-        if key != "settings" and saved.get(key) != expected.get(key)
+        if key not in {"settings", "inputs"} and saved.get(key) != expected.get(key)
     ]
     saved_settings = saved.get("settings", {})
     expected_settings = expected.get("settings", {})
@@ -384,6 +384,23 @@ def check_same_run(folder: Path, expected: Mapping[str, Any], marker: str = RUN_
             f"{folder} holds a run with other settings ({', '.join(differences)} differ); "
             "resume with the original options, or pass --overwrite to start again"
         )
+    # a run of an earlier release recorded no digests: nothing to compare
+    saved_inputs = saved.get("inputs")
+    expected_inputs = expected.get("inputs")
+    if isinstance(saved_inputs, dict) and isinstance(expected_inputs, dict):
+        files = {
+            "ansatz": ("ansatz", "--ansatz", (expected.get("method") or {}).get("ansatz")),
+            "dataset": ("data", "--dataset", expected_settings.get("dataset")),
+        }
+        for key, (what, option, name) in files.items():
+            # a file that is gone now is reported by the command that reads it
+            if (key in saved_inputs and key in expected_inputs
+                    and saved_inputs[key] != expected_inputs[key]):
+                raise ConfigError(
+                    f"the {what} file {name} ({option}) changed since the run in {folder} "
+                    "started; restore the original file to resume, or pass --overwrite to "
+                    "start again"
+                )
 
 
 # ----------------------------------------------------------------------- run
@@ -428,10 +445,53 @@ def effective_spec(spec: Any, settings: TaskSettings) -> Any:
     return spec.resolved()
 
 
+def _file_digest(path: Path) -> str | None:
+    """SHA-256 of the bytes of ``path``; ``None`` when it cannot be read (the
+    command that reads it reports that)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def _is_ansatz_file(name: str) -> bool:
+    """Whether ``--ansatz`` names a file rather than a catalog entry (the rule
+    of :func:`qpeft.ansatz.catalog.load_ansatz`)."""
+    return name.endswith((".py", ".json")) or "/" in name or "\\" in name
+
+
+def input_digests(settings: TaskSettings, spec: Any = None) -> dict[str, str]:
+    """SHA-256 of the files a run reads that its options only name: the
+    ``--dataset`` CSV file and the ``--ansatz`` .py file. The options stay the
+    same when such a file is edited, so a resume compares these digests."""
+    from qpeft.train.data import EMBEDDED_DATASET
+
+    digests: dict[str, str] = {}
+    dataset = settings.dataset
+    if dataset != EMBEDDED_DATASET and not dataset.lower().startswith("glue:"):
+        value = _file_digest(Path(dataset))
+        if value is not None:
+            digests["dataset"] = value
+    ansatz = getattr(spec, "ansatz", None)
+    if ansatz is not None and _is_ansatz_file(ansatz):
+        value = _file_digest(Path(ansatz))
+        if value is not None:
+            digests["ansatz"] = value
+    return digests
+
+
 def run_marker(kind: str, spec: Any, seed: int, settings: TaskSettings) -> dict[str, Any]:
-    """What ``run.json`` holds: enough to refuse resuming with other settings."""
+    """What ``run.json`` holds: enough to refuse resuming with other settings
+    or with an edited data or ansatz file (see :func:`input_digests`)."""
     spec = effective_spec(spec, settings)
-    return {"kind": kind, "method": spec.to_dict(), "seed": seed, "settings": settings.to_dict()}
+    return {"kind": kind, "method": spec.to_dict(), "seed": seed, "settings": settings.to_dict(),
+            "inputs": input_digests(settings, spec)}
 
 
 def finished_run(folder: Path, marker: Mapping[str, Any]) -> RunOutcome | None:
@@ -502,7 +562,10 @@ def run_method(
         finished = finished_run(folder, marker)
         if finished is not None:
             return finished
-    write_json(folder / RUN_MARKER, marker)
+        # kept as written when the run started: a resume refused later (by the
+        # checkpoint) must not record the refused files as the run's own
+    else:
+        write_json(folder / RUN_MARKER, marker)
 
     started = time.perf_counter()
     device = resolve_device(settings.device)
@@ -530,7 +593,8 @@ def run_method(
             prepared.model, task.train, config,
             head_parameter_names=prepared.head_parameter_names(), device=device,
             checkpoint_path=folder / CHECKPOINT_NAME, resume=resume,
-            fingerprint={"method": spec.label, "model": task.model_source.location},
+            fingerprint={"method": spec.label, "model": task.model_source.location,
+                         "circuits": prepared.circuits_digest()},
             stop_after_step=stop_after_step, on_epoch_end=validate, progress=progress,
             description=spec.label, rate_option=RATE_OPTIONS,
         )

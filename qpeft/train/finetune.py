@@ -107,8 +107,10 @@ def run(args: argparse.Namespace) -> int:
     """Run ``qpeft finetune``; returns the exit code."""
     from qpeft.errors import ConfigError
     from qpeft.train.experiment import (
+        RUN_MARKER,
         check_method,
         check_output_dir,
+        check_same_run,
         choose_threads,
         effective_spec,
         finished_run,
@@ -134,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
         )
     folder = args.output_dir or DEFAULT_RUNS_FOLDER / f"{spec.slug}-seed{args.seed}"
     check_output_dir(folder, resume=args.resume, overwrite=args.overwrite)
-    if args.resume:
-        finished = finished_run(folder, run_marker("finetune", spec, args.seed, settings))
+    if args.resume and (folder / RUN_MARKER).is_file():
+        # other settings, or an edited data or ansatz file, are refused before any work
+        marker = run_marker("finetune", spec, args.seed, settings)
+        check_same_run(folder, marker)
+        finished = finished_run(folder, marker)
         if finished is not None:
             print(f"{folder} holds a complete run; showing its results", file=sys.stderr)
             print_summary(finished.metrics, folder)

@@ -370,12 +370,57 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+#: Fingerprint entries compared only when the checkpoint has them (earlier
+#: releases did not record them).
+_RECORDED_LATER = {"circuits"}
+
+
 def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """One short line per fingerprint entry that differs."""
     keys = sorted(set(saved) | set(current))
-    return [
-        f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
-        for key in keys if saved.get(key) != current.get(key)
-    ]
+    lines = []
+    for key in keys:
+        if saved.get(key) == current.get(key) or (key in _RECORDED_LATER and key not in saved):
+            continue
+        if key == "trainable":
+            lines.append(_trainable_difference(saved.get(key), current.get(key)))
+        elif key == "circuits":
+            lines.append("the adapter circuits differ from the checkpoint's (the ansatz "
+                         "changed since the run started)")
+        else:
+            lines.append(f"{key}: {_short(saved.get(key))} in the checkpoint, "
+                         f"{_short(current.get(key))} now")
+    return lines
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _trainable_difference(saved: Any, current: Any, shown: int = 3) -> str:
+    """The trainable tensors that differ: counts and the first few names."""
+    def shapes(entries: Any) -> dict[str, Any]:
+        try:
+            return {str(name): list(shape) for name, shape in entries}
+        except (TypeError, ValueError):
+            return {}
+
+    before, now = shapes(saved), shapes(current)
+    parts = [f"{len(before)} trainable tensors in the checkpoint, {len(now)} now"]
+    groups = (
+        ("missing now", [name for name in before if name not in now]),
+        ("new", [name for name in now if name not in before]),
+        ("of another shape", [name for name in now if name in before
+                              and before[name] != now[name]]),
+    )
+    for what, names in groups:
+        if names:
+            more = f" and {len(names) - shown} more" if len(names) > shown else ""
+            parts.append(f"{len(names)} {what}: {', '.join(names[:shown])}{more}")
+    if len(parts) == 1:
+        parts.append("the same tensors in another order")
+    return "; ".join(parts)
 
 
 # ------------------------------------------------------------------ training

@@ -21,6 +21,7 @@ A method is written on the command line as ``name`` or
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -389,6 +390,22 @@ class PreparedModel:
             if ".original_module." in n and not p.requires_grad
         )
         return ParameterCounts(adapter, head, adapter + head, total)
+
+    def circuits_digest(self) -> str | None:
+        """SHA-256 of what generates each Quantum-PEFT frame (the circuit
+        fingerprints or mappings of every adapted layer), so that a checkpoint
+        is not resumed with other circuits of the same size; ``None`` for the
+        other methods."""
+        if self.spec.name != "qpeft":
+            return None
+        model = self.model
+        adapter = getattr(model, "active_adapter", "default")
+        frames = [
+            [path, {side: spec.describe() for side, spec in sorted(
+                layer.frame_specs[adapter].items())}]
+            for path, layer in sorted(model.qpeft_layers(adapter).items())
+        ]
+        return hashlib.sha256(json.dumps(frames, sort_keys=True).encode()).hexdigest()
 
     def trainable_state(self) -> dict[str, Any]:
         """Detached CPU copies of the trainable parameters, by name."""
