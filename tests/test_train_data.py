@@ -132,6 +132,24 @@ def test_missing_column_message_lists_the_columns_and_the_option(tmp_path: Path)
         data.load_csv(path)
 
 
+@pytest.mark.parametrize(("mark", "name"), [(";", "semicolons"), ("\t", "tabs")])
+@pytest.mark.parametrize("options", [{}, {"text_column": "text"},
+                                     {"text_column": "text", "label_column": "label"}])
+def test_a_file_separated_by_semicolons_or_tabs_is_refused_as_not_comma_separated(
+    tmp_path: Path, mark: str, name: str, options: dict[str, str]
+) -> None:
+    path = write(tmp_path / "d.csv", f"text{mark}label\ngreat movie{mark}1\nbad movie{mark}0\n")
+    with pytest.raises(DataError) as refused:
+        data.load_csv(path, **options)
+    message = str(refused.value)
+    assert f"is not comma-separated (its columns are separated by {name})" in message
+    assert "save it as CSV with commas" in message
+    assert "--text-column" not in message and "--label-column" not in message
+    # a comma-separated file whose texts hold semicolons is read as before
+    path = write(tmp_path / "e.csv", "text,label\nfine; really,1\nbad\tone,0\n")
+    assert data.load_csv(path).texts == ["fine; really", "bad\tone"]
+
+
 def test_undecodable_bytes_name_the_line_and_the_fix(tmp_path: Path) -> None:
     path = write(tmp_path / "d.csv", b"text,label\nfine,x\ncaf\xe9,y\n")
     with pytest.raises(DataError, match=r"line 3: bytes e9 are not valid utf-8.*--encoding"):

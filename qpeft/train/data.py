@@ -170,6 +170,23 @@ def _pick_column(header: Sequence[str], wanted: str | None, candidates: Sequence
     )
 
 
+def _check_commas(header: Sequence[str], path: Path) -> None:
+    """Refuse a header read as one field that holds semicolons or tabs: the
+    file separates its columns with another character than the comma, and no
+    column option can name a column in it."""
+    if len(header) != 1:
+        return
+    separators = [name for mark, name in ((";", "semicolons"), ("\t", "tabs"))
+                  if mark in header[0]]
+    if separators:
+        raise DataError(
+            f"{path}: the header row {header[0]!r} is a single column: the file is not "
+            f"comma-separated (its columns are separated by {' or '.join(separators)}); "
+            "save it as CSV with commas between the columns (for example 'CSV (comma "
+            "delimited)' in a spreadsheet, or pandas' to_csv), then pass it to --dataset"
+        )
+
+
 def _decode(raw: bytes, encoding: str, path: Path) -> str:
     try:
         return raw.decode(encoding)
@@ -240,6 +257,7 @@ def load_csv(
     header = [name.strip() for name in numbered.pop(0)[1]]  # the first row that is not blank
     if not numbered:
         raise DataError(f"{path}: the file has a header row but no data rows; add data rows")
+    _check_commas(header, path)
     text_name = _pick_column(header, text_column, TEXT_COLUMN_NAMES, "text", "--text-column", path)
     label_name = _pick_column(
         header, label_column, LABEL_COLUMN_NAMES, "label", "--label-column", path
