@@ -330,6 +330,28 @@ def test_cli_reports_bad_outputs(tmp_path, capsys):
         save("text", tmp_path / "c.png")
 
 
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--option", "width=2", "--option", "width=5"],
+     "--option width=2 and --option width=5 give width two values; keep one of them"),
+    (["--qubits", "3", "--option", "qubits=5"],
+     "--qubits 3 and --option qubits=5 contradict each other; drop one of them"),
+])
+def test_cli_refuses_contradictory_build_options_and_writes_nothing(
+    tmp_path, capsys, arguments, message
+):
+    ansatz = tmp_path / "wires.py"
+    ansatz.write_text("from qpeft import Circuit\n\n\n"
+                      "def build(width=2, qubits=None):\n"
+                      "    return Circuit(width)\n")
+    picture = tmp_path / "c.png"
+    assert main(["draw", str(ansatz), *arguments, "--output", str(picture)]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not picture.exists()
+    assert main(["draw", str(ansatz), "--option", "width=3", "--option", "width=3"]) == 0
+    assert [line.split(":")[0] for line in capsys.readouterr().out.split("\n\n")] == [
+        "q0", "q1", "q2"]
+
+
 @pytest.mark.parametrize("option", ["--width", "--fold"])
 def test_cli_names_a_negative_width_or_fold(option, capsys):
     assert main(["draw", "pauli", "--qubits", "2", option, "-3"]) == 2

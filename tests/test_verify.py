@@ -176,6 +176,29 @@ def test_command_exit_codes(monkeypatch, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--qubits", "3", "--option", "qubits=5"],
+     "--qubits 3 and --option qubits=5 contradict each other; drop one of them"),
+    (["--layers", "1", "--option", "layers=2"],
+     "--layers 1 and --option layers=2 contradict each other; drop one of them"),
+    (["--qubits", "2", "--option", "layers=1", "--option", "layers=2"],
+     "--option layers=1 and --option layers=2 give layers two values; keep one of them"),
+])
+def test_contradictory_build_options_are_refused(arguments, message, monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("nothing is verified after a refusal")
+
+    monkeypatch.setattr("qpeft.interop.verify.verify", never)
+    assert main(["verify", "pauli", *arguments]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+def test_a_build_option_repeated_with_the_same_value_is_accepted(capsys):
+    assert main(["verify", "pauli", "--qubits", "3", "--option", "qubits=3", "--option",
+                 "layers=1", "--option", "layers=1", "--against", "qiskit"]) == 0
+    assert capsys.readouterr().out.startswith("verify pauli(qubits=3, layers=1): 3 qubits")
+
+
 def test_command_refuses_a_circuit_json_file_with_an_error(tmp_path, capsys):
     path = tmp_path / "c.json"
     path.write_text(pauli(2, 1).to_json())

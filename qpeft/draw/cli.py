@@ -78,14 +78,9 @@ def circuit_from_arguments(args: argparse.Namespace):
     7
     """
     from qpeft.ansatz import load_ansatz
-    from qpeft.interop.cli_verify import parse_options
+    from qpeft.interop.cli_verify import build_options
 
-    options = parse_options(args.option)
-    for key in ("qubits", "dimension", "layers"):
-        value = getattr(args, key)
-        if value is not None:
-            options[key] = value
-    return load_ansatz(args.ansatz, **options)
+    return load_ansatz(args.ansatz, **build_options(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import ast
 
-from qpeft.errors import CatalogError
+from qpeft.errors import CatalogError, ConfigError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -61,20 +61,76 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def parse_options(items: list[str]) -> dict[str, object]:
     """``["layers=2", "name=x"]`` → ``{"layers": 2, "name": "x"}``.
 
+    A key given twice with different values (``--option width=2 --option
+    width=5``) is refused; the same value twice is accepted.
+
     >>> parse_options(["layers=2", "dims=(3, 2)", "entanglement=full"])
     {'layers': 2, 'dims': (3, 2), 'entanglement': 'full'}
     """
+    return _read_options(items)[0]
+
+
+def _read_options(items: list[str]) -> tuple[dict[str, object], dict[str, str]]:
+    """The options of ``items`` and, for each key, the item that first gave it."""
     options: dict[str, object] = {}
+    written: dict[str, str] = {}
     for item in items:
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
             raise CatalogError(f"--option {item!r}: write KEY=VALUE, e.g. --option layers=2")
         try:
-            options[key] = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError):
-            options[key] = text.strip()
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            value = text.strip()
+        if key in options and not _same(options[key], value):
+            raise ConfigError(
+                f"--option {written[key]} and --option {item} give {key} two values; "
+                "keep one of them"
+            )
+        if key not in options:  # the same value again changes nothing
+            options[key] = value
+            written[key] = item
+    return options, written
+
+
+#: The build() options that have their own flag.
+FLAG_OPTIONS = ("qubits", "dimension", "layers")
+
+
+def build_options(args: argparse.Namespace) -> dict[str, object]:
+    """The build() options of ``--option`` and of the flags of
+    :data:`FLAG_OPTIONS`. An ``--option`` that a flag also gives, with another
+    value (``--qubits 3 --option qubits=5``), is refused; the same value is
+    accepted.
+
+    >>> args = argparse.Namespace(qubits=3, dimension=None, layers=None, option=["layers=1"])
+    >>> build_options(args)
+    {'layers': 1, 'qubits': 3}
+    """
+    options, written = _read_options(args.option)
+    for key in FLAG_OPTIONS:
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if key in options and not _same(options[key], value):
+            raise ConfigError(
+                f"--{key} {value} and --option {written[key]} contradict each other; "
+                "drop one of them"
+            )
+        options[key] = value
     return options
+
+
+def _same(first: object, second: object) -> bool:
+    """Whether two option values are equal (``2`` and ``2.0`` are; ``True`` and
+    ``1`` are not)."""
+    if isinstance(first, bool) != isinstance(second, bool):
+        return False
+    try:
+        return bool(first == second)
+    except Exception:  # a comparison that cannot be made is a difference
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,12 +139,7 @@ def run(args: argparse.Namespace) -> int:
     from qpeft.interop.verify import check_tolerance, verify
 
     check_tolerance(args.atol, "--atol")
-    options = parse_options(args.option)
-    for key in ("qubits", "dimension", "layers"):
-        value = getattr(args, key)
-        if value is not None:
-            options[key] = value
-    circuit = load_ansatz(args.ansatz, **options)
+    circuit = load_ansatz(args.ansatz, **build_options(args))
     report = verify(circuit, against=args.against, columns=args.columns, atol=args.atol,
                     seed=args.seed)
     print(report)
