@@ -255,6 +255,19 @@ def test_targets_for_a_method_without_adapters_are_refused(
     assert not output.exists()
 
 
+@pytest.mark.parametrize("targets", ["", ",,,", " , "])
+@pytest.mark.parametrize("command", ["finetune", "compare"])
+def test_targets_that_name_no_module_are_refused_not_read_as_the_default(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], targets: str,
+    command: str
+) -> None:
+    output = tmp_path / "run"
+    method = ["--method", "lora"] if command == "finetune" else ["--methods", "lora"]
+    assert cli.main([command, *method, "--targets", targets, *budget(tiny, output)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --targets {targets!r} names no module; ")
+    assert not output.exists()
+
+
 def test_an_output_folder_that_cannot_be_made_is_a_config_error(
     tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

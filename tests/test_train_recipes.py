@@ -443,8 +443,9 @@ def test_recipes_refuse_values_that_cannot_train(
 
 
 @pytest.mark.parametrize("option", [["--epochs", "0"], ["--learning-rate", "0"],
-                                    ["--max-length", "0"]])
-def test_glue_recipe_command_refuses_zero_before_any_work(
+                                    ["--max-length", "0"], ["--targets", ",,,"],
+                                    ["--targets", ""]])
+def test_glue_recipe_command_refuses_values_that_cannot_train_before_any_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], option: list[str]
 ) -> None:
     from qpeft.train.recipes.__main__ import main

@@ -174,8 +174,14 @@ def settings_from_args(args: argparse.Namespace) -> TaskSettings:
     from qpeft.train.loop import resolve_device
 
     targets = None
-    if args.targets:
+    if args.targets is not None:
         targets = tuple(part.strip() for part in args.targets.split(",") if part.strip())
+        if not targets:
+            raise ConfigError(
+                f"--targets {args.targets!r} names no module; give comma-separated module-name "
+                "suffixes (for example query,value), or leave --targets out to adapt the "
+                "attention projections"
+            )
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pass only one")
     if args.max_length < 8:

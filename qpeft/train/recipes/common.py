@@ -63,7 +63,8 @@ def check_recipe_values(recipe: Any) -> None:
     """Refuse a recipe's budget and optimiser values that cannot train: an
     epoch count, batch size, beam count or token count below 1, a learning
     rate that is not a positive finite number, a negative weight decay or
-    warm-up, a ``max_length`` below 8, a seed outside 0 … 2³² − 1. ``None``
+    warm-up, a ``max_length`` below 8, a seed outside 0 … 2³² − 1, an empty
+    ``--targets`` (``""`` or ``","``). ``None``
     (the protocol's value, in the GLUE recipe) is not checked; every recipe
     calls this from ``__post_init__``, so a bad value is refused before any work.
     """
@@ -103,6 +104,12 @@ def check_recipe_values(recipe: Any) -> None:
     seed = value_of("seed")
     if seed is not None and not 0 <= seed < SEED_LIMIT:
         raise ConfigError(f"--seed must be a whole number from 0 to {SEED_LIMIT - 1}, not {seed}")
+    targets = value_of("targets")
+    if targets is not None and not targets:
+        raise ConfigError(
+            "--targets names no module; give comma-separated module-name suffixes (for "
+            "example query,value), or leave --targets out for the recipe's targets"
+        )
 
 
 def recipe_from_args(recipe_class: type, args: argparse.Namespace) -> Any:
