@@ -32,9 +32,19 @@ def catalog_names() -> list[str]:
     )
 
 
+def names_file(name_or_path: str | Path) -> bool:
+    """Whether ``name_or_path`` names a file rather than a catalog entry.
+
+    >>> names_file("pauli"), names_file("my_ansatz.py"), names_file("circuits/x")
+    (False, True, True)
+    """
+    text = str(name_or_path)
+    return text.endswith((".py", ".json")) or "/" in text or "\\" in text
+
+
 def _load_module(name_or_path: str | Path) -> ModuleType:
     text = str(name_or_path)
-    if text.endswith((".py", ".json")) or "/" in text or "\\" in text:
+    if names_file(text):
         path = Path(text)
         if path.suffix != ".py":
             raise CatalogError(

@@ -466,16 +466,11 @@ def _file_digest(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def _is_ansatz_file(name: str) -> bool:
-    """Whether ``--ansatz`` names a file rather than a catalog entry (the rule
-    of :func:`qpeft.ansatz.catalog.load_ansatz`)."""
-    return name.endswith((".py", ".json")) or "/" in name or "\\" in name
-
-
 def input_digests(settings: TaskSettings, spec: Any = None) -> dict[str, str]:
     """SHA-256 of the files a run reads that its options only name: the
     ``--dataset`` CSV file and the ``--ansatz`` .py file. The options stay the
     same when such a file is edited, so a resume compares these digests."""
+    from qpeft.ansatz.catalog import names_file
     from qpeft.train.data import EMBEDDED_DATASET
 
     digests: dict[str, str] = {}
@@ -485,7 +480,7 @@ def input_digests(settings: TaskSettings, spec: Any = None) -> dict[str, str]:
         if value is not None:
             digests["dataset"] = value
     ansatz = getattr(spec, "ansatz", None)
-    if ansatz is not None and _is_ansatz_file(ansatz):
+    if ansatz is not None and names_file(ansatz):
         value = _file_digest(Path(ansatz))
         if value is not None:
             digests["ansatz"] = value
