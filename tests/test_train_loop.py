@@ -147,12 +147,18 @@ def test_ctrl_c_during_the_end_of_epoch_evaluation_resumes_with_that_evaluation(
     assert result.epoch_metrics == expected
 
 
-def test_resuming_with_other_settings_is_refused(
-    encoded: data.EncodedDataset, tmp_path: Path
-) -> None:
+def interrupted_lora_run(encoded: data.EncodedDataset, tmp_path: Path) -> Path:
+    """The checkpoint of a LoRA run stopped after its second step."""
     checkpoint = tmp_path / "checkpoint.pt"
     train(lora_model().model, encoded, CONFIG, progress=False, checkpoint_path=checkpoint,
           stop_after_step=2)
+    return checkpoint
+
+
+def test_resuming_with_other_settings_is_refused(
+    encoded: data.EncodedDataset, tmp_path: Path
+) -> None:
+    checkpoint = interrupted_lora_run(encoded, tmp_path)
     other = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3, seed=5, checkpoint_every=2)
     with pytest.raises(ConfigError, match="train.learning_rate: 0.005 in the checkpoint"):
         train(lora_model().model, encoded, other, progress=False, checkpoint_path=checkpoint,
@@ -164,9 +170,7 @@ def test_resuming_with_other_trainable_tensors_names_a_few_in_a_short_message(
 ) -> None:
     from transformers import BertForSequenceClassification
 
-    checkpoint = tmp_path / "checkpoint.pt"
-    train(lora_model().model, encoded, CONFIG, progress=False, checkpoint_path=checkpoint,
-          stop_after_step=2)
+    checkpoint = interrupted_lora_run(encoded, tmp_path)
     other = prepare_model(BertForSequenceClassification(tiny_bert_config()),
                           MethodSpec("lora", rank=3))
     with pytest.raises(ConfigError) as refused:
