@@ -261,3 +261,15 @@ def test_quantized_layer_uses_grid_values():
     on_grid = torch.round(layer.qpeft_theta_out["default"].detach() / step) * step
     exact = layer.frame_specs["default"]["out"].circuit.matrix(on_grid.double().numpy())
     torch.testing.assert_close(U.double(), torch.as_tensor(exact)[:, :4], atol=1e-5, rtol=0)
+
+
+def test_a_merged_adapter_cannot_be_replaced():
+    layer = QPeftLinear(torch.nn.Linear(16, 16), rank=2)
+    randomize(layer)
+    weight = layer.base_layer.weight.detach().clone()
+    layer.merge()
+    with pytest.raises(ConfigError, match="unmerge it before replacing it"):
+        layer.update_layer("default", rank=2)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base_layer.weight, weight, atol=1e-6, rtol=0)
+    layer.update_layer("default", rank=2)  # unmerged, it may be replaced

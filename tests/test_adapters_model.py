@@ -893,3 +893,59 @@ def test_targets_that_the_filters_take_out_are_named_with_the_filter(options, cu
     """Not "matches no linear layer … its linear layers end in: <the very name>"."""
     with pytest.raises(ConfigError, match=f"names .* linear layer.*but {re.escape(culprit)}"):
         get_qpeft_model(tiny_bert(), QPeftConfig(rank=2, **options))
+
+
+# -- names and options refused before any change -----------------------------------------------
+@pytest.mark.parametrize("name", ["v1.0", "", "a/b", "a\\b", "training", "keys", 3, None])
+def test_an_unusable_adapter_name_is_refused_before_any_change(name, tmp_path):
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="adapter name"):
+        model.add_adapter(name, QPeftConfig(target_modules=["key"], rank=2))
+    with pytest.raises(ConfigError, match="adapter name"):
+        get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2),
+                        adapter_name=name)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="adapter name"):
+        model.load_adapter(tmp_path, name)
+    with pytest.raises(ConfigError, match="adapter name"):
+        QPeftModel.from_pretrained(tiny_bert(), tmp_path, adapter_name=name)
+    assert list(model.peft_config) == ["default"]
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"trems": 8}, r"\['trems'\] are not options of mapping 'taylor'"),
+    ({"dtype": torch.float64}, r"the adapter chooses dtype and device"),
+    ({"terms": 0}, r"terms must be an int of at least 1"),
+])
+def test_mapping_options_are_checked_when_the_adapter_is_made(options, match):
+    config = QPeftConfig(target_modules=["query"], rank=2, ansatz="taylor",
+                         ansatz_options=options)
+    with pytest.raises(ConfigError, match=match):
+        get_qpeft_model(tiny_bert(), config)
+
+
+def test_an_ansatz_builder_with_a_catch_all_is_refused(tmp_path):
+    path = tmp_path / "catch_all.py"
+    path.write_text("import qpeft\n"
+                    "def build(**options):\n"
+                    "    return qpeft.ansatz.pauli(qubits=options.get('qubits', 4),\n"
+                    "                              layers=options.get('layers', 1))\n")
+    config = QPeftConfig(target_modules=["0"], rank=2, layers=3, ansatz=str(path))
+    with pytest.raises(ConfigError, match=r"takes \*\*options.*def build\(qubits"):
+        get_qpeft_model(torch.nn.Sequential(torch.nn.Linear(16, 16)), config)
+
+
+def test_modules_to_save_holding_another_adapters_layer_is_refused():
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2))
+    config = QPeftConfig(target_modules=["key"], rank=2,
+                         modules_to_save=["layer.0.attention"])
+    with pytest.raises(ConfigError, match=r"holds the adapted layer "
+                                          r"'bert\.encoder\.layer\.0\.attention\.self\.query'"):
+        model.add_adapter("b", config)
+    assert list(model.peft_config) == ["default"]
+    assert not model.saved_modules()
+    assert list(model.qpeft_layers("b")) == []

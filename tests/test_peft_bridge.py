@@ -405,3 +405,14 @@ def test_deleting_the_active_adapter_activates_one_on_other_layers():
     assert model.active_adapters == ["b"]
     with torch.no_grad():
         assert model(tokens()).logits.shape == (4, 3)  # once KeyError: 'default'
+
+
+def test_a_model_with_native_adapters_is_refused():
+    native = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=["query"], rank=2))
+    layer = native.base_model.bert.encoder.layer[0].attention.self.query
+    before = [p.clone() for p in layer.adapter_parameters("default")]
+    with pytest.raises(ConfigError, match="holds adapters of qpeft's own API"):
+        peft.get_peft_model(native.base_model,
+                            QPeftPeftConfig(target_modules=["query", "value"], rank=2))
+    assert list(layer.qpeft_lambda) == ["default"]
+    assert all(torch.equal(a, b) for a, b in zip(layer.adapter_parameters("default"), before))

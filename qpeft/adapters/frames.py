@@ -25,6 +25,7 @@ gradient needed) it keeps the frames until a parameter changes.
 
 from __future__ import annotations
 
+import inspect
 import math
 import sys
 import weakref
@@ -103,7 +104,22 @@ class FrameSpec:
         if name not in mapping_names():
             raise ConfigError(f"unknown mapping {name!r}; use one of {', '.join(mapping_names())}")
         _check_columns(columns, dimension)
-        items = tuple(sorted((options or {}).items()))
+        from qpeft.compiler.mappings import mapping, mapping_options
+
+        options = dict(options or {})
+        accepted = mapping_options(name) - {"dtype", "device"}
+        unknown = sorted(set(options) - accepted, key=str)
+        if unknown:
+            raise ConfigError(
+                f"ansatz_options {unknown} are not options of mapping {name!r}; it takes "
+                f"{sorted(accepted)} (the adapter chooses dtype and device: float32, or "
+                "float64 for float64 parameters, on the layer's device)"
+            )
+        try:  # checks the values now, before any model is touched (no memory on meta)
+            mapping(name, dimension, columns, device="meta", **options)
+        except (QpeftError, TypeError, ValueError) as error:
+            raise ConfigError(f"ansatz_options of mapping {name!r}: {error}") from None
+        items = tuple(sorted(options.items()))
         return cls(dimension, columns, mapping=name, mapping_options=items)
 
     @property
@@ -238,6 +254,7 @@ def resolve_frame_spec(
 
 def _catalog_circuit(name: str, width: int, layers: int, options: dict[str, Any]) -> Circuit:
     from qpeft.ansatz import ansatz_options, load_ansatz
+    from qpeft.ansatz.catalog import ansatz_option_kinds
 
     try:
         accepted = ansatz_options(name)
@@ -245,6 +262,15 @@ def _catalog_circuit(name: str, width: int, layers: int, options: dict[str, Any]
         raise ConfigError(
             f"{error}; or one of the mappings {', '.join(mapping_names())}"
         ) from None
+    catch_all = [option for option, kind in ansatz_option_kinds(name).items()
+                 if kind is inspect.Parameter.VAR_KEYWORD]
+    if catch_all:
+        raise ConfigError(
+            f"ansatz {name!r}: its build() takes **{catch_all[0]}, so an adapter cannot tell "
+            "whether it takes the side's width (dimension=) or log2 of it (qubits=), nor "
+            "whether it uses layers=; name the options it takes, e.g. "
+            "def build(qubits: int = 4, layers: int = 2)"
+        )
     if "dimension" in accepted:
         options.setdefault("dimension", width)
     elif "qubits" in accepted:

@@ -311,8 +311,8 @@ def _circuits(directory: Path, document: dict[str, Any]) -> dict[str, Circuit]:
 
 
 def _frame(directory: Path, path: str, side: str, entry: Any, width: int, rank: int,
-           circuits: dict[str, Circuit], method: str, built: set[tuple]) -> FrameSpec:
-    """The spec of one side; ``built`` holds the mapping specs already built once."""
+           circuits: dict[str, Circuit], method: str) -> FrameSpec:
+    """The spec of one side (a mapping's options are checked by building it)."""
     try:
         if isinstance(entry, dict) and "circuit" in entry:
             if entry["circuit"] not in circuits:
@@ -328,10 +328,6 @@ def _frame(directory: Path, path: str, side: str, entry: Any, width: int, rank: 
                                        "an object of keyword options")
             spec = FrameSpec.for_mapping(entry["mapping"], int(entry["dimension"]), rank,
                                          options)
-            if spec.group_key not in built:
-                # building the mapping checks its options now, before any model is touched
-                spec.build(torch.float32, "cpu")
-                built.add(spec.group_key)
         else:
             raise _fail(directory, f"module {path!r} has no valid {side!r} frame description")
     except AdapterFileError:
@@ -440,7 +436,6 @@ def read_adapter(directory: str | os.PathLike) -> AdapterFiles:
         raise _fail(folder, f"the 'modules' list of {CONFIG_NAME} is not the one "
                             f"{WEIGHTS_NAME} was saved with (edited or reordered)")
     used: set[str] = set()
-    built: set[tuple] = set()
     frames, widths = {}, {}
     for entry in modules:
         path = entry.get("path") if isinstance(entry, dict) else None
@@ -452,7 +447,7 @@ def read_adapter(directory: str | os.PathLike) -> AdapterFiles:
             raise _fail(folder, f"module {path!r}: in_features/out_features missing") from None
         frames[path] = {
             side: _frame(folder, path, side, entry.get(side), width, config.rank, circuits,
-                         config.compile_method, built)
+                         config.compile_method)
             for side, width in (("out", n_out), ("in", n_in))
         }
         widths[path] = (n_in, n_out)

@@ -206,6 +206,10 @@ class QPeftLinear(nn.Module):
         N_out / N_in), a catalog or mapping name; by default ``ansatz``
         (``"qudit"``: :func:`qpeft.ansatz.for_dimension`) with ``layers``.
         """
+        check_adapter_name(adapter_name)
+        if adapter_name in self.merged_adapters:
+            raise ConfigError(f"adapter {adapter_name!r} is merged into the base weight; "
+                              "unmerge it before replacing it")
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise ConfigError(f"rank must be a positive integer, got {rank!r}")
         largest = min(self.in_features, self.out_features)
@@ -552,6 +556,27 @@ def check_merges(layers: Mapping[str, QPeftLinear],
             layer.check_merge(adapter_names)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+
+
+def check_adapter_name(name: object) -> None:
+    """Refuse an adapter name that cannot key the adapter's parameter tables
+    or name its folder: it must be a non-empty string without '.', '/' or
+    '\\', and not an attribute of torch's ``ParameterDict``/``ModuleDict``.
+
+    >>> check_adapter_name("v1.0")
+    Traceback (most recent call last):
+    ...
+    qpeft.errors.ConfigError: adapter name 'v1.0' is not usable: ...
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"an adapter name must be a string, got {type(name).__name__} "
+                          f"{name!r}")
+    reserved = hasattr(nn.ParameterDict(), name) or hasattr(nn.ModuleDict(), name)
+    if not name or reserved or any(c in name for c in "./\\"):
+        why = ("it is an attribute of torch's parameter tables" if reserved
+               else "names must be non-empty and contain no '.', '/' or '\\'")
+        raise ConfigError(f"adapter name {name!r} is not usable: {why}; use e.g. 'default' "
+                          "or 'task_a'")
 
 
 def _check_active_rank(active_rank: object, rank: int) -> None:

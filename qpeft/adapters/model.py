@@ -25,6 +25,7 @@ from qpeft.adapters.frames import FrameBank, FrameSpec, resolve_frame_spec
 from qpeft.adapters.layer import (
     ModulesToSaveWrapper,
     QPeftLinear,
+    check_adapter_name,
     check_merges,
     check_untied,
     is_supported_linear,
@@ -342,6 +343,7 @@ class QPeftModel(nn.Module):
     def _inject(self, adapter_name: str, config: QPeftConfig,
                 frames: PathSpecs | None = None) -> None:
         """Add adapter ``adapter_name`` to every target (all checks before any change)."""
+        check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise ConfigError(f"an adapter named {adapter_name!r} exists already")
         if not isinstance(config, QPeftConfig):
@@ -351,6 +353,15 @@ class QPeftModel(nn.Module):
         if frames is None:
             frames = plan_frames(model, config, find_target_modules(model, config))
         saved = find_modules_to_save(model, config.modules_to_save)
+        for path in saved:
+            inner = next((f"{path}.{name}" for name, module in model.get_submodule(path)
+                          .named_modules() if isinstance(module, QPeftLinear)), None)
+            if inner is not None:
+                raise ConfigError(
+                    f"modules_to_save names {path!r}, which holds the adapted layer {inner!r} "
+                    "of another adapter; a full copy of it could not be saved or loaded. Name "
+                    "a module that holds no adapted layer"
+                )
         options = layer_options(config)
         for path, specs in frames.items():
             layer = add_adapter_layer(model.get_submodule(path), adapter_name, specs, options)
@@ -598,6 +609,7 @@ class QPeftModel(nn.Module):
         Unless ``is_trainable``, the adapter is frozen and the model in eval mode."""
         from qpeft.adapters.io import apply_adapter, check_against_model, read_adapter
 
+        check_adapter_name(adapter_name)
         files = read_adapter(model_id)
         check_against_model(files, model)
         wrapped = cls(model, files.config, adapter_name, frames=files.frames)
@@ -610,6 +622,7 @@ class QPeftModel(nn.Module):
         """Load a saved adapter as another named adapter (checked before any change)."""
         from qpeft.adapters.io import apply_adapter, check_against_model, read_adapter
 
+        check_adapter_name(adapter_name)
         if adapter_name in self.peft_config:
             raise ConfigError(f"an adapter named {adapter_name!r} exists already")
         files = read_adapter(model_id)

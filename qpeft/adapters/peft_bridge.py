@@ -118,7 +118,12 @@ from qpeft.adapters.frames import (  # noqa: E402
     resolve_frame_spec,
     without_named_code,
 )
-from qpeft.adapters.layer import QPeftLinear, check_merges, check_untied  # noqa: E402
+from qpeft.adapters.layer import (  # noqa: E402
+    ModulesToSaveWrapper,
+    QPeftLinear,
+    check_merges,
+    check_untied,
+)
 from qpeft.adapters.model import (  # noqa: E402
     PathSpecs,
     add_adapter_layer,
@@ -264,6 +269,16 @@ class QPeftTuner(BaseTuner):
 
     def _prepare_model(self, peft_config, model: nn.Module) -> None:
         """Plan the adapter before peft walks the model: its targets and their frames."""
+        native = next((name for name, module in model.named_modules()
+                       if isinstance(module, (QPeftLinear, ModulesToSaveWrapper))
+                       and not isinstance(module, QPeftTunerLinear)), None)
+        if native is not None:
+            raise ConfigError(
+                f"this model holds adapters of qpeft's own API ({native!r}); peft's "
+                "get_peft_model would overwrite them. Add another adapter with "
+                "QPeftModel.add_adapter(name, config), or unload them first "
+                "(model.unload() or merge_and_unload())"
+            )
         config = peft_config.to_qpeft_config()
         # a config with recorded circuits was saved (or injected) before: read, not planned
         targets = find_target_modules(model, config, new_adapter=not peft_config.circuits)

@@ -104,6 +104,13 @@ def ansatz_builder(name_or_path: str | Path):
     return build
 
 
+def ansatz_option_kinds(name_or_path: str | Path) -> dict[str, inspect._ParameterKind]:
+    """How each option of a catalog entry's ``build`` binds (``VAR_KEYWORD`` for a
+    ``**options`` catch-all)."""
+    signature = inspect.signature(ansatz_builder(name_or_path))
+    return {name: p.kind for name, p in signature.parameters.items()}
+
+
 def ansatz_options(name_or_path: str | Path) -> dict[str, object]:
     """The options a catalog entry accepts, with their defaults."""
     signature = inspect.signature(ansatz_builder(name_or_path))

@@ -692,6 +692,15 @@ def mapping(name: str, dimension: int, columns: int, **options: object) -> Stief
     return cls(dimension, columns, **options)
 
 
+def mapping_options(name: str) -> set[str]:
+    """The keyword options :func:`mapping` takes for ``name``.
+
+    >>> sorted(mapping_options("taylor"))
+    ['check_values', 'device', 'dtype', 'terms']
+    """
+    return _accepted_options(_mapping_class(name))
+
+
 def _mapping_class(name: str) -> type[StiefelMapping]:
     if name not in MAPPINGS:
         raise CompileError(f"unknown mapping {name!r}; choose one of {', '.join(sorted(MAPPINGS))}")
