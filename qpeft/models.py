@@ -296,23 +296,45 @@ def load_sequence_classifier(
     # anew); one of the same size would keep its trained head: see _fresh_head
     model, info = _load(AutoModelForSequenceClassification, source,
                         ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
-    _fresh_head(model, info)
+    fresh = _fresh_head(model, info)
+    model.qpeft_new_modules = new_modules(model, fresh)
     align_padding(model, tokenizer)
     return model
 
 
-def _fresh_head(model: Any, info: dict[str, Any]) -> None:
+def new_modules(model: Any, fresh: set[str]) -> tuple[str, ...]:
+    """The outermost modules whose parameters are all in ``fresh`` (made anew or
+    initialised again): the new head every method trains, e.g. ``("classifier",)``,
+    ``("pre_classifier", "classifier")`` for DistilBERT, ``("classification_head",)``
+    for BART, ``("bert.pooler", "classifier")`` for a checkpoint saved without a pooler."""
+    prefix = getattr(model, "base_model_prefix", "")
+    names = [name for name, _ in model.named_parameters()]
+    found: set[str] = set()
+    for name in fresh:
+        parts = name.split(".")[:-1]
+        for depth in range(1, len(parts) + 1):
+            path = ".".join(parts[:depth])
+            under = [n for n in names if n.startswith(path + ".")]
+            if path != prefix and under and all(n in fresh for n in under):
+                found.add(path)
+                break
+    return tuple(sorted(found))
+
+
+def _fresh_head(model: Any, info: dict[str, Any]) -> set[str]:
     """Initialise again the head parameters that came from the checkpoint (a
     classifier trained on other labels), so that every run starts from a new head
-    as a base model's does; parameters transformers made anew stay as they are."""
+    as a base model's does; parameters transformers made anew stay as they are.
+    Returns the names of the parameters that are new either way."""
     import torch
 
     prefix = getattr(model, "base_model_prefix", "")
     made = set(info.get("missing_keys", ()))
     made |= {entry[0] if isinstance(entry, (tuple, list)) else entry
              for entry in info.get("mismatched_keys", ())}
-    modules = sorted({name.rpartition(".")[0] for name, _ in model.named_parameters()
-                      if prefix and not name.startswith(prefix + ".") and name not in made})
+    again = {name for name, _ in model.named_parameters()
+             if prefix and not name.startswith(prefix + ".") and name not in made}
+    modules = sorted({name.rpartition(".")[0] for name in again})
     std = getattr(model.config, "initializer_range", 0.02)
     with torch.no_grad():
         for path in filter(None, modules):
@@ -323,3 +345,4 @@ def _fresh_head(model: Any, info: dict[str, Any]) -> None:
                     module.bias.zero_()
             elif hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+    return (made | again) & {name for name, _ in model.named_parameters()}

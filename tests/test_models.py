@@ -203,3 +203,58 @@ def test_a_base_checkpoint_keeps_the_head_transformers_makes(tmp_path) -> None:
     with models.quiet_transformers():
         plain = AutoModelForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
     assert torch.equal(model.classifier.weight, plain.classifier.weight)
+
+
+def _distilbert_base(folder) -> None:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    DistilBertModel(DistilBertConfig(vocab_size=30, dim=16, n_layers=1, n_heads=2,
+                                     hidden_dim=32, max_position_embeddings=16)
+                    ).save_pretrained(folder)
+
+
+def _bart_base(folder) -> None:
+    from transformers import BartConfig, BartModel
+
+    BartModel(BartConfig(vocab_size=30, d_model=16, encoder_layers=1, decoder_layers=1,
+                         encoder_attention_heads=2, decoder_attention_heads=2,
+                         encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=16)
+              ).save_pretrained(folder)
+
+
+def _bert_without_pooler(folder) -> None:
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=30, hidden_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, intermediate_size=32,
+                         max_position_embeddings=16), add_pooling_layer=False
+              ).save_pretrained(folder)
+
+
+@pytest.mark.parametrize("save, heads", [
+    (_distilbert_base, ("classifier", "pre_classifier")),
+    (_bart_base, ("classification_head",)),
+    (_bert_without_pooler, ("bert.pooler", "classifier")),
+    (_classifier_checkpoint, ("classifier",)),
+])
+@pytest.mark.parametrize("method", ["head", "lora:r=2", "qpeft:K=2,L=1"])
+def test_every_module_the_checkpoint_lacks_is_a_head_every_method_trains(
+        tmp_path, save, heads, method) -> None:
+    """Whatever transformers made anew (or qpeft initialised again) starts random:
+    each method trains it, counts it as head and saves it."""
+    from qpeft.train.methods import MethodSpec, prepare_model
+
+    if save is _classifier_checkpoint:
+        save(tmp_path, ["p", "q"])
+    else:
+        save(tmp_path)
+    model = models.load_sequence_classifier(models.ModelSource("local", str(tmp_path), "x"),
+                                            ["x", "y"])
+    assert model.qpeft_new_modules == heads
+    new = {name: p.numel() for name, p in model.named_parameters()
+           if any(name.startswith(head + ".") for head in heads)}
+    targets = {"distilbert": ("q_lin",), "bart": ("q_proj",)}.get(model.config.model_type,
+                                                                   ("query",))
+    prepared = prepare_model(model, MethodSpec.parse(method), targets)
+    counts = prepared.parameter_counts()  # the trainable parameters inside a head
+    assert counts.head == sum(new.values())

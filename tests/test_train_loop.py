@@ -374,3 +374,28 @@ def test_a_gpu_index_beyond_the_visible_gpus_is_refused(monkeypatch: pytest.Monk
                                           r"visible \(cuda:0 to cuda:1\)"):
         resolve_device("cuda:2")
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, float("inf"), float("nan")])
+def test_a_head_learning_rate_that_cannot_train_is_refused(rate: float) -> None:
+    with pytest.raises(ConfigError, match="head learning rate .* must be positive and finite"):
+        TrainConfig(head_learning_rate=rate)
+    with pytest.raises(ConfigError, match="--lr must be positive and finite"):
+        TrainConfig(learning_rate=rate)
+
+
+def test_a_resumed_run_reports_the_highest_peak_of_its_parts(
+    encoded: data.EncodedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peaks = iter([7_000_000] * 100)
+    monkeypatch.setattr(PeakMemory, "so_far", lambda self: next(peaks))
+    checkpoint = tmp_path / "checkpoint.pt"
+    first = lora_model()
+    part = train(first.model, encoded, CONFIG, progress=False, checkpoint_path=checkpoint,
+                 stop_after_step=5)
+    assert part.peak_memory_bytes == 7_000_000
+    peaks = iter([1_000] * 100)  # the resumed part adds less
+    second = lora_model()
+    resumed = train(second.model, encoded, CONFIG, progress=False, checkpoint_path=checkpoint,
+                    resume=True)
+    assert resumed.completed and resumed.peak_memory_bytes == 7_000_000

@@ -223,3 +223,11 @@ def test_qpeft_method_trains_counts_and_saves_with_the_real_adapters(tmp_path: P
     assert any(not torch.equal(before[n], after[n]) for n in before if "classifier" not in n)
     size = prepared.save_adapter(tmp_path / "adapter")
     assert size == sum(p.stat().st_size for p in (tmp_path / "adapter").iterdir())
+
+
+def test_a_file_ansatz_gives_a_slug_without_separators_one_per_path() -> None:
+    slugs = {MethodSpec.parse(f"qpeft:K=2,ansatz={path}").slug
+             for path in ("../../he.py", "he.py", "/x/he.py", "a\\he.py")}
+    assert len(slugs) == 4
+    assert all("/" not in slug and "\\" not in slug and ".." not in slug for slug in slugs)
+    assert MethodSpec.parse("qpeft:K=2,L=1,ansatz=pauli").slug == "qpeft-K2-L1-pauli"

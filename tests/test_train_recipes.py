@@ -594,3 +594,28 @@ def test_cifar10_recipe_refuses_a_model_without_query_and_value(tmp_path: Path) 
     with pytest.raises(ConfigError, match="query/value .* with --targets"):
         cifar10.run(recipe, tmp_path / "cifar", model=model, processor=processor,
                     loader=cifar_loader, progress=False)
+
+
+def test_recipe_resume_refuses_an_edited_ansatz_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qpeft.train.recipes.__main__ import main
+    from qpeft.train.report import write_json
+
+    def fake_run(recipe, folder, resume=False):
+        write_json(Path(folder) / "metrics.json", {"test_accuracy": 0.5})
+        return {"test_accuracy": 0.5}
+
+    monkeypatch.setattr(cifar10, "run", fake_run)
+    ansatz = tmp_path / "mine.py"
+    ansatz.write_text("import qpeft\n\ndef build(dimension: int = 4, layers: int = 1):\n"
+                      "    return qpeft.ansatz.for_dimension(dimension, layers=layers)\n")
+    folder = tmp_path / "run"
+    command = ["cifar10", "--method", f"qpeft:K=2,L=1,ansatz={ansatz}",
+               "--output-dir", str(folder)]
+    assert main(command) == 0
+    assert json.loads((folder / "run.json").read_text())["inputs"]["ansatz"]
+    ansatz.write_text(ansatz.read_text() + "# edited\n")
+    assert main([*command, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"the ansatz file of --method qpeft:K=2,L=1,ansatz={ansatz} changed" in err

@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     labels = [spec.label for spec in specs]
     for index, spec in enumerate(specs):
         for earlier, text in zip(specs[:index], args.methods):
-            if earlier.label != spec.label:
+            if earlier.slug != spec.slug:  # one run folder each
                 continue
             if earlier == spec:
                 raise ConfigError(f"--methods names a method twice ({spec.label}); list each "

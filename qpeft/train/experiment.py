@@ -394,16 +394,18 @@ def check_same_run(folder: Path, expected: Mapping[str, Any], marker: str = RUN_
     saved_inputs = saved.get("inputs")
     expected_inputs = expected.get("inputs")
     if isinstance(saved_inputs, dict) and isinstance(expected_inputs, dict):
-        files = {
-            "ansatz": ("ansatz", "--ansatz", (expected.get("method") or {}).get("ansatz")),
-            "dataset": ("data", "--dataset", expected_settings.get("dataset")),
+        ansatz = (expected.get("method") or {}).get("ansatz")
+        files = {  # a recipe names its ansatz inside --method
+            "ansatz": ("ansatz", f"{ansatz} (--ansatz)" if ansatz else
+                       f"of --method {expected_settings.get('method')}"),
+            "dataset": ("data", f"{expected_settings.get('dataset')} (--dataset)"),
         }
-        for key, (what, option, name) in files.items():
+        for key, (what, name) in files.items():
             # a file that is gone now is reported by the command that reads it
             if (key in saved_inputs and key in expected_inputs
                     and saved_inputs[key] != expected_inputs[key]):
                 raise ConfigError(
-                    f"the {what} file {name} ({option}) changed since the run in {folder} "
+                    f"the {what} file {name} changed since the run in {folder} "
                     "started; restore the original file to resume, or pass --overwrite to "
                     "start again"
                 )
@@ -466,15 +468,16 @@ def _file_digest(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def input_digests(settings: TaskSettings, spec: Any = None) -> dict[str, str]:
+def input_digests(settings: TaskSettings | None, spec: Any = None) -> dict[str, str]:
     """SHA-256 of the files a run reads that its options only name: the
     ``--dataset`` CSV file and the ``--ansatz`` .py file. The options stay the
-    same when such a file is edited, so a resume compares these digests."""
+    same when such a file is edited, so a resume compares these digests.
+    (``settings`` ``None``: a recipe, whose data is never a file of the user's.)"""
     from qpeft.ansatz.catalog import names_file
     from qpeft.train.data import EMBEDDED_DATASET
 
     digests: dict[str, str] = {}
-    dataset = settings.dataset
+    dataset = EMBEDDED_DATASET if settings is None else settings.dataset
     if dataset != EMBEDDED_DATASET and not dataset.lower().startswith("glue:"):
         value = _file_digest(Path(dataset))
         if value is not None:
@@ -594,8 +597,7 @@ def run_method(
             prepared.model, task.train, config,
             head_parameter_names=prepared.head_parameter_names(), device=device,
             checkpoint_path=folder / CHECKPOINT_NAME, resume=resume,
-            fingerprint={"method": spec.label, "model": task.model_source.location,
-                         "circuits": prepared.circuits_digest()},
+            fingerprint=prepared.fingerprint(model=task.model_source.location),
             stop_after_step=stop_after_step, on_epoch_end=validate, progress=progress,
             description=spec.label, rate_option=RATE_OPTIONS,
         )

@@ -77,8 +77,10 @@ class TrainConfig:
             raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
         if self.eval_batch_size < 1:
             raise ConfigError(f"--eval-batch-size must be at least 1, not {self.eval_batch_size}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"--lr must be positive, not {self.learning_rate}")
+        for option, rate in (("--lr", self.learning_rate),
+                             ("the head learning rate (--head-lr)", self.head_learning_rate)):
+            if rate is not None and not 0 < rate < math.inf:
+                raise ConfigError(f"{option} must be positive and finite, not {rate}")
         if not 0 <= self.warmup_ratio <= 1:
             raise ConfigError(f"warm-up ratio must be in [0, 1], not {self.warmup_ratio}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
@@ -124,7 +126,8 @@ class TrainResult:
     ``epoch_metrics``: what ``on_epoch_end`` returned, with ``epoch``.
     ``train_seconds``: wall time of the training steps, summed over resumed
     parts, without the ``on_epoch_end`` calls. ``peak_memory_bytes``: see
-    :class:`PeakMemory` (of the last resumed part only).
+    :class:`PeakMemory`; the highest of the resumed parts (each measured from
+    its own start).
     """
 
     history: list[dict[str, float]]
@@ -271,19 +274,29 @@ class PeakMemory:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024
 
-    def __exit__(self, *exc_info: object) -> None:
+    def so_far(self) -> int:
+        """The peak the block has added up to now (inside the block)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self._baseline
-        elif self._thread is not None:
+            return torch.cuda.max_memory_allocated(self.device) - self._baseline
+        if self._thread is not None:
+            now = _resident_bytes()
+            if now is not None:
+                self._highest = max(self._highest, now)
+            return self._highest - self._baseline
+        return max(self._max_rss() - self._baseline, 0)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._thread is not None:
             self._stop.set()
             self._thread.join()
-            final = _resident_bytes()
-            if final is not None:
-                self._highest = max(self._highest, final)
-            self.peak_bytes = self._highest - self._baseline
-        else:
-            self.peak_bytes = max(self._max_rss() - self._baseline, 0)
+        self.peak_bytes = self.so_far()
+
+
+def _highest(*peaks: int | None) -> int | None:
+    """The highest of the peaks that were measured (``None``: none was)."""
+    known = [peak for peak in peaks if peak is not None]
+    return max(known) if known else None
 
 
 # ------------------------------------------------------------------ batching
@@ -489,6 +502,7 @@ def train(
     history: list[dict[str, float]] = []
     epoch_metrics: list[dict[str, Any]] = []
     previous_seconds = 0.0
+    previous_peak: int | None = None
     if resume and path is not None and path.exists():
         state = load_checkpoint(path)
         mismatch = _differences(state["fingerprint"], full_fingerprint)
@@ -508,6 +522,7 @@ def train(
         history = list(state["history"])
         epoch_metrics = list(state["epoch_metrics"])
         previous_seconds = float(state["train_seconds"])
+        previous_peak = state.get("peak_memory_bytes")  # absent before this was recorded
 
     model.to(device)
     rng_at_step_start = _rng_state()
@@ -525,6 +540,7 @@ def train(
             "history": history,
             "epoch_metrics": epoch_metrics,
             "train_seconds": seconds,
+            "peak_memory_bytes": _highest(previous_peak, memory.so_far()),
             "fingerprint": full_fingerprint,
         })
 
@@ -625,7 +641,7 @@ def train(
         steps=step,
         total_steps=total_steps,
         train_seconds=seconds,
-        peak_memory_bytes=memory.peak_bytes,
+        peak_memory_bytes=_highest(previous_peak, memory.peak_bytes),
         memory_measure=memory.measure,
         resumed_from_step=start_step,
         completed=step >= total_steps,

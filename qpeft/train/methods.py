@@ -25,11 +25,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from qpeft.errors import ConfigError
@@ -252,8 +253,20 @@ class MethodSpec:
 
     @property
     def slug(self) -> str:
-        """:attr:`label` as a file name: ``lora-r4``, ``qpeft-K4-L1``."""
-        return self.label.replace("=", "").replace(" ", "-")
+        """:attr:`label` as a file name: ``lora-r4``, ``qpeft-K4-L1``. An ansatz
+        given as a file path appears as its stem and a digest of the path as
+        given (``qpeft-K4-L1-he-1f0c2a9b``), so the slug never holds a path
+        separator and two files of one name get two folders.
+
+        >>> MethodSpec.parse("qpeft:K=2,ansatz=../../he.py").slug
+        'qpeft-K2-he-c5aebac5'
+        """
+        label = self.label
+        if self.ansatz is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", self.ansatz):
+            digest = hashlib.sha256(self.ansatz.encode()).hexdigest()[:8]
+            stem = re.sub(r"[^A-Za-z0-9_-]", "-", PurePath(self.ansatz).stem) or "ansatz"
+            label = label.replace(self.ansatz, f"{stem}-{digest}")
+        return label.replace("=", "").replace(" ", "-")
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -302,7 +315,15 @@ def default_targets(model: Any) -> tuple[str, ...]:
 
 def head_modules(model: Any) -> tuple[str, ...]:
     """Names of the newly initialised head modules of ``model``; empty for a
-    model without one (a causal language model keeps its tied output layer)."""
+    model without one (a causal language model keeps its tied output layer).
+
+    A model loaded by :func:`qpeft.models.load_sequence_classifier` records
+    them (``qpeft_new_modules``: every module transformers made anew or that was
+    initialised again); for another, the :data:`HEAD_MODULES` of its type, else
+    whichever of ``classifier`` and ``score`` it has."""
+    recorded = getattr(model, "qpeft_new_modules", None)
+    if recorded is not None:
+        return tuple(recorded)
     kind = model_type(model)
     if kind in HEAD_MODULES:
         return HEAD_MODULES[kind]
@@ -406,6 +427,11 @@ class PreparedModel:
             for path, layer in sorted(model.qpeft_layers(adapter).items())
         ]
         return hashlib.sha256(json.dumps(frames, sort_keys=True).encode()).hexdigest()
+
+    def fingerprint(self, **entries: Any) -> dict[str, Any]:
+        """What a training checkpoint must match to be resumed: ``entries``
+        (the task, the model), the method's label and :meth:`circuits_digest`."""
+        return {**entries, "method": self.spec.label, "circuits": self.circuits_digest()}
 
     def trainable_state(self) -> dict[str, Any]:
         """Detached CPU copies of the trainable parameters, by name."""

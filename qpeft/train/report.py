@@ -197,6 +197,12 @@ def format_percent(value: float | None, std: float | None = None) -> str:
 # ------------------------------------------------------------ run reports
 
 
+def _last_part(timings: Mapping[str, Any]) -> str:
+    """A resumed run's wall times cover the command that finished it."""
+    start = timings.get("resumed_from_step") or 0
+    return f" (the part resumed at step {start})" if start else ""
+
+
 def run_report_markdown(metrics: Mapping[str, Any]) -> str:
     """``report.md`` of one fine-tuning run, from its ``metrics.json``."""
     counts = metrics["parameters"]
@@ -224,7 +230,9 @@ def run_report_markdown(metrics: Mapping[str, Any]) -> str:
         f"| training time | {timings['train_seconds']:.1f} s "
         f"({timings['seconds_per_step']:.3f} s/step) |",
         f"| evaluation time | {timings['evaluation_seconds']:.1f} s |",
-        f"| whole run | {timings['total_seconds']:.1f} s |",
+        f"| loading the model, training and evaluation{_last_part(timings)} | "
+        f"{timings['total_seconds']:.1f} s |",
+        f"| loading the data | {timings['data_seconds']:.1f} s |",
         f"| peak memory added by training | {format_bytes(metrics.get('peak_memory_bytes'))} "
         f"({metrics.get('memory_measure', '')}) |",
         "",

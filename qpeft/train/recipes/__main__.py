@@ -42,9 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_dir,
         check_same_run,
         holds_run,
+        input_digests,
         prepare_output_dir,
         read_marker,
     )
+    from qpeft.train.methods import MethodSpec
     from qpeft.train.recipes.common import recipe_from_args
     from qpeft.train.report import as_json, read_json, write_json
 
@@ -57,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         recipe = recipe_from_args(getattr(module, class_name), args)
         # "settings" as qpeft finetune's marker: compared option by option, the device free
-        marker = as_json({"kind": f"recipe:{args.recipe}", "settings": recipe.__dict__})
+        marker = as_json({"kind": f"recipe:{args.recipe}", "settings": recipe.__dict__,
+                          "inputs": input_digests(None, MethodSpec.parse(recipe.method))})
         check_output_dir(folder, resume=args.resume, overwrite=args.overwrite)
         if args.resume and (folder / RUN_MARKER).is_file():
             saved = read_marker(folder / RUN_MARKER) or {}

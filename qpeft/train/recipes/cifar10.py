@@ -198,7 +198,7 @@ def run(
         prepared.model, subset(train_rows, images, labels, True), config,
         head_parameter_names=prepared.head_parameter_names(), device=device,
         checkpoint_path=folder / "checkpoint.pt", resume=resume,
-        fingerprint={"recipe": "cifar10", "method": spec.label}, on_epoch_end=validate,
+        fingerprint=prepared.fingerprint(recipe="cifar10"), on_epoch_end=validate,
         progress=progress, description=f"cifar10 {spec.label}", rate_option=RATE_OPTION,
     )
     test = evaluate(prepared.model, subset(test_rows, test_images, test_labels, False),

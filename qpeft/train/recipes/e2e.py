@@ -295,7 +295,7 @@ def run(
         prepared.model, training_set, config, device=device,
         head_parameter_names=prepared.head_parameter_names(),
         checkpoint_path=folder / "checkpoint.pt", resume=resume,
-        fingerprint={"recipe": "e2e", "method": spec.label},
+        fingerprint=prepared.fingerprint(recipe="e2e"),
         compute_loss=label_smoothed_loss(recipe.label_smoothing),
         progress=progress, description=f"e2e {spec.label}", rate_option=RATE_OPTION,
     )

@@ -242,7 +242,7 @@ def run(
         prepared.model, encode(tokenizer, train_data, max_length), config,
         head_parameter_names=prepared.head_parameter_names(), device=device,
         checkpoint_path=folder / "checkpoint.pt", resume=resume,
-        fingerprint={"recipe": "glue", "task": recipe.task, "method": spec.label},
+        fingerprint=prepared.fingerprint(recipe="glue", task=recipe.task),
         progress=progress, description=f"{recipe.task} {spec.label}",
         rate_option=RATE_OPTION,
     )
