@@ -336,7 +336,9 @@ def test_parameters_that_become_infinite_stop_training_with_advice(
     encoded: data.EncodedDataset,
 ) -> None:
     prepared = lora_model()
-    config = TrainConfig(epochs=1, batch_size=16, learning_rate=float("inf"), warmup_steps=0)
+    config = TrainConfig(epochs=1, batch_size=16, warmup_steps=0)
+    for _, parameter in prepared.trainable_parameters():  # an overflowing step, as a huge rate
+        parameter.register_hook(lambda grad: grad * float("inf"))
     with pytest.raises(DivergenceError, match=r"trained parameters became NaN or infinite at "
                                               r"step 1 .*lower the learning rate \(--rate\)"):
         train(prepared.model, encoded, config, progress=False, rate_option="--rate")
