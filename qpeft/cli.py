@@ -12,7 +12,9 @@ down another. A module that does not exist is not offered; an import error
 inside a module that does exist is raised as it is.
 
 A :class:`~qpeft.errors.QpeftError` raised by a command is printed as
-``error: <message>`` on standard error, with exit code 2 and no traceback.
+``error: <message>`` on standard error, with exit code 2 and no traceback; so
+are a file the system refuses (an ``OSError``) and memory it cannot allocate
+(see :func:`~qpeft.errors.system_error_message`).
 Output piped into a reader that stops early (``qpeft ... | head -1``) ends
 the command quietly with exit code 1.
 """
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from qpeft._version import __version__
-from qpeft.errors import QpeftError
+from qpeft.errors import QpeftError, system_error_message
 
 #: Subcommand name -> module that implements it.
 COMMANDS: dict[str, str] = {
@@ -165,4 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except (OSError, MemoryError, RuntimeError) as error:
+        message = system_error_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return ERROR_EXIT_CODE
     return 0 if code is None else int(code)

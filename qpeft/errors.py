@@ -56,3 +56,24 @@ class AdapterFileError(QpeftError, OSError):
 
 class DataError(QpeftError, ValueError):
     """A dataset file is missing columns, empty, or holds unusable rows."""
+
+
+def system_error_message(error: BaseException) -> str | None:
+    """The ``error:`` line a command prints for a failure of the system rather
+    than of qpeft's input checks: a file or folder it may not read or write (an
+    ``OSError``), or memory that cannot be allocated. ``None`` for any other error,
+    which is a bug to report with its traceback.
+
+    >>> system_error_message(PermissionError(13, "Permission denied", "data.csv"))
+    'data.csv: Permission denied; check the path and its permissions'
+    >>> system_error_message(MemoryError())
+    'out of memory; choose smaller sizes (model, batch, N, rank or layers)'
+    """
+    if isinstance(error, MemoryError) or (
+        isinstance(error, RuntimeError) and "allocate memory" in str(error)
+    ):
+        return "out of memory; choose smaller sizes (model, batch, N, rank or layers)"
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename is not None else ""
+        return f"{where}{error.strerror or error}; check the path and its permissions"
+    return None

@@ -294,3 +294,13 @@ def test_an_ansatz_file_runs_once_until_it_changes(tmp_path):
     path.write_text(source + "\n# edited\n")
     load_ansatz(str(path))
     assert runs.read_text() == "xx"
+
+
+def test_a_build_that_fails_names_the_file_line_and_options(tmp_path) -> None:
+    path = tmp_path / "broken.py"
+    path.write_text("def build(qubits: int = 3, layers: int = 1):\n"
+                    "    names = [1]\n"
+                    "    return names[qubits]\n")
+    with pytest.raises(CatalogError, match=r"broken\.py: build\(qubits=3\) failed at line 3: "
+                                           r"IndexError: list index out of range"):
+        load_ansatz(str(path), qubits=3)

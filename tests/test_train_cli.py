@@ -591,3 +591,82 @@ def test_help_does_not_import_transformers_or_peft() -> None:
                             check=True)
     assert result.stdout.strip().splitlines()[-1] == "False False"
     assert "--output-dir" in result.stdout
+
+
+def test_overwrite_keeps_files_qpeft_did_not_write_and_the_folder_it_runs_in(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    output = tmp_path / "run"
+    args = finished_head_run(tiny, output)
+    (output / "notes.md").write_text("keep me")
+    assert cli.main([*args, "--overwrite"]) == 2
+    assert "holds files qpeft did not write (notes.md)" in capsys.readouterr().err
+    assert (output / "notes.md").read_text() == "keep me" and (output / "metrics.json").is_file()
+    (output / "notes.md").unlink()
+
+    monkeypatch.chdir(output / "adapter")  # --output-dir is the folder above this one
+    assert cli.main([*args, "--overwrite"]) == 2
+    assert "holds the folder this command runs in" in capsys.readouterr().err
+    assert (output / "metrics.json").is_file()
+    monkeypatch.chdir(tmp_path)
+
+
+def test_a_replaced_run_that_cannot_be_deleted_stays_aside_with_a_note(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import shutil
+
+    from qpeft.train import experiment
+
+    output = tmp_path / "run"
+    args = finished_head_run(tiny, output)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(experiment.shutil, "rmtree", refuse)
+    assert cli.main([*args, "--overwrite"]) == 0  # the new run is complete
+    monkeypatch.setattr(experiment.shutil, "rmtree", shutil.rmtree)
+    assert "could not be deleted" in capsys.readouterr().err
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(".run.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "metrics.json").is_file()
+    assert (output / "metrics.json").is_file()
+
+
+def test_a_resume_may_spell_the_model_and_data_paths_differently(
+    tiny: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "run"
+    resume = interrupted_run(tiny, folder, "--method", "head")
+    monkeypatch.chdir(Path(tiny["dataset"]).parent)
+    respelled = [{tiny["dataset"]: "./" + Path(tiny["dataset"]).name,
+                  tiny["model"]: "./" + Path(tiny["model"]).name}.get(a, a) for a in resume]
+    assert respelled != resume
+    assert cli.main(respelled) == 0
+
+
+@pytest.mark.parametrize("command, message", [
+    (["finetune", "--threads", "100000"], "expected 1 …"),
+    (["bench", "train", "--targets", ",,"], "names no module"),
+    (["bench", "unitary", "--quick", "--sizes", "100000000000000000000"], "2^24"),
+])
+def test_sizes_a_machine_cannot_hold_are_refused(
+    command: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = cli.main(command)
+    except SystemExit as exit_:  # argparse's refusal
+        code = exit_.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_path_the_system_refuses_is_an_error_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = tmp_path / ("a" * 300 + ".txt")
+    assert cli.main(["draw", "pauli", "--option", "qubits=2", "--output", str(name)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "File name too long" in err and "Traceback" not in err

@@ -231,3 +231,10 @@ def test_a_file_ansatz_gives_a_slug_without_separators_one_per_path() -> None:
     assert len(slugs) == 4
     assert all("/" not in slug and "\\" not in slug and ".." not in slug for slug in slugs)
     assert MethodSpec.parse("qpeft:K=2,L=1,ansatz=pauli").slug == "qpeft-K2-L1-pauli"
+
+
+def test_a_lora_rank_above_a_targets_width_is_refused() -> None:
+    prepare_model(bert(), MethodSpec("lora", rank=HIDDEN))  # the full width is allowed
+    with pytest.raises(ConfigError, match=rf"LoRA rank r={HIDDEN + 1} is larger than .* "
+                                          rf"so r <= {HIDDEN}"):
+        prepare_model(bert(), MethodSpec("lora", rank=HIDDEN + 1))

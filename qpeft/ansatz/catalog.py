@@ -85,14 +85,23 @@ def _run_file(path: Path) -> ModuleType:
             f"ansatz file {path} has a syntax error at line {exc.lineno}: {exc.msg}"
         ) from None
     except Exception as exc:  # noqa: BLE001 - whatever the user's module raises on import
-        line = next((frame.lineno for frame in reversed(traceback.extract_tb(exc.__traceback__))
-                     if Path(frame.filename).resolve() == path.resolve()), None)
-        where = f" at line {line}" if line else ""
         raise CatalogError(
-            f"ansatz file {path} failed when run{where}: {type(exc).__name__}: {exc}"
+            f"ansatz file {path} failed when run{_line_in(path, exc)}: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
     _FILES[key] = module
     return module
+
+
+def _call(options: dict[str, object]) -> str:
+    return ", ".join(f"{name}={value!r}" for name, value in options.items())
+
+
+def _line_in(path: Path, error: BaseException) -> str:
+    """`` at line N``: the last line of ``path`` in ``error``'s traceback."""
+    line = next((frame.lineno for frame in reversed(traceback.extract_tb(error.__traceback__))
+                 if Path(frame.filename).resolve() == path.resolve()), None)
+    return f" at line {line}" if line else ""
 
 
 def ansatz_builder(name_or_path: str | Path):
@@ -135,6 +144,12 @@ def load_ansatz(name_or_path: str | Path, **options) -> Circuit:
         raise
     except (TypeError, ValueError) as exc:
         raise CatalogError(f"{name_or_path} could not build with {options}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - whatever a user's build() raises
+        where = _line_in(Path(str(name_or_path)), exc) if names_file(str(name_or_path)) else ""
+        raise CatalogError(
+            f"{name_or_path}: build({_call(options)}) failed{where}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(circuit, Circuit):
         raise CatalogError(
             f"{name_or_path}: build() returned {type(circuit).__name__}, not a Circuit"

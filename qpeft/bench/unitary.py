@@ -76,6 +76,9 @@ ALL_METHODS = FAST_METHODS + SLOW_METHODS + MAPPINGS + FULL_MAPPINGS
 
 #: Default dimensions: the powers of two 2^8 … 2^14 and three transformer widths.
 DEFAULT_SIZES = (256, 384, 512, 768, 1024, 2048, 3072, 4096, 8192, 16384)
+#: The largest N timed: at 2^24 one float32 frame of K = 4 columns is 256 MiB, and the
+#: alternative mappings hold several of them (the batched case is separate).
+MAX_SIZE = 2**24
 #: The dense unitary is timed up to this N (it holds N×N numbers per saved state).
 DENSE_LIMIT = 1024
 
@@ -404,8 +407,9 @@ class BenchmarkConfig:
         if not self.methods:
             raise ConfigError(f"--methods names no method; give a comma-separated subset of "
                               f"{','.join(ALL_METHODS)}")
-        if not self.sizes or min(self.sizes) < 2:
-            raise ConfigError(f"--sizes takes dimensions N >= 2 only, got {list(self.sizes)}")
+        if not self.sizes or min(self.sizes) < 2 or max(self.sizes) > MAX_SIZE:
+            raise ConfigError(f"--sizes takes dimensions 2 <= N <= 2^24 = {MAX_SIZE} only, got "
+                              f"{list(self.sizes)}")
         if len(set(self.sizes)) < len(self.sizes):
             raise ConfigError(f"--sizes names a dimension twice: {list(self.sizes)}")
         if self.columns < 1 or any(self.columns > n for n in self.sizes):

@@ -17,8 +17,11 @@ machine with one thread); see docs/results.md for the measurements.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import secrets
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -136,8 +139,13 @@ def _threads(text: str) -> str | int:
         raise argparse.ArgumentTypeError(
             f"expected a number of threads or 'auto', not {text!r}"
         ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1 thread, not {value}")
+    from qpeft.bench.cli import max_threads
+
+    if not 1 <= value <= max_threads():
+        raise argparse.ArgumentTypeError(
+            f"expected 1 … {max_threads()} threads (the CPUs of this machine) or 'auto', "
+            f"not {value}"
+        )
     return value
 
 
@@ -151,8 +159,6 @@ def choose_threads(requested: str | int) -> int:
     uses the cores left free by the 1-minute load average, at least one.
     Results can differ in the last bits between thread counts.
     """
-    import os
-
     import torch
 
     if requested == "auto":
@@ -172,16 +178,9 @@ def choose_threads(requested: str | int) -> int:
 def settings_from_args(args: argparse.Namespace) -> TaskSettings:
     from qpeft.train.data import check_cap
     from qpeft.train.loop import resolve_device
+    from qpeft.train.methods import parse_targets
 
-    targets = None
-    if args.targets is not None:
-        targets = tuple(part.strip() for part in args.targets.split(",") if part.strip())
-        if not targets:
-            raise ConfigError(
-                f"--targets {args.targets!r} names no module; give comma-separated module-name "
-                "suffixes (for example query,value), or leave --targets out to adapt the "
-                "attention projections"
-            )
+    targets = None if args.targets is None else parse_targets(args.targets)
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite contradict each other; pass only one")
     if args.max_length < 8:
@@ -270,6 +269,44 @@ def read_marker(path: Path) -> dict[str, Any] | None:
     return value
 
 
+#: The entries that ``finetune``, ``compare`` and the recipes write in an output folder
+#: (hidden temporary names aside): ``--overwrite`` replaces a folder that holds only these.
+RUN_OUTPUTS = frozenset({
+    RUN_MARKER, "compare-run.json", METRICS_NAME, CHECKPOINT_NAME, "history.json",
+    "report.md", "loss.png", "accuracy_vs_parameters.png", "adapter", "runs",
+    "compare.json", "compare.md", "generations.json",
+})
+
+
+def set_aside(folder: Path) -> Path:
+    """Move ``folder`` to a hidden sibling and return where it went."""
+    for _ in range(100):
+        aside = folder.with_name(f".{folder.name}.replaced-{secrets.token_hex(4)}")
+        if not aside.exists():
+            folder.rename(aside)
+            return aside
+    raise FileExistsError(f"no free name beside {folder}")  # pragma: no cover
+
+
+def _check_replaceable(folder: Path) -> None:
+    """Refuse to replace ``folder`` when it holds files qpeft did not write, or
+    holds the working folder (``--output-dir .``)."""
+    here = Path.cwd().resolve()
+    if folder.resolve() in (here, *here.parents):
+        raise ConfigError(
+            f"--overwrite would replace {folder}, which holds the folder this command runs "
+            "in; run it from elsewhere, or choose another --output-dir"
+        )
+    foreign = sorted(entry.name for entry in folder.iterdir()
+                     if entry.name not in RUN_OUTPUTS and not entry.name.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
+        raise ConfigError(
+            f"{folder} holds files qpeft did not write ({shown}); --overwrite replaces the "
+            "whole folder, so move them out first, or choose another --output-dir"
+        )
+
+
 def holds_run(folder: Path, marker: str = RUN_MARKER) -> bool:
     """Whether ``folder`` holds a qpeft run: its ``marker`` file is a qpeft marker."""
     return (folder / marker).is_file() and read_marker(folder / marker) is not None
@@ -308,6 +345,8 @@ def check_output_dir(folder: Path, *, resume: bool, overwrite: bool,
                     f"{folder} already holds a run; pass --resume to continue it, --overwrite "
                     "to replace it, or choose another --output-dir"
                 )
+            if overwrite:
+                _check_replaceable(folder)
         ancestor = folder.absolute()
         while not ancestor.exists() and ancestor != ancestor.parent:
             ancestor = ancestor.parent
@@ -322,17 +361,28 @@ def check_output_dir(folder: Path, *, resume: bool, overwrite: bool,
 def prepare_output_dir(folder: Path, *, resume: bool, overwrite: bool,
                        marker: str = RUN_MARKER) -> None:
     """Make ``folder`` ready for a run, after :func:`check_output_dir`: with
-    ``overwrite`` the run in it is deleted. Call it only once every other
-    check has passed, so that a mistyped command leaves the old run alone."""
+    ``overwrite`` the run in it is replaced (moved aside in one rename, then
+    deleted; a part that cannot be deleted stays aside, named in a note). Call it
+    only once every other check has passed, so that a mistyped command leaves the
+    old run alone."""
     check_output_dir(folder, resume=resume, overwrite=overwrite, marker=marker)
+    aside = None
     try:
         if overwrite and holds_run(folder, marker):
-            shutil.rmtree(folder)
+            aside = set_aside(folder)
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        if aside is not None and not folder.exists():
+            aside.rename(folder)  # the old run stays as it was
         raise ConfigError(
             f"cannot prepare {folder} for --output-dir ({error}); choose a folder you can write"
         ) from None
+    if aside is not None:
+        try:
+            shutil.rmtree(aside)
+        except OSError as error:
+            print(f"note: the replaced run was moved to {aside}, and could not be deleted "
+                  f"({error}); delete it yourself", file=sys.stderr)
 
 
 def check_method(task: Task, spec: Any, seeds: Sequence[int]) -> None:
@@ -364,6 +414,19 @@ def train_config(settings: TaskSettings, spec: Any, seed: int) -> Any:
     )
 
 
+def _same_setting(key: str, saved: Any, given: Any) -> bool:
+    """Equal values; for ``--model`` and ``--dataset`` also two spellings of one
+    existing file or folder (``data.csv``, ``./data.csv``, an absolute path)."""
+    if saved == given:
+        return True
+    if key not in ("model", "dataset") or not (isinstance(saved, str) and isinstance(given, str)):
+        return False
+    try:
+        return os.path.samefile(Path(saved).expanduser(), Path(given).expanduser())
+    except (OSError, ValueError):
+        return False
+
+
 def check_same_run(folder: Path, expected: Mapping[str, Any], marker: str = RUN_MARKER) -> None:
     """Refuse to resume ``folder`` when its marker differs from ``expected``
     (keys absent from ``expected`` are not compared), or is not a qpeft marker."""
@@ -383,7 +446,8 @@ def check_same_run(folder: Path, expected: Mapping[str, Any], marker: str = RUN_
         saved_settings = {"settings": saved_settings}
     differences += [
         f"--{key.replace('_', '-')}" for key in sorted(set(saved_settings) | set(expected_settings))
-        if key not in _FREE_ON_RESUME and saved_settings.get(key) != expected_settings.get(key)
+        if key not in _FREE_ON_RESUME
+        and not _same_setting(key, saved_settings.get(key), expected_settings.get(key))
     ]
     if differences:
         raise ConfigError(

@@ -300,6 +300,22 @@ def unmatched_targets(model: Any, targets: Sequence[str]) -> list[str]:
     ]
 
 
+def parse_targets(text: str, default: str = "the attention projections") -> tuple[str, ...]:
+    """The module-name suffixes of a comma-separated ``--targets``; one that
+    names none (``""``, ``",,"``) is a ConfigError, not the default targets.
+
+    >>> parse_targets(" query, value ,")
+    ('query', 'value')
+    """
+    targets = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not targets:
+        raise ConfigError(
+            f"--targets {text!r} names no module; give comma-separated module-name suffixes "
+            f"(for example query,value), or leave --targets out to adapt {default}"
+        )
+    return targets
+
+
 def default_targets(model: Any) -> tuple[str, ...]:
     """Attention projections of ``model`` (see :data:`DEFAULT_TARGETS`)."""
     kind = model_type(model)
@@ -509,11 +525,29 @@ def prepare_model(
     spec = replace(spec, targets=chosen)
     if spec.name in {"oft", "boft"}:
         _check_block_size(model, matched, spec)
+    if spec.name == "lora":
+        _check_lora_rank(model, matched, spec.rank)
     if spec.name == "qpeft":
         wrapped = _wrap_qpeft(model, spec, heads)
     else:
         wrapped = _wrap_peft(model, spec, heads)
     return PreparedModel(wrapped, spec, heads, chosen)
+
+
+def _check_lora_rank(model: Any, matched: Sequence[str], rank: int) -> None:
+    """A LoRA rank above a target's narrower side adds nothing a full update
+    lacks, and one far above it does not fit in memory: refused, as qpeft's K."""
+    from qpeft.adapters.layer import is_supported_linear, linear_shape
+
+    modules = dict(model.named_modules())
+    for name in matched:
+        if is_supported_linear(modules[name]):
+            n_in, n_out, _ = linear_shape(modules[name])
+            if rank > min(n_in, n_out):
+                raise ConfigError(
+                    f"LoRA rank r={rank} is larger than {name!r} allows: it maps {n_in} to "
+                    f"{n_out} features, so r <= {min(n_in, n_out)}"
+                )
 
 
 def _check_block_size(model: Any, matched: Sequence[str], spec: MethodSpec) -> None:

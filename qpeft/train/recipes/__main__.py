@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import secrets
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from qpeft.cli import DefaultsHelpFormatter
-from qpeft.errors import QpeftError
+from qpeft.errors import QpeftError, system_error_message
 from qpeft.train.recipes import RECIPES
 
 
@@ -45,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         input_digests,
         prepare_output_dir,
         read_marker,
+        set_aside,
     )
     from qpeft.train.methods import MethodSpec
     from qpeft.train.recipes.common import recipe_from_args
@@ -90,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QpeftError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (OSError, MemoryError, RuntimeError) as error:
+        message = system_error_message(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     finally:
         if started_here and refused_before_work(folder):
             # refused before any work (a model that does not load, say): leave no run
@@ -109,16 +115,6 @@ def refused_before_work(folder: Path) -> bool:
     from qpeft.train.experiment import RUN_MARKER
 
     return folder.is_dir() and sorted(p.name for p in folder.iterdir()) == [RUN_MARKER]
-
-
-def set_aside(folder: Path) -> Path:
-    """Move ``folder`` to a hidden sibling and return where it went."""
-    for _ in range(100):
-        aside = folder.with_name(f".{folder.name}.replaced-{secrets.token_hex(4)}")
-        if not aside.exists():
-            folder.rename(aside)
-            return aside
-    raise FileExistsError(f"no free name beside {folder}")  # pragma: no cover
 
 
 def _show(metrics: dict, folder: Path) -> int:
