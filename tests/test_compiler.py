@@ -760,7 +760,7 @@ def test_values_that_overflow_the_compiled_dtype_say_so() -> None:
     assert compile_circuit(pauli(3, 1), 2, dtype=torch.float64)(big).isfinite().all()
     # finite values whose angles overflow: through a coefficient, or a bound constant
     scaled = compile_circuit(Circuit(1).ry(0, 1e30 * Parameter("a")), None)
-    with pytest.raises(ParameterError, match="times a coefficient up to 1e\\+30"):
+    with pytest.raises(ParameterError, match="times coefficients summing to up to 1e\\+30"):
         scaled(torch.tensor([1e10]))
     assert scaled(torch.tensor([1e-31])).isfinite().all()
     shifted = compile_circuit(Circuit(1).ry(0, Parameter("a") + 1e39), None)
@@ -768,6 +768,36 @@ def test_values_that_overflow_the_compiled_dtype_say_so() -> None:
         shifted(torch.tensor([0.0]))
     assert compile_circuit(Circuit(1).ry(0, Parameter("a") + 1e39), None,
                            dtype=torch.float64)(torch.tensor([0.0])).isfinite().all()
+    # a sum of terms, or a value plus a constant, that overflows only together
+    a, b = Parameter("a"), Parameter("b")
+    with pytest.raises(ParameterError, match="coefficients summing to up to 2"):
+        compile_circuit(Circuit(1).ry(0, a + b), None)(torch.tensor([2e38, 2e38]))
+    with pytest.raises(ParameterError, match="plus a constant up to 2e\\+38"):
+        compile_circuit(Circuit(1).ry(0, a + 2e38), None)(torch.tensor([2e38]))
+    assert compile_circuit(Circuit(1).ry(0, a + b), None)(torch.tensor([1e38, 1e38])
+                                                          ).isfinite().all()
+
+
+@pytest.mark.parametrize("method, recompute", [
+    *((method, False) for method in METHODS),
+    *((method, True) for method in METHODS if method != "tensornet"),
+])
+def test_a_circuit_without_gates_stays_on_the_values_graph(method: str, recompute: bool) -> None:
+    for circuit in (Circuit(2), Circuit(2).barrier()):
+        values = torch.zeros(3, 0, requires_grad=True)
+        frame = compile_circuit(circuit, 2, method=method, recompute_backward=recompute)
+        frame(values).sum().backward()
+        assert values.grad is not None and values.grad.shape == (3, 0)
+
+
+@pytest.mark.parametrize("layers", [1, 4])
+def test_tensornet_of_a_shannon_circuit_at_a_bert_width_matches_columns(layers: int) -> None:
+    circuit = for_dimension(768, layers=layers, method="shannon")
+    values = torch.randn(circuit.num_parameters, dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(3))
+    network = compile_circuit(circuit, 4, method="tensornet", dtype=torch.float64)
+    expected = compile_circuit(circuit, 4, dtype=torch.float64)(values)
+    torch.testing.assert_close(network(values), expected, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("device", ["gpu", "not a device", 2.5])

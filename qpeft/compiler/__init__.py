@@ -89,10 +89,10 @@ class CompiledCircuit(nn.Module):
             )
         self.recompute_backward = recompute_backward
         self.check_values = check_values
-        # an angle is constant + coefficient · value: the largest of each bounds what a
-        # value may be before the angle overflows the compiled dtype
+        # an angle is constant + Σ coefficient · value: |constant| + Σ |coefficient| · max|v|
+        # bounds it, so these two bound what a value may be before an angle overflows
         expressions = [expr for gate in circuit.gates for expr in gate.params]
-        self._largest_coefficient = max((abs(c) for e in expressions for _, c in e.terms),
+        self._largest_coefficient = max((sum(abs(c) for _, c in e.terms) for e in expressions),
                                         default=1.0)
         self._largest_constant = max((abs(e.constant) for e in expressions), default=0.0)
         self.plan: Plan = make_plan(circuit, max_block=max_block)
@@ -207,23 +207,32 @@ class CompiledCircuit(nn.Module):
         if self.method == "dense":
             out = out[..., self.columns]
         out = out.to(self.engine.work_dtype)
+        if flat.requires_grad and not out.requires_grad:  # a circuit without gates
+            from qpeft.compiler.mappings import on_graph
+
+            out = on_graph(out, flat)
         return out.reshape(*lead, *out.shape[-2:])
 
     def _check_finite(self, given: torch.Tensor, flat: torch.Tensor) -> None:
-        """Raise for NaN or infinite values, or for angles (constant + coefficient ·
-        value) that overflow the compiled dtype; one read-back from the device."""
+        """Raise for NaN or infinite values, or for values that may make an angle
+        (constant + Σ coefficient · value) overflow the compiled dtype; one
+        read-back from the device."""
         largest = torch.finfo(flat.dtype).max
         if self._largest_constant > largest:
             raise ParameterError(
                 f"a constant angle of the circuit ({self._largest_constant:.3g}) overflows the "
                 f"compiled dtype {flat.dtype}; compile with dtype=torch.float64"
             )
-        angles = flat if self._largest_coefficient <= 1.0 else flat * self._largest_coefficient
-        if torch.isfinite(angles).all():
+        if flat.numel() == 0:
+            return
+        bound = flat.abs().amax() * self._largest_coefficient + self._largest_constant
+        if torch.isfinite(bound):
             return
         if torch.isfinite(given).all():
             scale = ("" if self._largest_coefficient <= 1.0 else
-                     f", times a coefficient up to {self._largest_coefficient:.3g}")
+                     f", times coefficients summing to up to {self._largest_coefficient:.3g}")
+            if self._largest_constant:
+                scale += f", plus a constant up to {self._largest_constant:.3g}"
             raise ParameterError(
                 f"parameter values overflow the compiled dtype {flat.dtype} (largest "
                 f"magnitude {given.abs().max().item():.3g}{scale}); compile with "

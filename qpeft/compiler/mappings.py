@@ -321,12 +321,12 @@ def _gather_lower(
     return padded.index_select(-1, index).reshape(*values.shape[:-1], dimension, columns)
 
 
-def _on_graph(frame: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def on_graph(frame: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``frame``, attached to the graph of ``values`` that it does not depend on.
 
-    A constant frame (Givens at N = 1, Taylor with one term) would otherwise
-    not require a gradient, and a backward pass through it would fail or leave
-    the values without a (zero) gradient.
+    A constant frame (Givens at N = 1, Taylor with one term, a circuit without
+    gates) would otherwise not require a gradient, and a backward pass through
+    it would fail or leave the values without a (zero) gradient.
     """
     return frame + 0 * values.sum(-1)[..., None, None]
 
@@ -476,7 +476,7 @@ class TaylorMapping(_GeneratorMapping):
         skew, bottom = self._blocks(values)
         start = self._identity_columns(values)
         if self.terms == 1:
-            return _on_graph(start, values)
+            return on_graph(start, values)
         return deque(_taylor_partial_sums(skew, bottom, start, self.terms), maxlen=1)[0]
 
 
@@ -659,7 +659,7 @@ class GivensMapping(StiefelMapping):
                 reached = torch.cat([rotated_old, rotated_new], dim=-2)
             reached = reached.index_select(-2, natural_order[tree])
             frame = torch.cat([frame[..., :column, :], reached], dim=-2)
-        return frame if self._level_sizes else _on_graph(frame, values)  # N = 1: no angle
+        return frame if self._level_sizes else on_graph(frame, values)  # N = 1: no angle
 
 
 MAPPINGS: dict[str, type[StiefelMapping]] = {
