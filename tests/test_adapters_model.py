@@ -928,6 +928,17 @@ def test_mapping_options_are_checked_when_the_adapter_is_made(options, match):
         get_qpeft_model(tiny_bert(), config)
 
 
+def test_a_catch_all_builder_that_names_its_width_and_layers_is_used(tmp_path):
+    path = tmp_path / "named.py"
+    path.write_text("import qpeft\n"
+                    "def build(dimension: int = 8, layers: int = 1, **extra):\n"
+                    "    return qpeft.ansatz.for_dimension(dimension, layers=layers)\n")
+    config = QPeftConfig(target_modules=["0"], rank=2, layers=2, ansatz=str(path))
+    model = get_qpeft_model(torch.nn.Sequential(torch.nn.Linear(16, 16)), config)
+    spec = model.base_model[0].frame_specs["default"]["out"]
+    assert spec.circuit == qpeft.ansatz.for_dimension(16, layers=2)
+
+
 def test_an_ansatz_builder_with_a_catch_all_is_refused(tmp_path):
     path = tmp_path / "catch_all.py"
     path.write_text("import qpeft\n"
@@ -949,3 +960,8 @@ def test_modules_to_save_holding_another_adapters_layer_is_refused():
     assert list(model.peft_config) == ["default"]
     assert not model.saved_modules()
     assert list(model.qpeft_layers("b")) == []
+    itself = QPeftConfig(target_modules=["key"], rank=2,
+                         modules_to_save=["layer.0.attention.self.query"])
+    with pytest.raises(ConfigError, match=r"names 'bert\.encoder\.layer\.0\.attention\.self"
+                                          r"\.query', which is an adapted layer of another"):
+        model.add_adapter("b", itself)

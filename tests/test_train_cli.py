@@ -670,3 +670,16 @@ def test_a_path_the_system_refuses_is_an_error_line_not_a_traceback(
     assert cli.main(["draw", "pauli", "--option", "qubits=2", "--output", str(name)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "File name too long" in err and "Traceback" not in err
+
+
+def test_overwrite_keeps_hidden_files_qpeft_did_not_write(
+    tiny: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "run"
+    args = finished_head_run(tiny, output)
+    (output / ".git").mkdir()
+    (output / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    (output / ".checkpoint.pt.0123456789ab.tmp").write_bytes(b"left by an interruption")
+    assert cli.main([*args, "--overwrite"]) == 2
+    assert "holds files qpeft did not write (.git)" in capsys.readouterr().err
+    assert (output / ".git" / "HEAD").is_file()

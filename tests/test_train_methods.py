@@ -238,3 +238,17 @@ def test_a_lora_rank_above_a_targets_width_is_refused() -> None:
     with pytest.raises(ConfigError, match=rf"LoRA rank r={HIDDEN + 1} is larger than .* "
                                           rf"so r <= {HIDDEN}"):
         prepare_model(bert(), MethodSpec("lora", rank=HIDDEN + 1))
+
+
+def test_a_heads_modules_are_not_lora_targets_for_the_rank_check() -> None:
+    """A head layer that a target suffix also names (RoBERTa's classifier.out_proj,
+    BART's classification_head.out_proj) is trained in full, not adapted."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    model = RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=40, num_labels=2))
+    model.qpeft_new_modules = ("classifier",)
+    prepared = prepare_model(model, MethodSpec("lora", rank=4), ["query", "out_proj"])
+    assert prepared.parameter_counts().adapter == 4 * (32 + 32)  # the one query layer only

@@ -264,11 +264,14 @@ def _catalog_circuit(name: str, width: int, layers: int, options: dict[str, Any]
         ) from None
     catch_all = [option for option, kind in ansatz_option_kinds(name).items()
                  if kind is inspect.Parameter.VAR_KEYWORD]
-    if catch_all:
+    unnamed = [option for option, named in (
+        ("the side's width (dimension=) or log2 of it (qubits=)",
+         "dimension" in accepted or "qubits" in accepted),
+        ("layers=", "layers" in accepted)) if not named]
+    if catch_all and unnamed:
         raise ConfigError(
             f"ansatz {name!r}: its build() takes **{catch_all[0]}, so an adapter cannot tell "
-            "whether it takes the side's width (dimension=) or log2 of it (qubits=), nor "
-            "whether it uses layers=; name the options it takes, e.g. "
+            f"whether it uses {' or '.join(unnamed)}; name the options it takes, e.g. "
             "def build(qubits: int = 4, layers: int = 2)"
         )
     if "dimension" in accepted:

@@ -354,13 +354,15 @@ class QPeftModel(nn.Module):
             frames = plan_frames(model, config, find_target_modules(model, config))
         saved = find_modules_to_save(model, config.modules_to_save)
         for path in saved:
-            inner = next((f"{path}.{name}" for name, module in model.get_submodule(path)
-                          .named_modules() if isinstance(module, QPeftLinear)), None)
+            inner = next((f"{path}.{name}" if name else path for name, module
+                          in model.get_submodule(path).named_modules()
+                          if isinstance(module, QPeftLinear)), None)
             if inner is not None:
+                where = "is" if inner == path else f"holds the adapted layer {inner!r}, which is"
                 raise ConfigError(
-                    f"modules_to_save names {path!r}, which holds the adapted layer {inner!r} "
-                    "of another adapter; a full copy of it could not be saved or loaded. Name "
-                    "a module that holds no adapted layer"
+                    f"modules_to_save names {path!r}, which {where} an adapted layer of another "
+                    "adapter; a full copy of it could not be saved or loaded. Name a module "
+                    "that holds no adapted layer"
                 )
         options = layer_options(config)
         for path, specs in frames.items():

@@ -1,9 +1,10 @@
 """The ansatz catalog: ``circuits/`` (shipped as ``qpeft.catalog``).
 
-Each entry is a small Python file defining ``build(**options) -> Circuit``
-and a docstring. :func:`load_ansatz` runs an entry by name, or any file a
-user points it at (only code the user chose to run: adapters never name
-files, they carry the circuit's JSON description instead).
+Each entry is a small Python file defining ``build(...) -> Circuit`` (its
+options as named parameters) and a docstring. :func:`load_ansatz` runs an
+entry by name, or any file a user points it at (only code the user chose to
+run: adapters never name files, they carry the circuit's JSON description
+instead).
 
 >>> load_ansatz("pauli", qubits=3, layers=1).num_parameters
 7
@@ -49,7 +50,7 @@ def _load_module(name_or_path: str | Path) -> ModuleType:
         if path.suffix != ".py":
             raise CatalogError(
                 f"{text} is not a .py file: an ansatz file must be a Python file defining "
-                "build(**options) -> Circuit. A circuit saved as JSON is not an ansatz file; "
+                "build(...) -> Circuit. A circuit saved as JSON is not an ansatz file; "
                 "load it in Python with Circuit.from_json(text) and pass it to "
                 "qpeft.draw.draw or qpeft.interop.verify.verify"
             )
@@ -59,7 +60,8 @@ def _load_module(name_or_path: str | Path) -> ModuleType:
     if text not in catalog_names():
         raise CatalogError(
             f"no ansatz named {text!r} in the catalog; available: {', '.join(catalog_names())} "
-            "(or pass the path of a .py file defining build(**options) -> Circuit)"
+            "(or pass the path of a .py file defining a build function with named options, "
+            "e.g. def build(qubits: int = 4, layers: int = 2) -> Circuit)"
         )
     return importlib.import_module(f"qpeft.catalog.{text}")
 
@@ -109,7 +111,8 @@ def ansatz_builder(name_or_path: str | Path):
     module = _load_module(name_or_path)
     build = getattr(module, "build", None)
     if not callable(build):
-        raise CatalogError(f"{name_or_path} defines no build(**options) -> Circuit function")
+        raise CatalogError(f"{name_or_path} defines no build(...) -> Circuit function, e.g. "
+                           "def build(qubits: int = 4, layers: int = 2)")
     return build
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import secrets
 import shutil
 import sys
@@ -270,12 +271,17 @@ def read_marker(path: Path) -> dict[str, Any] | None:
 
 
 #: The entries that ``finetune``, ``compare`` and the recipes write in an output folder
-#: (hidden temporary names aside): ``--overwrite`` replaces a folder that holds only these.
+#: (with their temporary names): ``--overwrite`` replaces a folder that holds only these.
 RUN_OUTPUTS = frozenset({
     RUN_MARKER, "compare-run.json", METRICS_NAME, CHECKPOINT_NAME, "history.json",
     "report.md", "loss.png", "accuracy_vs_parameters.png", "adapter", "runs",
     "compare.json", "compare.md", "generations.json",
 })
+
+
+#: The temporary names qpeft's writers leave after an interruption: the atomic
+#: writer's ``.NAME.<hex>.tmp`` and the adapter's staging folder ``.adapter.tmp-PID``.
+_OWN_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{12}\.tmp|\.adapter\.tmp-\d+")
 
 
 def set_aside(folder: Path) -> Path:
@@ -298,7 +304,7 @@ def _check_replaceable(folder: Path) -> None:
             "in; run it from elsewhere, or choose another --output-dir"
         )
     foreign = sorted(entry.name for entry in folder.iterdir()
-                     if entry.name not in RUN_OUTPUTS and not entry.name.startswith("."))
+                     if entry.name not in RUN_OUTPUTS and not _OWN_TEMPORARY.fullmatch(entry.name))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", …" if len(foreign) > 5 else "")
         raise ConfigError(

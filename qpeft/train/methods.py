@@ -521,7 +521,8 @@ def prepare_model(
             f"linear modules are named like {', '.join(_linear_names(model)[:6])}: "
             "pass suffixes of such names to --targets"
         )
-    matched = matching_modules(model, chosen)
+    # a head's modules are trained in full (modules_to_save), never adapted
+    matched = [name for name in matching_modules(model, chosen) if not _is_head(name, heads)]
     spec = replace(spec, targets=chosen)
     if spec.name in {"oft", "boft"}:
         _check_block_size(model, matched, spec)
