@@ -173,7 +173,7 @@ def test_a_path_that_is_not_a_python_file_is_a_catalog_error(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.json").write_text(qpeft.Circuit(1).ry(0, "a").to_json())
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(CatalogError, match=r"not a \.py file.*build\(\*\*options\).*from_json"):
+    with pytest.raises(CatalogError, match=r"not a \.py file.*build\(\.\.\.\).*from_json"):
         load_ansatz(name)
 
 
