@@ -965,3 +965,69 @@ def test_modules_to_save_holding_another_adapters_layer_is_refused():
     with pytest.raises(ConfigError, match=r"names 'bert\.encoder\.layer\.0\.attention\.self"
                                           r"\.query', which is an adapted layer of another"):
         model.add_adapter("b", itself)
+
+
+# -- torch.export and torch.func ---------------------------------------------------------------
+def small_adapted(init: str, seed: int = 0) -> QPeftModel:
+    torch.manual_seed(seed)
+    base = torch.nn.Sequential(torch.nn.Linear(24, 48), torch.nn.ReLU(), torch.nn.Linear(48, 24))
+    model = get_qpeft_model(base, QPeftConfig(target_modules="all-linear", rank=4, init=init))
+    perturb(model)
+    return model
+
+
+@pytest.mark.parametrize("init", ["offset", "zero_lambda"])
+def test_an_exported_model_computes_the_eager_outputs_and_leaves_them_alone(init):
+    from qpeft.adapters import frames
+
+    frames.clear_compiled_cache()  # the export builds the compiled frames itself
+    x = torch.randn(5, 24)
+    model = small_adapted(init)
+    with torch.no_grad():
+        eager = model(x)
+    for traced in (model, model.base_model):
+        program = torch.export.export(traced, (x,))
+        torch.testing.assert_close(program.module()(x), eager, atol=1e-6, rtol=0)
+    with torch.no_grad():
+        after = model(x)
+    assert type(after) is torch.Tensor
+    torch.testing.assert_close(after, eager, atol=0, rtol=0)
+    other = small_adapted(init, seed=1)
+    torch.export.export(other.base_model, (x,))  # nothing of the first export is left behind
+
+
+@pytest.mark.parametrize("init", ["offset", "zero_lambda"])
+def test_per_sample_gradients_through_torch_func_match_a_loop(init):
+    from torch.func import functional_call, grad, vmap
+
+    model = small_adapted(init)
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    x, target = torch.randn(3, 24), torch.randn(3, 24)
+
+    def loss(values, sample, wanted):
+        out = functional_call(model, values, (sample[None],))
+        return (out - wanted[None]).square().sum()
+
+    batched = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, target)
+    for i in range(3):  # plain autograd, one sample at a time
+        leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
+        one = dict(zip(leaves, torch.autograd.grad(loss(leaves, x[i], target[i]),
+                                                   list(leaves.values()))))
+        for name in params:
+            torch.testing.assert_close(batched[name][i], one[name], atol=1e-6, rtol=1e-5)
+
+
+def test_an_ensemble_through_torch_func_matches_each_model():
+    from torch.func import functional_call, stack_module_state, vmap
+
+    models = [small_adapted("offset", seed) for seed in (0, 1)]
+    params, buffers = stack_module_state(models)
+    x = torch.randn(5, 24)
+
+    def run(p, b, sample):
+        return functional_call(models[0], (p, b), (sample,))
+
+    with torch.no_grad():
+        ensemble = vmap(run, in_dims=(0, 0, None))(params, buffers, x)
+        for index, model in enumerate(models):
+            torch.testing.assert_close(ensemble[index], model(x), atol=1e-5, rtol=0)

@@ -308,14 +308,27 @@ _COMPILED: dict[tuple, nn.Module] = {}
 
 
 def compiled_frame(spec: FrameSpec, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """The compiled module of ``spec`` on ``device`` in ``dtype``, built on first use."""
+    """The compiled module of ``spec`` on ``device`` in ``dtype``, built on first use
+    (one built while ``torch.export`` traces holds placeholder tensors: not kept)."""
     key = (spec.group_key, spec.method, str(device), dtype)
     module = _COMPILED.get(key)
     if module is None:
         module = spec.build(dtype, device)
         module.requires_grad_(False)
-        _COMPILED[key] = module
+        if not torch.compiler.is_exporting():
+            _COMPILED[key] = module
     return module
+
+
+def storage_key(tensor: torch.Tensor) -> tuple | None:
+    """What identifies ``tensor``'s current values for a cache: its storage, version,
+    dtype and device. ``None`` for a tensor without storage (a placeholder of
+    ``torch.export``, a ``torch.func`` transform's wrapper), whose results must
+    not be reused."""
+    try:
+        return tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device
+    except RuntimeError:
+        return None
 
 
 def clear_compiled_cache() -> None:
@@ -583,12 +596,12 @@ class FrameBank:
             self._signature = None
         else:
             # frames computed under torch.inference_mode() cannot enter a later autograd graph
-            signature = (torch.is_inference_mode_enabled(),) + tuple(
-                (id(layer), adapter, side, id(p), p._version, p.data_ptr(), p.dtype,
-                 p.device, layer.quantize_bits[adapter])
-                for (layer, adapter, side), p in zip(slots, parameters)
+            keys = [storage_key(p) for p in parameters]
+            signature = None if None in keys else (torch.is_inference_mode_enabled(),) + tuple(
+                (id(layer), adapter, side, id(p), key, layer.quantize_bits[adapter])
+                for (layer, adapter, side), p, key in zip(slots, parameters, keys)
             )
-            if signature == self._signature:
+            if signature is not None and signature == self._signature:
                 self._factors = batched_factors(slots, self._frames)
                 return
             self._signature = signature

@@ -44,6 +44,7 @@ from qpeft.adapters.frames import (
     FrameSpec,
     compute_frames,
     resolve_frame_spec,
+    storage_key,
     work_dtype,
 )
 from qpeft.adapters.quantize import check_bits, fake_quantize
@@ -363,20 +364,23 @@ class QPeftLinear(nn.Module):
         initial = self.qpeft_initial[adapter_name]
         return initial.theta_out if side == "out" else initial.theta_in
 
-    def _initial_signature(self, adapter_name: str) -> tuple:
+    def _initial_signature(self, adapter_name: str) -> tuple | None:
+        """What the cached initial frames were computed from (``None``: values
+        without storage, see :func:`~qpeft.adapters.frames.storage_key`)."""
         initial = self.qpeft_initial[adapter_name]
+        keys = tuple(storage_key(t) for t in (initial.theta_out, initial.theta_in))
+        if None in keys:
+            return None
         # frames computed under torch.inference_mode() cannot enter a later autograd graph
-        return (self.quantize_bits[adapter_name], torch.is_inference_mode_enabled()) + tuple(
-            (t.data_ptr(), t._version, t.dtype, t.device)
-            for t in (initial.theta_out, initial.theta_in)
-        )
+        return (self.quantize_bits[adapter_name], torch.is_inference_mode_enabled()) + keys
 
     def initial_frames_stale(self, adapter_name: str) -> bool:
         """True when the ``offset`` init's frozen frames must be (re)computed."""
         if self.init.get(adapter_name) != "offset":
             return False
         cached = self._initial_frames.get(adapter_name)
-        return cached is None or cached[0] != self._initial_signature(adapter_name)
+        return (cached is None or cached[0] is None
+                or cached[0] != self._initial_signature(adapter_name))
 
     def store_initial_frames(self, adapter_name: str, computed: Mapping) -> None:
         key = id(self), adapter_name

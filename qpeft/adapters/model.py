@@ -276,6 +276,9 @@ class _BaseCall:
     def __init__(self, owner: QPeftModel) -> None:
         self.__self__ = owner
         self.__func__ = _call_base_model
+        # torch.export reads the code object of the forward it traces
+        self.__code__ = _call_base_model.__code__
+        self.__defaults__ = _call_base_model.__defaults__
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.__self__.base_model(*args, **kwargs)
