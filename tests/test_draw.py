@@ -543,3 +543,14 @@ def test_the_docs_gallery_is_what_gen_gallery_draws_now(tmp_path):
     assert sorted(fresh) == sorted(committed)
     stale = [str(name) for name in fresh if fresh[name] != committed[name]]
     assert not stale, f"regenerate with python docs/gen_gallery.py: {stale}"
+
+
+def test_every_control_of_a_nested_controlled_gate_inside_its_box_is_drawn(tmp_path):
+    from qpeft.circuit import controlled, pauli_rotation
+
+    inner = controlled(pauli_rotation("XZ", [0, 2], 0.3), [3], [[0]])  # open control on q3
+    circuit = Circuit(4).append(controlled(inner, [1]))  # a control on q1, inside the box
+    rows = {row[:3]: row for row in circuit.draw(width=None).splitlines() if row.startswith("q")}
+    assert "●" in rows["q1:"] and "○" in rows["q3:"]
+    assert "X" in rows["q0:"] and "Z" in rows["q2:"]
+    circuit.draw(output="mpl").savefig(tmp_path / "nested.png")  # the same marks as pins

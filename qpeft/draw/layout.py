@@ -418,12 +418,14 @@ def _controlled(gate: Controlled, dims: Sequence[int], precision: int) -> Glyph:
     controls = control_marks(gate, dims)
     box = base.box
     if box is not None and any(box.top <= m.wire <= box.bottom for m in controls):
-        # A control between the wires of the base's box: write it inside the box.
-        symbols = {CONTROL: "●", OPEN_CONTROL: "○"}
-        pins = tuple((m.wire, symbols[m.kind] + m.levels) for m in controls) + box.pins
-        wires = [*gate.wires]
-        box = _span_box(wires, box.name, box.angle, pins)
-        return Glyph(base.family, box, base.marks)
+        # A control between the wires of the base's box: the box grows to every wire
+        # of the gate, and every mark inside it (the base's own controls of a nested
+        # controlled gate too) is written in it.
+        symbols = {CONTROL: "●", OPEN_CONTROL: "○", DOT: "●", TARGET: "⊕", SWAP: "×"}
+        marks = tuple(controls) + base.marks
+        pins = tuple((m.wire, symbols[m.kind] + m.levels) for m in marks) + box.pins
+        box = _span_box([*gate.wires], box.name, box.angle, pins)
+        return Glyph(base.family, box, ())
     return Glyph(base.family, box, tuple(controls) + base.marks)
 
 
