@@ -784,3 +784,23 @@ def test_a_controlled_barrier_adds_no_layer_as_a_barrier_adds_none():
     plain = Circuit(3).h(0).barrier("mid").h(0)
     under_control = Circuit(3).h(0).append(controlled(Barrier((1, 2), "mid"), [0])).h(0)
     assert under_control.depth() == plain.depth() == 2
+
+
+@pytest.mark.parametrize("rename, where", [
+    (("control_values", "controlvalues"), "a Controlled gate"),
+    (("signs", "sign"), "a SignDiagonal gate"),
+    (("parameters", "parameter"), "a circuit description"),
+])
+def test_a_misspelt_key_in_a_description_is_refused_not_ignored(rename, where):
+    from qpeft.circuit import Parameter, controlled
+    from qpeft.circuit.gates import RY, SignDiagonal
+
+    a, b = Parameter("a"), Parameter("b")
+    circuit = (Circuit(3).append(controlled(RY(1, b), [0], [[0]]))
+               .append(SignDiagonal([1, 2], [1, -1, 1, 1])).ry(2, a).reorder(["a", "b"]))
+    text = circuit.to_json()
+    assert Circuit.from_json(text) == circuit
+    old, new = rename
+    assert f'"{old}"' in text
+    with pytest.raises(DescriptionError, match=f"{where} .*unknown key.*'{new}'"):
+        Circuit.from_json(text.replace(f'"{old}"', f'"{new}"'))

@@ -40,6 +40,8 @@ FORMAT = "qpeft.circuit"
 #: written with the oldest version that holds it, so circuits without such
 #: gates or order still load in releases that read version 1.
 FORMAT_VERSION = 3
+#: The keys of a circuit description (see :meth:`Circuit.to_dict`).
+_DESCRIPTION_KEYS = frozenset({"format", "version", "dims", "gates", "parameters", "name"})
 #: The largest dimension of one wire.
 MAX_WIRE_DIMENSION = 2**31 - 1
 
@@ -505,6 +507,12 @@ class Circuit:
             raise DescriptionError(
                 f"not a qpeft circuit description (format {data.get('format')!r}, "
                 f"expected {FORMAT!r})"
+            )
+        unknown = sorted(map(str, set(data) - _DESCRIPTION_KEYS))
+        if unknown:
+            raise DescriptionError(
+                f"a circuit description has unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"it takes {', '.join(sorted(_DESCRIPTION_KEYS))}"
             )
         version = data.get("version")
         if not g.is_integer(version) or version < 1:

@@ -829,15 +829,29 @@ def _json_matrix(rows: object, what: str) -> np.ndarray:
     return np.asarray(rows, dtype=float).reshape(len(rows), -1)
 
 
+#: The keys of each gate kind's JSON description (see :meth:`Gate.to_json`).
+_GATE_KEYS: dict[str, frozenset[str]] = {
+    kind: frozenset({"gate", "wires", "params", *extra}) for kind, extra in (
+        ("PauliRotation", ("pauli",)), ("Givens", ("levels",)), ("Standard", ("name",)),
+        ("SignDiagonal", ("signs",)), ("Unitary", ("real", "imag")), ("Barrier", ("text",)),
+    )
+} | {"Controlled": frozenset({"gate", "base", "controls", "control_values"})}
+
+
 def gate_from_json(data: Mapping) -> Gate:
     """Rebuild a gate from :meth:`Gate.to_json` output."""
     if not isinstance(data, Mapping) or "gate" not in data:
         raise DescriptionError(f"a gate description must be an object with a 'gate' key: {data!r}")
     kind = data["gate"]
-    known = ("PauliRotation", "Givens", "Standard", "SignDiagonal", "Unitary", "Controlled",
-             "Barrier")
-    if kind not in known:
-        raise DescriptionError(f"unknown gate kind {kind!r}; known: {', '.join(known)}")
+    if not isinstance(kind, str) or kind not in _GATE_KEYS:
+        raise DescriptionError(f"unknown gate kind {kind!r}; known: {', '.join(_GATE_KEYS)}")
+    unknown = sorted(map(str, set(data) - _GATE_KEYS[kind]))
+    if unknown:
+        # a misspelt optional key ("controlvalues") would otherwise describe another gate
+        raise DescriptionError(
+            f"a {kind} gate description has unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(sorted(_GATE_KEYS[kind]))}"
+        )
     try:
         if kind == "Controlled":
             values = data.get("control_values")
