@@ -804,3 +804,30 @@ def test_a_misspelt_key_in_a_description_is_refused_not_ignored(rename, where):
     assert f'"{old}"' in text
     with pytest.raises(DescriptionError, match=f"{where} .*unknown key.*'{new}'"):
         Circuit.from_json(text.replace(f'"{old}"', f'"{new}"'))
+
+
+@pytest.mark.parametrize("terms, constant, message", [
+    ((), float("nan"), "constant is nan"),
+    ((), float("-inf"), "constant is -inf"),
+    ((("a", float("inf")),), 0.0, "coefficient of a is inf"),
+    ((("a", True),), 0.0, "coefficient of a must be a real number"),
+    ((), "0.5", "constant must be a real number"),
+    ((("a", 1.0), ("a", 2.0)), 0.0, "appears in two terms"),
+    ((("2a", 1.0),), 0.0, "invalid parameter name"),
+    ({"a": 1.0}, 0.0, "Expression.make"),
+    ((("a",),), 0.0, "pair"),
+])
+def test_an_expression_built_from_its_class_is_checked(terms, constant, message):
+    with pytest.raises(ParameterError, match=message):
+        Expression(terms, constant)
+
+
+def test_an_expression_built_from_its_class_is_stored_like_make_builds_it():
+    direct = Expression([("b", 1), ["a", 2.0], ("c", 0.0)], -0.0)
+    assert direct == Expression.make({"a": 2, "b": 1})
+    assert direct.terms == (("a", 2.0), ("b", 1.0)) and str(direct.constant) == "0.0"
+    assert hash(direct) == hash(Expression.make({"a": 2, "b": 1}))
+    circuit = Circuit(1).append(RY(0, direct)).append(RY(0, Expression((), -0.0)))
+    assert Circuit.from_json(circuit.to_json()) == circuit
+    assert circuit.fingerprint() == Circuit(1).ry(0, 2 * Parameter("a") + Parameter("b")).ry(
+        0, 0.0).fingerprint()

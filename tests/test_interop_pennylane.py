@@ -179,3 +179,13 @@ def test_a_barrier_on_no_wires_is_imported_as_nothing():
         qml.CNOT([0, 1])
 
     assert [g.name for g in from_pennylane(qfunc).gates] == ["H", "CX"]
+
+
+@pytest.mark.parametrize("record, message", [
+    (lambda: qml.RX(float("inf"), wires=0), "an angle is inf"),
+    (lambda: qml.RY(float("nan"), wires=0), "an angle is nan"),
+    (lambda: [qml.GlobalPhase(1.7e308, wires=0) for _ in range(2)], "out of range"),
+])
+def test_nan_and_infinite_angles_are_refused(record, message):
+    with pytest.raises(InteropError, match=message):
+        from_pennylane(record, wires=1)

@@ -398,3 +398,31 @@ def test_a_gate_whose_definition_raises_is_a_typed_refusal():
     qc.append(HamiltonianGate(np.diag([1.0, -1.0]), QiskitParameter("t")), [0])
     with pytest.raises(InteropError, match="assign its parameters first"):
         from_qiskit(qc)
+
+
+def _one_gate(add) -> QuantumCircuit:
+    qc = QuantumCircuit(1)
+    add(qc)
+    return qc
+
+
+@pytest.mark.parametrize("qc, message", [
+    (_one_gate(lambda qc: qc.ry(float("nan"), 0)), "an angle is nan"),
+    (_one_gate(lambda qc: qc.rz(float("-inf"), 0)), "an angle is -inf"),
+    (_one_gate(lambda qc: qc.ry(QiskitParameter("a") * 1e308 * 10, 0)), "slope .* is inf"),
+    (_one_gate(lambda qc: setattr(qc, "global_phase", float("inf"))), "an angle is nan"),
+    (_one_gate(lambda qc: qc.u(0.1, 1e308, 1e308, 0)), "out of range: constant is inf"),
+])
+def test_nan_and_infinite_angles_are_refused(qc, message):
+    """A NaN angle would import as a NaN matrix whose JSON cannot be read back."""
+    with pytest.raises(InteropError, match=message):
+        from_qiskit(qc)
+
+
+def test_default_control_levels_come_back_explicit_and_nested_controls_merged():
+    """The normalisations docs/interop.md lists for the Qiskit round trip."""
+    default = Circuit(2).append(controlled(RY(1, "a"), [0]))
+    assert from_qiskit(to_qiskit(default)) == Circuit(2).append(controlled(RY(1, "a"), [0], [[1]]))
+    nested = Circuit(3).append(controlled(controlled(RY(2, "a"), [1], [[0]]), [0]))
+    merged = Circuit(3).append(controlled(RY(2, "a"), [0, 1], [[1], [0]]))
+    assert from_qiskit(to_qiskit(nested)) == merged

@@ -113,6 +113,15 @@ def _check_finite(value: float, what: str) -> float:
     return value + 0.0  # -0.0 becomes 0.0: equal expressions get equal JSON and fingerprints
 
 
+def _check_name(name: object) -> None:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ParameterError(
+            f"invalid parameter name {name!r}: use letters, digits and underscores, "
+            "starting with a letter, optionally followed by an index without leading zeros "
+            "such as 'w[3]'"
+        )
+
+
 class _Algebra:
     """Arithmetic shared by :class:`Parameter` and :class:`Expression`."""
 
@@ -177,12 +186,7 @@ class Parameter(_Algebra):
     name: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise ParameterError(
-                f"invalid parameter name {self.name!r}: use letters, digits and underscores, "
-                "starting with a letter, optionally followed by an index without leading zeros "
-                "such as 'w[3]'"
-            )
+        _check_name(self.name)
 
     def _expr(self) -> Expression:
         return Expression(((self.name, 1.0),), 0.0)
@@ -223,18 +227,31 @@ class ParameterVector:
 class Expression(_Algebra):
     """An affine angle ``constant + Σ coefficient · parameter``.
 
-    ``terms`` is sorted by name, so equal expressions compare and hash equal.
+    However it is built, ``terms`` is stored as ``(name, float)`` pairs sorted
+    by name, without zero coefficients, and ``-0.0`` as ``0.0``, so equal
+    expressions compare and hash equal and survive JSON. A NaN or infinite
+    coefficient or constant, an invalid name or a name given twice raises
+    :class:`ParameterError`.
+
+    >>> Expression((("b", 1), ("a", 2.0)), -0.0) == Expression.make({"a": 2, "b": 1})
+    True
+    >>> Expression((), float("nan"))
+    Traceback (most recent call last):
+    ...
+    qpeft.errors.ParameterError: constant is nan; angles and coefficients must be finite numbers
     """
 
     terms: tuple[tuple[str, float], ...]
     constant: float = 0.0
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "terms", _checked_terms(self.terms))
+        object.__setattr__(self, "constant", _finite_number(self.constant, "constant"))
+
     @staticmethod
     def make(terms: Mapping[str, float], constant: float = 0.0) -> Expression:
-        kept = tuple(sorted(
-            (n, _check_finite(c, f"coefficient of {n}")) for n, c in terms.items() if c != 0.0
-        ))
-        return Expression(kept, _check_finite(constant, "constant"))
+        """The expression ``constant + Σ terms[name] · name``."""
+        return Expression(tuple(terms.items()), constant)
 
     def _expr(self) -> Expression:
         return self
@@ -326,6 +343,41 @@ class Expression(_Algebra):
                 f"malformed angle {_short(data)} ({exc}); an angle is a number, a parameter "
                 'name, or {"terms": [[name, coefficient], ...], "constant": number}'
             ) from exc
+
+
+def _checked_terms(terms: object) -> tuple[tuple[str, float], ...]:
+    """``terms`` as sorted ``(name, coefficient)`` pairs without zeros."""
+    if isinstance(terms, tuple) and not terms:  # a constant
+        return ()
+    if isinstance(terms, (str, bytes, Mapping)) or not hasattr(terms, "__iter__"):
+        raise ParameterError(
+            f"the terms of an expression are (name, coefficient) pairs, got {_short(terms)}; "
+            "use Expression.make({name: coefficient}, constant) to build one from a mapping"
+        )
+    kept: dict[str, float] = {}
+    for term in terms:
+        if not isinstance(term, (tuple, list)) or len(term) != 2:
+            raise ParameterError(
+                f"a term of an expression is a (name, coefficient) pair, got {_short(term)}"
+            )
+        name, coeff = term
+        _check_name(name)
+        if name in kept:
+            raise ParameterError(
+                f"parameter {name} appears in two terms of an expression; give each name once "
+                "(add the coefficients)"
+            )
+        kept[name] = _finite_number(coeff, f"coefficient of {name}")
+    return tuple(sorted((n, c) for n, c in kept.items() if c != 0.0))
+
+
+def _finite_number(value: object, what: str) -> float:
+    """``value`` (a real number, not a boolean) as a finite float, ``-0.0`` as ``0.0``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ):
+        raise ParameterError(f"{what} must be a real number, got {_short(value)}")
+    return _check_finite(value, what)
 
 
 def _json_number(value: object) -> float:

@@ -126,8 +126,25 @@ def phase_gates(phase: float | Expression, dims: tuple[int, ...]) -> list[Gate]:
 
 
 def real_number(value: complex, what: str) -> float:
-    """``value`` as a float; raise if it has an imaginary part."""
-    number = complex(value)
+    """``value`` as a finite float; raise :class:`InteropError` if it has an
+    imaginary part or is NaN or infinite.
+
+    >>> real_number(0.5 + 0j, "an angle")
+    0.5
+    >>> real_number(float("nan"), "an angle")
+    Traceback (most recent call last):
+    ...
+    qpeft.errors.InteropError: an angle is nan; angles must be finite numbers (...)
+    """
+    try:
+        number = complex(value)
+    except OverflowError:
+        raise InteropError(f"{what} is too large for a float; angles must be finite "
+                           "numbers") from None
+    if not cmath.isfinite(number):
+        shown = number.real if number.imag == 0 else number
+        raise InteropError(f"{what} is {shown}; angles must be finite numbers (check the "
+                           "source for a division by zero or an overflowing constant)")
     if abs(number.imag) > 1e-12 * max(1.0, abs(number.real)):
         raise InteropError(f"{what} is complex ({number}); angles must be real")
-    return float(number.real)
+    return float(number.real) + 0.0

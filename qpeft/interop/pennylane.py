@@ -38,7 +38,7 @@ from qpeft.circuit import (
     unitary,
 )
 from qpeft.circuit.parameters import refuse_non_real
-from qpeft.errors import InteropError, QpeftError
+from qpeft.errors import InteropError, ParameterError, QpeftError
 from qpeft.interop.common import phase_gates, real_number, require_qubits
 
 # ---------------------------------------------------------------------------
@@ -389,7 +389,11 @@ def from_pennylane(
     order = _wire_order(tape, wires)
     namer, expected = _namer(parameter_names)
     recorder = _Recorder({w: i for i, w in enumerate(order)}, namer)
-    gates = [g for op in tape.operations for g in recorder.convert(op)]
+    try:
+        gates = [g for op in tape.operations for g in recorder.convert(op)]
+    except ParameterError as exc:  # finite angles whose sum or multiple overflows
+        raise InteropError(f"an angle of the PennyLane operations is out of range: "
+                           f"{exc}") from exc
     if expected is not None and recorder.count != expected:
         raise InteropError(
             f"parameter_names lists {expected} names but the tape records {recorder.count} "

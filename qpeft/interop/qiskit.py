@@ -42,7 +42,7 @@ from qpeft.circuit import (
     barrier_of,
     unitary,
 )
-from qpeft.errors import InteropError, QpeftError
+from qpeft.errors import InteropError, ParameterError, QpeftError
 from qpeft.interop.common import NameTable, phase_gates, real_number, require_qubits
 
 _INDEXED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\[([0-9]+)\]$")
@@ -474,7 +474,10 @@ def from_qiskit(quantum_circuit) -> Circuit:
         raise InteropError("the Qiskit circuit has no qubits")
     importer = _Importer(quantum_circuit.num_qubits)
     importer.names.reserve((p, p.name) for p in quantum_circuit.parameters)
-    importer.walk(quantum_circuit, list(range(quantum_circuit.num_qubits)))
+    try:
+        importer.walk(quantum_circuit, list(range(quantum_circuit.num_qubits)))
+    except ParameterError as exc:  # finite angles whose sum or multiple overflows
+        raise InteropError(f"an angle of the Qiskit circuit is out of range: {exc}") from exc
     name = quantum_circuit.name if not _DEFAULT_NAME.match(quantum_circuit.name or "") else ""
     circuit = Circuit(quantum_circuit.num_qubits, name=name)
     try:
