@@ -115,7 +115,7 @@ def gates(draw, qubits: int):
     else:
         gate = StandardGate(base, (target,))
     values = [[draw(st.integers(0, 1))] for _ in range(count)]
-    return controlled(gate, order[:count], values)
+    return controlled(gate, order[:count], draw(st.sampled_from([values, None])))
 
 
 @st.composite
@@ -138,7 +138,8 @@ def qiskit_matrix(circuit: Circuit, values: dict[str, float]) -> np.ndarray:
 def normalised(circuit: Circuit) -> Circuit:
     """What a Qiskit round trip gives back: on qubits, the generalized CZ is
     CZ, a Givens rotation is RY (by −θ for levels (1, 0)), X or Z with one
-    control active in level 1 is CX or CZ, a controlled barrier is its barrier;
+    control active in level 1 is CX or CZ, default control levels are explicit
+    (level 1), a controlled barrier is its barrier;
     angle constants are rounded to 12
     decimals (Qiskit drops constants below about 1e-16 from expressions)."""
 
@@ -156,7 +157,7 @@ def normalised(circuit: Circuit) -> Circuit:
             simple = isinstance(base, StandardGate) and base.gate in ("X", "Z")
             if simple and len(gate.controls) == 1 and values == ((1,),):
                 return StandardGate("C" + base.gate, gate.controls + base.wires)
-            return Controlled(base, gate.controls, gate.control_values)
+            return Controlled(base, gate.controls, values)
         return gate
 
     out = Circuit(circuit.dims)

@@ -218,3 +218,67 @@ def test_a_program_cannot_include_other_files(tmp_path, text):
 def test_faults_the_openqasm_3_importer_misses_are_interop_errors(line):
     with pytest.raises(InteropError, match="invalid OpenQASM 3 program"):
         from_qasm(f'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[2] q;\n{line}\n')
+
+
+QASM2 = 'OPENQASM 2.0;\ninclude "qelib1.inc";\nqreg q[1];\n'
+QASM3 = 'OPENQASM 3.0;\ninclude "stdgates.inc";\nqubit[1] q;\n'
+
+
+@pytest.mark.parametrize("text, message", [
+    (QASM2 + "ry(1e400*0) q[0];\n", "an angle is nan"),
+    (QASM2 + "ry(1e400) q[0];\n", "an angle is inf"),
+    (QASM2 + "u3(0.1,1e308,1e308) q[0];\n", "out of range"),
+    (QASM3 + "ry(1e400) q[0];\n", "an angle is inf"),
+    (QASM3 + "ry(-1e400*0) q[0];\n", "an angle is nan"),
+])
+def test_nan_and_infinite_angles_are_interop_errors(text, message):
+    with pytest.raises(InteropError, match=message):
+        from_qasm(text)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("ry(1/0) q[0];", "ZeroDivisionError"),
+    ("ry(1.0/0.0) q[0];", "ZeroDivisionError"),
+    ("pi q[0];", "AttributeError"),
+    ("ry(" + "(" * 3000 + "1" + ")" * 3000 + ") q[0];", "nests too deeply"),
+    ("ry(" + "-" * 3000 + "1) q[0];", "nests too deeply"),
+])
+def test_faults_of_the_openqasm_3_evaluator_are_interop_errors(line, message):
+    with pytest.raises(InteropError, match=message):
+        from_qasm(QASM3 + line + "\n")
+
+
+def test_an_interop_error_says_something_when_the_parser_says_nothing():
+    text = QASM3 + "input float[64] pragma;\nry(pragma) q[0];\n"
+    with pytest.raises(InteropError, match=r"program: \w+Error \(no message\)"):
+        from_qasm(text)
+
+
+def test_openqasm_3_writes_angles_exactly():
+    """Qiskit's default writes an angle within 1e-9 of a multiple of pi/k as
+    that multiple, and a tiny one as 0."""
+    a = Parameter("a")
+    for circuit, values in [(Circuit(1).ry(0, np.pi + 9e-10), []),
+                            (Circuit(1).ry(0, 4e-10), []),
+                            (Circuit(1).ry(0, a + (np.pi / 2 + 8e-10)), [0.3])]:
+        back = from_qasm(to_qasm(circuit))
+        np.testing.assert_allclose(back.matrix(values), circuit.matrix(values), atol=1e-12,
+                                   rtol=0)
+        assert back == circuit
+
+
+def test_pragma_is_a_reserved_openqasm_3_name():
+    assert "pragma" in qasm.RESERVED
+    circuit = Circuit(1).ry(0, "pragma")
+    assert "input float[64] pragma_;" in to_qasm(circuit)
+    assert from_qasm(to_qasm(circuit)) == circuit
+
+
+@pytest.mark.parametrize("number", [9.2e18, 2.0**63, 1e19, -1e19, 1.2345678901234567e20, 1e300])
+def test_large_whole_coefficients_and_constants_read_back(number):
+    """Qiskit writes them with all their digits, as integers its reader refuses
+    beyond 64 bits; to_qasm writes them as floats."""
+    a = Parameter("a")
+    for angle in (number * a, a + number, number * a - number):
+        circuit = Circuit(1).ry(0, angle)
+        assert from_qasm(to_qasm(circuit)) == circuit

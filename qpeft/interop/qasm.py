@@ -10,8 +10,10 @@ readers lack). Multi-qubit Pauli rotations, sign diagonals and fixed
 unitaries come out as standard gates. A global phase, which OpenQASM 2
 cannot state and Qiskit's OpenQASM 3 exporter drops, is written as
 ``p(φ) q[0]; x q[0]; p(φ) q[0]; x q[0];`` (that product is ``e^{iφ}·I``;
-``u1`` in place of ``p`` in OpenQASM 2). The round trip keeps the matrix,
-not the gate list.
+``u1`` in place of ``p`` in OpenQASM 2). Angles are written exactly (never
+rounded to a multiple of pi), and integral numbers of 19 digits or more as
+float literals, which Qiskit's OpenQASM 3 reader takes back. The round trip
+keeps the matrix, not the gate list.
 
 OpenQASM 3 keeps symbolic angles (``input float[64] …;``). A parameter name
 that is not an OpenQASM identifier is written with ``_`` for each other
@@ -69,13 +71,17 @@ _INCLUDE = re.compile(r'\binclude\s+"([^"]*)"')
 STANDARD_INCLUDES = {2: "qelib1.inc", 3: "stdgates.inc"}
 _ESCAPED_ELEMENT = re.compile(r"^_([A-Za-z_][A-Za-z0-9_]*)_([0-9]+)_$")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: an integer literal of 19 digits or more: Qiskit writes an integral coefficient
+#: or constant of a symbolic angle (1e20) with all its digits, and its OpenQASM 3
+#: importer cannot read one beyond 64-bit integers back; written as a float instead
+_BIG_INTEGER = re.compile(r"(?<![\w.])[0-9]{19,}(?![\w.])")
 #: OpenQASM 3 keywords, literals and built-in names a parameter cannot take
 #: (the specification's reserved words; Qiskit's exporter renames only some)
 RESERVED = frozenset("""
 OPENQASM include defcalgrammar def cal defcal gate extern box let break continue if else end
 return for while in switch case default nop input output const readonly mutable qreg qubit
 creg bool bit int uint float angle complex array void duration stretch gphase inv pow ctrl
-negctrl dim durationof delay reset measure barrier true false im pi tau euler U CX sizeof
+negctrl dim durationof delay reset measure barrier true false im pi tau euler U CX sizeof pragma
 arccos arcsin arctan ceiling cos exp floor log mod popcount rotl rotr sin sqrt tan real imag
 """.split())
 #: the comment line that carries the qpeft names of renamed parameters
@@ -140,8 +146,10 @@ def to_qasm(circuit: Circuit, version: int = 3) -> str:
         names = _identifiers(circuit.parameters)
         for _ in range(len(names) + 1):
             renamed = {new: old for old, new in names.items() if new != old}
+            # disable_constants: every angle exactly as its float, never rounded to a
+            # multiple of pi (or to 0) by Qiskit's pi_check
             text = qasm3.dumps(_lowered(circuit.rename(names) if renamed else circuit,
-                                        QASM_GATES))
+                                        QASM_GATES), disable_constants=True)
             declared = set(re.findall(r"^input float\[64\] (\S+);$", text, re.M))
             # Qiskit renames inputs that clash with a keyword or a gate name (pi, gate,
             # h, …): pick another identifier for those and write the program again
@@ -153,6 +161,7 @@ def to_qasm(circuit: Circuit, version: int = 3) -> str:
                 names[old] = _free(f"{names[old]}_", taken)
         else:  # pragma: no cover - every pass renames at least one clashing input
             raise InteropError("could not give every parameter an OpenQASM 3 input name")
+        text = _BIG_INTEGER.sub(_as_float, text)
         if names:
             header, _, rest = text.partition("\n")
             recorded = {new: old for old, new in names.items()}
@@ -161,6 +170,11 @@ def to_qasm(circuit: Circuit, version: int = 3) -> str:
     from qiskit import qasm2
 
     return qasm2.dumps(_lowered(circuit, QASM2_GATES))
+
+
+def _as_float(match: re.Match) -> str:
+    """An integer literal as the float literal of the same value (``1e+20``)."""
+    return repr(float(match.group(0)))
 
 
 def _identifiers(names: tuple[str, ...]) -> dict[str, str]:
@@ -254,13 +268,17 @@ def from_qasm(text: str) -> Circuit:
         with contextlib.redirect_stderr(io.StringIO()):
             qc = qasm3.loads(text)
     except (qasm3.QASM3ImporterError, QASM3ParsingError) as exc:
-        raise InteropError(f"invalid OpenQASM 3 program: {exc}") from exc
-    except (CircuitError, IndexError, KeyError, TypeError, ValueError) as exc:
-        # faults the importer does not check itself (a qubit index out of range,
-        # a gate given too few qubits, a loop over qubits) surface from Qiskit's
-        # circuit builder
-        raise InteropError(f"invalid OpenQASM 3 program: {type(exc).__name__}: {exc}; "
-                           "check the gate calls and qubit indices") from exc
+        raise InteropError(f"invalid OpenQASM 3 program: {_described(exc)}") from exc
+    except RecursionError:
+        raise InteropError("the OpenQASM 3 program nests too deeply to read (parentheses, "
+                           "signs or blocks); write it with less nesting") from None
+    except (ArithmeticError, AttributeError, CircuitError, IndexError, KeyError, TypeError,
+            ValueError) as exc:
+        # faults the importer does not check itself (a qubit index out of range, a
+        # gate given too few qubits, a loop over qubits, a division by zero, a
+        # constant used as a gate) surface from its evaluator or Qiskit's circuit builder
+        raise InteropError(f"invalid OpenQASM 3 program: {_described(exc, with_type=True)}; "
+                           "check the gate calls, angles and qubit indices") from exc
     circuit = from_qiskit(qc)
     recorded = re.search("^" + re.escape(NAMES_COMMENT) + r"(.*)$", text, re.M)
     if recorded is not None:
@@ -275,6 +293,15 @@ def from_qasm(text: str) -> Circuit:
                 renames[name] = wanted
                 taken.add(wanted)
     return circuit.rename(renames) if renames else circuit
+
+
+def _described(exc: Exception, with_type: bool = False) -> str:
+    """The message of ``exc`` (after its type name with ``with_type``), or its
+    type name alone where the message is empty."""
+    text = str(exc).strip()
+    if not text:
+        return f"{type(exc).__name__} (no message)"
+    return f"{type(exc).__name__}: {text}" if with_type else text
 
 
 def _restore_names(circuit: Circuit, recorded: str) -> Circuit:
