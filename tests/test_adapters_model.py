@@ -1031,3 +1031,26 @@ def test_an_ensemble_through_torch_func_matches_each_model():
         ensemble = vmap(run, in_dims=(0, 0, None))(params, buffers, x)
         for index, model in enumerate(models):
             torch.testing.assert_close(ensemble[index], model(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("copy_of", ["deepcopy", "pickle"])
+def test_a_copied_model_batches_its_own_layers_and_unloads_clean(copy_of):
+    import copy
+    import pickle as pickle_module
+
+    model = small_adapted("offset")
+    x = torch.randn(5, 24)
+    with torch.no_grad():
+        expected = model(x)
+    copied = (copy.deepcopy(model) if copy_of == "deepcopy"
+              else pickle_module.loads(pickle_module.dumps(model)))
+    layers = list(copied.qpeft_layers().values())
+    assert copied.frame_bank.layers() == layers
+    assert all(layer.frame_bank is copied.frame_bank for layer in layers)
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), expected, atol=0, rtol=0)
+    plain = copied.merge_and_unload()
+    assert not plain._forward_pre_hooks and not plain._forward_hooks
+    assert model.frame_bank.layers() == list(model.qpeft_layers().values())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, atol=0, rtol=0)

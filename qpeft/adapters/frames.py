@@ -521,6 +521,18 @@ class FrameBank:
             model.register_forward_hook(self._after_forward, always_call=True),
         ]
 
+    def adopt(self, model: nn.Module) -> None:
+        """Attach to ``model``, a copy (deepcopy, pickle) of one this bank's original
+        was attached to: the hooks copied with it, which no handle of this bank
+        removes, are dropped first."""
+        copied = {key for hooks in (model._forward_pre_hooks, model._forward_hooks)
+                  for key, hook in hooks.items() if getattr(hook, "__self__", None) is self}
+        for hooks in (model._forward_pre_hooks, model._forward_hooks,
+                      model._forward_hooks_always_called):
+            for key in copied:
+                hooks.pop(key, None)
+        self.attach(model)
+
     def detach(self) -> None:
         for handle in self._handles:
             handle.remove()

@@ -334,6 +334,12 @@ class QPeftModel(nn.Module):
         self._apply_active_adapter()
         self.frame_bank.attach(model)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a copy (deepcopy, pickle, torch.save): its bank serves the copied layers
+        super().__setstate__(state)
+        self.frame_bank.set_layers(self.qpeft_layers().values())
+        self.frame_bank.adopt(self.base_model)
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
