@@ -118,7 +118,10 @@ def test_quick_json_report(capsys: pytest.CaptureFixture[str]) -> None:
         assert cell["status"] == "ok" and cell["seconds"] > 0, method
     assert measured[("qiskit", 96)]["status"] == "n/a"  # 96 = 3 · 2^5 is a qudit register
     assert report["ratios"]["64"]["naive"] == pytest.approx(
-        measured[("naive", 64)]["seconds"] / measured[("columns", 64)]["seconds"])
+        measured[("naive", 64)]["seconds"] / measured[("compiled", 64)]["seconds"])
+    assert measured[("compiled", 64)]["note"] == "method 'mps'"  # what qpeft.compile picks
+    assert measured[("compiled", 96)]["note"] == "method 'columns'"
+    assert measured[("mps", 96)]["status"] == "skipped"  # a qutrit wire
     assert report["batched"]["total_frames"] == 12
     assert report["memory"]["recompute_saved_bytes"] < report["memory"]["standard_saved_bytes"]
     statuses = {target["status"] for target in report["targets"]}
@@ -167,12 +170,13 @@ def test_the_plot_labels_every_measured_dimension(monkeypatch: pytest.MonkeyPatc
     figures = []
     monkeypatch.setattr(qpeft.draw, "save", lambda figure, name: figures.append(figure))
     measurements = [{"method": method, "dimension": n, "seconds": 1e-3 * n, "status": "ok",
-                     "note": ""} for method in ("columns", "householder") for n in (64, 96, 512)]
+                     "note": ""} for method in unitary.ALL_METHODS for n in (64, 96, 512)]
     unitary.plot({"measurements": measurements, "config": {"columns": 4, "layers": 2}}, "x.png")
     axes = figures[0].axes[0]
     assert [label.get_text() for label in axes.get_xticklabels()] == ["64", "96", "512"]
     colours = {line.get_label(): line.get_color() for line in axes.get_lines()}
-    assert colours["columns"] == "black" and colours["householder"] != "black"
+    assert colours["compiled"] == "black" and colours["householder"] != "black"
+    assert len(set(colours.values())) == len(unitary.ALL_METHODS)  # one colour per method
 
 
 def test_bad_arguments_are_reported(capsys: pytest.CaptureFixture[str]) -> None:
@@ -316,8 +320,8 @@ def test_no_ratio_table_without_columns(capsys: pytest.CaptureFixture[str]) -> N
                      "--no-batched"])
     assert code == 0
     out = capsys.readouterr().out
-    assert "columns time" not in out
-    assert "no ratio table: ratios are to columns, which --methods leaves out" in out
+    assert "compiled time" not in out
+    assert "no ratio table: ratios are to compiled, which --methods leaves out" in out
 
 
 def test_batched_target_is_measured_at_its_72_frames_only() -> None:

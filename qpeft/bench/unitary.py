@@ -4,7 +4,12 @@ What is timed, for each dimension N, is one **forward and backward** pass
 that produces the first K columns of an N×N orthogonal matrix from a
 parameter vector (the work an adapter does twice per layer and step):
 
-* ``columns`` – :func:`qpeft.compile` with ``method="columns"`` (the default);
+* ``compiled`` – :func:`qpeft.compile` as a user calls it (``method="auto"``:
+  ``"mps"`` where the circuit allows it, else ``"columns"``); every ratio is
+  taken to it;
+* ``columns`` – ``method="columns"``, the gate-by-gate schedule;
+* ``mps`` – ``method="mps"``, the matrix product contraction (qubit registers
+  whose two-wire gates are constant diagonals on neighbouring wires);
 * ``tensornet`` – the same circuit contracted by opt_einsum;
 * ``dense`` – the whole N×N unitary, then sliced (small N only);
 * ``naive`` – a plain torch simulation, gate by gate: each gate's matrix is
@@ -64,11 +69,14 @@ from qpeft.circuit import Circuit
 from qpeft.circuit.gates import COMPLEX_OF, FixedGate
 from qpeft.cli import DefaultsHelpFormatter
 from qpeft.compiler import compile_circuit
+from qpeft.compiler.mps import supports as supports_mps
 from qpeft.compiler.recompute import autograd_saved_bytes
 from qpeft.draw import image_path
 from qpeft.errors import ConfigError, InteropError
 
-FAST_METHODS = ("columns", "tensornet", "dense", "naive")
+FAST_METHODS = ("compiled", "columns", "mps", "tensornet", "dense", "naive")
+#: Every ratio and target is taken to this row: qpeft.compile with its defaults.
+BASE = "compiled"
 MAPPINGS = ("cayley", "exponential", "householder", "givens", "taylor")
 SLOW_METHODS = ("qiskit", "pennylane")
 FULL_MAPPINGS = ("cayley-full", "exponential-full")
@@ -466,8 +474,10 @@ def _fast_functions(circuit: Circuit, config: BenchmarkConfig) -> dict[str, Call
     values = 0.5 * torch.randn(circuit.num_parameters, dtype=dtype).to(device)
     modules: dict[str, tuple[Callable, torch.Tensor]] = {}
     wanted = set(config.methods)
-    for method in ("columns", "tensornet", "dense"):
-        if method in wanted and (method != "dense" or dimension <= DENSE_LIMIT):
+    if BASE in wanted:
+        modules[BASE] = compile_circuit(circuit, k, dtype=dtype, device=device), values
+    for method in ("columns", "mps", "tensornet", "dense"):
+        if method in wanted and _fits(method, circuit, k):
             modules[method] = compile_circuit(circuit, k, method=method, dtype=dtype,
                                               device=device), values
     if "naive" in wanted:
@@ -491,6 +501,21 @@ def _fast_functions(circuit: Circuit, config: BenchmarkConfig) -> dict[str, Call
         else:
             functions[name] = forward_backward(module, arguments)
     return functions
+
+
+def _fits(method: str, circuit: Circuit, columns: int) -> bool:
+    """Whether ``method`` is timed on this circuit (see :func:`_unfit_note`)."""
+    return _unfit_note(method, circuit, columns) is None
+
+
+def _unfit_note(method: str, circuit: Circuit, columns: int) -> str | None:
+    """Why a compiled method is left out at this size, or None."""
+    if method == "dense" and circuit.dimension > DENSE_LIMIT:
+        return f"N×N unitary above N = {DENSE_LIMIT}"
+    if method == "mps" and not supports_mps(circuit, list(range(columns))):
+        return ("outside the matrix product method (a qudit register, or columns in the "
+                "second half)")
+    return None
 
 
 def _compile_now(name: str, function: Callable[[], object]) -> None:
@@ -616,8 +641,8 @@ def measure_memory(config: BenchmarkConfig) -> dict:
     modules = {}
     for recompute in (False, True):
         name = "recompute" if recompute else "standard"
-        module = compile_circuit(circuit, config.memory_columns, dtype=dtype, device=device,
-                                 recompute_backward=recompute)
+        module = compile_circuit(circuit, config.memory_columns, method="columns", dtype=dtype,
+                                 device=device, recompute_backward=recompute)
         modules[name] = module
         leaf = values.clone().requires_grad_(True)
         held, result = autograd_saved_bytes(module, leaf, exclude=list(module.buffers()))
@@ -656,10 +681,12 @@ def _run(config: BenchmarkConfig, note: Callable[[str], None]) -> dict:
         circuit = benchmark_circuit(dimension, config.layers, config.construction)
         note(f"N = {dimension}: fast methods")
         times = time_interleaved(_fast_functions(circuit, config), config.repeats)
-        measurements += [Measurement(m, dimension, t) for m, t in times.items()]
-        if "dense" in config.methods and dimension > DENSE_LIMIT:
-            measurements.append(Measurement("dense", dimension, None, "skipped",
-                                            f"N×N unitary above N = {DENSE_LIMIT}"))
+        measurements += [Measurement(m, dimension, t, note=_method_note(m, circuit, config))
+                         for m, t in times.items()]
+        for method in ("mps", "dense"):
+            reason = _unfit_note(method, circuit, config.columns)
+            if method in config.methods and reason:
+                measurements.append(Measurement(method, dimension, None, "skipped", reason))
         for method in SLOW_METHODS + FULL_MAPPINGS:
             if method in config.methods:
                 note(f"N = {dimension}: {method}")
@@ -683,17 +710,25 @@ def _run(config: BenchmarkConfig, note: Callable[[str], None]) -> dict:
     return report
 
 
+def _method_note(method: str, circuit: Circuit, config: BenchmarkConfig) -> str:
+    """For the base row: the method qpeft.compile picks for this circuit."""
+    if method != BASE:
+        return ""
+    picked = compile_circuit(circuit, config.columns, dtype=config.torch_dtype()).method
+    return f"method {picked!r}"
+
+
 def _ratios(measurements: list[Measurement]) -> dict[str, dict[str, float]]:
-    """peer time / columns time, per dimension and peer."""
+    """peer time / compiled time, per dimension and peer."""
     by_size: dict[int, dict[str, float]] = {}
     for m in measurements:
         if m.seconds is not None:
             by_size.setdefault(m.dimension, {})[m.method] = m.seconds
     out: dict[str, dict[str, float]] = {}
     for dimension, times in by_size.items():
-        base = times.get("columns")
+        base = times.get(BASE)
         if base:
-            out[str(dimension)] = {m: t / base for m, t in times.items() if m != "columns"}
+            out[str(dimension)] = {m: t / base for m, t in times.items() if m != BASE}
     return out
 
 
@@ -708,20 +743,20 @@ def _targets(report: dict, config: BenchmarkConfig) -> list[dict]:
         return {"name": name, "threshold": threshold, "measured": measured, "status": status}
 
     out = [
-        target(f"columns vs naive torch simulation ({where})", 3.0,
+        target(f"compiled columns vs naive torch simulation ({where})", 3.0,
                ratios.get(at, {}).get("naive")),
-        target(f"columns vs Qiskit Operator ({where})", 5000.0,
+        target(f"compiled columns vs Qiskit Operator ({where})", 5000.0,
                ratios.get(at, {}).get("qiskit")),
     ]
     large = [(int(n), m, r) for n, peers in ratios.items() if int(n) >= 1024
              for m, r in peers.items() if m in MAPPINGS]
     worst = min((r for _, _, r in large), default=None)
-    out.append(target("columns faster than every alternative mapping for N >= 1024 "
+    out.append(target("compiled columns faster than every alternative mapping for N >= 1024 "
                       "(smallest ratio)", 1.0, worst))
     full = [r for n, peers in ratios.items() if int(n) >= 1024
             for m, r in peers.items() if m in FULL_MAPPINGS]
-    out.append(target("columns faster than the mappings that form the whole N x N matrix, "
-                      "N >= 1024 (the paper's Fig. 6 setting; smallest ratio)", 1.0,
+    out.append(target("compiled columns faster than the mappings that form the whole N x N "
+                      "matrix, N >= 1024 (the paper's Fig. 6 setting; smallest ratio)", 1.0,
                       min(full, default=None)))
     batched = report.get("batched")
     at_setting = batched is not None and batched["total_frames"] == BATCHED_TARGET_FRAMES
@@ -768,14 +803,14 @@ def render(report: dict, console=None) -> None:
                      if config.get("device", "cpu") != "cpu" else "")
                   + (", torch methods under torch.compile" if config.get("torch_compile")
                      else ""))
-    ratios = Table(title="ratio: method time / columns time (> 1: columns is faster)")
+    ratios = Table(title=f"ratio: method time / {BASE} time (> 1: {BASE} is faster)")
     for table in (times, ratios):
         table.add_column("N", justify="right")
     for method in methods:
         times.add_column(method, justify="right")
-        if method != "columns":
+        if method != BASE:
             ratios.add_column(method, justify="right")
-    notes: dict[str, str] = {}
+    notes: dict[str, str | dict[str, list[int]]] = {}
     for dimension in sizes:
         time_row, ratio_row = [str(dimension)], [str(dimension)]
         peers = report["ratios"].get(str(dimension), {})
@@ -792,18 +827,21 @@ def render(report: dict, console=None) -> None:
             else:
                 text = _format_seconds(cell["seconds"])
                 if cell["note"]:
-                    notes[method] = cell["note"]
+                    notes.setdefault(method, {}).setdefault(cell["note"], []).append(dimension)
             time_row.append(text)
-            if method != "columns":
+            if method != BASE:
                 ratio_row.append(f"{peers[method]:.3g}" if method in peers else text)
         times.add_row(*time_row)
         ratios.add_row(*ratio_row)
     console.print(times)
-    if "columns" in methods:
+    if BASE in methods:
         console.print(ratios)
     else:
-        console.print("  no ratio table: ratios are to columns, which --methods leaves out")
+        console.print(f"  no ratio table: ratios are to {BASE}, which --methods leaves out")
     for key, text in notes.items():
+        if isinstance(text, dict):  # a method's notes, with the sizes of each if they differ
+            text = next(iter(text)) if len(text) == 1 else "; ".join(
+                f"{note} (N = {', '.join(map(str, sizes))})" for note, sizes in text.items())
         console.print(f"  {key}: {text}")
     batched = report.get("batched")
     if batched:
@@ -844,12 +882,12 @@ def plot(report: dict, filename: str | os.PathLike) -> Path:
 
     figure = Figure(figsize=(8.5, 4.5))
     axes = figure.add_subplot()
-    # the compiler in black, the others in matplotlib's ten cycle colours and two more
-    colours = iter([f"C{i}" for i in range(10)] + ["darkred", "navy"])
+    # qpeft.compile's default in black, the others in matplotlib's ten cycle colours and four more
+    colours = iter([f"C{i}" for i in range(10)] + ["darkred", "navy", "darkgoldenrod", "teal"])
     for method in ALL_METHODS:
         points = sorted((x["dimension"], x["seconds"]) for x in report["measurements"]
                         if x["method"] == method and x["seconds"] is not None)
-        colour = "black" if method == "columns" else next(colours)
+        colour = "black" if method == BASE else next(colours)
         if points:
             sizes, seconds = zip(*points)
             style = ("-o" if method in FAST_METHODS else "--s" if method in SLOW_METHODS

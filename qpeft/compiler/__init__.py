@@ -29,7 +29,7 @@ from qpeft.compiler.engine import ColumnsEngine
 from qpeft.compiler.plan import Plan, make_plan
 from qpeft.errors import CompileError, ParameterError
 
-METHODS = ("auto", "columns", "dense", "tensornet")
+METHODS = ("auto", "columns", "dense", "mps", "tensornet")
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -81,12 +81,13 @@ class CompiledCircuit(nn.Module):
         self.num_parameters = circuit.num_parameters
         self.parameters_names = circuit.parameters
         self.columns = _resolve_columns(columns, circuit.dimension)
-        self.method = "columns" if method == "auto" else method
-        if recompute_backward and self.method == "tensornet":
+        if recompute_backward and method in ("tensornet", "mps"):
             raise CompileError(
                 "recompute_backward=True needs the step-by-step schedule of method='columns' "
-                "(or 'dense'); use one of those, or recompute_backward=False with 'tensornet'"
+                f"(or 'dense'); use one of those, or recompute_backward=False with {method!r}"
             )
+        self.method = (_automatic_method(circuit, self.columns, recompute_backward)
+                       if method == "auto" else method)
         self.recompute_backward = recompute_backward
         self.check_values = check_values
         # an angle is constant + Σ coefficient · value: |constant| + Σ |coefficient| · max|v|
@@ -101,6 +102,10 @@ class CompiledCircuit(nn.Module):
             self.to(device)
 
     def _build_engine(self, dtype: torch.dtype) -> nn.Module:
+        if self.method == "mps":
+            from qpeft.compiler.mps import MatrixProductNetwork
+
+            return MatrixProductNetwork(self.circuit, self.columns, dtype)
         if self.method == "tensornet":
             from qpeft.compiler.tensornet import TensorNetwork
 
@@ -217,16 +222,17 @@ class CompiledCircuit(nn.Module):
         """Raise for NaN or infinite values, or for values that may make an angle
         (constant + Σ coefficient · value) overflow the compiled dtype; one
         read-back from the device."""
-        largest = torch.finfo(flat.dtype).max
-        if self._largest_constant > largest:
+        largest_allowed = torch.finfo(flat.dtype).max
+        if self._largest_constant > largest_allowed:
             raise ParameterError(
                 f"a constant angle of the circuit ({self._largest_constant:.3g}) overflows the "
                 f"compiled dtype {flat.dtype}; compile with dtype=torch.float64"
             )
         if flat.numel() == 0:
             return
-        bound = flat.abs().amax() * self._largest_coefficient + self._largest_constant
-        if torch.isfinite(bound):
+        # one read-back, in Python floats (NaN fails the comparison)
+        largest = float(flat.detach().abs().amax())
+        if largest * self._largest_coefficient + self._largest_constant <= largest_allowed:
             return
         if torch.isfinite(given).all():
             scale = ("" if self._largest_coefficient <= 1.0 else
@@ -284,6 +290,16 @@ class CompiledCircuit(nn.Module):
             f"dimension={self.dimension}, columns={self.num_columns}, "
             f"parameters={self.num_parameters}, method={self.method!r}"
         )
+
+
+def _automatic_method(circuit: Circuit, columns: list[int], recompute_backward: bool) -> str:
+    """``"mps"`` where the circuit and columns allow it (see :mod:`qpeft.compiler.mps`), else
+    ``"columns"``."""
+    from qpeft.compiler.mps import supports
+
+    if recompute_backward or not supports(circuit, columns):
+        return "columns"
+    return "mps"
 
 
 def _resolve_columns(columns, dimension: int) -> list[int]:

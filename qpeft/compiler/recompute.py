@@ -66,7 +66,8 @@ def autograd_saved_bytes(
     >>> from qpeft.compiler import compile_circuit
     >>> held = {}
     >>> for recompute in (False, True):
-    ...     frame = compile_circuit(pauli(10, 2), 32, recompute_backward=recompute)
+    ...     frame = compile_circuit(pauli(10, 2), 32, method="columns",
+    ...                            recompute_backward=recompute)
     ...     values = torch.zeros(frame.num_parameters, requires_grad=True)
     ...     held[recompute], U = autograd_saved_bytes(frame, values, exclude=frame.buffers())
     >>> U.numel() * U.element_size()          # the output: N·K float32 numbers

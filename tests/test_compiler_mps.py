@@ -1,0 +1,261 @@
+"""method="mps": the matrix product contraction against the reference
+matrix and the gate schedule, gradients, batching, what "auto" picks, errors,
+memory, torch.compile and torch.func."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qpeft.ansatz import for_dimension, pauli
+from qpeft.circuit import Circuit, Parameter, SignDiagonal, controlled, givens, pauli_rotation
+from qpeft.circuit.gates import RZ, H, X
+from qpeft.compiler import compile_circuit
+from qpeft.compiler.recompute import autograd_saved_bytes
+from qpeft.errors import CompileError
+
+NAMES = [f"p{i}" for i in range(4)]
+
+
+@st.composite
+def angles(draw):
+    """A constant, one parameter, or an affine expression of shared parameters."""
+    kind = draw(st.sampled_from(["constant", "parameter", "affine"]))
+    if kind == "constant":
+        return draw(st.floats(-3, 3))
+    name = Parameter(draw(st.sampled_from(NAMES)))
+    if kind == "parameter":
+        return name
+    other = Parameter(draw(st.sampled_from(NAMES)))
+    return draw(st.floats(-2, 2)) * name + draw(st.floats(-1, 1)) * other + draw(st.floats(-1, 1))
+
+
+@st.composite
+def chains(draw, max_wires: int = 6):
+    """Qubit circuits method="mps" takes: any one-wire gates (rotations, fixed,
+    Givens, one-wire unitaries and signs) and constant diagonal gates on
+    neighbouring wires (CZ, sign diagonals, diagonal phases), in any order."""
+    wires = draw(st.integers(2, max_wires))
+    circuit = Circuit(wires)
+    for _ in range(draw(st.integers(1, 14))):
+        kind = draw(st.sampled_from(["rotation", "rotation", "fixed", "givens", "unitary",
+                                     "signs", "cz", "diagonal", "phases", "cphase", "barrier"]))
+        wire = draw(st.integers(0, wires - 1))
+        pair = (wire, wire + 1) if wire + 1 < wires else (wire, wire - 1)
+        if kind == "rotation":
+            letter = draw(st.sampled_from("XYZ"))
+            circuit.append(pauli_rotation(letter, [wire], draw(angles())))
+        elif kind == "fixed":
+            circuit.append(draw(st.sampled_from([H, X]))(wire))
+        elif kind == "givens":
+            circuit.append(givens(wire, (0, 1), draw(angles())))
+        elif kind == "unitary":
+            rng = np.random.default_rng(draw(st.integers(0, 999)))
+            matrix = rng.standard_normal((2, 2)) + 1j * rng.standard_normal((2, 2))
+            circuit.unitary(np.linalg.qr(matrix)[0], [wire])
+        elif kind == "signs":
+            circuit.append(SignDiagonal((wire,), (1, -1)))
+        elif kind == "cz":
+            circuit.cz(*pair)
+        elif kind == "diagonal":
+            signs = draw(st.lists(st.sampled_from([1, -1]), min_size=4, max_size=4))
+            circuit.append(SignDiagonal(pair, tuple(signs)))
+        elif kind == "cphase":  # a controlled rotation about Z by a fixed angle: diagonal
+            circuit.append(controlled(RZ(pair[1], draw(st.floats(-3, 3))), pair[0]))
+        elif kind == "phases":
+            phases = np.exp(1j * np.array(draw(st.lists(st.floats(-3, 3), min_size=4,
+                                                         max_size=4))))
+            circuit.unitary(np.diag(phases), list(pair))
+        else:
+            circuit.barrier()
+    return circuit
+
+
+@st.composite
+def lower_columns(draw, dimension: int):
+    """A count K or a list of distinct indices, all below N/2."""
+    half = dimension // 2
+    if draw(st.booleans()):
+        return draw(st.integers(1, half))
+    return draw(st.lists(st.integers(0, half - 1), min_size=1, max_size=min(half, 5),
+                         unique=True))
+
+
+def reference(circuit: Circuit, values: torch.Tensor, columns: list[int]) -> torch.Tensor:
+    return torch.stack([torch.as_tensor(circuit.matrix(v))[:, columns] for v in values])
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_mps_equals_the_reference_matrix(data) -> None:
+    circuit = data.draw(chains())
+    columns = data.draw(lower_columns(circuit.dimension))
+    frame = compile_circuit(circuit, columns, method="mps", dtype=torch.float64)
+    values = torch.as_tensor(data.draw(st.lists(
+        st.floats(-4, 4), min_size=3 * circuit.num_parameters,
+        max_size=3 * circuit.num_parameters)), dtype=torch.float64).view(3, -1)
+    out = frame(values)
+    expected = reference(circuit, values, frame.columns)
+    assert out.shape == expected.shape
+    assert torch.allclose(out.to(expected.dtype), expected, atol=1e-12, rtol=0)
+    separate = torch.stack([frame(v) for v in values])
+    assert torch.allclose(separate, out, atol=1e-13, rtol=0)
+
+
+@settings(max_examples=15, deadline=None)
+@given(circuit=chains(max_wires=5))
+def test_mps_gradients_pass_gradcheck(circuit: Circuit) -> None:
+    if circuit.num_parameters == 0:
+        circuit = circuit.copy().ry(0, "extra")
+    columns = [2, 0, 1] if circuit.num_wires > 2 else [1, 0]
+    frame = compile_circuit(circuit, columns, method="mps", dtype=torch.float64)
+    values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+
+    def real(v: torch.Tensor) -> torch.Tensor:
+        out = frame(v)
+        return torch.view_as_real(out) if out.is_complex() else out
+
+    assert torch.autograd.gradcheck(real, (values,), fast_mode=True)
+
+
+@pytest.mark.parametrize(("qubits", "layers", "columns", "batch"), [
+    (5, 2, 4, 1),  # three plain wires: a tree with an element left over
+    (7, 1, 1, 3),  # one column: no column wires
+    (6, 3, [5, 0, 2], 2),  # columns in any order
+    (9, 2, 8, 1),  # seven plain wires, three column wires
+])
+def test_pauli_frames_and_full_gradcheck(qubits, layers, columns, batch) -> None:
+    circuit = pauli(qubits, layers)
+    frame = compile_circuit(circuit, columns, method="mps", dtype=torch.float64)
+    gates = compile_circuit(circuit, columns, method="columns", dtype=torch.float64)
+    values = torch.randn(batch, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(frame(values), gates(values), atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(frame, (values,))
+
+
+def test_segments_of_several_gates_and_a_complex_frame_pass_gradcheck() -> None:
+    """Runs of one-wire gates fuse into one segment matrix (depth > 1)."""
+    circuit = (Circuit(4).rz(0, "a").ry(0, "b").rx(1, "a").cz(0, 1).rz(1, 0.3 * Parameter("b"))
+               .ry(1, "c").h(2).ry(2, "c").cz(2, 3).rx(3, "a").cz(1, 2).ry(0, "d"))
+    frame = compile_circuit(circuit, 3, method="mps", dtype=torch.float64)
+    assert frame.engine.builder.shape[2] > 1
+    values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    expected = reference(circuit, values.detach(), [0, 1, 2])
+    torch.testing.assert_close(frame(values).detach(), expected, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda v: torch.view_as_real(frame(v)), (values,))
+
+
+def test_auto_picks_mps_where_it_applies() -> None:
+    assert compile_circuit(pauli(6, 2), 4).method == "mps"
+    assert compile_circuit(pauli(6, 2), 32).method == "mps"  # columns 0 … 31 of 64
+    assert compile_circuit(pauli(6, 2), 33).method == "columns"  # column 32: the second half
+    assert compile_circuit(for_dimension(384, 2), 4).method == "columns"  # a qutrit wire
+    assert compile_circuit(pauli(6, 2), 4, recompute_backward=True).method == "columns"
+    assert compile_circuit(Circuit(3).ry(0, "a").cx(0, 1), 2).method == "columns"
+
+
+@pytest.mark.parametrize(("circuit", "match"), [
+    (Circuit([3, 2]).ry(1, "a"), "needs qubits"),
+    (Circuit(3).ry(0, "a").cx(0, 1), "CX on wires \\[0, 1\\] is neither"),
+    (Circuit(3).cz(0, 2), "CZ on wires \\[0, 2\\] is neither"),
+    (Circuit(3).append(pauli_rotation("ZZ", [0, 1], "a")), "is neither"),
+    (Circuit(3).append(controlled(RZ(1, "a"), 0)), "is neither"),  # diagonal, not constant
+])
+def test_circuits_outside_mps_are_a_compile_error(circuit: Circuit, match: str) -> None:
+    with pytest.raises(CompileError, match=match + ".*method='columns'"):
+        compile_circuit(circuit, 2, method="mps")
+
+
+def test_too_many_diagonal_gates_per_wire_and_upper_columns_are_refused() -> None:
+    deep = pauli(4, 7)  # 15 segments on the middle wires
+    with pytest.raises(CompileError, match="too many diagonal gates per wire"):
+        compile_circuit(deep, 2, method="mps")
+    assert compile_circuit(deep, 2).method == "columns"
+    with pytest.raises(CompileError, match="columns below N/2.*column 8 of 16"):
+        compile_circuit(pauli(4, 1), [0, 8], method="mps")
+    with pytest.raises(CompileError, match="recompute_backward=True needs"):
+        compile_circuit(pauli(4, 1), 2, method="mps", recompute_backward=True)
+
+
+def test_float32_frames_stay_orthonormal_at_16384() -> None:
+    circuit = pauli(14, 2)
+    frame = compile_circuit(circuit, 4, method="mps")
+    U = frame(torch.randn(circuit.num_parameters))
+    assert U.dtype == torch.float32
+    U = U.double()  # the Gram matrix of the float32 frame, summed without rounding
+    assert torch.linalg.matrix_norm(U.T @ U - torch.eye(4, dtype=torch.float64)) <= 1e-5
+
+
+def test_autograd_keeps_less_than_the_frame_itself() -> None:
+    """The saved tensors: the wires' path products and the tree's levels, all
+    much smaller than the N×K frame (the gate schedule keeps several frames)."""
+    circuit = pauli(12, 2)
+    values = torch.randn(circuit.num_parameters, requires_grad=True)
+    held = {}
+    for method in ("mps", "columns"):
+        frame = compile_circuit(circuit, 16, method=method)
+        held[method], out = autograd_saved_bytes(frame, values, exclude=frame.buffers())
+    frame_bytes = out.numel() * out.element_size()
+    assert held["mps"] < frame_bytes < 4 * frame_bytes <= held["columns"]
+
+
+def test_casts_copies_and_pickles_give_the_same_frame() -> None:
+    circuit = pauli(6, 2)
+    frame = compile_circuit(circuit, 4)
+    values = torch.randn(2, circuit.num_parameters)
+    first = frame(values)
+    for other in (copy.deepcopy(frame), pickle.loads(pickle.dumps(frame))):
+        assert torch.equal(other(values), first)
+    double = frame.double()
+    assert double.engine.real_dtype == torch.float64
+    torch.testing.assert_close(double(values.double()).float(), first, atol=1e-6, rtol=0)
+    assert frame.state_dict() == {}  # everything is rebuilt from the circuit
+
+
+def test_cost_reports_the_bond_and_segments() -> None:
+    cost = compile_circuit(pauli(10, 2), 4, method="mps").cost()
+    assert cost["bond"] == 4 and cost["segments"] == 5 and cost["state_numbers"] == 4096
+    # wires 10·(16·16·4 + 16·4·5), tree 2·256·4³ + 2·16·4³, final product 256·4·16
+    assert cost["multiply_adds"] == 10 * (16 * 16 * 4 + 16 * 4 * 5) + 2 * 256 * 64 + 2 * 16 * 64 \
+        + 256 * 4 * 16
+    gates = compile_circuit(pauli(10, 2), 4, method="columns").cost()["multiply_adds"]
+    assert cost["multiply_adds"] < gates / 6
+
+
+def test_torch_func_and_torch_compile_run_the_plain_operations() -> None:
+    circuit = pauli(5, 2)
+    frame = compile_circuit(circuit, 4, method="mps", dtype=torch.float64)
+    values = torch.randn(3, circuit.num_parameters, dtype=torch.float64)
+    weight = torch.randn(32, 4, dtype=torch.float64)
+
+    def loss(v: torch.Tensor) -> torch.Tensor:
+        return (frame(v) * weight).sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss))(values)
+    leaf = values.clone().requires_grad_(True)
+    expected = torch.stack([torch.autograd.grad(loss(v), leaf)[0][i]
+                            for i, v in enumerate(leaf)])
+    torch.testing.assert_close(per_sample, expected, atol=1e-12, rtol=0)
+    compiled = torch.compile(frame)
+    torch.testing.assert_close(compiled(values), frame(values), atol=1e-12, rtol=0)
+
+
+def test_second_derivatives_are_refused_and_forward_mode_runs_the_plain_operations() -> None:
+    circuit = pauli(4, 1)
+    frame = compile_circuit(circuit, 2, method="mps", dtype=torch.float64)
+    values = torch.randn(circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(CompileError, match="first derivatives only"):
+        torch.autograd.grad(frame(values).pow(2).sum(), values, create_graph=True)
+    import torch.autograd.forward_ad as fwad
+
+    tangent = torch.randn_like(values)
+    with fwad.dual_level():
+        _, derivative = fwad.unpack_dual(frame(fwad.make_dual(values.detach(), tangent)))
+    jacobian = torch.autograd.functional.jacobian(frame, values.detach())
+    torch.testing.assert_close(derivative, jacobian @ tangent, atol=1e-12, rtol=0)
