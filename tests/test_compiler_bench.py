@@ -119,9 +119,11 @@ def test_quick_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert measured[("qiskit", 96)]["status"] == "n/a"  # 96 = 3 · 2^5 is a qudit register
     assert report["ratios"]["64"]["naive"] == pytest.approx(
         measured[("naive", 64)]["seconds"] / measured[("compiled", 64)]["seconds"])
-    assert measured[("compiled", 64)]["note"] == "method 'mps'"  # what qpeft.compile picks
-    assert measured[("compiled", 96)]["note"] == "method 'columns'"
-    assert measured[("mps", 96)]["status"] == "skipped"  # a qutrit wire
+    assert measured[("compiled", 96)]["note"] == "method 'mps'"  # what qpeft.compile picks
+    # where mps does not apply, its cell says why and compiled is the gate schedule
+    assert "second half" in unitary._unfit_note("mps", pauli(3, 1), 8)
+    assert unitary._method_note("compiled", pauli(3, 1), unitary.BenchmarkConfig(
+        columns=8)) == "method 'columns'"
     assert report["batched"]["total_frames"] == 12
     assert report["memory"]["recompute_saved_bytes"] < report["memory"]["standard_saved_bytes"]
     statuses = {target["status"] for target in report["targets"]}

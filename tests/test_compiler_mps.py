@@ -38,39 +38,50 @@ def angles(draw):
 
 @st.composite
 def chains(draw, max_wires: int = 6):
-    """Qubit circuits method="mps" takes: any one-wire gates (rotations, fixed,
-    Givens, one-wire unitaries and signs) and constant diagonal gates on
-    neighbouring wires (CZ, sign diagonals, diagonal phases), in any order."""
-    wires = draw(st.integers(2, max_wires))
-    circuit = Circuit(wires)
+    """Circuits method="mps" takes: up to two wires of 3 or 5 levels, then
+    qubits; any one-wire gates (rotations, fixed, Givens, one-wire unitaries and
+    signs) and constant diagonal gates on neighbouring wires (CZ, generalized CZ,
+    sign diagonals, diagonal phases, fixed controlled phases), in any order."""
+    head = draw(st.lists(st.sampled_from([3, 5]), max_size=2))
+    dims = head + [2] * draw(st.integers(2, max_wires - len(head)))
+    circuit = Circuit(dims)
     for _ in range(draw(st.integers(1, 14))):
         kind = draw(st.sampled_from(["rotation", "rotation", "fixed", "givens", "unitary",
                                      "signs", "cz", "diagonal", "phases", "cphase", "barrier"]))
-        wire = draw(st.integers(0, wires - 1))
-        pair = (wire, wire + 1) if wire + 1 < wires else (wire, wire - 1)
+        wire = draw(st.integers(0, len(dims) - 1))
+        pair = (wire, wire + 1) if wire + 1 < len(dims) else (wire, wire - 1)
+        size = dims[pair[0]] * dims[pair[1]]
+        qubit = dims[wire] == 2
+        if kind in ("rotation", "fixed") and not qubit:
+            kind = "givens"
+        if kind in ("cz", "cphase") and size != 4:
+            kind = "diagonal"
         if kind == "rotation":
             letter = draw(st.sampled_from("XYZ"))
             circuit.append(pauli_rotation(letter, [wire], draw(angles())))
         elif kind == "fixed":
             circuit.append(draw(st.sampled_from([H, X]))(wire))
         elif kind == "givens":
-            circuit.append(givens(wire, (0, 1), draw(angles())))
+            levels = draw(st.lists(st.integers(0, dims[wire] - 1), min_size=2, max_size=2,
+                                   unique=True))
+            circuit.append(givens(wire, levels, draw(angles())))
         elif kind == "unitary":
             rng = np.random.default_rng(draw(st.integers(0, 999)))
-            matrix = rng.standard_normal((2, 2)) + 1j * rng.standard_normal((2, 2))
+            d = dims[wire]
+            matrix = rng.standard_normal((d, d)) + 1j * rng.standard_normal((d, d))
             circuit.unitary(np.linalg.qr(matrix)[0], [wire])
         elif kind == "signs":
-            circuit.append(SignDiagonal((wire,), (1, -1)))
+            circuit.append(SignDiagonal((wire,), (1,) * (dims[wire] - 1) + (-1,)))
         elif kind == "cz":
             circuit.cz(*pair)
-        elif kind == "diagonal":
-            signs = draw(st.lists(st.sampled_from([1, -1]), min_size=4, max_size=4))
-            circuit.append(SignDiagonal(pair, tuple(signs)))
         elif kind == "cphase":  # a controlled rotation about Z by a fixed angle: diagonal
             circuit.append(controlled(RZ(pair[1], draw(st.floats(-3, 3))), pair[0]))
+        elif kind == "diagonal":
+            signs = draw(st.lists(st.sampled_from([1, -1]), min_size=size, max_size=size))
+            circuit.append(SignDiagonal(pair, tuple(signs)))
         elif kind == "phases":
-            phases = np.exp(1j * np.array(draw(st.lists(st.floats(-3, 3), min_size=4,
-                                                         max_size=4))))
+            phases = np.exp(1j * np.array(draw(st.lists(st.floats(-3, 3), min_size=size,
+                                                         max_size=size))))
             circuit.unitary(np.diag(phases), list(pair))
         else:
             circuit.barrier()
@@ -78,9 +89,9 @@ def chains(draw, max_wires: int = 6):
 
 
 @st.composite
-def lower_columns(draw, dimension: int):
-    """A count K or a list of distinct indices, all below N/2."""
-    half = dimension // 2
+def lower_columns(draw, circuit: Circuit):
+    """A count K or a list of distinct indices, all below half the qubits' block."""
+    half = 2 ** (circuit.dims.count(2) - 1)
     if draw(st.booleans()):
         return draw(st.integers(1, half))
     return draw(st.lists(st.integers(0, half - 1), min_size=1, max_size=min(half, 5),
@@ -95,7 +106,7 @@ def reference(circuit: Circuit, values: torch.Tensor, columns: list[int]) -> tor
 @given(data=st.data())
 def test_mps_equals_the_reference_matrix(data) -> None:
     circuit = data.draw(chains())
-    columns = data.draw(lower_columns(circuit.dimension))
+    columns = data.draw(lower_columns(circuit))
     frame = compile_circuit(circuit, columns, method="mps", dtype=torch.float64)
     values = torch.as_tensor(data.draw(st.lists(
         st.floats(-4, 4), min_size=3 * circuit.num_parameters,
@@ -112,8 +123,8 @@ def test_mps_equals_the_reference_matrix(data) -> None:
 @given(circuit=chains(max_wires=5))
 def test_mps_gradients_pass_gradcheck(circuit: Circuit) -> None:
     if circuit.num_parameters == 0:
-        circuit = circuit.copy().ry(0, "extra")
-    columns = [2, 0, 1] if circuit.num_wires > 2 else [1, 0]
+        circuit = circuit.copy().ry(circuit.num_wires - 1, "extra")
+    columns = [2, 0, 1] if circuit.dims.count(2) > 2 else [1, 0]
     frame = compile_circuit(circuit, columns, method="mps", dtype=torch.float64)
     values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
 
@@ -151,17 +162,41 @@ def test_segments_of_several_gates_and_a_complex_frame_pass_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda v: torch.view_as_real(frame(v)), (values,))
 
 
+@pytest.mark.parametrize(("dimension", "layers", "columns"), [
+    (12, 2, 2),  # a qutrit and two qubits
+    (96, 2, 4),
+    (120, 1, [1, 3, 0]),  # a 5-level and a 3-level wire before three qubits
+    (384, 2, 8),
+    (90, 2, 1),  # 5 · 3 · 3 · 2: columns of one qubit
+])
+def test_wires_of_more_levels_before_the_qubits(dimension, layers, columns) -> None:
+    circuit = for_dimension(dimension, layers)
+    frame = compile_circuit(circuit, columns, method="mps", dtype=torch.float64)
+    values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    expected = reference(circuit, values.detach(), frame.columns)
+    torch.testing.assert_close(frame(values).detach(), expected, atol=1e-12, rtol=0)
+    if dimension <= 120:
+        assert torch.autograd.gradcheck(frame, (values,))
+    else:
+        gates = compile_circuit(circuit, columns, method="columns", dtype=torch.float64)
+        weight = torch.randn(2, dimension, len(frame.columns), dtype=torch.float64)
+        grads = [torch.autograd.grad((f(values) * weight).sum(), values)[0]
+                 for f in (frame, gates)]
+        torch.testing.assert_close(grads[0], grads[1], atol=1e-12, rtol=0)
+
+
 def test_auto_picks_mps_where_it_applies() -> None:
     assert compile_circuit(pauli(6, 2), 4).method == "mps"
     assert compile_circuit(pauli(6, 2), 32).method == "mps"  # columns 0 … 31 of 64
     assert compile_circuit(pauli(6, 2), 33).method == "columns"  # column 32: the second half
-    assert compile_circuit(for_dimension(384, 2), 4).method == "columns"  # a qutrit wire
+    assert compile_circuit(for_dimension(384, 2), 4).method == "mps"  # a qutrit, then qubits
     assert compile_circuit(pauli(6, 2), 4, recompute_backward=True).method == "columns"
     assert compile_circuit(Circuit(3).ry(0, "a").cx(0, 1), 2).method == "columns"
 
 
 @pytest.mark.parametrize(("circuit", "match"), [
-    (Circuit([3, 2]).ry(1, "a"), "needs qubits"),
+    (Circuit([2, 3]).ry(0, "a"), "needs qubit wires, after any wires of more levels"),
+    (Circuit([3, 3]).givens(0, (0, 1), "a"), "needs qubit wires"),
     (Circuit(3).ry(0, "a").cx(0, 1), "CX on wires \\[0, 1\\] is neither"),
     (Circuit(3).cz(0, 2), "CZ on wires \\[0, 2\\] is neither"),
     (Circuit(3).append(pauli_rotation("ZZ", [0, 1], "a")), "is neither"),
@@ -177,7 +212,7 @@ def test_too_many_diagonal_gates_per_wire_and_upper_columns_are_refused() -> Non
     with pytest.raises(CompileError, match="too many diagonal gates per wire"):
         compile_circuit(deep, 2, method="mps")
     assert compile_circuit(deep, 2).method == "columns"
-    with pytest.raises(CompileError, match="columns below N/2.*column 8 of 16"):
+    with pytest.raises(CompileError, match=r"columns below 2\^3.*column 8 of 16 is not"):
         compile_circuit(pauli(4, 1), [0, 8], method="mps")
     with pytest.raises(CompileError, match="recompute_backward=True needs"):
         compile_circuit(pauli(4, 1), 2, method="mps", recompute_backward=True)

@@ -1,37 +1,41 @@
 """Evaluate a circuit's first columns as a matrix product state.
 
-For circuits on qubits whose gates are one-wire gates and *constant diagonal*
-gates on neighbouring wires (CZ, controlled phases with a fixed angle): the
-Quantum-PEFT Pauli ansatz and every brickwork of rotations and CZ.
+For circuits whose gates are one-wire gates and *constant diagonal* gates on
+neighbouring wires (CZ, the generalized CZ, controlled phases with a fixed
+angle), on qubits that may follow wires of more levels: the Quantum-PEFT
+Pauli ansatz, the qudit ansatz of ``for_dimension`` and every brickwork of
+rotations and CZ.
 
 **Bonds.** A diagonal gate ``g`` on wires ``(a, a+1)`` is
-``Σ_b |b⟩⟨b| ⊗ diag(g[b, 0], g[b, 1])``: a sum of two products, one term per
-value of a *bond bit* ``b`` shared by the two wires. Every column of the
-unitary is therefore a matrix product state: wire ``q`` contributes a tensor
-``A_q[l, r, x, c]`` (output digit ``x``, input digit ``c``, left and right
-bond indices ``l`` and ``r``, of ``χ = 2^E`` values for ``E`` diagonal gates
-on a cut), and ``U[x, c] = A_0[·, x_0, c_0] A_1[·, x_1, c_1] ⋯`` as a product
-of ``χ × χ`` matrices. With ``L`` layers of the brickwork, ``χ = 2^L``.
+``Σ_b |b⟩⟨b| ⊗ diag(g[b, ·])`` (the projector on the wire of fewer levels): a
+sum of products, one term per value of a *bond* ``b`` shared by the two
+wires. Every column of the unitary is therefore a matrix product state: wire
+``q`` contributes a tensor ``A_q[l, x, c, r]`` (output digit ``x``, input
+digit ``c``, left and right bond indices ``l`` and ``r``, ``χ = 2^E`` values
+for ``E`` diagonal gates across a cut of qubits), and
+``U[x, c] = A_0[·, x_0, c_0, ·] A_1[·, x_1, c_1, ·] ⋯`` as a product of small
+matrices. With ``L`` layers of the brickwork, ``χ = 2^L``.
 
 **One wire's tensor.** Between diagonal gates, a wire's one-wire gates fuse
-into ``T`` segment matrices ``M_t``. With the bond bits fixed, the wire's
+into ``T`` segment matrices ``M_t``. With the bonds fixed, the wire's
 operator is ``M_{T−1} D_{T−1} ⋯ D_1 M_0`` with diagonal ``D_t``, so
-``A[l, r, x, c] = Σ_y D[(l, r), y] · W[y, x, c]`` where ``y`` runs over the
-``2^{T−1}`` digit paths between segments, ``W[y, x, c] = Π_t M_t[y_{t+1}, y_t]``
-(one gather and one product for every wire at once) and ``D`` is a constant
-±1/0 table fixed at compile time.
+``A[l, x, c, r] = Σ_y D[l, y, r] · W[y, x, c]`` where ``y`` runs over the
+``d^{T−1}`` digit paths between segments, ``W[y, x, c] = Π_t M_t[y_{t+1}, y_t]``
+(one gather and one product for all qubits at once) and ``D`` is a constant
+table fixed at compile time.
 
 **The contraction.** The first ``K`` columns vary only the last
-``m = ⌈log₂ K⌉`` input digits, so the other wires' tensors are taken at
-``c = 0``. Each group is contracted by a balanced tree of batched matrix
-products (``⌈log₂ n⌉`` levels), and one final product of an
-``(N/2^m) × χ`` and a ``χ × 4^m`` matrix gives the ``N × 2^m`` block holding
-the columns.
+``m = ⌈log₂ K⌉`` input digits, so the other wires are taken at ``c = 0``.
+The qubits are contracted by balanced trees of batched matrix products
+(``⌈log₂ n⌉`` levels), the wires of more levels before them one after the
+other, and one final product of an ``(N/2^m) × χ`` and a ``χ × 4^m`` matrix
+gives the ``N × 2^m`` block holding the columns.
 
-**Cost.** ``O(N·2^m·χ)`` multiply-adds for the last product and ``O(N·χ²)``
-in the tree, against ``O(L·log N·N·K)`` for the gate-by-gate columns
-method; and about 30 tensor operations in all, independent of ``N`` and
-``L``: one :class:`torch.autograd.Function` with a written-out backward.
+**Cost.** ``O(N·2^m·χ)`` multiply-adds for the last product and
+``O(N·χ²/2^m)`` in the tree, against ``O(L·log N·N·K)`` for the gate-by-gate
+columns method; about 120 tensor operations for a forward and backward pass
+at N = 1024, whatever ``L``, in one :class:`torch.autograd.Function` with a
+written-out backward.
 
 >>> import torch
 >>> from qpeft.ansatz import pauli
@@ -66,9 +70,10 @@ from qpeft.compiler.blocks import (
 )
 from qpeft.errors import CompileError
 
-#: The most segments on one wire: a wire's tensor sums over 2^(T−1) digit paths.
-MAX_SEGMENTS = 12
-#: The largest bond dimension χ (2^E for E diagonal gates across one cut).
+#: The most digit paths between the segments of one wire (d^(T−1) for T segments
+#: on a wire of d levels): a wire's tensor sums over them.
+MAX_PATHS = 2**11
+#: The largest bond dimension χ (2^E for E diagonal gates across one cut of qubits).
 MAX_BOND = 64
 
 
@@ -77,9 +82,10 @@ class _Wire:
     """One wire's timeline: segments of one-wire factors, and the diagonal
     gates met between them."""
 
+    dim: int
     segments: list[list[int]] = field(default_factory=lambda: [[]])  # factor rows
-    # (slot y_t the gate acts on, cut, bond bit position on that cut, side, 2×2 table)
-    events: list[tuple[int, int, int, str, np.ndarray]] = field(default_factory=list)
+    # (digit slot y_t, cut, position on that cut, projector side?, table[projector, own digit])
+    events: list[tuple[int, int, int, bool, np.ndarray]] = field(default_factory=list)
 
     def event_slot(self) -> int:
         """The digit slot y_t a diagonal gate meets now (closing the open segment
@@ -91,180 +97,235 @@ class _Wire:
 
 
 @dataclass
-class Layout:
-    """What :class:`MatrixProductNetwork` precomputes from a circuit. Factor
-    position ``(q, t, g)`` is factor ``g`` of segment ``t`` of wire ``q``
-    (applied in order of ``g``; identity where a segment has fewer)."""
+class WireGroup:
+    """Wires of one dimension d whose tensors are built together. Factor
+    position ``(w, t, g)`` is factor ``g`` of segment ``t`` of the group's
+    wire ``w`` (applied in order of ``g``; identity where a segment has fewer)."""
 
-    qubits: int
+    wires: tuple[int, ...]
+    dim: int  # d
     segments: int  # T
     depth: int  # G
-    bond: int  # χ
-    fixed: np.ndarray  # (n, T, G, 2, 2): factor = fixed + cos(θ/2)·projector + sin(θ/2)·step
+    fixed: np.ndarray  # (w, T, G, d, d): factor = fixed + cos(θ/2)·projector + sin(θ/2)·step
     projector: np.ndarray
     step: np.ndarray
-    weights: np.ndarray  # (n·T·G, P): θ/2 = offset + weights · values
-    offset: np.ndarray  # (n·T·G,)
-    bond_table: np.ndarray  # (n, χ·χ, 2^(T−1)) the D table of every wire
-    is_real: bool
+    weights: np.ndarray  # (w·T·G, P): θ/2 = offset + weights · values
+    offset: np.ndarray  # (w·T·G,)
+    bond_table: np.ndarray  # (w, χ_l, d^(T−1), χ_r): the diagonal factors along each path
+
+    @property
+    def is_real(self) -> bool:
+        return all(np.abs(np.imag(part)).max(initial=0.0) == 0
+                   for part in (self.fixed, self.step, self.bond_table))
+
+
+@dataclass
+class Layout:
+    """What :class:`MatrixProductNetwork` precomputes from a circuit: the qubit
+    wires as one group, and each wire of more levels before them on its own."""
+
+    head: list[WireGroup]
+    qubits: WireGroup
+    bond: int  # χ of the qubits' cuts
+
+    @property
+    def is_real(self) -> bool:
+        return self.qubits.is_real and all(group.is_real for group in self.head)
 
 
 def mps_layout(circuit: Circuit) -> Layout:
     """The circuit's matrix product layout, or a :class:`CompileError` saying
     why the circuit does not have one."""
-    if any(d != 2 for d in circuit.dims):
+    dims = circuit.dims
+    head = next((w for w, d in enumerate(dims) if d == 2), len(dims))
+    if head == len(dims) or any(d != 2 for d in dims[head:]):
         raise CompileError(
-            f"method='mps' needs qubits, and this circuit has wires of {sorted(set(circuit.dims))}"
-            " levels; use method='columns'"
+            f"method='mps' needs qubit wires, after any wires of more levels (the layout of "
+            f"for_dimension), and this circuit has wires of {list(dims)} levels; use "
+            "method='columns'"
         )
-    n = circuit.num_wires
+    n = len(dims)
     names = {name: i for i, name in enumerate(circuit.parameters)}
-    wires = [_Wire() for _ in range(n)]
+    wires = [_Wire(d) for d in dims]
     factors: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] = []
-    cut_events = [0] * max(n - 1, 0)
+    radices: list[list[int]] = [[] for _ in range(max(n - 1, 0))]  # per cut, per event
     for gate in circuit.gates:
         if gate.is_identity:
             continue
         if len(gate.wires) == 1:
-            row = np.zeros(len(names))
-            if gate.params:
-                generator = gate.generator((2,))
-                if generator is None or len(gate.params) != 1:
-                    raise CompileError(f"{gate.name} is not a one-angle rotation exp(-iθG/2)")
-                square = generator @ generator
-                for name, coefficient in gate.params[0].terms:
-                    row[names[name]] += coefficient
-                factors.append((np.eye(2) - square, square, -1j * generator, row,
-                                gate.params[0].constant))
-            else:
-                zero = np.zeros((2, 2))
-                factors.append((np.asarray(_constant(gate)), zero, zero, row, 0.0))
+            factors.append(_factor(gate, dims[gate.wires[0]], names))
             wires[gate.wires[0]].segments[-1].append(len(factors) - 1)
             continue
         a, b = gate.wires if len(gate.wires) == 2 else (None, None)
         constant = all(expression.is_constant for expression in gate.params)
-        matrix = np.asarray(_constant(gate)) if constant and a is not None else None
+        local = tuple(dims[w] for w in gate.wires)
+        matrix = np.asarray(_constant(gate, local)) if constant and a is not None else None
         if matrix is None or abs(a - b) != 1 or np.abs(matrix - np.diag(np.diag(matrix))).max() > 0:
             raise CompileError(
                 f"method='mps' takes one-wire gates and constant diagonal gates on neighbouring "
                 f"wires (CZ), and {gate.name} on wires {list(gate.wires)} is neither; use "
                 "method='columns'"
             )
-        table = np.diag(matrix).reshape(2, 2)  # [digit of a, digit of b]
+        table = np.diag(matrix).reshape(dims[a], dims[b])  # [digit of a, digit of b]
         if a > b:
             a, b, table = b, a, table.T
-        bit = cut_events[a]
-        cut_events[a] += 1
-        wires[a].events.append((wires[a].event_slot(), a, bit, "left", table))
-        wires[b].events.append((wires[b].event_slot(), a, bit, "right", table))
-    segments = max(len(w.segments) for w in wires)
-    largest_cut = max(cut_events, default=0)
-    if segments > MAX_SEGMENTS or 2**largest_cut > MAX_BOND:
+        projector = a if dims[a] <= dims[b] else b  # the bond takes its levels
+        last = [wires[w].events[-1] if wires[w].events else None for w in (a, b)]
+        if (all(e is not None and e[1] == a and e[2] == len(radices[a]) - 1 for e in last)
+                and not wires[a].segments[-1] and not wires[b].segments[-1]):
+            # nothing on either wire since the last diagonal gate on this cut: one gate
+            table = table * (last[0][4] if projector == a else last[0][4].T)
+            for w in (a, b):
+                wires[w].events.pop()
+            radices[a].pop()
+        oriented = table if projector == a else table.T
+        position = len(radices[a])
+        radices[a].append(dims[projector])
+        for wire in (a, b):
+            wires[wire].events.append((wires[wire].event_slot(), a, position, wire == projector,
+                                       oriented))
+    sizes = [math.prod(cut) for cut in radices]
+    bond = max([1, *sizes[max(head - 1, 0):]])
+    paths = max(wire.dim ** (len(wire.segments) - 1) for wire in wires)
+    if paths > MAX_PATHS or bond > MAX_BOND:
         raise CompileError(
-            f"method='mps' would sum over {2 ** (segments - 1)} digit paths per wire with a bond "
-            f"of {2 ** largest_cut} (limits: {MAX_SEGMENTS} segments, bond {MAX_BOND}): the "
-            "circuit has too many diagonal gates per wire; use method='columns'"
+            f"method='mps' sums over at most {MAX_PATHS} digit paths per wire with a bond of at "
+            f"most {MAX_BOND} (here {paths} and {bond}): the circuit has too many diagonal "
+            "gates per wire; use method='columns'"
         )
-    depth = max(1, max(len(s) for w in wires for s in w.segments))
-    fixed = np.zeros((n, segments, depth, 2, 2), dtype=complex)
-    fixed[...] = np.eye(2)
-    projector = np.zeros_like(fixed)
-    step = np.zeros_like(fixed)
-    weights = np.zeros((n, segments, depth, len(names)))
-    offset = np.zeros((n, segments, depth))
-    for q, wire in enumerate(wires):
+
+    def padded(cut: int) -> tuple[list[int], int]:
+        """The radices of a cut and the size its index is padded to: the qubits'
+        cuts (and the cut into the first qubit) to χ, the others to their size."""
+        if cut < 0:
+            return [], bond if head == 0 else 1
+        if cut == n - 1:
+            return [], bond
+        return radices[cut], bond if cut >= head - 1 else sizes[cut]
+
+    def group(members: range) -> WireGroup:
+        return _group(members, wires, factors, len(names), padded)
+
+    return Layout(head=[group(range(w, w + 1)) for w in range(head)],
+                  qubits=group(range(head, n)), bond=bond)
+
+
+def _factor(gate, dim: int, names: dict[str, int]) -> tuple:
+    """A one-wire gate as (fixed, projector, step, weights row, constant)."""
+    row = np.zeros(len(names))
+    if not gate.params:
+        zero = np.zeros((dim, dim))
+        return np.asarray(_constant(gate, (dim,))), zero, zero, row, 0.0
+    generator = gate.generator((dim,))
+    if generator is None or len(gate.params) != 1:
+        raise CompileError(f"{gate.name} is not a one-angle rotation exp(-iθG/2)")
+    square = generator @ generator
+    for name, coefficient in gate.params[0].terms:
+        row[names[name]] += coefficient
+    return np.eye(dim) - square, square, -1j * generator, row, gate.params[0].constant
+
+
+def _group(members: range, wires: list[_Wire], factors: list, count: int, padded
+           ) -> WireGroup:
+    """The factor tables and bond tables of ``wires[members]`` (of one dimension)."""
+    chosen = [wires[q] for q in members]
+    dim = chosen[0].dim
+    segments = max(len(w.segments) for w in chosen)
+    depth = max(1, max(len(s) for w in chosen for s in w.segments))
+    shape = (len(chosen), segments, depth)
+    fixed = np.zeros((*shape, dim, dim), dtype=complex)
+    fixed[...] = np.eye(dim)
+    projector, step = np.zeros_like(fixed), np.zeros_like(fixed)
+    weights, offset = np.zeros((*shape, count)), np.zeros(shape)
+    for w, wire in enumerate(chosen):
         for t, segment in enumerate(wire.segments):
             for g, index in enumerate(segment):
                 f, p, st, row, constant = factors[index]
-                fixed[q, t, g], projector[q, t, g], step[q, t, g] = f, p, st
-                weights[q, t, g], offset[q, t, g] = 0.5 * row, 0.5 * constant
-    bond = 2**largest_cut
-    bond_table = _bond_tables(wires, segments, bond, cut_events)
-    is_real = all(np.abs(np.imag(part)).max(initial=0.0) == 0
-                  for part in (fixed, step, bond_table))
-    return Layout(
-        qubits=n, segments=segments, depth=depth, bond=bond,
+                fixed[w, t, g], projector[w, t, g], step[w, t, g] = f, p, st
+                weights[w, t, g], offset[w, t, g] = 0.5 * row, 0.5 * constant
+    tables = [_bond_table(wire, q, segments, padded(q - 1), padded(q))
+              for q, wire in zip(members, chosen)]
+    return WireGroup(
+        wires=tuple(members), dim=dim, segments=segments, depth=depth,
         fixed=fixed, projector=projector, step=step,
-        weights=weights.reshape(n * segments * depth, len(names)), offset=offset.reshape(-1),
-        bond_table=bond_table, is_real=is_real,
+        weights=weights.reshape(math.prod(shape), count), offset=offset.reshape(-1),
+        bond_table=np.stack(tables),
     )
+
+
+def _bond_table(wire: _Wire, q: int, segments: int, left: tuple[list[int], int],
+                right: tuple[list[int], int]) -> np.ndarray:
+    """D[l, y, r]: the product of the wire's diagonal factors along the digit
+    path ``y = (y_1 … y_{T−1})`` (base d, y_1 most significant) for bond values
+    ``l`` (cut q−1) and ``r`` (cut q), each a mixed-radix number of the bond
+    values of its cut's gates (the first gate most significant); zero for the
+    padding beyond a cut's size."""
+    dim, paths = wire.dim, wire.dim ** (segments - 1)
+    digits = np.zeros((paths, segments), dtype=np.int64)  # column 0 (y_0 = c) unused
+    for t in range(1, segments):
+        digits[:, t] = (np.arange(paths) // dim ** (segments - 1 - t)) % dim
+    (left_radices, left_size), (right_radices, right_size) = left, right
+    out = np.zeros((left_size, paths, right_size), dtype=complex)
+    for lb in range(math.prod(left_radices)):
+        for rb in range(math.prod(right_radices)):
+            value = np.ones(paths, dtype=complex)
+            for slot, cut, position, projector, table in wire.events:
+                index, radix = (lb, left_radices) if cut == q - 1 else (rb, right_radices)
+                bond = (index // math.prod(radix[position + 1:])) % radix[position]
+                y = digits[:, slot]
+                value = value * ((y == bond) if projector else table[bond, y])
+            out[lb, :, rb] = value
+    return out
 
 
 def supports(circuit: Circuit, columns: Sequence[int]) -> bool:
     """Whether :class:`MatrixProductNetwork` can evaluate these columns of ``circuit``."""
     try:
-        mps_layout(circuit)
+        layout = mps_layout(circuit)
     except CompileError:
         return False
-    return int(max(columns)).bit_length() < circuit.num_wires
+    return int(max(columns)).bit_length() < len(layout.qubits.wires)
 
 
-def _constant(gate) -> np.ndarray:
-    dims = (2,) * len(gate.wires)
+def _constant(gate, dims: tuple[int, ...]) -> np.ndarray:
+    """The matrix of a gate without free parameters on wires of ``dims`` levels."""
     if isinstance(gate, FixedGate):
         return gate.constant_matrix(dims)
     return gate.matrix(dims).numpy()
 
 
-def _bond_tables(wires: list[_Wire], segments: int, bond: int, cut_events: list[int]
-                 ) -> np.ndarray:
-    """D[q, (l, r), y]: the product of the wire's diagonal factors along the
-    digit path ``y = (y_1 … y_{T−1})`` (y_1 most significant) for bond bits
-    ``l`` (cut q−1) and ``r`` (cut q); zero for bond values a cut lacks."""
-    n = len(wires)
-    paths = 2 ** (segments - 1)
-    digits = (np.arange(paths)[:, None] >> np.arange(segments - 2, -1, -1)[None, :]) & 1
-    digits = np.concatenate([np.zeros((paths, 1), dtype=np.int64), digits], axis=1)  # y_0 unused
-    out = np.zeros((n, bond, bond, paths), dtype=complex)
-    for q, wire in enumerate(wires):
-        left_bits = cut_events[q - 1] if q > 0 else 0
-        right_bits = cut_events[q] if q < n - 1 else 0
-        for lb in range(2**left_bits):
-            for rb in range(2**right_bits):
-                value = np.ones(paths, dtype=complex)
-                for slot, cut, bit, side, table in wire.events:
-                    bits, count = (lb, left_bits) if cut == q - 1 else (rb, right_bits)
-                    b = (bits >> (count - 1 - bit)) & 1
-                    y = digits[:, slot]
-                    value = value * ((y == b) if side == "left" else table[b, y])
-                out[q, lb, rb] = value
-    return out.reshape(n, bond * bond, paths)
-
-
 class SegmentBuilder(nn.Module):
-    """(B, P) values → (B, n, T, 2, 2) segment matrices (see :class:`Layout`).
+    """(B, P) values → (B, w, T, d, d) segment matrices of one :class:`WireGroup`.
 
     Every factor is ``fixed + cos(θ/2)·projector + sin(θ/2)·step``: one
     product gives all half-angles and their shifts by π/2, one ``sin`` all
     cosines and sines, and one product all factors. :meth:`forward` saves
-    what :meth:`backward` needs when given a :class:`_Saved`."""
+    what :meth:`backward` needs, under ``name``, when given a :class:`_Saved`."""
 
-    def __init__(self, layout: Layout, dtype: torch.dtype) -> None:
+    def __init__(self, group: WireGroup, dtype: torch.dtype, work: torch.dtype, name: str
+                 ) -> None:
         super().__init__()
-        cplx = COMPLEX_OF.get(dtype, dtype)
-        work = dtype if layout.is_real else cplx
-        n, t, g = layout.qubits, layout.segments, layout.depth
-        count = n * t * g
-        self.shape = (n, t, g)
-        self.count = count
+        d = group.dim
+        self.shape = (len(group.wires), group.segments, group.depth, d)
+        self.count = count = len(group.wires) * group.segments * group.depth
+        self.name = name
         # [θ/2 + π/2, θ/2]: sin gives [cos(θ/2), sin(θ/2)]
-        weights = np.concatenate([layout.weights, layout.weights]).T
-        offset = np.concatenate([layout.offset + math.pi / 2, layout.offset])
+        weights = np.concatenate([group.weights, group.weights]).T
+        offset = np.concatenate([group.offset + math.pi / 2, group.offset])
         self.register_buffer("trig_weights", torch.as_tensor(weights.copy(), dtype=dtype),
                              persistent=False)
-        self.register_buffer("offset", torch.as_tensor(offset, dtype=dtype),
-                             persistent=False)
+        self.register_buffer("offset", torch.as_tensor(offset, dtype=dtype), persistent=False)
         # d/dθ of [cos, sin] is [−sin, cos]/2 (the 1/2 is in the weights)
-        backward = np.concatenate([-layout.weights, layout.weights])
+        backward = np.concatenate([-group.weights, group.weights])
         self.register_buffer("trig_backward", torch.as_tensor(backward, dtype=dtype),
                              persistent=False)
-        mix = np.zeros((2 * count, count * 4), dtype=complex)
+        mix = np.zeros((2, count, count, d * d), dtype=complex)
         rows = np.arange(count)
-        for entry in range(4):
-            mix[rows, rows * 4 + entry] = layout.projector.reshape(count, 4)[:, entry]
-            mix[count + rows, rows * 4 + entry] = layout.step.reshape(count, 4)[:, entry]
-        fixed = layout.fixed.reshape(-1)
-        if layout.is_real:
+        mix[0, rows, rows] = group.projector.reshape(count, d * d)
+        mix[1, rows, rows] = group.step.reshape(count, d * d)
+        mix = mix.reshape(2 * count, count * d * d)
+        fixed = group.fixed.reshape(-1)
+        if not work.is_complex:
             mix, fixed = mix.real, fixed.real
         self.register_buffer("mix", torch.as_tensor(mix, dtype=work), persistent=False)
         self.register_buffer("fixed", torch.as_tensor(fixed, dtype=work), persistent=False)
@@ -272,41 +333,41 @@ class SegmentBuilder(nn.Module):
 
     def forward(self, values: torch.Tensor, saved: _Saved | None = None) -> torch.Tensor:
         batch = values.shape[0]
+        wires, t, g, d = self.shape
         trig = torch.addmm(self.offset, values, self.trig_weights).sin()
         factors = torch.addmm(self.fixed, trig.to(self.work_dtype), self.mix)
-        n, t, g = self.shape
         if saved is not None:
-            saved.put("trig", trig)
+            saved.put(f"{self.name}trig", trig)
         if g == 1:
-            return factors.view(batch, n, t, 2, 2)
-        factors = factors.view(batch, n, t, g, 2, 2)
+            return factors.view(batch, wires, t, d, d)
+        factors = factors.view(batch, wires, t, g, d, d)
         out = factors[:, :, :, 0]
         chain = [out]
         for k in range(1, g):
             out = factors[:, :, :, k] @ out
             chain.append(out)
         if saved is not None:
-            saved.put("factors", factors)
+            saved.put(f"{self.name}factors", factors)
             for k, product in enumerate(chain[:-1]):
-                saved.put(f"chain{k}", product)
+                saved.put(f"{self.name}chain{k}", product)
         return out
 
     def backward(self, grad: torch.Tensor, saved: _Saved) -> torch.Tensor:
         """The values' gradient (B, P) for the segments' gradient ``grad``."""
         batch = grad.shape[0]
-        n, t, g = self.shape
+        g = self.shape[2]
         if g > 1:  # out_k = factor_k @ out_(k−1)
-            factors = saved["factors"]
+            factors = saved[f"{self.name}factors"]
             grads = [grad] * g
             for k in range(g - 1, 0, -1):
-                grads[k] = grad @ saved[f"chain{k - 1}"].mH
+                grads[k] = grad @ saved[f"{self.name}chain{k - 1}"].mH
                 grad = factors[:, :, :, k].mH @ grad
             grads[0] = grad
             grad = torch.stack(grads, dim=3)
         grad_trig = torch.mm(grad.reshape(batch, -1), self.mix.mH)
         if grad_trig.is_complex():
             grad_trig = grad_trig.real
-        trig = saved["trig"]
+        trig = saved[f"{self.name}trig"]
         return torch.mm(grad_trig * trig.roll(self.count, 1), self.trig_backward)
 
 
@@ -315,40 +376,48 @@ class MatrixProductNetwork(nn.Module):
 
     ``forward(values)`` maps ``(B, P)`` to ``(B, N, K)``. Raises
     :class:`CompileError` at construction for circuits outside its reach
-    (qudits, non-diagonal or distant two-wire gates, parameterized two-wire
-    gates) and for columns that reach the second half of the register.
+    (non-diagonal, parameterized or distant two-wire gates, wires of more
+    levels after a qubit) and for columns that reach the second half of the
+    qubits' block.
     """
 
     def __init__(self, circuit: Circuit, columns: Sequence[int], dtype: torch.dtype) -> None:
         super().__init__()
         layout = mps_layout(circuit)
         self.columns = [int(c) for c in columns]
-        n = layout.qubits
-        self.dimension = 2**n
-        self.qubits = n
-        self.column_wires = int(max(self.columns)).bit_length()
-        if self.column_wires >= n:
+        self.dimension = circuit.dimension
+        self.qubits = len(layout.qubits.wires)
+        self.column_wires = m = int(max(self.columns)).bit_length()
+        if m >= self.qubits:
             raise CompileError(
-                f"method='mps' evaluates columns below N/2, and column {max(self.columns)} of "
-                f"{self.dimension} is not; use method='columns' or 'dense'"
+                f"method='mps' evaluates the columns below 2^{self.qubits - 1} (half the "
+                f"qubits' block), and column {max(self.columns)} of {self.dimension} is not; "
+                "use method='columns' or 'dense'"
             )
         self.real_dtype = dtype
-        self.work_dtype = dtype if layout.is_real else COMPLEX_OF.get(dtype, dtype)
-        self.builder = SegmentBuilder(layout, dtype)
-        self.segments, self.bond = layout.segments, layout.bond
-        plain, column = _wire_maps(layout.bond_table, layout.bond, self.column_wires)
-        work = self.work_dtype
-        if layout.is_real:
-            plain, column = plain.real, column.real
-        self.register_buffer("plain_map", torch.as_tensor(plain, dtype=work), persistent=False)
-        self.register_buffer("column_map", torch.as_tensor(column, dtype=work), persistent=False)
-        self.register_buffer("path_index", torch.as_tensor(_path_index(layout.segments)),
+        self.work_dtype = work = dtype if layout.is_real else COMPLEX_OF.get(dtype, dtype)
+        self.builder = SegmentBuilder(layout.qubits, dtype, work, "q")
+        self.head_builders = nn.ModuleList(SegmentBuilder(group, dtype, work, f"h{i}")
+                                           for i, group in enumerate(layout.head))
+        self.segments, self.bond = layout.qubits.segments, layout.bond
+        self.head_shapes = [(group.dim, group.bond_table.shape[1], group.bond_table.shape[3])
+                            for group in layout.head]
+
+        def tensor(array: np.ndarray, dtype: torch.dtype = work) -> torch.Tensor:
+            return torch.as_tensor(array.real if layout.is_real else array, dtype=dtype)
+
+        plain, column = _wire_maps(layout.qubits.bond_table, 2, m)
+        self.register_buffer("plain_map", tensor(plain), persistent=False)
+        self.register_buffer("column_map", tensor(column), persistent=False)
+        self.register_buffer("path_index", torch.as_tensor(_path_index(self.segments, 2, True)),
                              persistent=False)
+        for i, group in enumerate(layout.head):
+            self.register_buffer(f"head_map{i}", tensor(_wire_maps(group.bond_table, group.dim,
+                                                                   0)[0][0]), persistent=False)
+            self.register_buffer(f"head_index{i}", torch.as_tensor(
+                _path_index(group.segments, group.dim, False)), persistent=False)
         self.register_buffer("column_index", torch.as_tensor(self.columns), persistent=False)
-        self._whole_block = self.columns == list(range(2**self.column_wires))
-        m = self.column_wires
-        self._digit_order = [0, 1] + [2 + 2 * i for i in range(m)] + [3 + 2 * i for i in range(m)]
-        self._digit_inverse = [int(i) for i in np.argsort(self._digit_order)]
+        self._whole_block = self.columns == list(range(2**m))
 
     @property
     def num_columns(self) -> int:
@@ -357,12 +426,15 @@ class MatrixProductNetwork(nn.Module):
     def cost(self) -> dict[str, int]:
         """One forward pass for one circuit: ``multiply_adds`` (wire tensors,
         tree and final product), ``state_numbers`` (N·K), the ``bond``
-        dimension χ and the ``segments`` T of the longest wire."""
+        dimension χ and the ``segments`` T of the qubit wires."""
         n, chi, m, t = self.qubits, self.bond, self.column_wires, self.segments
         paths = 2 ** (t - 1)
         wire = n * (chi * chi * paths * 4 + paths * 4 * t)
         rows = self.dimension >> m
-        return {"multiply_adds": wire + 2 * rows * chi**3 + 2 * 4**m * chi**3 + rows * chi * 4**m,
+        head = sum(d * left * right * (self.dimension >> self.qubits)
+                   for d, left, right in self.head_shapes)
+        return {"multiply_adds": wire + 2 * rows * chi**3 + 2 * 4**m * chi**3
+                + rows * chi * 4**m + head,
                 "state_numbers": self.dimension * self.num_columns,
                 "bond": chi, "segments": t}
 
@@ -370,29 +442,35 @@ class MatrixProductNetwork(nn.Module):
         self.__dict__.pop("_batch_steps", None)
         return super()._apply(fn, recurse)
 
+    def segment_matrices(self, values: torch.Tensor, saved: _Saved | None = None
+                         ) -> list[torch.Tensor]:
+        """The qubits' (B, n, T, 2, 2) segment matrices, then each head wire's."""
+        return [self.builder(values, saved), *(b(values, saved) for b in self.head_builders)]
+
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and values.requires_grad and not plain_operations():
             block = NetworkFunction.apply(self, values)
         else:
-            block = self.contract(self.builder(values))
+            block = self.contract(self.segment_matrices(values))
         if self._whole_block:
             return block
         return block.index_select(2, self.column_index)
 
     # -- the contraction, in plain operations (saving what the backward needs)
-    def contract(self, matrices: torch.Tensor, saved: _Saved | None = None) -> torch.Tensor:
-        """(B, n, T, 2, 2) segment matrices → the (B, N, 2^m) column block."""
-        return self._steps(matrices.shape[0]).forward(self, matrices.to(self.work_dtype), saved)
+    def contract(self, matrices: list[torch.Tensor], saved: _Saved | None = None
+                 ) -> torch.Tensor:
+        """The segment matrices of :meth:`segment_matrices` → the (B, N, 2^m) column block."""
+        matrices = [m.to(self.work_dtype) for m in matrices]
+        return self._steps(matrices[0].shape[0]).forward(self, matrices, saved)
 
-    def contract_backward(self, grad: torch.Tensor, saved: _Saved) -> torch.Tensor:
-        """The segment matrices' gradient for the block's gradient ``grad``."""
+    def contract_backward(self, grad: torch.Tensor, saved: _Saved) -> list[torch.Tensor]:
+        """The segment matrices' gradients for the block's gradient ``grad``."""
         return self._steps(grad.shape[0]).backward(self, grad.to(self.work_dtype), saved)
 
     def _steps(self, batch: int) -> _Steps:
         steps = self.__dict__.setdefault("_batch_steps", {})
         if batch not in steps:
-            steps[batch] = _Steps(batch, self.qubits, self.column_wires, self.bond,
-                                  self.segments)
+            steps[batch] = _Steps(batch, self)
         return steps[batch]
 
 
@@ -401,9 +479,8 @@ class _Steps:
     worked out once (the contraction is launch-bound: Python between the
     tensor operations counts)."""
 
-    def __init__(self, batch: int, qubits: int, column_wires: int, bond: int,
-                 segments: int) -> None:
-        n, m, chi, t = qubits, column_wires, bond, segments
+    def __init__(self, batch: int, network: MatrixProductNetwork) -> None:
+        n, m, chi, t = network.qubits, network.column_wires, network.bond, network.segments
         paths = 2 ** (t - 1)
         self.m = m
         self.gather = (batch * n, t * 4)
@@ -411,10 +488,11 @@ class _Steps:
         self.weights = (batch, n, paths * 4)
         self.plain = (batch, n - m, chi, 2, chi)
         self.column = (batch, m, chi, 4, chi)
-        self.rows = 2 ** (n - m)
-        self.block = (batch, 2**n, 2**m)
+        self.plain_rows = 2 ** (n - m)
+        self.rows = network.dimension >> m
+        self.block = (batch, network.dimension, 2**m)
         self.flat_grad = (batch, self.rows, 4**m)
-        self.root_left = (batch, chi, self.rows, chi)
+        self.root = (batch, chi, self.plain_rows, chi)
         self.root_right = (batch, chi, 4**m, chi)
         self.digits = (batch, chi, *([2] * (2 * m)))
         self.right = (batch, chi, 4**m)
@@ -427,11 +505,20 @@ class _Steps:
         self.segments = (batch, n, t, 2, 2)
         self.plain_grad = (batch, n - m, -1)
         self.column_grad = (batch, m, -1)
+        # the wires of more levels: (levels d, left and right bond, segments T, path count)
+        self.head = []
+        rows = 1
+        for (d, left, right), builder in zip(network.head_shapes, network.head_builders):
+            segments = builder.shape[1]
+            self.head.append((d, left, right, segments, d ** (segments - 1), rows))
+            rows *= d
+        self.head_rows = rows
+        self.batch = batch
 
-    def forward(self, network: MatrixProductNetwork, matrices: torch.Tensor,
+    def forward(self, network: MatrixProductNetwork, matrices: list[torch.Tensor],
                 saved: _Saved | None) -> torch.Tensor:
         m = self.m
-        gathered = matrices.reshape(self.gather).index_select(1, network.path_index)
+        gathered = matrices[0].reshape(self.gather).index_select(1, network.path_index)
         gathered = gathered.view(self.gathered)
         # (n, B, y·x·c): the wire tensors are A[l, x, c, r] = Σ_y W[y, x, c] D[l, y, r]
         weights = gathered.prod(1).view(self.weights).transpose(0, 1)
@@ -439,37 +526,77 @@ class _Steps:
             saved.put("gathered", gathered)
         plain = torch.bmm(weights[: self.split], network.plain_map)  # c = 0: (n − m, B, χ·2·χ)
         plain = plain.transpose(0, 1).reshape(self.plain)
+        tree = _tree(plain, saved, "left")  # (B, χ, 2^(n−m), χ)
+        if self.head:
+            head = self._head_forward(network, matrices[1:], saved)  # (B, D_head, χ)
+            left = torch.bmm(head, tree.reshape(self.batch, tree.shape[1], -1))
+            left = left.view(self.batch, self.rows, -1)
+            if saved is not None:
+                saved.put("tree", tree)
+                saved.put("head_state", head)
+        else:
+            left = tree[:, 0]  # (B, N/2^m, χ)
+        if saved is not None:
+            saved.put("left", left)
         if m == 0:
-            return _tree(plain, saved, "all")[:, 0, :, 0].unsqueeze(-1)
+            return left[:, :, :1]
         column = torch.bmm(weights[self.split:], network.column_map)
         column = column.transpose(0, 1).reshape(self.column)
-        left = _tree(plain, saved, "left")[:, 0]  # (B, N/2^m, χ)
         right = _tree(column, saved, "right")[..., 0]  # (B, χ, 4^m) digits x₀ c₀ x₁ c₁ …
         right = right.reshape(self.digits).permute(self.order).reshape(self.right)
         if saved is not None:
-            saved.put("left", left)
             saved.put("right", right)
         return torch.bmm(left, right).view(self.block)
 
+    def _head_forward(self, network: MatrixProductNetwork, matrices: list[torch.Tensor],
+                      saved: _Saved | None) -> torch.Tensor:
+        """The wires before the qubits, contracted in turn: (B, D_head, χ)."""
+        batch, state = self.batch, None
+        for i, (d, left, right, segments, paths, rows) in enumerate(self.head):
+            index = getattr(network, f"head_index{i}")
+            gathered = matrices[i].reshape(batch, -1).index_select(1, index)
+            gathered = gathered.view(batch, segments, paths * d)
+            tensor = torch.mm(gathered.prod(1), getattr(network, f"head_map{i}"))
+            if state is None:
+                state = tensor.view(batch, d, right)  # its left bond has one value
+            else:
+                if saved is not None:
+                    saved.put(f"state{i}", state)
+                    saved.put(f"tensor{i}", tensor)
+                state = torch.bmm(state, tensor.view(batch, left, d * right))
+                state = state.view(batch, rows * d, right)
+            if saved is not None:
+                saved.put(f"head_gathered{i}", gathered)
+        return state
+
     def backward(self, network: MatrixProductNetwork, grad: torch.Tensor,
-                 saved: _Saved) -> torch.Tensor:
+                 saved: _Saved) -> list[torch.Tensor]:
         m = self.m
+        left = saved["left"]
         if m == 0:
-            root = grad.new_zeros(self.root_left)
-            root[:, 0, :, 0] = grad[..., 0]
-            grad_plain = _tree_backward(root, saved, "all")
+            grad_left = grad.new_zeros(left.shape)
+            grad_left[:, :, 0] = grad[..., 0]
         else:
-            left, right = saved["left"], saved["right"]
+            right = saved["right"]
             grad = grad.reshape(self.flat_grad)
-            # the left boundary is row 0 (the other rows of the first wire's tensor are zero)
-            root = grad.new_zeros(self.root_left)
-            torch.bmm(grad, right.mH, out=root[:, 0])
-            grad_plain = _tree_backward(root, saved, "left")
+            grad_left = torch.bmm(grad, right.mH)
             grad_right = torch.bmm(left.mH, grad).view(self.digits).permute(self.inverse)
             root = grad.new_zeros(self.root_right)
             root[..., 0] = grad_right.reshape(self.right)
             grad_column = _tree_backward(root, saved, "right").reshape(self.column_grad)
-        grad_weights = grad.new_empty(self.grad_weights)
+        heads = []
+        if self.head:
+            tree = saved["tree"]
+            flat = grad_left.reshape(self.batch, self.head_rows, -1)
+            flat_tree = tree.reshape(self.batch, tree.shape[1], -1)
+            root = torch.bmm(saved["head_state"].mH, flat).view(self.root)
+            heads = self._head_backward(network, torch.bmm(flat, flat_tree.mH), saved)
+        else:
+            # the left boundary is row 0 (the other rows of the first wire's tensor are zero)
+            root = grad_left.new_zeros(self.root)
+            root[:, 0] = grad_left
+        grad_plain = _tree_backward(root, saved, "left")
+        grad_weights = grad_plain.new_empty(self.grad_weights)
         torch.bmm(grad_plain.reshape(self.plain_grad).transpose(0, 1), network.plain_map.mH,
                   out=grad_weights[: self.split])
         if m:
@@ -477,40 +604,69 @@ class _Steps:
                       out=grad_weights[self.split:])
         grad_weights = grad_weights.transpose(0, 1).reshape(self.paths_flat)
         grad_gathered = grad_weights * _others_product(saved["gathered"]).conj()
-        out = grad.new_zeros(self.out)
+        out = grad_plain.new_zeros(self.out)
         out.index_add_(1, network.path_index, grad_gathered.view(self.out[0], -1))
-        return out.view(self.segments)
+        return [out.view(self.segments), *heads]
+
+    def _head_backward(self, network: MatrixProductNetwork, grad: torch.Tensor,
+                       saved: _Saved) -> list[torch.Tensor]:
+        """The head wires' segment gradients for the gradient (B, D_head, χ) of their state."""
+        batch = self.batch
+        grads: list[torch.Tensor] = [None] * len(self.head)
+        for i in reversed(range(len(self.head))):
+            d, left, right, segments, paths, rows = self.head[i]
+            if i:
+                state, tensor = saved[f"state{i}"], saved[f"tensor{i}"]
+                flat = grad.reshape(batch, rows, d * right)
+                grad_tensor = torch.bmm(state.mH, flat).view(batch, -1)
+                grad = torch.bmm(flat, tensor.view(batch, left, d * right).mH)
+            else:
+                grad_tensor = grad.reshape(batch, -1)
+            grad_weights = torch.mm(grad_tensor, getattr(network, f"head_map{i}").mH)
+            gathered = saved[f"head_gathered{i}"]
+            grad_gathered = grad_weights.unsqueeze(1) * _others_product(gathered).conj()
+            out = grad_tensor.new_zeros(batch, segments * d * d)
+            out.index_add_(1, getattr(network, f"head_index{i}"), grad_gathered.view(batch, -1))
+            grads[i] = out.view(batch, 1, segments, d, d)
+        return grads
 
 
-def _wire_maps(bond_table: np.ndarray, bond: int, column_wires: int
+def _wire_maps(bond_table: np.ndarray, dim: int, column_wires: int
                ) -> tuple[np.ndarray, np.ndarray]:
     """The linear maps from a wire's path weights W[y, x, c] to its tensor
-    A[l, x, c, r] = Σ_y W[y, x, c] D[l, y, r]: ``(n − m, Y·4, χ·2·χ)`` for the
-    wires taken at c = 0 and ``(m, Y·4, χ·4·χ)`` for the column wires."""
-    n, paths = bond_table.shape[0], bond_table.shape[2]
-    table = bond_table.reshape(n, bond, bond, paths)  # (q, l, r, y)
-    full = np.zeros((n, paths, 2, 2, bond, 2, 2, bond), dtype=complex)
-    for x in range(2):
-        for c in range(2):
-            full[:, :, x, c, :, x, c, :] = table.transpose(0, 3, 1, 2)
-    full = full.reshape(n, paths * 4, bond, 4, bond)
-    plain = full[: n - column_wires, :, :, 0::2].reshape(n - column_wires, paths * 4, -1)
-    column = full[n - column_wires:].reshape(column_wires, paths * 4, bond * 4 * bond)
+    A[l, x, c, r] = Σ_y W[y, x, c] D[l, y, r], for a group's bond tables
+    (w, χ_l, Y, χ_r): ``(w − m, Y·d·2, χ_l·d·χ_r)`` for the wires taken at
+    c = 0 and ``(m, Y·d·2, χ_l·d·2·χ_r)`` for the last m, the column wires.
+    A wire of more than two levels has c = 0 only: ``(w, Y·d, χ_l·d·χ_r)``."""
+    wires, chi_l, paths, chi_r = bond_table.shape
+    inputs = 2 if dim == 2 else 1
+    full = np.zeros((wires, paths, dim, inputs, chi_l, dim, inputs, chi_r), dtype=complex)
+    for x in range(dim):
+        for c in range(inputs):
+            full[:, :, x, c, :, x, c, :] = bond_table.transpose(0, 2, 1, 3)
+    full = full.reshape(wires, paths * dim * inputs, chi_l, dim, inputs, chi_r)
+    plain = full[: wires - column_wires, :, :, :, 0]
+    plain = plain.reshape(wires - column_wires, paths * dim * inputs, chi_l * dim * chi_r)
+    column = full[wires - column_wires:].reshape(column_wires, paths * dim * inputs,
+                                                 chi_l * dim * inputs * chi_r)
     return np.ascontiguousarray(plain), np.ascontiguousarray(column)
 
 
-def _path_index(segments: int) -> np.ndarray:
-    """For factor t and path (y_1…y_{T−1}, x, c): the entry ``t·4 + 2·row + col``
-    of segment t's matrix on that path (row y_{t+1}, column y_t; y_0 = c,
-    y_T = x), flattened factor-major."""
-    paths = 2 ** (segments - 1)
-    y = (np.arange(paths)[:, None] >> np.arange(segments - 2, -1, -1)[None, :]) & 1  # y_1…y_{T−1}
-    index = np.zeros((segments, paths, 2, 2), dtype=np.int64)
-    for x in range(2):
-        for c in range(2):
+def _path_index(segments: int, dim: int, with_input: bool) -> np.ndarray:
+    """For factor t and path (y_1…y_{T−1}, x[, c]): the entry ``t·d² + d·row + col``
+    of segment t's matrix on that path (row y_{t+1}, column y_t; y_0 = c, or 0
+    without the input digit, and y_T = x), flattened factor-major."""
+    paths = dim ** (segments - 1)
+    y = np.zeros((paths, segments - 1), dtype=np.int64)  # y_1 … y_{T−1}, y_1 most significant
+    for t in range(1, segments):
+        y[:, t - 1] = (np.arange(paths) // dim ** (segments - 1 - t)) % dim
+    inputs = 2 if with_input else 1
+    index = np.zeros((segments, paths, dim, inputs), dtype=np.int64)
+    for x in range(dim):
+        for c in range(inputs):
             full = np.concatenate([np.full((paths, 1), c), y, np.full((paths, 1), x)], axis=1)
             for t in range(segments):
-                index[t, :, x, c] = 4 * t + 2 * full[:, t + 1] + full[:, t]
+                index[t, :, x, c] = dim * dim * t + dim * full[:, t + 1] + full[:, t]
     return index.reshape(-1)
 
 
@@ -640,7 +796,7 @@ class NetworkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, network: MatrixProductNetwork, values: torch.Tensor) -> torch.Tensor:
         saved = _Saved()
-        out = network.contract(network.builder(values, saved), saved)
+        out = network.contract(network.segment_matrices(values, saved), saved)
         ctx.save_for_backward(*saved.tensors)
         saved.tensors = ()
         ctx.network, ctx.saved = network, saved
@@ -653,7 +809,10 @@ class NetworkFunction(torch.autograd.Function):
         saved.tensors = ctx.saved_tensors
         with torch.no_grad(), autocast_off(grad.device):
             segments = network.contract_backward(grad, saved)
-            values = network.builder.backward(segments, saved)
+            builders = [network.builder, *network.head_builders]
+            values = builders[0].backward(segments[0], saved)
+            for builder, part in zip(builders[1:], segments[1:]):
+                values = values + builder.backward(part, saved)
         saved.tensors = ()
         return None, values
 
