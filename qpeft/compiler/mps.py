@@ -187,11 +187,11 @@ def mps_layout(circuit: Circuit) -> Layout:
     sizes = [math.prod(cut) for cut in radices]
     bond = max([1, *sizes[max(head - 1, 0):]])
     paths = max(wire.dim ** (len(wire.segments) - 1) for wire in wires)
-    if paths > MAX_PATHS or bond > MAX_BOND:
+    if paths > MAX_PATHS or max([1, *sizes]) > MAX_BOND:
         raise CompileError(
             f"method='mps' sums over at most {MAX_PATHS} digit paths per wire with a bond of at "
-            f"most {MAX_BOND} (here {paths} and {bond}): the circuit has too many diagonal "
-            "gates per wire; use method='columns'"
+            f"most {MAX_BOND} (here {paths} and {max([1, *sizes])}): the circuit has too many "
+            "diagonal gates per wire; use method='columns'"
         )
 
     def padded(cut: int) -> tuple[list[int], int]:
@@ -265,16 +265,16 @@ def _bond_table(wire: _Wire, q: int, segments: int, left: tuple[list[int], int],
     for t in range(1, segments):
         digits[:, t] = (np.arange(paths) // dim ** (segments - 1 - t)) % dim
     (left_radices, left_size), (right_radices, right_size) = left, right
+    lefts, rights = math.prod(left_radices), math.prod(right_radices)
+    value = np.ones((lefts, paths, rights), dtype=complex)
+    for slot, cut, position, projector, table in wire.events:
+        radix = left_radices if cut == q - 1 else right_radices
+        bond = (np.arange(math.prod(radix)) // math.prod(radix[position + 1:])) % radix[position]
+        bond = bond[:, None, None] if cut == q - 1 else bond[None, None, :]
+        y = digits[:, slot][None, :, None]
+        value = value * ((y == bond) if projector else table[bond, y])
     out = np.zeros((left_size, paths, right_size), dtype=complex)
-    for lb in range(math.prod(left_radices)):
-        for rb in range(math.prod(right_radices)):
-            value = np.ones(paths, dtype=complex)
-            for slot, cut, position, projector, table in wire.events:
-                index, radix = (lb, left_radices) if cut == q - 1 else (rb, right_radices)
-                bond = (index // math.prod(radix[position + 1:])) % radix[position]
-                y = digits[:, slot]
-                value = value * ((y == bond) if projector else table[bond, y])
-            out[lb, :, rb] = value
+    out[:lefts, :, :rights] = value
     return out
 
 
