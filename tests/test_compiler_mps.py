@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_compiler import angles
 
 from qpeft.ansatz import for_dimension, pauli
 from qpeft.circuit import Circuit, Parameter, SignDiagonal, controlled, givens, pauli_rotation
@@ -19,21 +20,6 @@ from qpeft.circuit.gates import RZ, H, X
 from qpeft.compiler import compile_circuit
 from qpeft.compiler.recompute import autograd_saved_bytes
 from qpeft.errors import CompileError
-
-NAMES = [f"p{i}" for i in range(4)]
-
-
-@st.composite
-def angles(draw):
-    """A constant, one parameter, or an affine expression of shared parameters."""
-    kind = draw(st.sampled_from(["constant", "parameter", "affine"]))
-    if kind == "constant":
-        return draw(st.floats(-3, 3))
-    name = Parameter(draw(st.sampled_from(NAMES)))
-    if kind == "parameter":
-        return name
-    other = Parameter(draw(st.sampled_from(NAMES)))
-    return draw(st.floats(-2, 2)) * name + draw(st.floats(-1, 1)) * other + draw(st.floats(-1, 1))
 
 
 @st.composite
