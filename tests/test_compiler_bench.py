@@ -121,7 +121,7 @@ def test_quick_json_report(capsys: pytest.CaptureFixture[str]) -> None:
         measured[("naive", 64)]["seconds"] / measured[("compiled", 64)]["seconds"])
     assert measured[("compiled", 96)]["note"] == "method 'mps'"  # what qpeft.compile picks
     # where mps does not apply, its cell says why and compiled is the gate schedule
-    assert "second half" in unitary._unfit_note("mps", pauli(3, 1), 8)
+    assert "half the qubits' block" in unitary._unfit_note("mps", pauli(3, 1), 8)
     assert unitary._method_note("compiled", pauli(3, 1), unitary.BenchmarkConfig(
         columns=8)) == "method 'columns'"
     assert report["batched"]["total_frames"] == 12

@@ -178,6 +178,10 @@ def test_auto_picks_mps_where_it_applies() -> None:
     assert compile_circuit(for_dimension(384, 2), 4).method == "mps"  # a qutrit, then qubits
     assert compile_circuit(pauli(6, 2), 4, recompute_backward=True).method == "columns"
     assert compile_circuit(Circuit(3).ry(0, "a").cx(0, 1), 2).method == "columns"
+    # deeper brickworks: mps's tables and χ³ products outgrow the gate schedule
+    assert compile_circuit(pauli(6, 3), 4).method == "mps"
+    assert compile_circuit(pauli(6, 4), 4).method == "columns"
+    assert compile_circuit(pauli(6, 4), 4, method="mps").cost()["bond"] == 16
 
 
 @pytest.mark.parametrize(("circuit", "match"), [
@@ -280,3 +284,21 @@ def test_second_derivatives_are_refused_and_forward_mode_runs_the_plain_operatio
         _, derivative = fwad.unpack_dual(frame(fwad.make_dual(values.detach(), tangent)))
     jacobian = torch.autograd.functional.jacobian(frame, values.detach())
     torch.testing.assert_close(derivative, jacobian @ tangent, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("circuit", [pauli(5, 2), for_dimension(24, 2)], ids=["pauli", "qutrit"])
+def test_vectorized_jacobians_and_batched_gradients_run_without_writing_into_place(circuit) -> None:
+    """Autograd runs the written-out backward under vmap for these; its products
+    are then not written into place (vmap cannot batch ``out=``)."""
+    frame = compile_circuit(circuit, 3, method="mps", dtype=torch.float64)
+    values = torch.randn(circuit.num_parameters, dtype=torch.float64)
+    vectorized = torch.autograd.functional.jacobian(frame, values, vectorize=True)
+    row_by_row = torch.autograd.functional.jacobian(frame, values)
+    torch.testing.assert_close(vectorized, row_by_row, atol=1e-12, rtol=0)
+    leaf = values.clone().requires_grad_(True)
+    out = frame(leaf)
+    grads = torch.randn(4, *out.shape, dtype=out.dtype)
+    batched, = torch.autograd.grad(out, leaf, grads, is_grads_batched=True, retain_graph=True)
+    one_by_one = torch.stack([torch.autograd.grad(out, leaf, g, retain_graph=True)[0]
+                              for g in grads])
+    torch.testing.assert_close(batched, one_by_one, atol=1e-12, rtol=0)

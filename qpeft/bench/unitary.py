@@ -53,6 +53,7 @@ import argparse
 import importlib
 import math
 import os
+import random
 import statistics
 import sys
 import time
@@ -69,7 +70,7 @@ from qpeft.circuit import Circuit
 from qpeft.circuit.gates import COMPLEX_OF, FixedGate
 from qpeft.cli import DefaultsHelpFormatter
 from qpeft.compiler import compile_circuit
-from qpeft.compiler.mps import supports as supports_mps
+from qpeft.compiler.mps import unsupported_reason
 from qpeft.compiler.recompute import autograd_saved_bytes
 from qpeft.draw import image_path
 from qpeft.errors import ConfigError, InteropError
@@ -338,9 +339,12 @@ def time_interleaved(functions: dict[str, Callable[[], object]], repeats: int) -
     """
     numbers = {name: _calibrate(fn) for name, fn in functions.items()}
     samples: dict[str, list[float]] = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, fn in functions.items():
-            samples[name].append(_sample(fn, numbers[name]))
+    order = list(functions)
+    shuffle = random.Random(0).shuffle  # a new order each round: no method always follows
+    for _ in range(repeats):                 # the same one (that cost the first ~5–9 %)
+        shuffle(order)
+        for name in order:
+            samples[name].append(_sample(functions[name], numbers[name]))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -512,9 +516,9 @@ def _unfit_note(method: str, circuit: Circuit, columns: int) -> str | None:
     """Why a compiled method is left out at this size, or None."""
     if method == "dense" and circuit.dimension > DENSE_LIMIT:
         return f"N×N unitary above N = {DENSE_LIMIT}"
-    if method == "mps" and not supports_mps(circuit, list(range(columns))):
-        return ("outside the matrix product method (a qudit register, or columns in the "
-                "second half)")
+    if method == "mps":
+        reason = unsupported_reason(circuit, list(range(columns)))
+        return None if reason is None else reason.split("; use method=")[0]
     return None
 
 
@@ -821,7 +825,9 @@ def render(report: dict, console=None) -> None:
             elif cell["seconds"] is None:
                 text = cell["status"]
                 key = f"{method} {cell['status']}"
-                if key not in notes:  # the first (smallest) N says why
+                if method == "mps":  # outside the method at some sizes, not from one on
+                    notes.setdefault(key, {}).setdefault(cell["note"], []).append(dimension)
+                elif key not in notes:  # the first (smallest) N says why
                     where = f" from N = {dimension}" if cell["status"] == "skipped" else ""
                     notes[key] = f"{cell['note']}{where}"
             else:
@@ -839,8 +845,8 @@ def render(report: dict, console=None) -> None:
     else:
         console.print(f"  no ratio table: ratios are to {BASE}, which --methods leaves out")
     for key, text in notes.items():
-        if isinstance(text, dict):  # a method's notes, with the sizes of each if they differ
-            text = next(iter(text)) if len(text) == 1 else "; ".join(
+        if isinstance(text, dict):  # notes with their sizes (a timed method's: if they differ)
+            text = next(iter(text)) if len(text) == 1 and key in methods else "; ".join(
                 f"{note} (N = {', '.join(map(str, sizes))})" for note, sizes in text.items())
         console.print(f"  {key}: {text}")
     batched = report.get("batched")

@@ -275,13 +275,15 @@ class CompiledCircuit(nn.Module):
 
         ``columns``/``dense``: ``multiply_adds`` of the state updates,
         ``state_numbers`` (N·K), ``block_products`` and ``reorders`` (see
-        :meth:`ColumnsEngine.cost`). ``tensornet``: opt_einsum's
-        ``contraction_flops`` and ``largest_intermediate`` for B = 1.
+        :meth:`ColumnsEngine.cost`). ``mps``: ``multiply_adds``,
+        ``state_numbers``, the ``bond`` dimension χ and the ``segments`` T of
+        the qubit wires (see :meth:`MatrixProductNetwork.cost`). ``tensornet``:
+        opt_einsum's ``contraction_flops`` and ``largest_intermediate`` for B = 1.
 
         >>> import torch, qpeft
         >>> frame = qpeft.compile(qpeft.ansatz.pauli(10, 2), columns=4)
-        >>> frame.cost()["state_numbers"]
-        4096
+        >>> frame.cost()["state_numbers"], frame.cost()["bond"]
+        (4096, 4)
         """
         return self.engine.cost()
 
@@ -293,11 +295,11 @@ class CompiledCircuit(nn.Module):
 
 
 def _automatic_method(circuit: Circuit, columns: list[int], recompute_backward: bool) -> str:
-    """``"mps"`` where the circuit and columns allow it (see :mod:`qpeft.compiler.mps`), else
-    ``"columns"``."""
-    from qpeft.compiler.mps import supports
+    """``"mps"`` where the circuit and columns allow it and its tables are small (the Pauli
+    brickwork up to L = 3; see :mod:`qpeft.compiler.mps`), else ``"columns"``."""
+    from qpeft.compiler.mps import preferred
 
-    if recompute_backward or not supports(circuit, columns):
+    if recompute_backward or not preferred(circuit, columns):
         return "columns"
     return "mps"
 
@@ -375,10 +377,15 @@ def compile_circuit(
     """Compile ``circuit`` into a torch module (see :class:`CompiledCircuit`).
 
     ``columns``: None (the whole unitary), K (the first K columns) or a list
-    of column indices. ``method``: ``"columns"`` simulates only the chosen
-    columns (never N×N; the default), ``"dense"`` builds the whole unitary
-    and slices it, ``"tensornet"`` contracts the circuit as a tensor network
-    along a path planned once by opt_einsum. ``recompute_backward=True``
+    of column indices. ``method``: ``"auto"`` (the default) is ``"mps"`` where
+    the circuit and columns allow it and its tables are small, else
+    ``"columns"`` (``frame.method`` says which); ``"mps"`` contracts the
+    columns as a matrix product state (one-wire gates and constant diagonal
+    gates on neighbouring wires; :mod:`qpeft.compiler.mps`); ``"columns"``
+    simulates only the chosen columns, block by block (never N×N); ``"dense"``
+    builds the whole unitary and slices it; ``"tensornet"`` contracts the
+    circuit as a tensor network along a path planned once by opt_einsum.
+    ``recompute_backward=True``
     stores no intermediate states: the backward pass rebuilds them by
     applying each step's inverse (every step is orthogonal/unitary).
     ``check_values=False`` skips the check for NaN and infinite values, which

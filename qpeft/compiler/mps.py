@@ -34,8 +34,10 @@ gives the ``N × 2^m`` block holding the columns.
 **Cost.** ``O(N·2^m·χ)`` multiply-adds for the last product and
 ``O(N·χ²/2^m)`` in the tree, against ``O(L·log N·N·K)`` for the gate-by-gate
 columns method; about 120 tensor operations for a forward and backward pass
-at N = 1024, whatever ``L``, in one :class:`torch.autograd.Function` with a
-written-out backward.
+at N = 1024, a number independent of ``L``, in one
+:class:`torch.autograd.Function` with a written-out backward. Each wire's table
+grows as ``χ² · 2^T`` (``2^(4L+4)`` numbers for the brickwork), so
+``method="auto"`` takes this method up to :data:`AUTO_TABLE`.
 
 >>> import torch
 >>> from qpeft.ansatz import pauli
@@ -59,6 +61,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional
 
 from qpeft.circuit import Circuit
 from qpeft.circuit.gates import COMPLEX_OF, FixedGate
@@ -70,11 +73,14 @@ from qpeft.compiler.blocks import (
 )
 from qpeft.errors import CompileError
 
-#: The most digit paths between the segments of one wire (d^(T−1) for T segments
-#: on a wire of d levels): a wire's tensor sums over them.
-MAX_PATHS = 2**11
-#: The largest bond dimension χ (2^E for E diagonal gates across one cut of qubits).
-MAX_BOND = 64
+#: The most numbers in one wire's table, the linear map from its d^(T−1)·d·2 path
+#: weights (T segments, d levels) to its χ_l·d·2·χ_r tensor: 2^20 takes the Pauli
+#: brickwork up to L = 4 (2^(2L+2) · 2^(2L+2) numbers for L layers).
+MAX_TABLE = 2**20
+#: ``method="auto"`` picks mps up to this size (L ≤ 3): beyond it the tables and the
+#: tree's χ³ products cost more than the gate schedule (pauli(10, 4), K = 4:
+#: 3.87 ms against 1.26 ms forward and backward; pauli(10, 3): 0.48 against 0.97 ms).
+AUTO_TABLE = 2**16
 
 
 @dataclass
@@ -127,6 +133,7 @@ class Layout:
     head: list[WireGroup]
     qubits: WireGroup
     bond: int  # χ of the qubits' cuts
+    table: int  # numbers in the largest wire's table (see MAX_TABLE)
 
     @property
     def is_real(self) -> bool:
@@ -186,13 +193,6 @@ def mps_layout(circuit: Circuit) -> Layout:
                                        oriented))
     sizes = [math.prod(cut) for cut in radices]
     bond = max([1, *sizes[max(head - 1, 0):]])
-    paths = max(wire.dim ** (len(wire.segments) - 1) for wire in wires)
-    if paths > MAX_PATHS or max([1, *sizes]) > MAX_BOND:
-        raise CompileError(
-            f"method='mps' sums over at most {MAX_PATHS} digit paths per wire with a bond of at "
-            f"most {MAX_BOND} (here {paths} and {max([1, *sizes])}): the circuit has too many "
-            "diagonal gates per wire; use method='columns'"
-        )
 
     def padded(cut: int) -> tuple[list[int], int]:
         """The radices of a cut and the size its index is padded to: the qubits'
@@ -203,11 +203,23 @@ def mps_layout(circuit: Circuit) -> Layout:
             return [], bond
         return radices[cut], bond if cut >= head - 1 else sizes[cut]
 
+    # the largest table, before any is built: the qubits' (with the input digit), each head's
+    table = 2 ** (max(len(w.segments) for w in wires[head:]) - 1) * 4 * bond * 4 * bond
+    for q in range(head):
+        d = dims[q]
+        table = max(table, d ** len(wires[q].segments) * padded(q - 1)[1] * d * padded(q)[1])
+    if table > MAX_TABLE:
+        raise CompileError(
+            f"method='mps' would build a table of {table} numbers for one wire (at most "
+            f"{MAX_TABLE}): the circuit has too many diagonal gates per wire (the Pauli "
+            "brickwork takes up to L = 4); use method='columns'"
+        )
+
     def group(members: range) -> WireGroup:
         return _group(members, wires, factors, len(names), padded)
 
     return Layout(head=[group(range(w, w + 1)) for w in range(head)],
-                  qubits=group(range(head, n)), bond=bond)
+                  qubits=group(range(head, n)), bond=bond, table=table)
 
 
 def _factor(gate, dim: int, names: dict[str, int]) -> tuple:
@@ -280,11 +292,36 @@ def _bond_table(wire: _Wire, q: int, segments: int, left: tuple[list[int], int],
 
 def supports(circuit: Circuit, columns: Sequence[int]) -> bool:
     """Whether :class:`MatrixProductNetwork` can evaluate these columns of ``circuit``."""
+    return unsupported_reason(circuit, columns) is None
+
+
+def preferred(circuit: Circuit, columns: Sequence[int]) -> bool:
+    """Whether ``method="auto"`` picks mps: it applies and its tables are small
+    (:data:`AUTO_TABLE`)."""
     try:
         layout = mps_layout(circuit)
     except CompileError:
         return False
-    return int(max(columns)).bit_length() < len(layout.qubits.wires)
+    return (layout.table <= AUTO_TABLE
+            and _column_limit_error(max(columns), len(layout.qubits.wires), 0) is None)
+
+
+def unsupported_reason(circuit: Circuit, columns: Sequence[int]) -> str | None:
+    """Why :class:`MatrixProductNetwork` cannot evaluate these columns of
+    ``circuit`` (the :class:`CompileError` it would raise), or None."""
+    try:
+        layout = mps_layout(circuit)
+    except CompileError as error:
+        return str(error)
+    return _column_limit_error(max(columns), len(layout.qubits.wires), circuit.dimension)
+
+
+def _column_limit_error(largest: int, qubits: int, dimension: int) -> str | None:
+    if int(largest).bit_length() < qubits:
+        return None
+    return (f"method='mps' evaluates the columns below 2^{qubits - 1} (half the qubits' "
+            f"block), and column {largest} of {dimension} is not; use method='columns' or "
+            "'dense'")
 
 
 def _constant(gate, dims: tuple[int, ...]) -> np.ndarray:
@@ -388,12 +425,9 @@ class MatrixProductNetwork(nn.Module):
         self.dimension = circuit.dimension
         self.qubits = len(layout.qubits.wires)
         self.column_wires = m = int(max(self.columns)).bit_length()
-        if m >= self.qubits:
-            raise CompileError(
-                f"method='mps' evaluates the columns below 2^{self.qubits - 1} (half the "
-                f"qubits' block), and column {max(self.columns)} of {self.dimension} is not; "
-                "use method='columns' or 'dense'"
-            )
+        message = _column_limit_error(max(self.columns), self.qubits, self.dimension)
+        if message:
+            raise CompileError(message)
         self.real_dtype = dtype
         self.work_dtype = work = dtype if layout.is_real else COMPLEX_OF.get(dtype, dtype)
         self.builder = SegmentBuilder(layout.qubits, dtype, work, "q")
@@ -463,9 +497,11 @@ class MatrixProductNetwork(nn.Module):
         matrices = [m.to(self.work_dtype) for m in matrices]
         return self._steps(matrices[0].shape[0]).forward(self, matrices, saved)
 
-    def contract_backward(self, grad: torch.Tensor, saved: _Saved) -> list[torch.Tensor]:
+    def contract_backward(self, grad: torch.Tensor, saved: _Saved, in_place: bool = True
+                          ) -> list[torch.Tensor]:
         """The segment matrices' gradients for the block's gradient ``grad``."""
-        return self._steps(grad.shape[0]).backward(self, grad.to(self.work_dtype), saved)
+        return self._steps(grad.shape[0]).backward(self, grad.to(self.work_dtype), saved,
+                                                   in_place)
 
     def _steps(self, batch: int) -> _Steps:
         steps = self.__dict__.setdefault("_batch_steps", {})
@@ -569,21 +605,22 @@ class _Steps:
                 saved.put(f"head_gathered{i}", gathered)
         return state
 
-    def backward(self, network: MatrixProductNetwork, grad: torch.Tensor,
-                 saved: _Saved) -> list[torch.Tensor]:
-        m = self.m
+    def backward(self, network: MatrixProductNetwork, grad: torch.Tensor, saved: _Saved,
+                 in_place: bool) -> list[torch.Tensor]:
+        """``in_place``: write products into place (``out=``), which vmap cannot batch
+        (``jacobian(vectorize=True)``, ``is_grads_batched=True``)."""
+        m, chi = self.m, self.root[1]
         left = saved["left"]
         if m == 0:
-            grad_left = grad.new_zeros(left.shape)
-            grad_left[:, :, 0] = grad[..., 0]
+            grad_left = functional.pad(grad[..., :1], (0, chi - 1))  # the right boundary: 0
         else:
             right = saved["right"]
             grad = grad.reshape(self.flat_grad)
             grad_left = torch.bmm(grad, right.mH)
             grad_right = torch.bmm(left.mH, grad).view(self.digits).permute(self.inverse)
-            root = grad.new_zeros(self.root_right)
-            root[..., 0] = grad_right.reshape(self.right)
-            grad_column = _tree_backward(root, saved, "right").reshape(self.column_grad)
+            root = functional.pad(grad_right.reshape(self.right).unsqueeze(-1), (0, chi - 1))
+            grad_column = _tree_backward(root, saved, "right", in_place)
+            grad_column = grad_column.reshape(self.column_grad)
         heads = []
         if self.head:
             tree = saved["tree"]
@@ -593,19 +630,24 @@ class _Steps:
             heads = self._head_backward(network, torch.bmm(flat, flat_tree.mH), saved)
         else:
             # the left boundary is row 0 (the other rows of the first wire's tensor are zero)
-            root = grad_left.new_zeros(self.root)
-            root[:, 0] = grad_left
-        grad_plain = _tree_backward(root, saved, "left")
-        grad_weights = grad_plain.new_empty(self.grad_weights)
-        torch.bmm(grad_plain.reshape(self.plain_grad).transpose(0, 1), network.plain_map.mH,
-                  out=grad_weights[: self.split])
-        if m:
-            torch.bmm(grad_column.transpose(0, 1), network.column_map.mH,
-                      out=grad_weights[self.split:])
+            root = functional.pad(grad_left.unsqueeze(1), (0, 0, 0, 0, 0, chi - 1))
+        grad_plain = _tree_backward(root, saved, "left", in_place)
+        plain = grad_plain.reshape(self.plain_grad).transpose(0, 1)
+        if in_place:
+            grad_weights = grad_plain.new_empty(self.grad_weights)
+            torch.bmm(plain, network.plain_map.mH, out=grad_weights[: self.split])
+            if m:
+                torch.bmm(grad_column.transpose(0, 1), network.column_map.mH,
+                          out=grad_weights[self.split:])
+        else:
+            grad_weights = torch.bmm(plain, network.plain_map.mH)
+            if m:
+                grad_weights = torch.cat([grad_weights, torch.bmm(
+                    grad_column.transpose(0, 1), network.column_map.mH)])
         grad_weights = grad_weights.transpose(0, 1).reshape(self.paths_flat)
         grad_gathered = grad_weights * _others_product(saved["gathered"]).conj()
-        out = grad_plain.new_zeros(self.out)
-        out.index_add_(1, network.path_index, grad_gathered.view(self.out[0], -1))
+        out = grad_plain.new_zeros(self.out).index_add(
+            1, network.path_index, grad_gathered.view(self.out[0], -1))
         return [out.view(self.segments), *heads]
 
     def _head_backward(self, network: MatrixProductNetwork, grad: torch.Tensor,
@@ -625,8 +667,8 @@ class _Steps:
             grad_weights = torch.mm(grad_tensor, getattr(network, f"head_map{i}").mH)
             gathered = saved[f"head_gathered{i}"]
             grad_gathered = grad_weights.unsqueeze(1) * _others_product(gathered).conj()
-            out = grad_tensor.new_zeros(batch, segments * d * d)
-            out.index_add_(1, getattr(network, f"head_index{i}"), grad_gathered.view(batch, -1))
+            out = grad_tensor.new_zeros(batch, segments * d * d).index_add(
+                1, getattr(network, f"head_index{i}"), grad_gathered.view(batch, -1))
             grads[i] = out.view(batch, 1, segments, d, d)
         return grads
 
@@ -759,8 +801,10 @@ def _operands(current: torch.Tensor, count: int, chi: int, size: int,
     return first, second
 
 
-def _tree_backward(grad: torch.Tensor, saved: _Saved, name: str) -> torch.Tensor:
-    """The gradient of :func:`_tree` for its result's gradient (B, χ, D^k, χ)."""
+def _tree_backward(grad: torch.Tensor, saved: _Saved, name: str, in_place: bool
+                   ) -> torch.Tensor:
+    """The gradient of :func:`_tree` for its result's gradient (B, χ, D^k, χ);
+    ``in_place``: each level's two products written into place."""
     levels, joins, shape = saved.values[name]
     batch, chi = grad.shape[0], grad.shape[1]
     grad_waiting = []  # in the order the elements waited (first level first)
@@ -775,18 +819,33 @@ def _tree_backward(grad: torch.Tensor, saved: _Saved, name: str) -> torch.Tensor
         count, block = batch * pairs, chi * size * chi
         first_h, second_h = _operands(saved[f"{name}{level}"], count, chi, size, transposed=True)
         flat = grad.reshape(count, chi * size, size * chi)
-        out = grad.new_empty(batch, 2 * pairs + (waited and batch == 1), block)
-        torch.bmm(flat, second_h, out=out.as_strided((count, chi * size, chi), (2 * block, chi, 1)))
-        torch.bmm(first_h, flat, out=out.as_strided((count, chi, size * chi),
-                                                    (2 * block, size * chi, 1), block))
+        if in_place:
+            out = grad.new_empty(batch, 2 * pairs + (waited and batch == 1), block)
+            torch.bmm(flat, second_h,
+                      out=out.as_strided((count, chi * size, chi), (2 * block, chi, 1)))
+            torch.bmm(first_h, flat, out=out.as_strided((count, chi, size * chi),
+                                                        (2 * block, size * chi, 1), block))
+        else:
+            out = torch.cat([torch.bmm(flat, second_h).view(batch, pairs, 1, block),
+                             torch.bmm(first_h, flat).view(batch, pairs, 1, block)], dim=2)
+            out = out.view(batch, 2 * pairs, block)
         if waited:
             extra = grad_waiting.pop().view(batch, 1, block)
-            if batch > 1:
+            if batch > 1 or not in_place:
                 out = torch.cat([out, extra], dim=1)
             else:
                 out[:, -1:] = extra
         grad = out
     return grad.reshape(shape)
+
+
+def _wrapped(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is batched by a vmap: autograd runs a backward under vmap
+    for ``jacobian(vectorize=True)`` and ``is_grads_batched=True``."""
+    functorch = torch._C._functorch
+    return any(getattr(functorch, name, lambda _: False)(tensor)
+               for name in ("is_legacy_batchedtensor", "is_batchedtensor",
+                            "is_functorch_wrapped_tensor"))
 
 
 class NetworkFunction(torch.autograd.Function):
@@ -808,7 +867,9 @@ class NetworkFunction(torch.autograd.Function):
         network, saved = ctx.network, ctx.saved
         saved.tensors = ctx.saved_tensors
         with torch.no_grad(), autocast_off(grad.device):
-            segments = network.contract_backward(grad, saved)
+            # under vmap (batched gradients) nothing may be written into place
+            in_place = not (plain_operations() or _wrapped(grad))
+            segments = network.contract_backward(grad, saved, in_place=in_place)
             builders = [network.builder, *network.head_builders]
             values = builders[0].backward(segments[0], saved)
             for builder, part in zip(builders[1:], segments[1:]):
