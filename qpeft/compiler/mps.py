@@ -290,30 +290,27 @@ def _bond_table(wire: _Wire, q: int, segments: int, left: tuple[list[int], int],
     return out
 
 
-def supports(circuit: Circuit, columns: Sequence[int]) -> bool:
-    """Whether :class:`MatrixProductNetwork` can evaluate these columns of ``circuit``."""
-    return unsupported_reason(circuit, columns) is None
+def unsupported_reason(circuit: Circuit, columns: Sequence[int]) -> str | None:
+    """Why :class:`MatrixProductNetwork` cannot evaluate these columns of
+    ``circuit`` (the :class:`CompileError` it would raise), or None."""
+    return _layout_or_reason(circuit, columns)[1]
 
 
 def preferred(circuit: Circuit, columns: Sequence[int]) -> bool:
     """Whether ``method="auto"`` picks mps: it applies and its tables are small
     (:data:`AUTO_TABLE`)."""
-    try:
-        layout = mps_layout(circuit)
-    except CompileError:
-        return False
-    return (layout.table <= AUTO_TABLE
-            and _column_limit_error(max(columns), len(layout.qubits.wires), 0) is None)
+    layout, reason = _layout_or_reason(circuit, columns)
+    return reason is None and layout.table <= AUTO_TABLE
 
 
-def unsupported_reason(circuit: Circuit, columns: Sequence[int]) -> str | None:
-    """Why :class:`MatrixProductNetwork` cannot evaluate these columns of
-    ``circuit`` (the :class:`CompileError` it would raise), or None."""
+def _layout_or_reason(circuit: Circuit, columns: Sequence[int]
+                      ) -> tuple[Layout | None, str | None]:
     try:
         layout = mps_layout(circuit)
     except CompileError as error:
-        return str(error)
-    return _column_limit_error(max(columns), len(layout.qubits.wires), circuit.dimension)
+        return None, str(error)
+    return layout, _column_limit_error(max(columns), len(layout.qubits.wires),
+                                       circuit.dimension)
 
 
 def _column_limit_error(largest: int, qubits: int, dimension: int) -> str | None:
