@@ -35,18 +35,21 @@ def refuse_non_real(value: object, what: str) -> None:
     if isinstance(value, (torch.Tensor, np.ndarray)):
         complex_ = value.is_complex() if isinstance(value, torch.Tensor) else np.iscomplexobj(value)
         boolean = value.dtype in (torch.bool, np.bool_)
+    else:
+        complex_ = isinstance(value, (complex, np.complexfloating))
+        boolean = isinstance(value, (bool, np.bool_))
+    if not (complex_ or boolean):
+        return  # (the message is built only when needed: frames call this every step)
+    if isinstance(value, (torch.Tensor, np.ndarray)):
         kind = "tensor" if isinstance(value, torch.Tensor) else "array"
         shown = f"a {kind} of {value.dtype}, shape {tuple(value.shape)}"
     else:
         shown = _short(value)
-        complex_ = isinstance(value, (complex, np.complexfloating))
-        boolean = isinstance(value, (bool, np.bool_))
     if complex_:
         raise ParameterError(f"{what}: a complex number ({shown}) is not an angle; "
                              "pass real numbers (.real if the imaginary part is zero)")
-    if boolean:
-        raise ParameterError(f"{what}: a boolean ({shown}) is not an angle (it would "
-                             "be read as 0 or 1 radian); pass numbers")
+    raise ParameterError(f"{what}: a boolean ({shown}) is not an angle (it would "
+                         "be read as 0 or 1 radian); pass numbers")
 
 
 def real_number(value: object, what: str) -> float:

@@ -187,17 +187,19 @@ class CompiledCircuit(nn.Module):
                 f"{values.device}; move one of them with .to(...)"
             )
         lead = values.shape[:-1]
-        given = values.reshape(math.prod(lead), self.num_parameters)
-        flat = given.to(self.engine.real_dtype)
+        engine = self.engine
+        # the mps engine takes any batch shape, inside its one autograd node; the others (B, P)
+        given = (values if engine.batch_shapes
+                 else values.reshape(math.prod(lead), self.num_parameters))
+        flat = given.to(engine.real_dtype)
         if self.check_values and not plain_operations() and flat.device.type != "meta":
             self._check_finite(given, flat)  # (meta tensors hold no values to check)
-        if flat.shape[0] == 0:
+        if math.prod(lead) == 0:
             # Nothing to evaluate. The zeros are built from the values, as the mappings'
-            # frames are, so a backward pass gives a (0, P) zero gradient.
-            empty = flat.new_zeros(0, self.dimension, self.num_columns,
-                                   dtype=self.engine.work_dtype)
-            return (empty + flat.sum()).reshape(*lead, self.dimension, self.num_columns)
-        engine = self.engine
+            # frames are, so a backward pass gives a (..., P) zero gradient.
+            empty = flat.new_zeros(*lead, self.dimension, self.num_columns,
+                                   dtype=engine.work_dtype)
+            return empty + flat.sum()
         if self._reduced_precision(flat):
             # TF32 products would leave a float32 frame orthonormal only to about 2e-3:
             # the work runs in float64 (still launch-bound on a GPU) and the frame is cast back
@@ -216,7 +218,7 @@ class CompiledCircuit(nn.Module):
             from qpeft.compiler.mappings import on_graph
 
             out = on_graph(out, flat)
-        return out.reshape(*lead, *out.shape[-2:])
+        return out if engine.batch_shapes else out.reshape(*lead, *out.shape[-2:])
 
     def _check_finite(self, given: torch.Tensor, flat: torch.Tensor) -> None:
         """Raise for NaN or infinite values, or for values that may make an angle

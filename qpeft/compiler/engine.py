@@ -90,6 +90,8 @@ class ColumnsEngine(nn.Module):
     indices of the basis states the circuit is applied to.
     """
 
+    batch_shapes = False  # forward takes (B, P) only
+
     def __init__(self, plan: Plan, columns: list[int], dtype: torch.dtype) -> None:
         super().__init__()
         self.plan = plan

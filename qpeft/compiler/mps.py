@@ -478,14 +478,30 @@ class MatrixProductNetwork(nn.Module):
         """The qubits' (B, n, T, 2, 2) segment matrices, then each head wire's."""
         return [self.builder(values, saved), *(b(values, saved) for b in self.head_builders)]
 
+    #: :meth:`forward` takes values of any batch shape, ``(..., P)`` → ``(..., N, K)``:
+    #: the reshapes happen inside the one autograd node
+    batch_shapes = True
+
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and values.requires_grad and not plain_operations():
-            block = NetworkFunction.apply(self, values)
-        else:
-            block = self.contract(self.segment_matrices(values))
+            return NetworkFunction.apply(self, values)
+        flat = values.reshape(math.prod(values.shape[:-1]), values.shape[-1])
+        return self.frame(self.contract(self.segment_matrices(flat)), values.shape)
+
+    def frame(self, block: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """The chosen columns of the (B, N, 2^m) block, shaped ``(..., N, K)`` for
+        values of ``shape`` ``(..., P)``."""
+        if not self._whole_block:
+            block = block.index_select(2, self.column_index)
+        return block.reshape(*shape[:-1], self.dimension, self.num_columns)
+
+    def frame_backward(self, grad: torch.Tensor) -> torch.Tensor:
+        """The block's gradient for the gradient of :meth:`frame`."""
+        grad = grad.reshape(-1, self.dimension, self.num_columns)
         if self._whole_block:
-            return block
-        return block.index_select(2, self.column_index)
+            return grad
+        block = grad.new_zeros(grad.shape[0], self.dimension, 2**self.column_wires)
+        return block.index_add_(2, self.column_index, grad)
 
     # -- the contraction, in plain operations (saving what the backward needs)
     def contract(self, matrices: list[torch.Tensor], saved: _Saved | None = None
@@ -852,11 +868,12 @@ class NetworkFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, network: MatrixProductNetwork, values: torch.Tensor) -> torch.Tensor:
         saved = _Saved()
-        out = network.contract(network.segment_matrices(values, saved), saved)
+        flat = values.reshape(math.prod(values.shape[:-1]), values.shape[-1])
+        block = network.contract(network.segment_matrices(flat, saved), saved)
         ctx.save_for_backward(*saved.tensors)
         saved.tensors = ()
-        ctx.network, ctx.saved = network, saved
-        return out
+        ctx.network, ctx.saved, ctx.shape = network, saved, values.shape
+        return network.frame(block, values.shape)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
@@ -866,13 +883,14 @@ class NetworkFunction(torch.autograd.Function):
         with torch.no_grad(), autocast_off(grad.device):
             # under vmap (batched gradients) nothing may be written into place
             in_place = not (plain_operations() or _wrapped(grad))
-            segments = network.contract_backward(grad, saved, in_place=in_place)
+            segments = network.contract_backward(network.frame_backward(grad), saved,
+                                                 in_place=in_place)
             builders = [network.builder, *network.head_builders]
             values = builders[0].backward(segments[0], saved)
             for builder, part in zip(builders[1:], segments[1:]):
                 values = values + builder.backward(part, saved)
         saved.tensors = ()
-        return None, values
+        return None, values.view(ctx.shape)
 
     @staticmethod
     def jvp(ctx: Any, *tangents: Any) -> Any:

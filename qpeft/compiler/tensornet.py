@@ -60,6 +60,8 @@ class TensorNetwork(nn.Module):
     opt_einsum path optimizer name (default ``"greedy"``).
     """
 
+    batch_shapes = False  # forward takes (B, P) only
+
     def __init__(
         self,
         plan: Plan,
