@@ -369,7 +369,7 @@ class SegmentBuilder(nn.Module):
         batch = values.shape[0]
         wires, t, g, d = self.shape
         trig = torch.addmm(self.offset, values, self.trig_weights).sin()
-        factors = torch.addmm(self.fixed, trig.to(self.work_dtype), self.mix)
+        factors = torch.addmm(self.fixed, _cast(trig, self.work_dtype), self.mix)
         if saved is not None:
             saved.put(f"{self.name}trig", trig)
         if g == 1:
@@ -507,13 +507,13 @@ class MatrixProductNetwork(nn.Module):
     def contract(self, matrices: list[torch.Tensor], saved: _Saved | None = None
                  ) -> torch.Tensor:
         """The segment matrices of :meth:`segment_matrices` → the (B, N, 2^m) column block."""
-        matrices = [m.to(self.work_dtype) for m in matrices]
+        matrices = [_cast(m, self.work_dtype) for m in matrices]
         return self._steps(matrices[0].shape[0]).forward(self, matrices, saved)
 
     def contract_backward(self, grad: torch.Tensor, saved: _Saved, in_place: bool = True
                           ) -> list[torch.Tensor]:
         """The segment matrices' gradients for the block's gradient ``grad``."""
-        return self._steps(grad.shape[0]).backward(self, grad.to(self.work_dtype), saved,
+        return self._steps(grad.shape[0]).backward(self, _cast(grad, self.work_dtype), saved,
                                                    in_place)
 
     def _steps(self, batch: int) -> _Steps:
@@ -725,13 +725,28 @@ def _path_index(segments: int, dim: int, with_input: bool) -> np.ndarray:
     return index.reshape(-1)
 
 
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor.to(dtype)``, without the call where nothing changes (this path is
+    launch-bound: each tensor call costs about a microsecond)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 def _others_product(factors: torch.Tensor) -> torch.Tensor:
     """For (R, T, Q): for each t, the product of the other T−1 factors
-    (exact with zero factors: no division)."""
+    (exact with zero factors: no division), from one gather and one product."""
     count = factors.shape[1]
-    spread = factors.unsqueeze(1).expand(-1, count, -1, -1).clone()
-    spread.diagonal(dim1=1, dim2=2).fill_(1)
-    return spread.prod(2)
+    key = (count, factors.device)
+    others = _OTHERS.get(key)
+    if others is None:
+        others = torch.tensor([s for t in range(count) for s in range(count) if s != t],
+                              dtype=torch.long, device=factors.device)
+        _OTHERS[key] = others
+    spread = factors.index_select(1, others)
+    return spread.view(factors.shape[0], count, count - 1, factors.shape[2]).prod(2)
+
+
+#: (T, device) → the indices of the other factors, t-major
+_OTHERS: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
 class _Saved:
