@@ -38,20 +38,16 @@ _LAZY = {
     "QPeftConfig": "qpeft.adapters",
     "QPeftModel": "qpeft.adapters",
     "get_qpeft_model": "qpeft.adapters",
+    # the public verb: qpeft.compile is qpeft.compiler.compile_circuit (signature and help)
+    "compile": "qpeft.compiler",
 }
-
-
-def compile(circuit, columns=None, **options):  # noqa: A001 - the public verb
-    """Compile a circuit into a torch module; see :func:`qpeft.compiler.compile_circuit`."""
-    from qpeft.compiler import compile_circuit
-
-    return compile_circuit(circuit, columns, **options)
+_RENAMED = {"compile": "compile_circuit"}
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])
-        value = getattr(module, name)
+        value = getattr(module, _RENAMED.get(name, name))
         globals()[name] = value
         return value
     raise AttributeError(f"module 'qpeft' has no attribute {name!r}")
@@ -59,5 +55,5 @@ def __getattr__(name: str):
 
 __all__ = [
     "Circuit", "Expression", "Gate", "GeneralizedCZ", "Parameter", "ParameterVector",
-    "QpeftError", "SignDiagonal", "__version__", "ansatz", "compile", "load_ansatz", *_LAZY,
+    "QpeftError", "SignDiagonal", "__version__", "ansatz", "load_ansatz", *_LAZY,
 ]

@@ -3,6 +3,7 @@ batching, orthonormality at size, the catalog, errors and torch.compile."""
 
 from __future__ import annotations
 
+import inspect
 import pickle
 from unittest import mock
 
@@ -801,6 +802,12 @@ def test_tensornet_of_a_shannon_circuit_at_a_bert_width_matches_columns(layers: 
     torch.testing.assert_close(network(values), expected, atol=1e-12, rtol=0)
 
 
+def test_qpeft_compile_is_compile_circuit() -> None:
+    # one function: help(qpeft.compile) and inspect show the keyword-only options
+    assert qpeft.compile is compile_circuit
+    assert "method" in inspect.signature(qpeft.compile).parameters
+
+
 @pytest.mark.parametrize("device", ["gpu", "not a device", 2.5])
 def test_a_device_that_is_not_a_device_is_a_compile_error(device) -> None:
     with pytest.raises(CompileError, match="not a torch device"):
@@ -811,6 +818,16 @@ def test_a_device_that_is_not_a_device_is_a_compile_error(device) -> None:
 def test_an_unavailable_device_is_a_compile_error() -> None:
     with pytest.raises(CompileError, match="device cuda is not available"):
         compile_circuit(pauli(3, 1), 2, device="cuda")
+
+
+@pytest.mark.parametrize("method", ["mps", "columns"])
+def test_moving_a_frame_to_an_unavailable_device_is_a_compile_error(method: str) -> None:
+    frame = compile_circuit(pauli(3, 1), 2, method=method, dtype=torch.float64)
+    values = torch.randn(frame.num_parameters, dtype=torch.float64)
+    before = frame(values)
+    with pytest.raises(CompileError, match="cannot move or cast the module"):
+        frame.to("cuda:99")
+    torch.testing.assert_close(frame(values), before, atol=0, rtol=0)  # still usable
 
 
 @pytest.mark.parametrize("flag", ["no", 1, None, np.bool_(True)])

@@ -182,6 +182,13 @@ def test_auto_picks_mps_where_it_applies() -> None:
     assert compile_circuit(pauli(6, 3), 4).method == "mps"
     assert compile_circuit(pauli(6, 4), 4).method == "columns"
     assert compile_circuit(pauli(6, 4), 4, method="mps").cost()["bond"] == 16
+    # wide or spread-out column sets: the column wires' tree grows as 4^m
+    assert compile_circuit(pauli(8, 2), 64).method == "mps"
+    assert compile_circuit(pauli(8, 2), 128).method == "columns"
+    assert compile_circuit(pauli(12, 2), 128).method == "mps"
+    assert compile_circuit(pauli(10, 2), [0, 5]).method == "mps"
+    assert compile_circuit(pauli(10, 2), [0, 511]).method == "columns"
+    assert compile_circuit(pauli(12, 2), 2048).method == "columns"
 
 
 @pytest.mark.parametrize(("circuit", "match"), [
@@ -199,8 +206,12 @@ def test_circuits_outside_mps_are_a_compile_error(circuit: Circuit, match: str) 
 
 def test_too_many_diagonal_gates_per_wire_and_upper_columns_are_refused() -> None:
     deep = pauli(4, 7)  # 15 segments on the middle wires
-    with pytest.raises(CompileError, match="too many diagonal gates per wire"):
+    with pytest.raises(CompileError, match=r"for the qubit wires \(14 diagonal gates on one "
+                       r"wire, bond 128\)"):
         compile_circuit(deep, 2, method="mps")
+    # a wide head wire: 43 levels, two diagonal gates (for_dimension's 11008 = 43 · 2^8)
+    with pytest.raises(CompileError, match=r"for wire 0 \(43 levels, 2 diagonal gates\)"):
+        compile_circuit(for_dimension(11008, 2), 2, method="mps")
     assert compile_circuit(deep, 2).method == "columns"
     with pytest.raises(CompileError, match=r"columns below 2\^3.*column 8 of 16 is not"):
         compile_circuit(pauli(4, 1), [0, 8], method="mps")
@@ -286,11 +297,14 @@ def test_second_derivatives_are_refused_and_forward_mode_runs_the_plain_operatio
     torch.testing.assert_close(derivative, jacobian @ tangent, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("columns", [3, 1], ids=["K=3", "K=1"])
 @pytest.mark.parametrize("circuit", [pauli(5, 2), for_dimension(24, 2)], ids=["pauli", "qutrit"])
-def test_vectorized_jacobians_and_batched_gradients_run_without_writing_into_place(circuit) -> None:
+def test_vectorized_jacobians_and_batched_gradients_run_without_writing_into_place(
+        circuit, columns) -> None:
     """Autograd runs the written-out backward under vmap for these; its products
-    are then not written into place (vmap cannot batch ``out=``)."""
-    frame = compile_circuit(circuit, 3, method="mps", dtype=torch.float64)
+    are then not written into place (vmap cannot batch ``out=``) and it takes no
+    views that vmap cannot batch (K = 1: no column wires)."""
+    frame = compile_circuit(circuit, columns, method="mps", dtype=torch.float64)
     values = torch.randn(circuit.num_parameters, dtype=torch.float64)
     vectorized = torch.autograd.functional.jacobian(frame, values, vectorize=True)
     row_by_row = torch.autograd.functional.jacobian(frame, values)
@@ -302,3 +316,21 @@ def test_vectorized_jacobians_and_batched_gradients_run_without_writing_into_pla
     one_by_one = torch.stack([torch.autograd.grad(out, leaf, g, retain_graph=True)[0]
                               for g in grads])
     torch.testing.assert_close(batched, one_by_one, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("columns", [4, 1, [3, 0]], ids=["K=4", "K=1", "chosen"])
+@pytest.mark.parametrize("shape", [(), (2, 3)], ids=["one", "batch"])
+def test_frames_can_be_changed_in_place(columns, shape) -> None:
+    """The frame is no view made inside the autograd node (autograd would refuse
+    ``U[..., 0] *= -1``); the gradient equals the gate schedule's."""
+    circuit = pauli(5, 2)
+    values = torch.randn(*shape, circuit.num_parameters, dtype=torch.float64)
+    gradients = []
+    for method in ("mps", "columns"):
+        frame = compile_circuit(circuit, columns, method=method, dtype=torch.float64)
+        leaf = values.clone().requires_grad_(True)
+        out = frame(leaf)
+        out[..., 0] *= -1
+        (out * torch.arange(out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
+        gradients.append(leaf.grad)
+    torch.testing.assert_close(gradients[0], gradients[1], atol=1e-12, rtol=0)

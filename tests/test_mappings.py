@@ -399,6 +399,12 @@ def test_an_unusable_device_is_a_compile_error(device: str, message: str) -> Non
         mapping("householder", 6, 2, device=device)
 
 
+def test_moving_a_mapping_to_an_unavailable_device_is_a_compile_error() -> None:
+    frame_map = mapping("householder", 6, 2)
+    with pytest.raises(CompileError, match="cannot move or cast the module"):
+        frame_map.to("cuda:99")
+
+
 @pytest.mark.parametrize(
     ("name", "dimension", "columns", "options"),
     [("givens", 1, 1, {}), ("taylor", 5, 2, {"terms": 1}), ("taylor", 1, 1, {"terms": 1})],

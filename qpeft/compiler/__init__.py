@@ -123,7 +123,7 @@ class CompiledCircuit(nn.Module):
         self.__dict__.pop("_float64_twin", None)
         current = self.engine.real_dtype
         source = self.engine.builder.offset.device
-        target = fn(torch.empty(0, dtype=current, device=source))
+        target = cast_probe(fn, current, source)
         if source.type == "meta" and target.device.type != "meta":
             # built under torch.device("meta"), then to_empty(): the buffers (gather indices,
             # gate constants) hold no values, and none is in the state dict; build them again
@@ -357,12 +357,28 @@ def _resolve_device(device: object) -> torch.device | None:
         ) from None
     try:
         torch.empty(0, device=device)
-    except (AssertionError, RuntimeError, NotImplementedError) as error:
+    except _UNAVAILABLE as error:
         raise CompileError(
             f"device {device} is not available here ({str(error).splitlines()[0]}); "
             "compile on device='cpu', or check torch.cuda.is_available()"
         ) from None
     return device
+
+
+_UNAVAILABLE = (AssertionError, RuntimeError, NotImplementedError)  # what torch raises there
+
+
+def cast_probe(fn, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """What a move or cast ``fn`` (of :meth:`torch.nn.Module._apply`) makes of a
+    tensor of ``dtype`` on ``device``; a device that is not available (``.to("cuda")``
+    without CUDA) raises :class:`CompileError`, not torch's ``AssertionError``."""
+    try:
+        return fn(torch.empty(0, dtype=dtype, device=device))
+    except _UNAVAILABLE as error:
+        raise CompileError(
+            f"cannot move or cast the module: {str(error).splitlines()[0]}; keep it where it "
+            "is (check torch.cuda.is_available() before .to('cuda'))"
+        ) from None
 
 
 def compile_circuit(

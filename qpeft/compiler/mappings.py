@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qpeft.compiler import _resolve_device
+from qpeft.compiler import _resolve_device, cast_probe
 from qpeft.compiler.blocks import plain_operations
 from qpeft.errors import CompileError, ParameterError
 
@@ -193,7 +193,7 @@ class StiefelMapping(torch.nn.Module):
     def _apply(self, fn, recurse: bool = True):
         # .half(), .bfloat16() or .to(complex) would leave a module that computes in a
         # dtype the constructor refuses (orthonormal to 1e-3 only, or complex garbage).
-        target = fn(torch.empty(0, dtype=self.dtype, device=self.device))
+        target = cast_probe(fn, self.dtype, self.device)
         self._check_dtype(target.dtype)
         if self.device.type == "meta" and target.device.type != "meta":
             # built under torch.device("meta"), then to_empty(): the index buffers hold no

@@ -81,6 +81,14 @@ MAX_TABLE = 2**20
 #: tree's χ³ products cost more than the gate schedule (pauli(10, 4), K = 4:
 #: 3.87 ms against 1.26 ms forward and backward; pauli(10, 3): 0.48 against 0.97 ms).
 AUTO_TABLE = 2**16
+#: ... and while the tree of the m column wires (the last input digits the columns
+#: vary), 4^m·χ² numbers, stays within this many times the N·K frame, or within
+#: AUTO_TABLE numbers (where both methods are bound by their count of operations).
+#: Columns spread out ([0, N/2 − 1]: m = log₂ N − 1) or a K near N/2 make it grow as
+#: 4^m, where the gate schedule's cost grows as K (forward and backward, one thread:
+#: pauli(8, 2), K = 128: 1.75 ms against 0.98 ms for the schedule; K = 64: 0.64
+#: against 0.83 ms; pauli(12, 2), K = 128: 2.33 against 13.8 ms).
+AUTO_BLOCK = 4
 
 
 @dataclass
@@ -204,14 +212,19 @@ def mps_layout(circuit: Circuit) -> Layout:
         return radices[cut], bond if cut >= head - 1 else sizes[cut]
 
     # the largest table, before any is built: the qubits' (with the input digit), each head's
-    table = 2 ** (max(len(w.segments) for w in wires[head:]) - 1) * 4 * bond * 4 * bond
+    segments = max(len(w.segments) for w in wires[head:])
+    table, largest = 2 ** (segments - 1) * 4 * bond * 4 * bond, head
     for q in range(head):
         d = dims[q]
-        table = max(table, d ** len(wires[q].segments) * padded(q - 1)[1] * d * padded(q)[1])
+        size = d ** len(wires[q].segments) * padded(q - 1)[1] * d * padded(q)[1]
+        table, largest = max((table, largest), (size, q))
     if table > MAX_TABLE:
+        wire = (f"wire {largest} ({dims[largest]} levels, {len(wires[largest].segments) - 1} "
+                "diagonal gates)" if largest < head else
+                f"the qubit wires ({segments - 1} diagonal gates on one wire, bond {bond})")
         raise CompileError(
-            f"method='mps' would build a table of {table} numbers for one wire (at most "
-            f"{MAX_TABLE}): the circuit has too many diagonal gates per wire (the Pauli "
+            f"method='mps' would build a table of {table} numbers (at most {MAX_TABLE}) for "
+            f"{wire}: a table grows as levels^gates times the bond sizes (the Pauli "
             "brickwork takes up to L = 4); use method='columns'"
         )
 
@@ -297,10 +310,13 @@ def unsupported_reason(circuit: Circuit, columns: Sequence[int]) -> str | None:
 
 
 def preferred(circuit: Circuit, columns: Sequence[int]) -> bool:
-    """Whether ``method="auto"`` picks mps: it applies and its tables are small
-    (:data:`AUTO_TABLE`)."""
+    """Whether ``method="auto"`` picks mps: it applies, its tables are small
+    (:data:`AUTO_TABLE`) and so is its column block (:data:`AUTO_BLOCK`)."""
     layout, reason = _layout_or_reason(circuit, columns)
-    return reason is None and layout.table <= AUTO_TABLE
+    if reason is not None or layout.table > AUTO_TABLE:
+        return False
+    block = 4 ** int(max(columns)).bit_length() * layout.bond**2
+    return block <= max(AUTO_BLOCK * circuit.dimension * len(columns), AUTO_TABLE)
 
 
 def _layout_or_reason(circuit: Circuit, columns: Sequence[int]
@@ -625,7 +641,7 @@ class _Steps:
         m, chi = self.m, self.root[1]
         left = saved["left"]
         if m == 0:
-            grad_left = functional.pad(grad[..., :1], (0, chi - 1))  # the right boundary: 0
+            grad_left = functional.pad(grad, (0, chi - 1))  # (B, N, 1): the right boundary 0
         else:
             right = saved["right"]
             grad = grad.reshape(self.flat_grad)
@@ -888,7 +904,9 @@ class NetworkFunction(torch.autograd.Function):
         ctx.save_for_backward(*saved.tensors)
         saved.tensors = ()
         ctx.network, ctx.saved, ctx.shape = network, saved, values.shape
-        return network.frame(block, values.shape)
+        frame = network.frame(block, values.shape)
+        # autograd refuses in-place changes (U[:, 0] *= -1) to a view made inside a Function
+        return frame.clone() if frame._base is not None else frame
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
