@@ -131,6 +131,42 @@ def test_quick_json_report(capsys: pytest.CaptureFixture[str]) -> None:
     assert measured[("cayley-full", 96)]["status"] == "ok"  # any N, not qubits only
     assert len(report["targets"]) == 5
     assert report["targets"][4]["status"] == "not measured"  # 12 frames, not 72
+    # the stacked frames: compiled, its engines and the maps, 3 frames per call
+    stacked = report["stacked"]
+    assert stacked["frames"] == 3
+    cells = {(m["method"], m["dimension"]): m["seconds"] for m in stacked["measurements"]}
+    assert {method for method, _ in cells} == set(unitary.STACKED_METHODS)
+    assert stacked["ratios"]["96"]["householder"] == pytest.approx(
+        cells[("householder", 96)] / cells[("compiled", 96)])
+
+
+def test_stacked_frames_are_called_with_the_angles_stacked() -> None:
+    config = replace(unitary.BenchmarkConfig.quick(), methods=("compiled", "householder"))
+    functions = unitary._fast_functions(pauli(3, 1), config, stacked=5)
+    assert set(functions) == {"compiled", "householder"}
+    for name, run in functions.items():
+        gradient, = run()
+        assert gradient.shape[0] == 5, name  # one angle vector per frame
+
+
+def test_stacked_zero_leaves_the_comparison_out(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "unitary", "--quick", "--json", "--stacked", "0", "--sizes", "16",
+                     "--methods", "compiled,householder", "--no-batched"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "stacked" not in report and report["config"]["stacked"] == 0
+
+
+def test_the_stacked_summary_names_where_compiled_leads() -> None:
+    ratios = {"256": {"householder": 0.5, "cayley": 2.0},
+              "1024": {"householder": 1.3, "cayley": 1.1, "columns": 0.2},  # not a map
+              "4096": {"householder": 2.0, "cayley": 0.9}}
+    assert unitary.stacked_summary({"frames": 2, "ratios": ratios}) == (
+        "stacked frames: some alternative mapping is faster at the largest N measured")
+    ratios["4096"]["cayley"] = 1.5
+    assert unitary.stacked_summary({"frames": 2, "ratios": ratios}) == (
+        "stacked frames: compiled faster than every alternative mapping from N = 1024 "
+        "(smallest ratio ×1.1, cayley at N = 1024)")
+    assert unitary.stacked_summary({"frames": 2, "ratios": {"64": {"columns": 2.0}}}) is None
 
 
 @pytest.mark.parametrize("kind", ["cayley", "exponential"])
@@ -279,6 +315,7 @@ def test_quick_sets_defaults_and_explicit_options_win() -> None:
     (["--slow-limit", "nan"], "--slow-limit nan must be a positive finite number"),
     (["--slow-limit", "inf"], "--slow-limit inf must be a positive finite number"),
     (["--repeats", "0"], "--repeats >= 1"),
+    (["--stacked", "-1"], "--stacked -1 must be a number of frames >= 0"),
     (["--device", "gpu0"], "unknown device 'gpu0'; use cpu, cuda"),
 ])
 def test_invalid_options_are_config_errors(monkeypatch: pytest.MonkeyPatch,

@@ -37,10 +37,12 @@ alike. Qiskit and PennyLane take seconds to minutes; they run once per
 size and are skipped where an extrapolation from the smaller sizes says a
 run would take longer than ``slow_limit`` seconds.
 
-Two further measurements: the **batched** evaluation of the 72 frames that
-adapting every linear layer of a 6-layer, 384-wide BERT needs (one call per
-distinct dimension against 72 separate calls), and the **memory** held by
-autograd with and without ``recompute_backward``.
+Three further measurements: **stacked** frames, ``stacked`` frames of each N in
+one call for ``compiled`` and the alternative mappings (angle vectors stacked
+on a leading axis, the way the adapters call them); the **batched** evaluation
+of the 72 frames that adapting every linear layer of a 6-layer, 384-wide BERT
+needs (one call per distinct dimension against 72 separate calls); and the
+**memory** held by autograd with and without ``recompute_backward``.
 
 >>> report = run_benchmark(BenchmarkConfig.quick())
 >>> sorted(report["targets"][0])
@@ -81,6 +83,8 @@ BASE = "compiled"
 MAPPINGS = ("cayley", "exponential", "householder", "givens", "taylor")
 SLOW_METHODS = ("qiskit", "pennylane")
 FULL_MAPPINGS = ("cayley-full", "exponential-full")
+#: The methods timed on stacked frames: qpeft.compile (and its two engines) and the maps.
+STACKED_METHODS = ("compiled", "columns", "mps", *MAPPINGS)
 ALL_METHODS = FAST_METHODS + SLOW_METHODS + MAPPINGS + FULL_MAPPINGS
 
 #: Default dimensions: the powers of two 2^8 … 2^14 and three transformer widths.
@@ -381,6 +385,7 @@ class BenchmarkConfig:
     methods: tuple[str, ...] = ALL_METHODS
     slow_limit: float = 60.0
     batched: bool = True
+    stacked: int = 32  # frames per call in the stacked comparison; 0 leaves it out
     bert_layers: int = 6
     memory_qubits: int = 14
     memory_columns: int = 64
@@ -393,7 +398,7 @@ class BenchmarkConfig:
     def quick(cls) -> BenchmarkConfig:
         """A subset that runs in seconds (used by the tests)."""
         return cls(sizes=(64, 96), columns=2, layers=1, repeats=3, slow_limit=5.0,
-                   bert_layers=1, memory_qubits=8, memory_columns=8)
+                   stacked=3, bert_layers=1, memory_qubits=8, memory_columns=8)
 
     def torch_dtype(self) -> torch.dtype:
         return {"float32": torch.float32, "float64": torch.float64}[self.dtype]
@@ -431,6 +436,9 @@ class BenchmarkConfig:
         if self.batched and self.columns > narrowest:
             raise ConfigError(f"--columns {self.columns} is more than the {narrowest} rows of the "
                               f"batched BERT case's frames; pass --no-batched to measure it")
+        if self.stacked < 0:
+            raise ConfigError(f"--stacked {self.stacked} must be a number of frames >= 0 (0 "
+                              "leaves the stacked comparison out)")
         if self.layers < 0 or self.repeats < 1:
             raise ConfigError(f"--layers must be >= 0 and --repeats >= 1, got --layers "
                               f"{self.layers} --repeats {self.repeats}")
@@ -472,12 +480,17 @@ class _SlowTracker:
         return t1 * (dimension / n1) ** exponent
 
 
-def _fast_functions(circuit: Circuit, config: BenchmarkConfig) -> dict[str, Callable]:
+def _fast_functions(circuit: Circuit, config: BenchmarkConfig,
+                    stacked: int | None = None) -> dict[str, Callable]:
+    """The timed closures of the fast methods for ``circuit``; with ``stacked``, those of
+    :data:`STACKED_METHODS`, each called on that many frames at once."""
     dtype, device = config.torch_dtype(), config.torch_device()
     dimension, k = circuit.dimension, config.columns
-    values = 0.5 * torch.randn(circuit.num_parameters, dtype=dtype).to(device)
+    lead = () if stacked is None else (stacked,)
+    values = 0.5 * torch.randn(*lead, circuit.num_parameters, dtype=dtype).to(device)
     modules: dict[str, tuple[Callable, torch.Tensor]] = {}
-    wanted = set(config.methods)
+    wanted = set(config.methods) & set(FAST_METHODS + MAPPINGS if stacked is None
+                                       else STACKED_METHODS)
     if BASE in wanted:
         modules[BASE] = compile_circuit(circuit, k, dtype=dtype, device=device), values
     for method in ("columns", "mps", "tensornet", "dense"):
@@ -491,8 +504,8 @@ def _fast_functions(circuit: Circuit, config: BenchmarkConfig) -> dict[str, Call
         module = load_mappings()
         for name in mappings:
             frame = module.mapping(name, dimension, k, dtype=dtype, device=device)
-            modules[name] = frame, (0.1 * torch.randn(frame.num_parameters, dtype=dtype)
-                                    ).to(device)
+            modules[name] = frame, (0.1 * torch.randn(*lead, frame.num_parameters,
+                                                   dtype=dtype)).to(device)
     if config.torch_compile:
         # one cache per size: dynamo compiles a code object (e.g. the forward shared by every
         # compiled circuit) for a limited number of modules, then silently runs it eagerly
@@ -681,12 +694,18 @@ def _run(config: BenchmarkConfig, note: Callable[[str], None]) -> dict:
     torch.manual_seed(0)
     measurements: list[Measurement] = []
     trackers = {method: _SlowTracker() for method in SLOW_METHODS + FULL_MAPPINGS}
+    stacked: list[Measurement] = []
     for dimension in sorted(config.sizes):
         circuit = benchmark_circuit(dimension, config.layers, config.construction)
         note(f"N = {dimension}: fast methods")
         times = time_interleaved(_fast_functions(circuit, config), config.repeats)
         measurements += [Measurement(m, dimension, t, note=_method_note(m, circuit, config))
                          for m, t in times.items()]
+        if config.stacked and set(config.methods) & set(STACKED_METHODS):
+            note(f"N = {dimension}: {config.stacked} stacked frames")
+            times = time_interleaved(_fast_functions(circuit, config, config.stacked),
+                                     config.repeats)
+            stacked += [Measurement(m, dimension, t) for m, t in times.items()]
         for method in ("mps", "dense"):
             reason = _unfit_note(method, circuit, config.columns)
             if method in config.methods and reason:
@@ -705,6 +724,10 @@ def _run(config: BenchmarkConfig, note: Callable[[str], None]) -> dict:
         "measurements": [asdict(m) for m in measurements],
     }
     report["ratios"] = _ratios(measurements)
+    if stacked:
+        report["stacked"] = {"frames": config.stacked,
+                             "measurements": [asdict(m) for m in stacked],
+                             "ratios": _ratios(stacked)}
     if config.batched:
         note("batched against separate calls")
         report["batched"] = measure_batched(config)
@@ -849,6 +872,11 @@ def render(report: dict, console=None) -> None:
             text = next(iter(text)) if len(text) == 1 and key in methods else "; ".join(
                 f"{note} (N = {', '.join(map(str, sizes))})" for note, sizes in text.items())
         console.print(f"  {key}: {text}")
+    if report.get("stacked"):
+        console.print(_stacked_table(report["stacked"], Table))
+        summary = stacked_summary(report["stacked"])
+        if summary:
+            console.print(f"  {summary}")
     batched = report.get("batched")
     if batched:
         console.print(
@@ -876,6 +904,53 @@ def render(report: dict, console=None) -> None:
         targets.add_row(t["name"], f"≥ ×{t['threshold']:g}", value,
                         f"[{style}]{t['status']}[/{style}]")
     console.print(targets)
+
+
+def _stacked_table(stacked: dict, table_class):
+    """Seconds per forward+backward of the stacked frames, each with its ratio to compiled."""
+    cells = {(m["method"], m["dimension"]): m["seconds"] for m in stacked["measurements"]}
+    methods = [m for m in STACKED_METHODS if any(key[0] == m for key in cells)]
+    table = table_class(title=f"{stacked['frames']} stacked frames per call: seconds per "
+                              f"forward+backward (ratio: method time / {BASE} time)")
+    table.add_column("N", justify="right")
+    for method in methods:
+        table.add_column(method, justify="right")
+    for dimension in sorted({key[1] for key in cells}):
+        ratios = stacked["ratios"].get(str(dimension), {})
+        row = [str(dimension)]
+        for method in methods:
+            seconds = cells.get((method, dimension))
+            text = "" if seconds is None else _format_seconds(seconds)
+            if method in ratios:
+                text += f" ×{ratios[method]:.3g}"
+            row.append(text)
+        table.add_row(*row)
+    return table
+
+
+def stacked_summary(stacked: dict) -> str | None:
+    """Where the stacked compiled frames are faster than every alternative mapping.
+
+    >>> ratios = {"256": {"householder": 0.5}, "1024": {"householder": 1.3, "cayley": 1.1}}
+    >>> print(stacked_summary({"frames": 8, "ratios": ratios}))  # doctest: +NORMALIZE_WHITESPACE
+    stacked frames: compiled faster than every alternative mapping from N = 1024 (smallest
+    ratio ×1.1, cayley at N = 1024)
+    """
+    by_size = {int(n): {m: r for m, r in peers.items() if m in MAPPINGS}
+               for n, peers in stacked["ratios"].items()}
+    by_size = {n: peers for n, peers in by_size.items() if peers}
+    if not by_size:
+        return None
+    sizes = sorted(by_size)
+    ahead = [n for i, n in enumerate(sizes)
+             if all(min(by_size[m].values()) > 1 for m in sizes[i:])]
+    if not ahead:
+        return "stacked frames: some alternative mapping is faster at the largest N measured"
+    start = ahead[0]
+    ratio, method, where = min((r, m, n) for n in sizes if n >= start
+                               for m, r in by_size[n].items())
+    return (f"stacked frames: {BASE} faster than every alternative mapping from N = {start} "
+            f"(smallest ratio ×{ratio:.3g}, {method} at N = {where})")
 
 
 def plot(report: dict, filename: str | os.PathLike) -> Path:
@@ -986,6 +1061,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "estimated to take longer "
                              f"(seconds > 0, default {full.slow_limit:g}; {quick.slow_limit:g} "
                              "with --quick)")
+    parser.add_argument("--stacked", type=int, default=None,
+                        help="frames per call in the stacked comparison of compiled and the "
+                             f"alternative mappings; 0 leaves it out (default {full.stacked}; "
+                             f"{quick.stacked} with --quick)")
     parser.add_argument("--no-batched", action="store_true",
                         help="skip the batched-against-separate BERT case")
     parser.add_argument("--torch-compile", action="store_true",
@@ -1012,7 +1091,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     values = {"dtype": args.dtype, "methods": args.methods, "batched": not args.no_batched,
               "threads": args.threads, "construction": args.construction,
               "torch_compile": args.torch_compile, "device": args.device}
-    for name in ("sizes", "columns", "layers", "repeats", "slow_limit"):
+    for name in ("sizes", "columns", "layers", "repeats", "slow_limit", "stacked"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     config = replace(config, **values)
