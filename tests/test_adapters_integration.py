@@ -96,6 +96,24 @@ def test_torch_compile_of_an_adapted_model_matches_eager_outputs_and_gradients()
         torch.testing.assert_close(compiled_grad, eager_grad, rtol=1e-4, atol=1e-5)
 
 
+def test_torch_compile_before_any_eager_call_builds_the_frames_outside_the_trace() -> None:
+    """The frame modules are built on first use; a first use under torch.compile builds
+    them eagerly (dynamo cannot trace the NumPy that reads the circuit)."""
+    from qpeft.adapters.frames import clear_compiled_cache
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(24, 48), torch.nn.ReLU(), torch.nn.Linear(48, 24))
+    model = qpeft.get_qpeft_model(base, qpeft.QPeftConfig(target_modules="all-linear", rank=4))
+    with torch.no_grad():
+        for layer in model.qpeft_layers().values():
+            for parameter in layer.adapter_parameters("default"):
+                parameter.add_(0.3 * torch.randn_like(parameter))
+    x = torch.randn(5, 24)
+    clear_compiled_cache()
+    compiled = torch.compile(model, backend="aot_eager")(x)
+    torch.testing.assert_close(compiled, model(x), rtol=1e-5, atol=1e-6)
+
+
 def test_forward_shows_the_base_signature_and_rebinds_as_a_method() -> None:
     import inspect
     import types

@@ -394,6 +394,30 @@ def test_a_bad_configuration_is_refused_before_the_model_is_touched(tmp_path, ed
     _assert_load_fails_and_model_unchanged(tmp_path, match)
 
 
+def test_loading_onto_a_model_on_the_meta_device_is_refused(tmp_path):
+    """Copying the values into meta tensors would keep nothing (and to_empty() would then
+    leave garbage): refused before the model is touched."""
+    trained_bert().save_pretrained(tmp_path)
+    with torch.device("meta"):
+        base = tiny_bert()
+    with pytest.raises(qpeft.errors.ConfigError, match="on the meta device"):
+        QPeftModel.from_pretrained(base, tmp_path)
+    assert not any(isinstance(m, QPeftLinear) for m in base.modules())
+    model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=2))
+    model.to("meta")
+    with pytest.raises(qpeft.errors.ConfigError, match="on the meta device"):
+        model.load_adapter(tmp_path, "other")
+    assert "other" not in model.peft_config
+
+
+def test_a_compile_method_that_cannot_compile_the_frames_is_refused_on_load(tmp_path):
+    # rank 12 on 48 = 3·2^4: column 11 lies in the upper half of the qubits' block
+    config = QPeftConfig(target_modules=["query"], rank=12, ansatz="qudit")
+    get_qpeft_model(tiny_bert(), config).save_pretrained(tmp_path)
+    _rewrite(tmp_path, edit_document=_set("compile_method", "mps"))
+    _assert_load_fails_and_model_unchanged(tmp_path, "compile_method='mps' cannot compile")
+
+
 def test_saved_adapter_files_get_the_mode_a_plain_open_gives(tmp_path):
     import os
 

@@ -1054,3 +1054,16 @@ def test_a_copied_model_batches_its_own_layers_and_unloads_clean(copy_of):
     assert model.frame_bank.layers() == list(model.qpeft_layers().values())
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, atol=0, rtol=0)
+
+
+def test_a_compile_method_that_cannot_compile_a_frame_is_refused_before_any_change() -> None:
+    base = torch.nn.Sequential(torch.nn.Linear(24, 24))
+    config = qpeft.QPeftConfig(target_modules=["0"], rank=6, compile_method="mps")
+    with pytest.raises(ConfigError, match=r"compile_method='mps' cannot compile the frame of "
+                       r"width 24: .*column 5 of 24 is not; set compile_method='auto'"):
+        qpeft.get_qpeft_model(base, config)
+    assert isinstance(base[0], torch.nn.Linear) and type(base[0]) is torch.nn.Linear
+    # where it can, mps is used as asked
+    model = qpeft.get_qpeft_model(base, qpeft.QPeftConfig(target_modules=["0"], rank=4,
+                                                         compile_method="mps"))
+    assert model(torch.randn(2, 24)).shape == (2, 24)

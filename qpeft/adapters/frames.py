@@ -82,7 +82,10 @@ class FrameSpec:
     circuit whose gates use its parameters with integer coefficients."""
 
     @classmethod
-    def for_circuit(cls, circuit: Circuit, columns: int) -> FrameSpec:
+    def for_circuit(cls, circuit: Circuit, columns: int, method: str = "auto") -> FrameSpec:
+        """``method``: the compiler's (``compile_method``); one that cannot evaluate
+        this circuit's first ``columns`` columns is refused now, before any model
+        is touched."""
         if not circuit.is_real:
             raise ConfigError(
                 f"the circuit {circuit.name or circuit!r} is not real; adapter frames must be "
@@ -95,8 +98,19 @@ class FrameSpec:
             for expression in getattr(gate, "params", ())
             for _, coefficient in expression.terms
         )
+        if method == "mps":
+            from qpeft.compiler.mps import unsupported_reason
+
+            reason = unsupported_reason(circuit, range(columns))
+            if reason:
+                reason = reason.split("; use method=")[0]  # the advice, in the config's terms:
+                raise ConfigError(
+                    f"compile_method='mps' cannot compile the frame of width "
+                    f"{circuit.dimension}: {reason}; set compile_method='auto' (which picks a "
+                    "method that fits) or 'columns'"
+                )
         return cls(circuit.dimension, columns, circuit=circuit,
-                   fingerprint=circuit.fingerprint(), periodic=periodic)
+                   fingerprint=circuit.fingerprint(), periodic=periodic, method=method)
 
     @classmethod
     def for_mapping(cls, name: str, dimension: int, columns: int,
@@ -240,16 +254,13 @@ def resolve_frame_spec(
                 f"was given for has width {width}; give a circuit of dimension {width} (e.g. "
                 f"qpeft.ansatz.for_dimension({width}, layers={layers})) or a dict by width"
             )
-        spec = FrameSpec.for_circuit(ansatz, columns)
-    elif not isinstance(ansatz, str):
+        return FrameSpec.for_circuit(ansatz, columns, method)
+    if not isinstance(ansatz, str):
         raise ConfigError(f"ansatz must be a name or a Circuit, got {type(ansatz).__name__}")
-    elif ansatz in mapping_names():
-        spec = FrameSpec.for_mapping(ansatz, width, columns, options)
-    else:
-        spec = FrameSpec.for_circuit(_catalog_circuit(ansatz, width, layers, options), columns)
-    if spec.circuit is not None and method != "auto":
-        object.__setattr__(spec, "method", method)
-    return spec
+    if ansatz in mapping_names():
+        return FrameSpec.for_mapping(ansatz, width, columns, options)
+    return FrameSpec.for_circuit(_catalog_circuit(ansatz, width, layers, options), columns,
+                                 method)
 
 
 def _catalog_circuit(name: str, width: int, layers: int, options: dict[str, Any]) -> Circuit:
@@ -309,15 +320,25 @@ _COMPILED: dict[tuple, nn.Module] = {}
 
 def compiled_frame(spec: FrameSpec, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """The compiled module of ``spec`` on ``device`` in ``dtype``, built on first use
-    (one built while ``torch.export`` traces holds placeholder tensors: not kept)."""
+    (one built while ``torch.export`` traces holds placeholder tensors: not kept). A
+    first use under ``torch.compile`` builds it outside the trace: building reads the
+    circuit with NumPy, which dynamo cannot trace."""
     key = (spec.group_key, spec.method, str(device), dtype)
     module = _COMPILED.get(key)
     if module is None:
-        module = spec.build(dtype, device)
+        if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+            module = _build_eagerly(spec, dtype, device)
+        else:
+            module = spec.build(dtype, device)
         module.requires_grad_(False)
         if not torch.compiler.is_exporting():
             _COMPILED[key] = module
     return module
+
+
+@torch.compiler.disable
+def _build_eagerly(spec: FrameSpec, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    return spec.build(dtype, device)
 
 
 def storage_key(tensor: torch.Tensor) -> tuple | None:

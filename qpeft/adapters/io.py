@@ -50,7 +50,7 @@ from qpeft.adapters.quantize import (
     unpack_codes,
 )
 from qpeft.circuit import Circuit
-from qpeft.errors import AdapterFileError, QpeftError
+from qpeft.errors import AdapterFileError, ConfigError, QpeftError
 from qpeft.files import write_atomically
 
 if TYPE_CHECKING:
@@ -318,9 +318,7 @@ def _frame(directory: Path, path: str, side: str, entry: Any, width: int, rank: 
             if entry["circuit"] not in circuits:
                 raise _fail(directory, f"module {path!r} names circuit {entry['circuit']!r}, "
                                        "which is not in 'circuits'")
-            spec = FrameSpec.for_circuit(circuits[entry["circuit"]], rank)
-            if method != "auto":
-                object.__setattr__(spec, "method", method)
+            spec = FrameSpec.for_circuit(circuits[entry["circuit"]], rank, method)
         elif isinstance(entry, dict) and "mapping" in entry:
             options = entry.get("options") or {}
             if not isinstance(options, dict):
@@ -498,6 +496,14 @@ def check_against_model(files: AdapterFiles, model: nn.Module) -> None:
         if shape != (n_in, n_out):
             raise _fail(files.directory, f"module {path!r} maps {shape[0]} to {shape[1]} "
                                          f"features, the adapter was saved for {n_in} to {n_out}")
+        if any(parameter.is_meta for parameter in base.parameters()):
+            # the adapter's tensors would be made on the meta device too, where copying the
+            # saved values in keeps nothing, and to_empty() would then leave garbage
+            raise ConfigError(
+                f"module {path!r} of the model is on the meta device (no storage), so the "
+                "adapter's values would be dropped; load the model's weights first (or "
+                "to_empty(device=...) and load_state_dict), then load the adapter"
+            )
     for path, state in files.saved_modules.items():
         try:
             module = model.get_submodule(path)
