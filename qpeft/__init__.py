@@ -44,6 +44,11 @@ _LAZY = {
 _RENAMED = {"compile": "compile_circuit"}
 
 
+def __dir__() -> list[str]:
+    # the lazy names too, so that dir() and help() show qpeft.compile and the others
+    return sorted({*globals(), *_LAZY})
+
+
 def __getattr__(name: str):
     if name in _LAZY:
         module = importlib.import_module(_LAZY[name])

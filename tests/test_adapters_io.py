@@ -403,6 +403,11 @@ def test_loading_onto_a_model_on_the_meta_device_is_refused(tmp_path):
     with pytest.raises(qpeft.errors.ConfigError, match="on the meta device"):
         QPeftModel.from_pretrained(base, tmp_path)
     assert not any(isinstance(m, QPeftLinear) for m in base.modules())
+    # a saved copy (modules_to_save) on the meta device would be dropped just the same
+    base = tiny_bert()
+    base.classifier.to("meta")
+    with pytest.raises(qpeft.errors.ConfigError, match="module 'classifier' of the model is on"):
+        QPeftModel.from_pretrained(base, tmp_path)
     model = get_qpeft_model(tiny_bert(), QPeftConfig(target_modules=BERT_TARGETS, rank=2))
     model.to("meta")
     with pytest.raises(qpeft.errors.ConfigError, match="on the meta device"):

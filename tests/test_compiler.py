@@ -805,6 +805,7 @@ def test_tensornet_of_a_shannon_circuit_at_a_bert_width_matches_columns(layers: 
 def test_qpeft_compile_is_compile_circuit() -> None:
     # one function: help(qpeft.compile) and inspect show the keyword-only options
     assert qpeft.compile is compile_circuit
+    assert "compile" in dir(qpeft)  # a lazy name, listed by dir() and help()
     assert "method" in inspect.signature(qpeft.compile).parameters
 
 

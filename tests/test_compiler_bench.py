@@ -316,6 +316,7 @@ def test_quick_sets_defaults_and_explicit_options_win() -> None:
     (["--slow-limit", "inf"], "--slow-limit inf must be a positive finite number"),
     (["--repeats", "0"], "--repeats >= 1"),
     (["--stacked", "-1"], "--stacked -1 must be a number of frames >= 0"),
+    (["--stacked", str(10**20)], r"more than 268435456 \(2\^28"),
     (["--device", "gpu0"], "unknown device 'gpu0'; use cpu, cuda"),
 ])
 def test_invalid_options_are_config_errors(monkeypatch: pytest.MonkeyPatch,

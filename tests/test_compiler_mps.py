@@ -326,11 +326,44 @@ def test_frames_can_be_changed_in_place(columns, shape) -> None:
     circuit = pauli(5, 2)
     values = torch.randn(*shape, circuit.num_parameters, dtype=torch.float64)
     gradients = []
-    for method in ("mps", "columns"):
-        frame = compile_circuit(circuit, columns, method=method, dtype=torch.float64)
+    for method, recompute in (("mps", False), ("columns", False), ("columns", True)):
+        # (the recompute backward keeps the schedule's output: it hands out a copy)
+        frame = compile_circuit(circuit, columns, method=method, dtype=torch.float64,
+                                recompute_backward=recompute)
         leaf = values.clone().requires_grad_(True)
         out = frame(leaf)
         out[..., 0] *= -1
         (out * torch.arange(out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
         gradients.append(leaf.grad)
+    for gradient in gradients[1:]:
+        torch.testing.assert_close(gradients[0], gradient, atol=1e-12, rtol=1e-12)
+
+
+def test_a_pass_under_fake_tensors_leaves_nothing_behind() -> None:
+    """A shape or memory estimate under FakeTensorMode caches nothing that a later eager
+    pass would use (its gradients would be fake)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    circuit = pauli(5, 2)
+    frame = compile_circuit(circuit, 4, method="mps", dtype=torch.float64, check_values=False)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = torch.randn(3, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+        frame(fake).pow(3).sum().backward()
+    values = torch.randn(3, circuit.num_parameters, dtype=torch.float64)
+    gradients = []
+    for module in (frame, compile_circuit(circuit, 4, method="columns", dtype=torch.float64)):
+        leaf = values.clone().requires_grad_(True)
+        module(leaf).pow(3).sum().backward()
+        gradients.append(leaf.grad)
+    assert type(gradients[0]) is torch.Tensor
     torch.testing.assert_close(gradients[0], gradients[1], atol=1e-12, rtol=0)
+
+
+def test_torch_export_with_a_dynamic_batch() -> None:
+    circuit = pauli(5, 2)
+    frame = compile_circuit(circuit, [0, 2], method="mps", check_values=False)
+    batch, rows = torch.export.Dim("batch"), torch.export.Dim("rows")
+    program = torch.export.export(frame, (torch.randn(2, 3, circuit.num_parameters),),
+                                  dynamic_shapes=({0: batch, 1: rows},))
+    values = torch.randn(4, 5, circuit.num_parameters)
+    torch.testing.assert_close(program.module()(values), frame(values), atol=1e-6, rtol=0)

@@ -496,14 +496,7 @@ def check_against_model(files: AdapterFiles, model: nn.Module) -> None:
         if shape != (n_in, n_out):
             raise _fail(files.directory, f"module {path!r} maps {shape[0]} to {shape[1]} "
                                          f"features, the adapter was saved for {n_in} to {n_out}")
-        if any(parameter.is_meta for parameter in base.parameters()):
-            # the adapter's tensors would be made on the meta device too, where copying the
-            # saved values in keeps nothing, and to_empty() would then leave garbage
-            raise ConfigError(
-                f"module {path!r} of the model is on the meta device (no storage), so the "
-                "adapter's values would be dropped; load the model's weights first (or "
-                "to_empty(device=...) and load_state_dict), then load the adapter"
-            )
+        _refuse_meta(path, base)
     for path, state in files.saved_modules.items():
         try:
             module = model.get_submodule(path)
@@ -512,6 +505,7 @@ def check_against_model(files: AdapterFiles, model: nn.Module) -> None:
                                          "(modules_to_save)") from None
         if isinstance(module, ModulesToSaveWrapper):
             module = module.original_module
+        _refuse_meta(path, module)
         reference = module.state_dict()
         if set(reference) != set(state):
             raise _fail(files.directory, f"saved copy of {path!r} does not fit the model's "
@@ -527,6 +521,17 @@ def check_against_model(files: AdapterFiles, model: nn.Module) -> None:
                                              f"module has {expected.dtype} "
                                              f"{tuple(expected.shape)}")
     _check_saved_paths(files, model)
+
+
+def _refuse_meta(path: str, module: nn.Module) -> None:
+    """A module on the meta device (no storage) would drop the values loaded into it (the
+    adapter's tensors are made beside its weights), and to_empty() would then leave garbage."""
+    if any(tensor.is_meta for tensor in (*module.parameters(), *module.buffers())):
+        raise ConfigError(
+            f"module {path!r} of the model is on the meta device (no storage), so the "
+            "adapter's values would be dropped; load the model's weights first (or "
+            "to_empty(device=...) and load_state_dict), then load the adapter"
+        )
 
 
 def _check_saved_paths(files: AdapterFiles, model: nn.Module) -> None:

@@ -92,6 +92,8 @@ DEFAULT_SIZES = (256, 384, 512, 768, 1024, 2048, 3072, 4096, 8192, 16384)
 #: The largest N timed: at 2^24 one float32 frame of K = 4 columns is 256 MiB, and the
 #: alternative mappings hold several of them (the batched case is separate).
 MAX_SIZE = 2**24
+#: The most numbers in the stacked frames of one call (stacked · N · K).
+MAX_STACKED = 2**28
 #: The dense unitary is timed up to this N (it holds N×N numbers per saved state).
 DENSE_LIMIT = 1024
 
@@ -439,6 +441,12 @@ class BenchmarkConfig:
         if self.stacked < 0:
             raise ConfigError(f"--stacked {self.stacked} must be a number of frames >= 0 (0 "
                               "leaves the stacked comparison out)")
+        numbers = self.stacked * max(self.sizes) * self.columns
+        if numbers > MAX_STACKED:
+            raise ConfigError(f"--stacked {self.stacked} frames of {max(self.sizes)} × "
+                              f"{self.columns} are {numbers} numbers in one call, more than "
+                              f"{MAX_STACKED} (2^28: 1 GiB of float32, and the mappings hold "
+                              "several such tensors); pass fewer frames or smaller --sizes")
         if self.layers < 0 or self.repeats < 1:
             raise ConfigError(f"--layers must be >= 0 and --repeats >= 1, got --layers "
                               f"{self.layers} --repeats {self.repeats}")

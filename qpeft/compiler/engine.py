@@ -394,7 +394,9 @@ class ScheduleFunction(torch.autograd.Function):
         ctx.keep_states = keep_states
         ctx.count = len(matrices)
         ctx.save_for_backward(*matrices, *(kept if keep_states else [state]))
-        return state
+        # the recompute backward keeps the output itself: the frame handed out is a copy, so
+        # that editing it in place (U[..., 0] *= -1) leaves what the backward reads alone
+        return state if keep_states else state.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:

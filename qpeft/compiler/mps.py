@@ -379,6 +379,8 @@ class SegmentBuilder(nn.Module):
             mix, fixed = mix.real, fixed.real
         self.register_buffer("mix", torch.as_tensor(mix, dtype=work), persistent=False)
         self.register_buffer("fixed", torch.as_tensor(fixed, dtype=work), persistent=False)
+        # for the path products' backward: each of the T segments' others
+        self.register_buffer("others", _others_index(group.segments), persistent=False)
         self.work_dtype = work
 
     def forward(self, values: torch.Tensor, saved: _Saved | None = None) -> torch.Tensor:
@@ -533,6 +535,8 @@ class MatrixProductNetwork(nn.Module):
                                                    in_place)
 
     def _steps(self, batch: int) -> _Steps:
+        if not isinstance(batch, int):  # a symbolic size (torch.export's dynamic shapes)
+            return _Steps(batch, self)
         steps = self.__dict__.setdefault("_batch_steps", {})
         if batch not in steps:
             steps[batch] = _Steps(batch, self)
@@ -674,7 +678,8 @@ class _Steps:
                 grad_weights = torch.cat([grad_weights, torch.bmm(
                     grad_column.transpose(0, 1), network.column_map.mH)])
         grad_weights = grad_weights.transpose(0, 1).reshape(self.paths_flat)
-        grad_gathered = grad_weights * _others_product(saved["gathered"]).conj()
+        grad_gathered = grad_weights * _others_product(saved["gathered"],
+                                                       network.builder.others).conj()
         out = grad_plain.new_zeros(self.out).index_add(
             1, network.path_index, grad_gathered.view(self.out[0], -1))
         return [out.view(self.segments), *heads]
@@ -695,7 +700,8 @@ class _Steps:
                 grad_tensor = grad.reshape(batch, -1)
             grad_weights = torch.mm(grad_tensor, getattr(network, f"head_map{i}").mH)
             gathered = saved[f"head_gathered{i}"]
-            grad_gathered = grad_weights.unsqueeze(1) * _others_product(gathered).conj()
+            others = network.head_builders[i].others
+            grad_gathered = grad_weights.unsqueeze(1) * _others_product(gathered, others).conj()
             out = grad_tensor.new_zeros(batch, segments * d * d).index_add(
                 1, getattr(network, f"head_index{i}"), grad_gathered.view(batch, -1))
             grads[i] = out.view(batch, 1, segments, d, d)
@@ -747,22 +753,19 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
-def _others_product(factors: torch.Tensor) -> torch.Tensor:
-    """For (R, T, Q): for each t, the product of the other T−1 factors
-    (exact with zero factors: no division), from one gather and one product."""
+def _others_index(count: int) -> torch.Tensor:
+    """For T factors: the indices of the other T−1 factors of each, t-major."""
+    return torch.tensor([s for t in range(count) for s in range(count) if s != t],
+                        dtype=torch.long)
+
+
+def _others_product(factors: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """For (R, T, Q): for each t, the product of the other T−1 factors (exact with
+    zero factors: no division), from one gather (``others``: :func:`_others_index`)
+    and one product."""
     count = factors.shape[1]
-    key = (count, factors.device)
-    others = _OTHERS.get(key)
-    if others is None:
-        others = torch.tensor([s for t in range(count) for s in range(count) if s != t],
-                              dtype=torch.long, device=factors.device)
-        _OTHERS[key] = others
     spread = factors.index_select(1, others)
     return spread.view(factors.shape[0], count, count - 1, factors.shape[2]).prod(2)
-
-
-#: (T, device) → the indices of the other factors, t-major
-_OTHERS: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
 class _Saved:
