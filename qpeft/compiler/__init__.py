@@ -187,38 +187,35 @@ class CompiledCircuit(nn.Module):
                 f"{values.device}; move one of them with .to(...)"
             )
         lead = values.shape[:-1]
-        engine = self.engine
-        # the mps engine takes any batch shape, inside its one autograd node; the others (B, P)
-        given = (values if engine.batch_shapes
-                 else values.reshape(math.prod(lead), self.num_parameters))
-        flat = given.to(engine.real_dtype)
-        if self.check_values and not plain_operations() and flat.device.type != "meta":
-            self._check_finite(given, flat)  # (meta tensors hold no values to check)
+        engine = self.engine  # every engine maps (..., P) to (..., N, K)
+        cast = values.to(engine.real_dtype)
+        if self.check_values and not plain_operations() and cast.device.type != "meta":
+            self._check_finite(values, cast)  # (meta tensors hold no values to check)
         if math.prod(lead) == 0:
             # Nothing to evaluate. The zeros are built from the values, as the mappings'
             # frames are, so a backward pass gives a (..., P) zero gradient.
-            empty = flat.new_zeros(*lead, self.dimension, self.num_columns,
+            empty = cast.new_zeros(*lead, self.dimension, self.num_columns,
                                    dtype=engine.work_dtype)
-            return empty + flat.sum()
-        if self._reduced_precision(flat):
+            return empty + cast.sum()
+        if self._reduced_precision(cast):
             # TF32 products would leave a float32 frame orthonormal only to about 2e-3:
             # the work runs in float64 (still launch-bound on a GPU) and the frame is cast back
-            engine, flat = self._float64_engine(flat.device), flat.double()
-        with autocast_off(flat.device):  # the frame in the compiled dtype, as the mappings do
+            engine, cast = self._float64_engine(cast.device), cast.double()
+        with autocast_off(cast.device):  # the frame in the compiled dtype, as the mappings do
             if self.recompute_backward:
                 from qpeft.compiler.recompute import recomputed_forward
 
-                out = recomputed_forward(engine, flat)
+                out = recomputed_forward(engine, cast)
             else:
-                out = engine(flat)
+                out = engine(cast)
         if self.method == "dense":
             out = out[..., self.columns]
         out = out.to(self.engine.work_dtype)
-        if flat.requires_grad and not out.requires_grad:  # a circuit without gates
+        if cast.requires_grad and not out.requires_grad:  # a circuit without gates
             from qpeft.compiler.mappings import on_graph
 
-            out = on_graph(out, flat)
-        return out if engine.batch_shapes else out.reshape(*lead, *out.shape[-2:])
+            out = on_graph(out, cast)
+        return out
 
     def _check_finite(self, given: torch.Tensor, flat: torch.Tensor) -> None:
         """Raise for NaN or infinite values, or for values that may make an angle

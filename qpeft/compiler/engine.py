@@ -34,6 +34,7 @@ torch.Size([2, 8, 2])
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -89,8 +90,6 @@ class ColumnsEngine(nn.Module):
     ``forward(values)`` maps ``(B, P)`` to ``(B, N, K)``; ``columns`` are the
     indices of the basis states the circuit is applied to.
     """
-
-    batch_shapes = False  # forward takes (B, P) only
 
     def __init__(self, plan: Plan, columns: list[int], dtype: torch.dtype) -> None:
         super().__init__()
@@ -344,7 +343,7 @@ class ColumnsEngine(nn.Module):
         return torch.bmm(grad, before.conj())
 
     def forward(self, values: torch.Tensor, keep_states: bool = True) -> torch.Tensor:
-        """values (B, P) -> (B, N, K).
+        """values (..., P) -> (..., N, K).
 
         The schedule runs as one autograd node (:class:`ScheduleFunction`)
         whose backward is written out step by step. ``keep_states=False``
@@ -354,8 +353,9 @@ class ColumnsEngine(nn.Module):
         ``torch.func`` transforms (whatever ``keep_states``) the steps run as
         plain tensor operations instead (:func:`~qpeft.compiler.blocks.plain_operations`).
         """
-        batch = values.shape[0]
-        matrices = self.builder(values)
+        lead = values.shape[:-1]
+        batch = math.prod(lead)
+        matrices = self.builder(values.reshape(batch, values.shape[-1]))
         initial = self.initial_state(matrices, batch)
         if plain_operations() and (keep_states or not torch.compiler.is_compiling()):
             # plain tensor operations: the compiler, or autograd under torch.func, derives
@@ -365,7 +365,7 @@ class ColumnsEngine(nn.Module):
                 state = self.apply_step(step, state, matrices)
         else:
             state = ScheduleFunction.apply(self, keep_states, initial, *matrices)
-        return state.view(batch, self.dimension, self.num_columns)
+        return state.view(*lead, self.dimension, self.num_columns)
 
 
 class ScheduleFunction(torch.autograd.Function):

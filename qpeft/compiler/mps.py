@@ -496,11 +496,8 @@ class MatrixProductNetwork(nn.Module):
         """The qubits' (B, n, T, 2, 2) segment matrices, then each head wire's."""
         return [self.builder(values, saved), *(b(values, saved) for b in self.head_builders)]
 
-    #: :meth:`forward` takes values of any batch shape, ``(..., P)`` → ``(..., N, K)``:
-    #: the reshapes happen inside the one autograd node
-    batch_shapes = True
-
     def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """values (..., P) -> (..., N, K); the reshapes happen inside the one autograd node."""
         if torch.is_grad_enabled() and values.requires_grad and not plain_operations():
             return NetworkFunction.apply(self, values)
         flat = values.reshape(math.prod(values.shape[:-1]), values.shape[-1])

@@ -45,7 +45,7 @@ from qpeft.compiler.engine import ColumnsEngine
 def recomputed_forward(engine: ColumnsEngine, values: torch.Tensor) -> torch.Tensor:
     """``engine(values)`` with the memory-saving backward described above.
 
-    ``values``: ``(B, P)`` in the engine's real dtype. Returns ``(B, N, K)``.
+    ``values``: ``(..., P)`` in the engine's real dtype. Returns ``(..., N, K)``.
     """
     return engine(values, keep_states=False)
 

@@ -60,8 +60,6 @@ class TensorNetwork(nn.Module):
     opt_einsum path optimizer name (default ``"greedy"``).
     """
 
-    batch_shapes = False  # forward takes (B, P) only
-
     def __init__(
         self,
         plan: Plan,
@@ -243,13 +241,14 @@ class TensorNetwork(nn.Module):
         return [t.to(self.work_dtype) for t in out]
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        """values (B, P) -> (B, N, K)."""
-        tensors = self.operands(values)
+        """values (..., P) -> (..., N, K)."""
+        lead = values.shape[:-1]
+        tensors = self.operands(values.reshape(math.prod(lead), values.shape[-1]))
         for positions, step in self._steps:
             inputs = [tensors.pop(position) for position in positions]
             tensors.append(torch.einsum(step, *inputs))
         (result,) = tensors
-        return result.reshape(values.shape[0], self.dimension, self.num_columns)
+        return result.reshape(*lead, self.dimension, self.num_columns)
 
     def extra_repr(self) -> str:
         return f"operands={len(self._operands)}, path_steps={len(self.expression.contraction_list)}"
