@@ -87,7 +87,7 @@ def _in_place(step: tuple) -> bool:
 class ColumnsEngine(nn.Module):
     """Evaluate the chosen columns of a circuit's matrix (see the module doc).
 
-    ``forward(values)`` maps ``(B, P)`` to ``(B, N, K)``; ``columns`` are the
+    ``forward(values)`` maps ``(..., P)`` to ``(..., N, K)``; ``columns`` are the
     indices of the basis states the circuit is applied to.
     """
 

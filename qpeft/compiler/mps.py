@@ -426,7 +426,7 @@ class SegmentBuilder(nn.Module):
 class MatrixProductNetwork(nn.Module):
     """The circuit's columns as a matrix product state (see the module doc).
 
-    ``forward(values)`` maps ``(B, P)`` to ``(B, N, K)``. Raises
+    ``forward(values)`` maps ``(..., P)`` to ``(..., N, K)``. Raises
     :class:`CompileError` at construction for circuits outside its reach
     (non-diagonal, parameterized or distant two-wire gates, wires of more
     levels after a qubit) and for columns that reach the second half of the

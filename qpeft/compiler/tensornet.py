@@ -56,7 +56,7 @@ BOUNDED_SEARCH_OPERANDS = 24
 class TensorNetwork(nn.Module):
     """The circuit's columns as one opt_einsum contraction (see the module doc).
 
-    ``forward(values)`` maps ``(B, P)`` to ``(B, N, K)``. ``optimize`` is any
+    ``forward(values)`` maps ``(..., P)`` to ``(..., N, K)``. ``optimize`` is any
     opt_einsum path optimizer name (default ``"greedy"``).
     """
 
