@@ -107,6 +107,16 @@ def test_targets_carry_the_measured_ratios(report: dict) -> None:
     assert merged["status"] == ("PASS" if same and within else "FAIL")
 
 
+@pytest.mark.parametrize("difference", [3.7, math.nan, math.inf])
+def test_merged_outputs_that_differ_fail_the_inference_target(difference: float) -> None:
+    inference = {"ratio": 1.0, "same_module_types": True, "same_parameter_shapes": True,
+                 "max_abs_difference_to_adapted": 1e-6, "adapted_output_scale": 4.0}
+    report = {"methods": [{"method": "qpeft", "step_ratio": 1.0}], "inference": inference}
+    assert train._targets(report)[1]["status"] == "PASS"
+    inference["max_abs_difference_to_adapted"] = difference
+    assert train._targets(report)[1]["status"] == "FAIL"
+
+
 def test_a_peer_peft_cannot_build_is_skipped(monkeypatch: pytest.MonkeyPatch,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     chosen = train.method_spec

@@ -157,16 +157,57 @@ def test_stacked_zero_leaves_the_comparison_out(capsys: pytest.CaptureFixture[st
 
 
 def test_the_stacked_summary_names_where_compiled_leads() -> None:
-    ratios = {"256": {"householder": 0.5, "cayley": 2.0},
-              "1024": {"householder": 1.3, "cayley": 1.1, "columns": 0.2},  # not a map
-              "4096": {"householder": 2.0, "cayley": 0.9}}
+    others = {"exponential": 3.0, "givens": 9.0, "taylor": 8.0}
+    ratios = {"256": {"householder": 0.5, "cayley": 2.0, **others},
+              "1024": {"householder": 1.3, "cayley": 1.1, "columns": 0.2, **others},  # not a map
+              "4096": {"householder": 2.0, "cayley": 0.9, **others}}
     assert unitary.stacked_summary({"frames": 2, "ratios": ratios}) == (
-        "stacked frames: some alternative mapping is faster at the largest N measured")
+        "stacked frames: compiled is not faster than every alternative mapping at the "
+        "largest N measured")
     ratios["4096"]["cayley"] = 1.5
     assert unitary.stacked_summary({"frames": 2, "ratios": ratios}) == (
         "stacked frames: compiled faster than every alternative mapping from N = 1024 "
         "(smallest ratio ×1.1, cayley at N = 1024)")
+    # a subset of the maps is named, never called "every"
+    subset = {n: {"givens": 2.0} for n in ("64", "96")}
+    assert unitary.stacked_summary({"frames": 2, "ratios": subset}) == (
+        "stacked frames: compiled faster than givens (the mappings measured) from N = 64 "
+        "(smallest ratio ×2, givens at N = 64)")
     assert unitary.stacked_summary({"frames": 2, "ratios": {"64": {"columns": 2.0}}}) is None
+
+
+@pytest.mark.parametrize("methods, sizes, measured", [
+    ("compiled,givens", "1024", False),  # one map of five: not "every"
+    ("compiled,cayley,exponential,householder,givens,taylor", "64,1024", True),
+    ("compiled,cayley,exponential,householder,givens,taylor", "64", False),  # no N >= 1024
+])
+def test_the_mapping_target_is_judged_on_every_map(capsys: pytest.CaptureFixture[str],
+                                                   methods: str, sizes: str,
+                                                   measured: bool) -> None:
+    assert cli.main(["bench", "unitary", "--quick", "--json", "--methods", methods, "--sizes",
+                     sizes, "--no-batched", "--stacked", "0", "--repeats", "1"]) == 0
+    targets = json.loads(capsys.readouterr().out)["targets"]
+    assert (targets[2]["status"] != "not measured") == measured
+    assert targets[3]["status"] == "not measured"  # the full-matrix maps were not run
+
+
+def test_a_method_skipped_in_the_stacked_frames_says_why(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "unitary", "--quick", "--json", "--construction", "shannon",
+                     "--methods", "compiled,mps,householder", "--no-batched", "--sizes",
+                     "96", "--repeats", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    cells = {m["method"]: m for m in report["stacked"]["measurements"]}
+    assert cells["mps"]["status"] == "skipped" and cells["mps"]["seconds"] is None
+    assert cells["mps"]["note"]  # the CompileError's reason
+    assert "mps" not in report["stacked"]["ratios"]["96"]
+
+
+def test_the_stacked_bound_applies_only_to_a_stacked_run() -> None:
+    config = unitary.BenchmarkConfig(methods=("naive",), sizes=(2**22,), batched=False)
+    config.validate()  # nothing is stacked: no bound
+    with pytest.raises(ConfigError, match="or --stacked 0 to leave"):
+        replace(config, methods=("compiled",)).validate()
 
 
 @pytest.mark.parametrize("kind", ["cayley", "exponential"])
