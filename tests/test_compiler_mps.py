@@ -229,16 +229,20 @@ def test_float32_frames_stay_orthonormal_at_16384() -> None:
 
 
 def test_autograd_keeps_less_than_the_frame_itself() -> None:
-    """The saved tensors: the wires' path products and the tree's levels, all
-    much smaller than the N×K frame (the gate schedule keeps several frames)."""
+    """What a pass keeps for its backward (the workspace: the wires' path
+    products, the tree's levels, and after the backward its buffers too) is
+    smaller than the N×K frame; the gate schedule keeps several frames."""
     circuit = pauli(12, 2)
     values = torch.randn(circuit.num_parameters, requires_grad=True)
-    held = {}
-    for method in ("mps", "columns"):
-        frame = compile_circuit(circuit, 16, method=method)
-        held[method], out = autograd_saved_bytes(frame, values, exclude=frame.buffers())
+    frame = compile_circuit(circuit, 16, method="mps")
+    out = frame(values)
     frame_bytes = out.numel() * out.element_size()
-    assert held["mps"] < frame_bytes < 4 * frame_bytes <= held["columns"]
+    workspace = out.grad_fn.lease.workspace
+    before = workspace.nbytes(exclude=frame.buffers())
+    out.sum().backward()
+    assert 0 < before < workspace.nbytes(exclude=frame.buffers()) < frame_bytes
+    held, out = autograd_saved_bytes(compile_circuit(circuit, 16, method="columns"), values)
+    assert 4 * frame_bytes <= held
 
 
 def test_casts_copies_and_pickles_give_the_same_frame() -> None:
@@ -367,3 +371,85 @@ def test_torch_export_with_a_dynamic_batch() -> None:
                                   dynamic_shapes=({0: batch, 1: rows},))
     values = torch.randn(4, 5, circuit.num_parameters)
     torch.testing.assert_close(program.module()(values), frame(values), atol=1e-6, rtol=0)
+
+
+def _gradient(frame, values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    leaf = values.clone().requires_grad_(True)
+    (frame(leaf) * weight).sum().backward()
+    return leaf.grad
+
+
+def test_evaluations_in_flight_keep_their_own_workspaces() -> None:
+    """Two forward passes before their backward passes, a second backward of a
+    retained graph after another forward, and frames kept across calls: each
+    gives what a fresh module gives."""
+    circuit = pauli(6, 2)
+    frame = compile_circuit(circuit, 4, method="mps", dtype=torch.float64)
+    values = torch.randn(2, 3, circuit.num_parameters, dtype=torch.float64)
+    weight = torch.randn(2, 64, 4, dtype=torch.float64)
+    expected = [_gradient(compile_circuit(circuit, 4, method="mps", dtype=torch.float64),
+                          values[:, i], weight) for i in range(3)]
+    leaves = [values[:, i].clone().requires_grad_(True) for i in range(3)]
+    outs = [frame(leaf) for leaf in leaves[:2]]  # two graphs alive at once
+    (outs[1] * weight).sum().backward()
+    (outs[0] * weight).sum().backward(retain_graph=True)
+    with torch.no_grad():
+        kept = frame(values[:, 2])
+        kept_copy = kept.clone()
+    frame(leaves[2])  # another forward while the first graph is still retained
+    (outs[0] * weight).sum().backward()  # its second backward: twice the gradient
+    (frame(leaves[2]) * weight).sum().backward()
+    torch.testing.assert_close(leaves[0].grad, 2 * expected[0], atol=1e-12, rtol=0)
+    torch.testing.assert_close(leaves[1].grad, expected[1], atol=1e-12, rtol=0)
+    torch.testing.assert_close(leaves[2].grad, expected[2], atol=1e-12, rtol=0)
+    frame(values[:, 0])
+    assert torch.equal(kept, kept_copy)  # a frame handed out is never written again
+
+
+def test_gradients_handed_out_are_not_written_again() -> None:
+    """Gradients accumulate into ``.grad`` over steps (autograd may keep the
+    tensor the backward returns as ``.grad`` itself)."""
+    circuit = pauli(5, 2)
+    frame = compile_circuit(circuit, [0, 2], method="mps", dtype=torch.float64)
+    leaf = torch.randn(circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn(32, 2, dtype=torch.float64) for _ in range(3)]
+    separate = [_gradient(frame, leaf.detach(), weight) for weight in weights]
+    for weight in weights:
+        (frame(leaf) * weight).sum().backward()
+    torch.testing.assert_close(leaf.grad, sum(separate), atol=1e-12, rtol=0)
+
+
+def test_inference_mode_and_training_share_a_module() -> None:
+    circuit = for_dimension(24, 2)
+    frame = compile_circuit(circuit, 3, method="mps", dtype=torch.float64)
+    values = torch.randn(circuit.num_parameters, dtype=torch.float64)
+    with torch.inference_mode():
+        inferred = frame(values)
+    weight = torch.randn(24, 3, dtype=torch.float64)
+    gradient = _gradient(frame, values, weight)
+    with torch.inference_mode():
+        torch.testing.assert_close(frame(values), inferred, atol=0, rtol=0)
+    reference_gradient = _gradient(compile_circuit(circuit, 3, method="columns",
+                                                   dtype=torch.float64), values, weight)
+    torch.testing.assert_close(gradient, reference_gradient, atol=1e-12, rtol=0)
+
+
+def test_workspaces_are_reused_and_their_pool_is_bounded() -> None:
+    from qpeft.compiler.mps import _POOL
+
+    circuit = pauli(5, 2)
+    frame = compile_circuit(circuit, 4, method="mps")
+    network = frame.engine
+    values = torch.randn(circuit.num_parameters, requires_grad=True)
+    frame(values).sum().backward()
+    (pool,) = network._workspaces.values()
+    assert len(pool) == 1
+    first = pool[0]
+    frame(values).sum().backward()
+    assert pool == [first]  # the same buffers on the next step
+    held = [frame(values) for _ in range(_POOL + 3)]  # graphs alive: one workspace each
+    assert not pool
+    del held
+    assert len(pool) == _POOL
+    network.double()
+    assert not getattr(network, "_workspaces", {})  # a cast drops them

@@ -54,13 +54,14 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 from torch.nn import functional
 
 from qpeft.circuit import Circuit
@@ -348,9 +349,10 @@ class SegmentBuilder(nn.Module):
     """(B, P) values → (B, w, T, d, d) segment matrices of one :class:`WireGroup`.
 
     Every factor is ``fixed + cos(θ/2)·projector + sin(θ/2)·step``: one
-    product gives all half-angles and their shifts by π/2, one ``sin`` all
-    cosines and sines, and one product all factors. :meth:`forward` saves
-    what :meth:`backward` needs, under ``name``, when given a :class:`_Saved`."""
+    product gives all half-angles and their shifts by π/2, one ``sin`` gives
+    ``[cos, sin, cos]`` of them (the factors read the first two thirds, the
+    backward the last two), and one product all factors. :meth:`forward` and
+    :meth:`backward` work in a :class:`_Workspace`."""
 
     def __init__(self, group: WireGroup, dtype: torch.dtype, work: torch.dtype, name: str
                  ) -> None:
@@ -359,9 +361,10 @@ class SegmentBuilder(nn.Module):
         self.shape = (len(group.wires), group.segments, group.depth, d)
         self.count = count = len(group.wires) * group.segments * group.depth
         self.name = name
-        # [θ/2 + π/2, θ/2]: sin gives [cos(θ/2), sin(θ/2)]
-        weights = np.concatenate([group.weights, group.weights]).T
-        offset = np.concatenate([group.offset + math.pi / 2, group.offset])
+        # [θ/2 + π/2, θ/2, θ/2 + π/2]: sin gives [cos(θ/2), sin(θ/2), cos(θ/2)]
+        weights = np.concatenate([group.weights] * 3).T
+        offset = np.concatenate([group.offset + math.pi / 2, group.offset,
+                                 group.offset + math.pi / 2])
         self.register_buffer("trig_weights", torch.as_tensor(weights.copy(), dtype=dtype),
                              persistent=False)
         self.register_buffer("offset", torch.as_tensor(offset, dtype=dtype), persistent=False)
@@ -383,44 +386,64 @@ class SegmentBuilder(nn.Module):
         self.register_buffer("others", _others_index(group.segments), persistent=False)
         self.work_dtype = work
 
-    def forward(self, values: torch.Tensor, saved: _Saved | None = None) -> torch.Tensor:
-        batch = values.shape[0]
+    def forward(self, values: torch.Tensor, ws: _Workspace) -> torch.Tensor:
+        batch, name, count = values.shape[0], self.name, self.count
         wires, t, g, d = self.shape
-        trig = torch.addmm(self.offset, values, self.trig_weights).sin()
-        factors = torch.addmm(self.fixed, _cast(trig, self.work_dtype), self.mix)
-        if saved is not None:
-            saved.put(f"{self.name}trig", trig)
+        trig = torch.addmm(self.offset, values, self.trig_weights,
+                           out=ws.out((name, "trig"), (batch, 3 * count), values))
+        trig = trig.sin_() if ws.cached else trig.sin()
+        ws.put(name + "trig", trig)
+        pair = ws.view((name, "cos-sin"), lambda: trig[:, : 2 * count])
+        if pair.dtype != self.work_dtype:  # a complex circuit
+            work = ws.out((name, "work"), pair.shape, pair, self.work_dtype)
+            pair = pair.to(self.work_dtype) if work is None else work.copy_(pair)
+        factors = torch.addmm(self.fixed, pair, self.mix,
+                              out=ws.out((name, "factors"), (batch, count * d * d), pair))
         if g == 1:
-            return factors.view(batch, wires, t, d, d)
-        factors = factors.view(batch, wires, t, g, d, d)
-        out = factors[:, :, :, 0]
-        chain = [out]
-        for k in range(1, g):
-            out = factors[:, :, :, k] @ out
-            chain.append(out)
-        if saved is not None:
-            saved.put(f"{self.name}factors", factors)
-            for k, product in enumerate(chain[:-1]):
-                saved.put(f"{self.name}chain{k}", product)
+            return ws.view((name, "segments"), lambda: factors.view(batch, wires, t, d, d))
+        factors = ws.view((name, "factor-rows"), lambda: factors.view(batch, wires, t, g, d, d))
+        ws.put(name + "factors", factors)
+        out = ws.view((name, "factor", 0), lambda: factors[:, :, :, 0])
+        for k in range(1, g):  # out_k = factor_k @ out_(k−1)
+            ws.put(f"{name}chain{k - 1}", out)
+            factor = ws.view((name, "factor", k), lambda: factors[:, :, :, k])
+            out = torch.matmul(factor, out, out=ws.out((name, "chain", k), out.shape, out))
         return out
 
-    def backward(self, grad: torch.Tensor, saved: _Saved) -> torch.Tensor:
-        """The values' gradient (B, P) for the segments' gradient ``grad``."""
-        batch = grad.shape[0]
+    def backward(self, grad: torch.Tensor, ws: _Workspace) -> torch.Tensor:
+        """The values' gradient (B, P), a new tensor, for the segments' gradient ``grad``."""
+        batch, name, count = grad.shape[0], self.name, self.count
         g = self.shape[2]
-        if g > 1:  # out_k = factor_k @ out_(k−1)
-            factors = saved[f"{self.name}factors"]
+        if g > 1:
+            factors = ws[name + "factors"]
+            stacked = ws.out((name, "grad-factors"), factors.shape, grad)
             grads = [grad] * g
             for k in range(g - 1, 0, -1):
-                grads[k] = grad @ saved[f"{self.name}chain{k - 1}"].mH
-                grad = factors[:, :, :, k].mH @ grad
+                chain = ws[f"{name}chain{k - 1}"]
+                grads[k] = torch.matmul(grad, ws.view((name, "chain-h", k), lambda: chain.mH),
+                                        out=ws.view((name, "grad-slot", k),
+                                                    lambda: _slot(stacked, k)))
+                target = (ws.view((name, "grad-slot", 0), lambda: _slot(stacked, 0)) if k == 1
+                          else ws.out((name, "grad-chain", k), grad.shape, grad))
+                grad = torch.matmul(ws.view((name, "factor-h", k),
+                                            lambda: factors[:, :, :, k].mH), grad, out=target)
             grads[0] = grad
-            grad = torch.stack(grads, dim=3)
-        grad_trig = torch.mm(grad.reshape(batch, -1), self.mix.mH)
+            grad = torch.stack(grads, dim=3) if stacked is None else stacked
+        flat = ws.view((name, "grad-flat"), lambda: grad.reshape(batch, -1))
+        grad_trig = torch.mm(flat, ws.view((name, "mix-h"), lambda: self.mix.mH),
+                             out=ws.out((name, "grad-trig"), (batch, 2 * count), flat))
         if grad_trig.is_complex():
-            grad_trig = grad_trig.real
-        trig = saved[f"{self.name}trig"]
-        return torch.mm(grad_trig * trig.roll(self.count, 1), self.trig_backward)
+            grad_trig = ws.view((name, "grad-trig-real"), lambda: grad_trig.real)
+        trig = ws[name + "trig"]
+        swapped = ws.view((name, "sin-cos"), lambda: trig[:, count:])  # [sin, cos]
+        product = torch.mul(grad_trig, swapped,
+                            out=ws.out((name, "grad-angles"), swapped.shape, swapped))
+        return torch.mm(product, self.trig_backward)
+
+
+def _slot(stacked: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """Factor ``k``'s part of a (B, w, T, G, d, d) buffer (None: no buffer)."""
+    return None if stacked is None else stacked[:, :, :, k]
 
 
 class MatrixProductNetwork(nn.Module):
@@ -431,6 +454,11 @@ class MatrixProductNetwork(nn.Module):
     (non-diagonal, parameterized or distant two-wire gates, wires of more
     levels after a qubit) and for columns that reach the second half of the
     qubits' block.
+
+    In eager mode every evaluation writes into the buffers of a
+    :class:`_Workspace` (one per evaluation in flight, kept for the next of
+    the same batch size) and hands out a new frame; traced (``torch.compile``,
+    ``torch.func``), it runs plain operations that autograd records.
     """
 
     def __init__(self, circuit: Circuit, columns: Sequence[int], dtype: torch.dtype) -> None:
@@ -489,47 +517,70 @@ class MatrixProductNetwork(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):
         self.__dict__.pop("_batch_steps", None)
+        self.__dict__.pop("_workspaces", None)
         return super()._apply(fn, recurse)
 
-    def segment_matrices(self, values: torch.Tensor, saved: _Saved | None = None
-                         ) -> list[torch.Tensor]:
+    def __getstate__(self) -> dict:
+        state = dict(super().__getstate__())
+        state.pop("_batch_steps", None)
+        state.pop("_workspaces", None)
+        return state
+
+    def segment_matrices(self, values: torch.Tensor, ws: _Workspace) -> list[torch.Tensor]:
         """The qubits' (B, n, T, 2, 2) segment matrices, then each head wire's."""
-        return [self.builder(values, saved), *(b(values, saved) for b in self.head_builders)]
+        return [self.builder(values, ws), *(b(values, ws) for b in self.head_builders)]
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
-        """values (..., P) -> (..., N, K); the reshapes happen inside the one autograd node."""
-        if torch.is_grad_enabled() and values.requires_grad and not plain_operations():
+        """values (..., P) -> (..., N, K) in one autograd node (eager)."""
+        if plain_operations() or not _eager(values):
+            flat = values.reshape(math.prod(values.shape[:-1]), values.shape[-1])
+            steps = self._steps(flat.shape[0])
+            return self.frame(steps.forward(self, self.segment_matrices(flat, _PLAIN), _PLAIN),
+                              values.shape)
+        if torch.is_grad_enabled() and values.requires_grad:
             return NetworkFunction.apply(self, values)
-        flat = values.reshape(math.prod(values.shape[:-1]), values.shape[-1])
-        return self.frame(self.contract(self.segment_matrices(flat)), values.shape)
+        pool, ws = self._lease(values)
+        try:
+            return self.evaluate(values, ws)
+        finally:
+            _give_back(pool, ws)
+
+    def evaluate(self, values: torch.Tensor, ws: _Workspace) -> torch.Tensor:
+        """values (..., P) → a new (..., N, K) frame, every step in ``ws``'s buffers."""
+        lead = values.shape[:-1]
+        batch = math.prod(lead)
+        flat = values if values.dim() == 2 else values.reshape(batch, values.shape[-1])
+        with autocast_off(values.device):
+            matrices = self.segment_matrices(flat, ws)
+            output = flat.new_empty((*lead, self.dimension, self.num_columns),
+                                    dtype=self.work_dtype)
+            return self._steps(batch).forward(self, matrices, ws, output)
+
+    def _lease(self, values: torch.Tensor) -> tuple[list[_Workspace], _Workspace]:
+        """A free workspace for values of this batch size, dtype and device, and its pool."""
+        key = (math.prod(values.shape[:-1]), values.dtype, values.device,
+               torch.is_inference_mode_enabled())
+        pool = self.__dict__.setdefault("_workspaces", {}).setdefault(key, [])
+        return pool, pool.pop() if pool else _Workspace(cached=True)
 
     def frame(self, block: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """The chosen columns of the (B, N, 2^m) block, shaped ``(..., N, K)`` for
-        values of ``shape`` ``(..., P)``."""
+        values of ``shape`` ``(..., P)`` (plain operations)."""
         if not self._whole_block:
             block = block.index_select(2, self.column_index)
         return block.reshape(*shape[:-1], self.dimension, self.num_columns)
 
-    def frame_backward(self, grad: torch.Tensor) -> torch.Tensor:
-        """The block's gradient for the gradient of :meth:`frame`."""
-        grad = grad.reshape(-1, self.dimension, self.num_columns)
+    def frame_backward(self, grad: torch.Tensor, ws: _Workspace) -> torch.Tensor:
+        """The (B, N/2^m, 4^m) block's gradient for the frame's gradient ``grad``."""
+        batch = math.prod(grad.shape[:-2])
+        steps = self._steps(batch)
         if self._whole_block:
-            return grad
-        block = grad.new_zeros(grad.shape[0], self.dimension, 2**self.column_wires)
-        return block.index_add_(2, self.column_index, grad)
-
-    # -- the contraction, in plain operations (saving what the backward needs)
-    def contract(self, matrices: list[torch.Tensor], saved: _Saved | None = None
-                 ) -> torch.Tensor:
-        """The segment matrices of :meth:`segment_matrices` → the (B, N, 2^m) column block."""
-        matrices = [_cast(m, self.work_dtype) for m in matrices]
-        return self._steps(matrices[0].shape[0]).forward(self, matrices, saved)
-
-    def contract_backward(self, grad: torch.Tensor, saved: _Saved, in_place: bool = True
-                          ) -> list[torch.Tensor]:
-        """The segment matrices' gradients for the block's gradient ``grad``."""
-        return self._steps(grad.shape[0]).backward(self, _cast(grad, self.work_dtype), saved,
-                                                   in_place)
+            return grad.reshape(steps.flat_grad)
+        block = ws.out("grad-block", steps.flat_grad, grad)
+        block = grad.new_zeros(steps.flat_grad) if block is None else block.zero_()
+        spread = ws.view("grad-block-columns", lambda: block.view(steps.block))
+        spread.index_add_(2, self.column_index, grad.reshape(batch, self.dimension, -1))
+        return block
 
     def _steps(self, batch: int) -> _Steps:
         if not isinstance(batch, int):  # a symbolic size (torch.export's dynamic shapes)
@@ -540,10 +591,17 @@ class MatrixProductNetwork(nn.Module):
         return steps[batch]
 
 
+def _eager(values: torch.Tensor) -> bool:
+    """Whether ``values`` take the workspace path: real tensors on a real
+    device, no tensor subclass (fake tensors), no dispatch mode active and no
+    forward-mode AD (which ``out=`` operations do not carry)."""
+    return (type(values) in (torch.Tensor, nn.Parameter) and values.device.type != "meta"
+            and not torch._C._len_torch_dispatch_stack() and forward_ad._current_level < 0)
+
+
 class _Steps:
-    """The shapes of :meth:`MatrixProductNetwork.contract` for one batch size,
-    worked out once (the contraction is launch-bound: Python between the
-    tensor operations counts)."""
+    """The shapes of the contraction for one batch size, worked out once (the
+    contraction is launch-bound: Python between the tensor operations counts)."""
 
     def __init__(self, batch: int, network: MatrixProductNetwork) -> None:
         n, m, chi, t = network.qubits, network.column_wires, network.bond, network.segments
@@ -551,6 +609,7 @@ class _Steps:
         self.m = m
         self.gather = (batch * n, t * 4)
         self.gathered = (batch * n, t, paths * 4)
+        self.products = (batch * n, paths * 4)
         self.weights = (batch, n, paths * 4)
         self.plain = (batch, n - m, chi, 2, chi)
         self.column = (batch, m, chi, 4, chi)
@@ -564,7 +623,6 @@ class _Steps:
         self.right = (batch, chi, 4**m)
         self.order = [0, 1] + [2 + 2 * i for i in range(m)] + [3 + 2 * i for i in range(m)]
         self.inverse = [int(i) for i in np.argsort(self.order)]
-        self.grad_weights = (n, batch, paths * 4)
         self.split = n - m
         self.paths_flat = (batch * n, 1, paths * 4)
         self.out = (batch * n, t * 4)
@@ -582,127 +640,222 @@ class _Steps:
         self.batch = batch
 
     def forward(self, network: MatrixProductNetwork, matrices: list[torch.Tensor],
-                saved: _Saved | None) -> torch.Tensor:
-        m = self.m
-        gathered = matrices[0].reshape(self.gather).index_select(1, network.path_index)
-        gathered = gathered.view(self.gathered)
+                ws: _Workspace, output: torch.Tensor | None = None) -> torch.Tensor:
+        """The (B, N, 2^m) column block (plain), or the frame written into ``output``."""
+        m, batch = self.m, self.batch
+        flat = ws.view("segments-flat", lambda: matrices[0].reshape(self.gather))
+        index = network.path_index
+        gathered = torch.index_select(flat, 1, index, out=ws.out(
+            "gathered", (self.gather[0], index.numel()), flat))
+        gathered = ws.view("gathered", lambda: gathered.view(self.gathered))
+        ws.put("gathered", gathered)
+        products = torch.prod(gathered, 1, out=ws.out("products", self.products, gathered))
         # (n, B, y·x·c): the wire tensors are A[l, x, c, r] = Σ_y W[y, x, c] D[l, y, r]
-        weights = gathered.prod(1).view(self.weights).transpose(0, 1)
-        if saved is not None:
-            saved.put("gathered", gathered)
-        plain = torch.bmm(weights[: self.split], network.plain_map)  # c = 0: (n − m, B, χ·2·χ)
-        plain = plain.transpose(0, 1).reshape(self.plain)
-        tree = _tree(plain, saved, "left")  # (B, χ, 2^(n−m), χ)
+        weights = ws.view("weights", lambda: products.view(self.weights).transpose(0, 1))
+        plain = _wire_tensors(ws, "plain", ws.view("plain-weights", lambda: weights[: self.split]),
+                              network.plain_map, self.plain)  # c = 0
+        tree = _tree(plain, ws, "left")  # (B, χ, 2^(n−m), χ)
         if self.head:
-            head = self._head_forward(network, matrices[1:], saved)  # (B, D_head, χ)
-            left = torch.bmm(head, tree.reshape(self.batch, tree.shape[1], -1))
-            left = left.view(self.batch, self.rows, -1)
-            if saved is not None:
-                saved.put("tree", tree)
-                saved.put("head_state", head)
+            head = self._head_forward(network, matrices[1:], ws)  # (B, D_head, χ)
+            flat_tree = ws.view("tree-flat", lambda: tree.reshape(batch, tree.shape[1], -1))
+            left = torch.bmm(head, flat_tree, out=ws.out("head-left", (batch, head.shape[1],
+                                                                      flat_tree.shape[2]), head))
+            left = ws.view("left", lambda: left.view(batch, self.rows, -1))
+            ws.put("tree", tree)
+            ws.put("head_state", head)
         else:
-            left = tree[:, 0]  # (B, N/2^m, χ)
-        if saved is not None:
-            saved.put("left", left)
+            left = ws.view("left", lambda: tree[:, 0])  # (B, N/2^m, χ)
+        ws.put("left", left)
         if m == 0:
-            return left[:, :, :1]
-        column = torch.bmm(weights[self.split:], network.column_map)
-        column = column.transpose(0, 1).reshape(self.column)
-        right = _tree(column, saved, "right")[..., 0]  # (B, χ, 4^m) digits x₀ c₀ x₁ c₁ …
-        right = right.reshape(self.digits).permute(self.order).reshape(self.right)
-        if saved is not None:
-            saved.put("right", right)
-        return torch.bmm(left, right).view(self.block)
+            corner = ws.view("left-column", lambda: left[:, :, :1])
+            if output is None:
+                return corner
+            output.view(self.block).copy_(corner)
+            return output
+        column = _wire_tensors(ws, "column",
+                               ws.view("column-weights", lambda: weights[self.split:]),
+                               network.column_map, self.column)
+        tree = _tree(column, ws, "right")
+        # (B, χ, 4^m): the tree's digits x₀ c₀ x₁ c₁ … as x₀ x₁ … c₀ c₁ …
+        digits = ws.view("right-digits", lambda: tree[..., 0].reshape(self.digits)
+                         .permute(self.order))
+        right = ws.out("right", self.right, tree)
+        if right is None:
+            right = digits.reshape(self.right)
+        else:
+            ws.view("right-as-digits", lambda: right.view(self.digits)).copy_(digits)
+        ws.put("right", right)
+        if output is None:
+            return torch.bmm(left, right).view(self.block)
+        if network._whole_block:
+            torch.bmm(left, right, out=output.view(self.flat_grad))
+            return output
+        block = torch.bmm(left, right, out=ws.out("block", self.flat_grad, left))
+        torch.index_select(ws.view("block-columns", lambda: block.view(self.block)), 2,
+                           network.column_index, out=output.view(batch, network.dimension, -1))
+        return output
 
     def _head_forward(self, network: MatrixProductNetwork, matrices: list[torch.Tensor],
-                      saved: _Saved | None) -> torch.Tensor:
+                      ws: _Workspace) -> torch.Tensor:
         """The wires before the qubits, contracted in turn: (B, D_head, χ)."""
         batch, state = self.batch, None
         for i, (d, left, right, segments, paths, rows) in enumerate(self.head):
-            index = getattr(network, f"head_index{i}")
-            gathered = matrices[i].reshape(batch, -1).index_select(1, index)
-            gathered = gathered.view(batch, segments, paths * d)
-            tensor = torch.mm(gathered.prod(1), getattr(network, f"head_map{i}"))
+            index, table = getattr(network, f"head_index{i}"), getattr(network, f"head_map{i}")
+            flat = ws.view(("head-segments", i), lambda: matrices[i].reshape(batch, -1))
+            gathered = torch.index_select(flat, 1, index, out=ws.out(
+                ("head-gathered", i), (batch, index.numel()), flat))
+            gathered = ws.view(("head-paths", i),
+                               lambda: gathered.view(batch, segments, paths * d))
+            ws.put(f"head_gathered{i}", gathered)
+            products = torch.prod(gathered, 1, out=ws.out(("head-products", i),
+                                                          (batch, paths * d), gathered))
+            tensor = torch.mm(products, table, out=ws.out(("head-tensor", i),
+                                                          (batch, table.shape[1]), products))
             if state is None:
-                state = tensor.view(batch, d, right)  # its left bond has one value
-            else:
-                if saved is not None:
-                    saved.put(f"state{i}", state)
-                    saved.put(f"tensor{i}", tensor)
-                state = torch.bmm(state, tensor.view(batch, left, d * right))
-                state = state.view(batch, rows * d, right)
-            if saved is not None:
-                saved.put(f"head_gathered{i}", gathered)
+                state = ws.view(("head-state", i), lambda: tensor.view(batch, d, right))
+                continue  # its left bond has one value
+            ws.put(f"state{i}", state)
+            ws.put(f"tensor{i}", tensor)
+            factor = ws.view(("head-factor", i), lambda: tensor.view(batch, left, d * right))
+            state = torch.bmm(state, factor, out=ws.out(("head-product", i),
+                                                        (batch, state.shape[1], d * right),
+                                                        state))
+            state = ws.view(("head-state", i), lambda: state.view(batch, rows * d, right))
         return state
 
-    def backward(self, network: MatrixProductNetwork, grad: torch.Tensor, saved: _Saved,
-                 in_place: bool) -> list[torch.Tensor]:
-        """``in_place``: write products into place (``out=``), which vmap cannot batch
-        (``jacobian(vectorize=True)``, ``is_grads_batched=True``)."""
-        m, chi = self.m, self.root[1]
-        left = saved["left"]
-        if m == 0:
-            grad_left = functional.pad(grad, (0, chi - 1))  # (B, N, 1): the right boundary 0
+    def backward(self, network: MatrixProductNetwork, grad: torch.Tensor, ws: _Workspace
+                 ) -> list[torch.Tensor]:
+        """The segment matrices' gradients for the (B, N/2^m, 4^m) block's gradient
+        ``grad``. A cached ``ws`` writes every product into its buffers; otherwise
+        (a backward batched by vmap: ``jacobian(vectorize=True)``,
+        ``is_grads_batched=True``) each is a new tensor."""
+        m, chi, batch, cached = self.m, self.root[1], self.batch, ws.cached
+        left = ws["left"]
+        # the left tree's root: its left boundary is row 0 (the other rows of the first
+        # wire's tensor are zero), so only [:, 0] of the (B, χ, rows, χ) root is written
+        root = ws.zeros("root-left", self.root, grad) if cached and not self.head else None
+        if root is not None:
+            target = ws.view("root-left-row", lambda: root[:, 0])
         else:
-            right = saved["right"]
-            grad = grad.reshape(self.flat_grad)
-            grad_left = torch.bmm(grad, right.mH)
-            grad_right = torch.bmm(left.mH, grad).view(self.digits).permute(self.inverse)
-            root = functional.pad(grad_right.reshape(self.right).unsqueeze(-1), (0, chi - 1))
-            grad_column = _tree_backward(root, saved, "right", in_place)
-            grad_column = grad_column.reshape(self.column_grad)
+            target = ws.out("grad-left", left.shape, grad)
+        if m == 0:
+            if target is None:
+                grad_left = functional.pad(grad, (0, chi - 1))  # the right boundary 0
+            else:
+                grad_left = ws.zeros("grad-left-padded", left.shape, grad) if root is None \
+                    else target
+                ws.view("grad-left-column", lambda: grad_left[:, :, :1]).copy_(grad)
+        else:
+            right = ws["right"]
+            grad_left = torch.bmm(grad, ws.view("right-h", lambda: right.mH), out=target)
+            grad_right = torch.bmm(ws.view("left-h", lambda: left.mH), grad,
+                                   out=ws.out("grad-right", self.right, grad))
+            if cached:  # into the right tree's root (B, χ, 4^m, χ) at r = 0, in its digit order
+                right_root = ws.zeros("root-right", self.root_right, grad)
+                ws.view("root-right-digits", lambda: right_root[..., 0].reshape(self.digits)
+                        .permute(self.order)).copy_(
+                    ws.view("grad-right-digits", lambda: grad_right.view(self.digits)))
+            else:
+                right_root = functional.pad(grad_right.view(self.digits).permute(self.inverse)
+                                            .reshape(self.right).unsqueeze(-1), (0, chi - 1))
+            grad_column = _tree_backward(right_root, ws, "right")
+            grad_column = ws.view("grad-column", lambda: grad_column.reshape(self.column_grad))
         heads = []
         if self.head:
-            tree = saved["tree"]
-            flat = grad_left.reshape(self.batch, self.head_rows, -1)
-            flat_tree = tree.reshape(self.batch, tree.shape[1], -1)
-            root = torch.bmm(saved["head_state"].mH, flat).view(self.root)
-            heads = self._head_backward(network, torch.bmm(flat, flat_tree.mH), saved)
-        else:
-            # the left boundary is row 0 (the other rows of the first wire's tensor are zero)
+            tree = ws["tree"]
+            flat = ws.view("grad-left-head", lambda: grad_left.reshape(batch, self.head_rows, -1))
+            flat_tree_h = ws.view("tree-flat-h", lambda: tree.reshape(
+                batch, tree.shape[1], -1).mH)
+            root = torch.bmm(ws.view("head-state-h", lambda: ws["head_state"].mH), flat,
+                             out=ws.out("root-left-head", (batch, tree.shape[1], flat.shape[2]),
+                                        flat))
+            root = ws.view("root-left-head", lambda: root.view(self.root))
+            heads = self._head_backward(network, torch.bmm(
+                flat, flat_tree_h, out=ws.out("grad-head", (batch, flat.shape[1], tree.shape[1]),
+                                              flat)), ws)
+        elif root is None:
             root = functional.pad(grad_left.unsqueeze(1), (0, 0, 0, 0, 0, chi - 1))
-        grad_plain = _tree_backward(root, saved, "left", in_place)
-        plain = grad_plain.reshape(self.plain_grad).transpose(0, 1)
-        if in_place:
-            grad_weights = grad_plain.new_empty(self.grad_weights)
-            torch.bmm(plain, network.plain_map.mH, out=grad_weights[: self.split])
+        grad_plain = _tree_backward(root, ws, "left")
+        plain = ws.view("grad-plain", lambda: grad_plain.reshape(self.plain_grad).transpose(0, 1))
+        plain_map_h = ws.view("plain-map-h", lambda: network.plain_map.mH)
+        if cached:  # written as (B, n, Y), read as (n, B, Y)
+            grad_weights = ws.out("grad-weights", self.weights, grad_plain)
+            torch.bmm(plain, plain_map_h, out=ws.view("grad-weights-plain", lambda: grad_weights
+                                                      .transpose(0, 1)[: self.split]))
             if m:
-                torch.bmm(grad_column.transpose(0, 1), network.column_map.mH,
-                          out=grad_weights[self.split:])
+                torch.bmm(ws.view("grad-column-t", lambda: grad_column.transpose(0, 1)),
+                          ws.view("column-map-h", lambda: network.column_map.mH),
+                          out=ws.view("grad-weights-column",
+                                      lambda: grad_weights.transpose(0, 1)[self.split:]))
         else:
-            grad_weights = torch.bmm(plain, network.plain_map.mH)
+            grad_weights = torch.bmm(plain, plain_map_h)
             if m:
                 grad_weights = torch.cat([grad_weights, torch.bmm(
                     grad_column.transpose(0, 1), network.column_map.mH)])
-        grad_weights = grad_weights.transpose(0, 1).reshape(self.paths_flat)
-        grad_gathered = grad_weights * _others_product(saved["gathered"],
-                                                       network.builder.others).conj()
-        out = grad_plain.new_zeros(self.out).index_add(
-            1, network.path_index, grad_gathered.view(self.out[0], -1))
-        return [out.view(self.segments), *heads]
+            grad_weights = grad_weights.transpose(0, 1)
+        grad_weights = ws.view("grad-weights-flat", lambda: grad_weights.reshape(self.paths_flat))
+        others = _others_product(ws["gathered"], network.builder.others, ws, "q")
+        grad_gathered = torch.mul(grad_weights, ws.view("others-conj", lambda: others.conj()),
+                                  out=ws.out("grad-gathered", others.shape, others))
+        flat = ws.view("grad-gathered-flat", lambda: grad_gathered.view(self.out[0], -1))
+        out = ws.zeros("grad-segments", self.out, grad_gathered)
+        if out is None:
+            out = grad_gathered.new_zeros(self.out).index_add(1, network.path_index, flat)
+        else:
+            out.zero_().index_add_(1, network.path_index, flat)
+        return [ws.view("grad-segments", lambda: out.view(self.segments)), *heads]
 
     def _head_backward(self, network: MatrixProductNetwork, grad: torch.Tensor,
-                       saved: _Saved) -> list[torch.Tensor]:
+                       ws: _Workspace) -> list[torch.Tensor]:
         """The head wires' segment gradients for the gradient (B, D_head, χ) of their state."""
         batch = self.batch
         grads: list[torch.Tensor] = [None] * len(self.head)
         for i in reversed(range(len(self.head))):
             d, left, right, segments, paths, rows = self.head[i]
             if i:
-                state, tensor = saved[f"state{i}"], saved[f"tensor{i}"]
-                flat = grad.reshape(batch, rows, d * right)
-                grad_tensor = torch.bmm(state.mH, flat).view(batch, -1)
-                grad = torch.bmm(flat, tensor.view(batch, left, d * right).mH)
+                state, tensor = ws[f"state{i}"], ws[f"tensor{i}"]
+                flat = ws.view(("head-grad", i), lambda: grad.reshape(batch, rows, d * right))
+                grad_tensor = torch.bmm(ws.view(("head-state-h", i), lambda: state.mH), flat,
+                                        out=ws.out(("head-grad-tensor", i),
+                                                   (batch, left, d * right), flat))
+                grad_tensor = ws.view(("head-grad-tensor", i),
+                                      lambda: grad_tensor.view(batch, -1))
+                grad = torch.bmm(flat, ws.view(("head-factor-h", i), lambda: tensor.view(
+                    batch, left, d * right).mH), out=ws.out(("head-grad-state", i),
+                                                            (batch, rows, left), flat))
             else:
-                grad_tensor = grad.reshape(batch, -1)
-            grad_weights = torch.mm(grad_tensor, getattr(network, f"head_map{i}").mH)
-            gathered = saved[f"head_gathered{i}"]
-            others = network.head_builders[i].others
-            grad_gathered = grad_weights.unsqueeze(1) * _others_product(gathered, others).conj()
-            out = grad_tensor.new_zeros(batch, segments * d * d).index_add(
-                1, getattr(network, f"head_index{i}"), grad_gathered.view(batch, -1))
-            grads[i] = out.view(batch, 1, segments, d, d)
+                grad_tensor = ws.view(("head-grad-first", i), lambda: grad.reshape(batch, -1))
+            table_h = ws.view(("head-map-h", i), lambda: getattr(network, f"head_map{i}").mH)
+            grad_products = torch.mm(grad_tensor, table_h, out=ws.out(
+                ("head-grad-products", i), (batch, table_h.shape[1]), grad_tensor))
+            others = _others_product(ws[f"head_gathered{i}"], network.head_builders[i].others,
+                                     ws, ("h", i))
+            grad_gathered = torch.mul(
+                ws.view(("head-grad-products3", i), lambda: grad_products.unsqueeze(1)),
+                ws.view(("head-others-conj", i), lambda: others.conj()),
+                out=ws.out(("head-grad-gathered", i), others.shape, others))
+            flat = ws.view(("head-grad-gathered-flat", i), lambda: grad_gathered.view(batch, -1))
+            index = getattr(network, f"head_index{i}")
+            out = ws.zeros(("head-grad-segments", i), (batch, segments * d * d), grad_gathered)
+            if out is None:
+                out = grad_gathered.new_zeros(batch, segments * d * d).index_add(1, index, flat)
+            else:
+                out.zero_().index_add_(1, index, flat)
+            grads[i] = ws.view(("head-grad-segments", i),
+                               lambda: out.view(batch, 1, segments, d, d))
         return grads
+
+
+def _wire_tensors(ws: _Workspace, name: str, weights: torch.Tensor, table: torch.Tensor,
+                  shape: tuple[int, ...]) -> torch.Tensor:
+    """(w, B, Y) path weights times the wires' (w, Y, χ·D·χ) maps: the (B, w, χ, D, χ)
+    wire tensors (cached: written in that layout by the product itself)."""
+    buffer = ws.out(name, shape, weights)
+    if buffer is None:
+        return torch.bmm(weights, table).transpose(0, 1).reshape(shape)
+    torch.bmm(weights, table, out=ws.view(name + "-out", lambda: buffer.view(
+        shape[0], shape[1], -1).transpose(0, 1)))
+    return buffer
 
 
 def _wire_maps(bond_table: np.ndarray, dim: int, column_wires: int
@@ -744,10 +897,12 @@ def _path_index(segments: int, dim: int, with_input: bool) -> np.ndarray:
     return index.reshape(-1)
 
 
+
 def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``tensor.to(dtype)``, without the call where nothing changes (this path is
     launch-bound: each tensor call costs about a microsecond)."""
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
 
 
 def _others_index(count: int) -> torch.Tensor:
@@ -756,73 +911,160 @@ def _others_index(count: int) -> torch.Tensor:
                         dtype=torch.long)
 
 
-def _others_product(factors: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+
+def _others_product(factors: torch.Tensor, others: torch.Tensor, ws: _Workspace,
+                    key: object) -> torch.Tensor:
     """For (R, T, Q): for each t, the product of the other T−1 factors (exact with
     zero factors: no division), from one gather (``others``: :func:`_others_index`)
     and one product."""
-    count = factors.shape[1]
-    spread = factors.index_select(1, others)
-    return spread.view(factors.shape[0], count, count - 1, factors.shape[2]).prod(2)
+    rows, count, size = factors.shape
+    spread = torch.index_select(factors, 1, others, out=ws.out(
+        ("others", key), (rows, count * (count - 1), size), factors))
+    spread = ws.view(("others", key), lambda: spread.view(rows, count, count - 1, size))
+    return torch.prod(spread, 2, out=ws.out(("others-product", key), (rows, count, size),
+                                            spread))
 
 
-class _Saved:
-    """What the written-out backward needs: tensors by name (handed to
-    ``save_for_backward`` as one flat list) and plain values by name."""
+class _Workspace:
+    """The tensors of one evaluation of a :class:`MatrixProductNetwork`.
 
-    def __init__(self) -> None:
-        self.tensors: list[torch.Tensor] | tuple[torch.Tensor, ...] = []
-        self.index: dict[str, int] = {}
+    What the written-out backward reads is kept by name (:meth:`put`, ``ws[name]``).
+    ``cached`` (eager): every buffer an operation writes into (``out=``) and every
+    view of one is made on the first evaluation and looked up on the next. The
+    contraction is launch-bound, and a view costs about as much as a small
+    product: at N = 1024, K = 4 they were 86 of the 128 tensor calls of a forward
+    and backward pass. A workspace serves one evaluation at a time, from its
+    forward to the end of its autograd node (:class:`_Lease`), and the frames and
+    gradients handed out are new tensors. Not ``cached``: plain operations that
+    return new tensors (traced, or a backward batched by vmap)."""
+
+    def __init__(self, cached: bool, saving: bool = True) -> None:
+        self.cached, self.saving = cached, saving
+        self.saved: dict[str, torch.Tensor] = {}
         self.values: dict[str, object] = {}
+        self.made: dict[object, Any] = {}
+
+    def nbytes(self, exclude: Iterable[torch.Tensor] = ()) -> int:
+        """The bytes of the tensors it holds, each storage once, without those
+        of ``exclude`` (the module's buffers, of which it holds views)."""
+        skip = {t.untyped_storage().data_ptr() for t in exclude}
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in (*self.saved.values(), *self.made.values())
+                    if isinstance(t, torch.Tensor)}
+        return sum(size for pointer, size in storages.items() if pointer not in skip)
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
-        self.index[name] = len(self.tensors)
-        self.tensors.append(tensor)
+        if self.saving:
+            self.saved[name] = tensor
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self.tensors[self.index[name]]
+        return self.saved[name]
+
+    def view(self, key: object, build: Callable[[], Any]) -> Any:
+        """``build()``: views of this workspace's tensors (or of the module's), made
+        once when cached."""
+        if not self.cached:
+            return build()
+        made = self.made.get(("view", key))
+        if made is None:
+            made = self.made[("view", key)] = build()
+        return made
+
+    def out(self, key: object, shape: Sequence[int], like: torch.Tensor,
+            dtype: torch.dtype | None = None) -> torch.Tensor | None:
+        """The buffer for an ``out=`` argument (None when not cached: a new tensor)."""
+        if not self.cached:
+            return None
+        made = self.made.get(("out", key))
+        if made is None:
+            made = self.made[("out", key)] = like.new_empty(shape, dtype=dtype or like.dtype)
+        return made
+
+    def zeros(self, key: object, shape: Sequence[int], like: torch.Tensor
+              ) -> torch.Tensor | None:
+        """A buffer made with zeros, of which the caller writes the same part every
+        time (None when not cached)."""
+        if not self.cached:
+            return None
+        made = self.made.get(("zeros", key))
+        if made is None:
+            made = self.made[("zeros", key)] = like.new_zeros(shape)
+        return made
 
 
-def _tree(tensors: torch.Tensor, saved: _Saved | None, name: str) -> torch.Tensor:
+#: Plain operations, nothing kept: the forward that autograd records (traced).
+_PLAIN = _Workspace(cached=False, saving=False)
+#: Free workspaces kept per batch size, dtype and device.
+_POOL = 4
+
+
+class _Lease:
+    """A workspace lent to one autograd node; back to its pool when the node goes
+    (after the backward, or with the graph), so that a second backward
+    (``retain_graph=True``) still finds what the first read."""
+
+    __slots__ = ("pool", "workspace")
+
+    def __init__(self, pool: list[_Workspace], workspace: _Workspace) -> None:
+        self.pool, self.workspace = pool, workspace
+
+    def __del__(self) -> None:
+        _give_back(self.pool, self.workspace)
+
+
+def _give_back(pool: list[_Workspace], workspace: _Workspace) -> None:
+    if len(pool) < _POOL:
+        pool.append(workspace)
+
+
+def _tree(tensors: torch.Tensor, ws: _Workspace, name: str) -> torch.Tensor:
     """(B, k, χ, D, χ) → (B, χ, D^k, χ): the chain product over k, as a
     balanced tree of batched products; an odd element left over at a level
     waits and joins at the end, in order.
 
-    With ``saved`` (the written-out backward), each level's operands are
-    strided views of the level's input, which is saved; without, plain
-    reshapes (which ``torch.func`` transforms and ``torch.compile`` trace)."""
+    Cached (eager), each level's operands are strided views of the level's
+    input, which is saved for the backward; otherwise plain reshapes (which
+    ``torch.func`` transforms and ``torch.compile`` trace)."""
     batch, k, chi, size = tensors.shape[:4]
     levels: list[tuple[int, int, bool]] = []  # (pairs, size, waited) per level
     waiting: list[torch.Tensor] = []
-    current = tensors.contiguous() if saved is not None else tensors
+    current = tensors
     while k > 1:
-        block = chi * size * chi
+        block, level = chi * size * chi, len(levels)
         waited = k % 2 == 1
         if waited:
-            current = current.reshape(batch, k, block)
-            waiting.append(current[:, -1])
-            current = current[:, :-1]
-            if batch > 1 and saved is not None:
-                current = current.contiguous()
+            flat = ws.view((name, "level", level), lambda: current.reshape(batch, k, block))
+            waiting.append(ws.view((name, "waiting", level), lambda: flat[:, -1]))
+            current = ws.view((name, "pairs", level), lambda: flat[:, :-1])
+            if batch > 1 and ws.cached:  # the pairs' operands need one stride per pair
+                current = ws.out((name, "pairs", level), current.shape, current).copy_(current)
         pairs = k // 2
-        if saved is None:
+        if ws.cached:
+            ws.put(f"{name}{level}", current)
+            first, second = ws.view((name, "operands", level),
+                                    lambda: _operands(current, batch * pairs, chi, size))
+        else:
             current = current.reshape(batch * pairs, 2, block)
             first = current[:, 0].reshape(batch * pairs, chi * size, chi)
             second = current[:, 1].reshape(batch * pairs, chi, size * chi)
-        else:
-            saved.put(f"{name}{len(levels)}", current)
-            first, second = _operands(current, batch * pairs, chi, size)
         levels.append((pairs, size, waited))
-        current = torch.bmm(first, second)  # (B·pairs, χ·D, D·χ): the next level's elements
+        # (B·pairs, χ·D, D·χ): the next level's elements
+        current = torch.bmm(first, second, out=ws.out((name, "product", level),
+                                                      (batch * pairs, chi * size, size * chi),
+                                                      first))
         k, size = pairs, size * size
-    result = current.reshape(batch, chi, size, chi)
+    result = ws.view((name, "result"), lambda: current.reshape(batch, chi, size, chi))
     for index, extra in enumerate(reversed(waiting)):  # the deepest level's is the leftmost
-        if saved is not None:
-            saved.put(f"{name}-join{index}", result)
-            saved.put(f"{name}-extra{index}", extra)
-        result = torch.bmm(result.reshape(batch, -1, chi), extra.reshape(batch, chi, -1))
-        result = result.view(batch, chi, -1, chi)
-    if saved is not None:
-        saved.values[name] = (levels, len(waiting), tuple(tensors.shape))
+        ws.put(f"{name}-join{index}", result)
+        ws.put(f"{name}-extra{index}", extra)
+        first = ws.view((name, "join-first", index), lambda: result.reshape(batch, -1, chi))
+        second = ws.view((name, "join-second", index), lambda: extra.reshape(batch, chi, -1))
+        result = torch.bmm(first, second, out=ws.out((name, "join", index),
+                                                     (batch, first.shape[1], second.shape[2]),
+                                                     first))
+        result = ws.view((name, "joined", index), lambda: result.view(batch, chi, -1, chi))
+    if ws.saving:
+        ws.values[name] = (levels, len(waiting), tuple(tensors.shape))
     return result
 
 
@@ -845,42 +1087,54 @@ def _operands(current: torch.Tensor, count: int, chi: int, size: int,
     return first, second
 
 
-def _tree_backward(grad: torch.Tensor, saved: _Saved, name: str, in_place: bool
-                   ) -> torch.Tensor:
+
+def _tree_backward(grad: torch.Tensor, ws: _Workspace, name: str) -> torch.Tensor:
     """The gradient of :func:`_tree` for its result's gradient (B, χ, D^k, χ);
-    ``in_place``: each level's two products written into place."""
-    levels, joins, shape = saved.values[name]
-    batch, chi = grad.shape[0], grad.shape[1]
+    cached: each level's two products written into place."""
+    levels, joins, shape = ws.values[name]
+    batch, chi, cached = grad.shape[0], grad.shape[1], ws.cached
     grad_waiting = []  # in the order the elements waited (first level first)
     for index in reversed(range(joins)):
-        first = saved[f"{name}-join{index}"].reshape(batch, -1, chi)
-        second = saved[f"{name}-extra{index}"].reshape(batch, chi, -1)
-        flat = grad.reshape(batch, first.shape[1], second.shape[2])
-        grad_waiting.append(torch.bmm(first.mH, flat))
-        grad = torch.bmm(flat, second.mH)
+        first = ws[f"{name}-join{index}"]
+        second = ws[f"{name}-extra{index}"]
+        first_h = ws.view((name, "join-first-h", index),
+                          lambda: first.reshape(batch, -1, chi).mH)
+        second_h = ws.view((name, "join-second-h", index),
+                           lambda: second.reshape(batch, chi, -1).mH)
+        flat = ws.view((name, "join-grad", index), lambda: grad.reshape(
+            batch, first_h.shape[2], second_h.shape[1]))
+        grad_waiting.append(torch.bmm(first_h, flat, out=ws.out(
+            (name, "grad-extra", index), (batch, chi, flat.shape[2]), flat)))
+        grad = torch.bmm(flat, second_h, out=ws.out((name, "grad-join", index),
+                                                    (batch, flat.shape[1], chi), flat))
     for level in reversed(range(len(levels))):
         pairs, size, waited = levels[level]
         count, block = batch * pairs, chi * size * chi
-        first_h, second_h = _operands(saved[f"{name}{level}"], count, chi, size, transposed=True)
-        flat = grad.reshape(count, chi * size, size * chi)
-        if in_place:
-            out = grad.new_empty(batch, 2 * pairs + (waited and batch == 1), block)
-            torch.bmm(flat, second_h,
-                      out=out.as_strided((count, chi * size, chi), (2 * block, chi, 1)))
-            torch.bmm(first_h, flat, out=out.as_strided((count, chi, size * chi),
-                                                        (2 * block, size * chi, 1), block))
+        first_h, second_h = ws.view((name, "operands-h", level), lambda: _operands(
+            ws[f"{name}{level}"], count, chi, size, transposed=True))
+        flat = ws.view((name, "grad", level), lambda: grad.reshape(count, chi * size, size * chi))
+        if cached:
+            out = ws.out((name, "grad", level), (batch, 2 * pairs + (waited and batch == 1), block),
+                         flat)
+            left, right = ws.view((name, "grad-halves", level), lambda: (
+                out.as_strided((count, chi * size, chi), (2 * block, chi, 1)),
+                out.as_strided((count, chi, size * chi), (2 * block, size * chi, 1), block)))
+            torch.bmm(flat, second_h, out=left)
+            torch.bmm(first_h, flat, out=right)
         else:
             out = torch.cat([torch.bmm(flat, second_h).view(batch, pairs, 1, block),
                              torch.bmm(first_h, flat).view(batch, pairs, 1, block)], dim=2)
             out = out.view(batch, 2 * pairs, block)
         if waited:
-            extra = grad_waiting.pop().view(batch, 1, block)
-            if batch > 1 or not in_place:
-                out = torch.cat([out, extra], dim=1)
+            extra = grad_waiting.pop()
+            if cached and batch == 1:
+                ws.view((name, "grad-last", level), lambda: out[:, -1]).copy_(
+                    ws.view((name, "grad-extra-flat", level), lambda: extra.view(batch, block)))
             else:
-                out[:, -1:] = extra
+                out = torch.cat([out, extra.view(batch, 1, block)], dim=1, out=ws.out(
+                    (name, "grad-joined", level), (batch, 2 * pairs + 1, block), out))
         grad = out
-    return grad.reshape(shape)
+    return ws.view((name, "grad-result"), lambda: grad.reshape(shape))
 
 
 def _wrapped(tensor: torch.Tensor) -> bool:
@@ -892,37 +1146,35 @@ def _wrapped(tensor: torch.Tensor) -> bool:
                             "is_functorch_wrapped_tensor"))
 
 
+
 class NetworkFunction(torch.autograd.Function):
-    """Values → column block as one autograd node: the builder and
-    :meth:`MatrixProductNetwork.contract`, with their written-out backward."""
+    """Values → frame as one autograd node: :meth:`MatrixProductNetwork.evaluate`
+    in a leased :class:`_Workspace`, and its written-out backward."""
 
     @staticmethod
     def forward(ctx: Any, network: MatrixProductNetwork, values: torch.Tensor) -> torch.Tensor:
-        saved = _Saved()
-        flat = values.reshape(math.prod(values.shape[:-1]), values.shape[-1])
-        block = network.contract(network.segment_matrices(flat, saved), saved)
-        ctx.save_for_backward(*saved.tensors)
-        saved.tensors = ()
-        ctx.network, ctx.saved, ctx.shape = network, saved, values.shape
-        frame = network.frame(block, values.shape)
-        # autograd refuses in-place changes (U[:, 0] *= -1) to a view made inside a Function
-        return frame.clone() if frame._base is not None else frame
+        pool, ws = network._lease(values)
+        ctx.lease = _Lease(pool, ws)
+        ctx.network, ctx.shape = network, values.shape
+        return network.evaluate(values, ws)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         refuse_second_derivatives()
-        network, saved = ctx.network, ctx.saved
-        saved.tensors = ctx.saved_tensors
+        network, ws = ctx.network, ctx.lease.workspace
         with torch.no_grad(), autocast_off(grad.device):
             # under vmap (batched gradients) nothing may be written into place
-            in_place = not (plain_operations() or _wrapped(grad))
-            segments = network.contract_backward(network.frame_backward(grad), saved,
-                                                 in_place=in_place)
-            builders = [network.builder, *network.head_builders]
-            values = builders[0].backward(segments[0], saved)
-            for builder, part in zip(builders[1:], segments[1:]):
-                values = values + builder.backward(part, saved)
-        saved.tensors = ()
+            ws.cached = not (plain_operations() or _wrapped(grad))
+            try:
+                grad = _cast(grad, network.work_dtype)
+                block = network.frame_backward(grad, ws)
+                segments = network._steps(block.shape[0]).backward(network, block, ws)
+                builders = [network.builder, *network.head_builders]
+                values = builders[0].backward(segments[0], ws)
+                for builder, part in zip(builders[1:], segments[1:]):
+                    values = values + builder.backward(part, ws)
+            finally:
+                ws.cached = True
         return None, values.view(ctx.shape)
 
     @staticmethod
