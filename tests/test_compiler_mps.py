@@ -453,3 +453,26 @@ def test_workspaces_are_reused_and_their_pool_is_bounded() -> None:
     assert len(pool) == _POOL
     network.double()
     assert not getattr(network, "_workspaces", {})  # a cast drops them
+
+
+@pytest.mark.parametrize(("circuit", "columns", "batch"), [
+    (pauli(10, 2), 4, ()), (pauli(11, 2), [0, 2, 3], (3,)), (for_dimension(3072, 2), 4, ()),
+    (for_dimension(24, 2), 1, (2,)), (pauli(7, 3), 8, (2, 2)),
+], ids=["1024", "2048-odd-chosen", "3072-qutrit", "K=1", "L=3"])
+def test_later_passes_replay_the_recorded_operations(circuit, columns, batch) -> None:
+    """From the third pass of a workspace on, its forward and backward run as
+    recorded tapes (no Python between the tensor operations), and give the same
+    frames and gradients as a fresh module."""
+    frame = compile_circuit(circuit, columns, method="mps", dtype=torch.float64)
+    values = torch.randn(*batch, circuit.num_parameters, dtype=torch.float64)
+    outs = [frame(values) for _ in range(3)]  # (no graph: one workspace)
+    weight = torch.randn_like(outs[0])
+    gradients = [_gradient(frame, values, weight) for _ in range(3)]
+    (pool,) = frame.engine._workspaces.values()
+    assert all(ws.tapes["forward"] and ws.tapes["backward"] for ws in pool)
+    fresh = compile_circuit(circuit, columns, method="mps", dtype=torch.float64)
+    for out in outs:
+        assert torch.equal(out, fresh(values))
+    for gradient in gradients:
+        torch.testing.assert_close(gradient, _gradient(fresh, values, weight), atol=1e-13,
+                                   rtol=0)

@@ -188,7 +188,7 @@ class CompiledCircuit(nn.Module):
             )
         lead = values.shape[:-1]
         engine = self.engine  # every engine maps (..., P) to (..., N, K)
-        cast = values.to(engine.real_dtype)
+        cast = values if values.dtype == engine.real_dtype else values.to(engine.real_dtype)
         if self.check_values and not plain_operations() and cast.device.type != "meta":
             self._check_finite(values, cast)  # (meta tensors hold no values to check)
         if math.prod(lead) == 0:
@@ -210,7 +210,8 @@ class CompiledCircuit(nn.Module):
                 out = engine(cast)
         if self.method == "dense":
             out = out[..., self.columns]
-        out = out.to(self.engine.work_dtype)
+        if out.dtype != self.engine.work_dtype:  # (the float64 twin's frame, cast back)
+            out = out.to(self.engine.work_dtype)
         if cast.requires_grad and not out.requires_grad:  # a circuit without gates
             from qpeft.compiler.mappings import on_graph
 

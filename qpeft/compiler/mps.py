@@ -53,6 +53,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ import torch
 from torch import nn
 from torch.autograd import forward_ad
 from torch.nn import functional
+from torch.overrides import TorchFunctionMode
 
 from qpeft.circuit import Circuit
 from qpeft.circuit.gates import COMPLEX_OF, FixedGate
@@ -387,11 +389,19 @@ class SegmentBuilder(nn.Module):
         self.work_dtype = work
 
     def forward(self, values: torch.Tensor, ws: _Workspace) -> torch.Tensor:
-        batch, name, count = values.shape[0], self.name, self.count
+        return self.segments(self.angles(values, ws), ws)
+
+    def angles(self, values: torch.Tensor, ws: _Workspace) -> torch.Tensor:
+        """The (B, 3F) half-angles and their shifts (the only step that reads the values)."""
+        out = ws.out((self.name, "angles"), (values.shape[0], 3 * self.count), values)
+        return torch.addmm(self.offset, values, self.trig_weights, out=out)
+
+    def segments(self, angles: torch.Tensor, ws: _Workspace) -> torch.Tensor:
+        """The (B, w, T, d, d) segment matrices from the :meth:`angles`."""
+        name, count = self.name, self.count
         wires, t, g, d = self.shape
-        trig = torch.addmm(self.offset, values, self.trig_weights,
-                           out=ws.out((name, "trig"), (batch, 3 * count), values))
-        trig = trig.sin_() if ws.cached else trig.sin()
+        batch = angles.shape[0]
+        trig = angles.sin_() if ws.cached else angles.sin()
         ws.put(name + "trig", trig)
         pair = ws.view((name, "cos-sin"), lambda: trig[:, : 2 * count])
         if pair.dtype != self.work_dtype:  # a complex circuit
@@ -410,8 +420,8 @@ class SegmentBuilder(nn.Module):
             out = torch.matmul(factor, out, out=ws.out((name, "chain", k), out.shape, out))
         return out
 
-    def backward(self, grad: torch.Tensor, ws: _Workspace) -> torch.Tensor:
-        """The values' gradient (B, P), a new tensor, for the segments' gradient ``grad``."""
+    def angle_gradients(self, grad: torch.Tensor, ws: _Workspace) -> None:
+        """The (B, 2F) gradient of the half-angles for the segments' gradient ``grad``."""
         batch, name, count = grad.shape[0], self.name, self.count
         g = self.shape[2]
         if g > 1:
@@ -436,9 +446,12 @@ class SegmentBuilder(nn.Module):
             grad_trig = ws.view((name, "grad-trig-real"), lambda: grad_trig.real)
         trig = ws[name + "trig"]
         swapped = ws.view((name, "sin-cos"), lambda: trig[:, count:])  # [sin, cos]
-        product = torch.mul(grad_trig, swapped,
-                            out=ws.out((name, "grad-angles"), swapped.shape, swapped))
-        return torch.mm(product, self.trig_backward)
+        ws.put(name + "grad-angles", torch.mul(
+            grad_trig, swapped, out=ws.out((name, "grad-angles"), swapped.shape, swapped)))
+
+    def values_gradient(self, ws: _Workspace) -> torch.Tensor:
+        """The values' gradient (B, P), a new tensor, from :meth:`angle_gradients`."""
+        return torch.mm(ws[self.name + "grad-angles"], self.trig_backward)
 
 
 def _slot(stacked: torch.Tensor | None, k: int) -> torch.Tensor | None:
@@ -476,6 +489,7 @@ class MatrixProductNetwork(nn.Module):
         self.builder = SegmentBuilder(layout.qubits, dtype, work, "q")
         self.head_builders = nn.ModuleList(SegmentBuilder(group, dtype, work, f"h{i}")
                                            for i, group in enumerate(layout.head))
+        self.builders = [self.builder, *self.head_builders]  # (a plain list: no lookups)
         self.segments, self.bond = layout.qubits.segments, layout.bond
         self.head_shapes = [(group.dim, group.bond_table.shape[1], group.bond_table.shape[3])
                             for group in layout.head]
@@ -528,15 +542,15 @@ class MatrixProductNetwork(nn.Module):
 
     def segment_matrices(self, values: torch.Tensor, ws: _Workspace) -> list[torch.Tensor]:
         """The qubits' (B, n, T, 2, 2) segment matrices, then each head wire's."""
-        return [self.builder(values, ws), *(b(values, ws) for b in self.head_builders)]
+        return [builder(values, ws) for builder in self.builders]
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """values (..., P) -> (..., N, K) in one autograd node (eager)."""
         if plain_operations() or not _eager(values):
             flat = values.reshape(math.prod(values.shape[:-1]), values.shape[-1])
             steps = self._steps(flat.shape[0])
-            return self.frame(steps.forward(self, self.segment_matrices(flat, _PLAIN), _PLAIN),
-                              values.shape)
+            left, right = steps.contract(self, self.segment_matrices(flat, _PLAIN), _PLAIN)
+            return self.frame(steps.finish(self, left, right, _PLAIN), values.shape)
         if torch.is_grad_enabled() and values.requires_grad:
             return NetworkFunction.apply(self, values)
         pool, ws = self._lease(values)
@@ -550,18 +564,21 @@ class MatrixProductNetwork(nn.Module):
         lead = values.shape[:-1]
         batch = math.prod(lead)
         flat = values if values.dim() == 2 else values.reshape(batch, values.shape[-1])
+        steps = self._steps(batch)
         with autocast_off(values.device):
-            matrices = self.segment_matrices(flat, ws)
+            angles = [builder.angles(flat, ws) for builder in self.builders]
+            left, right = ws.run("forward", lambda: steps.contract(self, [
+                builder.segments(part, ws) for builder, part in zip(self.builders, angles)], ws))
             output = flat.new_empty((*lead, self.dimension, self.num_columns),
                                     dtype=self.work_dtype)
-            return self._steps(batch).forward(self, matrices, ws, output)
+            return steps.finish(self, left, right, ws, output)
 
     def _lease(self, values: torch.Tensor) -> tuple[list[_Workspace], _Workspace]:
         """A free workspace for values of this batch size, dtype and device, and its pool."""
         key = (math.prod(values.shape[:-1]), values.dtype, values.device,
                torch.is_inference_mode_enabled())
         pool = self.__dict__.setdefault("_workspaces", {}).setdefault(key, [])
-        return pool, pool.pop() if pool else _Workspace(cached=True)
+        return pool, pool.pop() if pool else _Workspace(cached=True, constants=self.buffers())
 
     def frame(self, block: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """The chosen columns of the (B, N, 2^m) block, shaped ``(..., N, K)`` for
@@ -639,9 +656,10 @@ class _Steps:
         self.head_rows = rows
         self.batch = batch
 
-    def forward(self, network: MatrixProductNetwork, matrices: list[torch.Tensor],
-                ws: _Workspace, output: torch.Tensor | None = None) -> torch.Tensor:
-        """The (B, N, 2^m) column block (plain), or the frame written into ``output``."""
+    def contract(self, network: MatrixProductNetwork, matrices: list[torch.Tensor],
+                 ws: _Workspace) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The segment matrices → the (B, N/2^m, χ) left and (B, χ, 4^m) right factors
+        of the column block (no right factor for m = 0)."""
         m, batch = self.m, self.batch
         flat = ws.view("segments-flat", lambda: matrices[0].reshape(self.gather))
         index = network.path_index
@@ -667,11 +685,7 @@ class _Steps:
             left = ws.view("left", lambda: tree[:, 0])  # (B, N/2^m, χ)
         ws.put("left", left)
         if m == 0:
-            corner = ws.view("left-column", lambda: left[:, :, :1])
-            if output is None:
-                return corner
-            output.view(self.block).copy_(corner)
-            return output
+            return left, None
         column = _wire_tensors(ws, "column",
                                ws.view("column-weights", lambda: weights[self.split:]),
                                network.column_map, self.column)
@@ -685,6 +699,19 @@ class _Steps:
         else:
             ws.view("right-as-digits", lambda: right.view(self.digits)).copy_(digits)
         ws.put("right", right)
+        return left, right
+
+    def finish(self, network: MatrixProductNetwork, left: torch.Tensor,
+               right: torch.Tensor | None, ws: _Workspace,
+               output: torch.Tensor | None = None) -> torch.Tensor:
+        """The (B, N, 2^m) column block, or the frame written into ``output``."""
+        batch = self.batch
+        if right is None:  # m = 0: the block is the left factor's first column
+            corner = ws.view("left-column", lambda: left[:, :, :1])
+            if output is None:
+                return corner
+            output.view(self.block).copy_(corner)
+            return output
         if output is None:
             return torch.bmm(left, right).view(self.block)
         if network._whole_block:
@@ -723,35 +750,46 @@ class _Steps:
             state = ws.view(("head-state", i), lambda: state.view(batch, rows * d, right))
         return state
 
-    def backward(self, network: MatrixProductNetwork, grad: torch.Tensor, ws: _Workspace
-                 ) -> list[torch.Tensor]:
-        """The segment matrices' gradients for the (B, N/2^m, 4^m) block's gradient
-        ``grad``. A cached ``ws`` writes every product into its buffers; otherwise
-        (a backward batched by vmap: ``jacobian(vectorize=True)``,
-        ``is_grads_batched=True``) each is a new tensor."""
-        m, chi, batch, cached = self.m, self.root[1], self.batch, ws.cached
+    def start_backward(self, network: MatrixProductNetwork, grad: torch.Tensor,
+                       ws: _Workspace) -> None:
+        """The gradients of the left and right factors for the (B, N/2^m, 4^m) block's
+        gradient ``grad`` (the only step of the backward that reads it)."""
+        m, chi, cached = self.m, self.root[1], ws.cached
         left = ws["left"]
-        # the left tree's root: its left boundary is row 0 (the other rows of the first
-        # wire's tensor are zero), so only [:, 0] of the (B, χ, rows, χ) root is written
-        root = ws.zeros("root-left", self.root, grad) if cached and not self.head else None
-        if root is not None:
+        if cached and not self.head:
+            # into the left tree's root: its left boundary is row 0 (the other rows of the
+            # first wire's tensor are zero), so only [:, 0] of the (B, χ, rows, χ) root
+            root = ws.zeros("root-left", self.root, grad)
+            ws.put("root_left", root)
             target = ws.view("root-left-row", lambda: root[:, 0])
+        elif cached and m == 0:
+            target = ws.zeros("grad-left-padded", left.shape, grad)
         else:
-            target = ws.out("grad-left", left.shape, grad)
-        if m == 0:
+            target = ws.out("grad-left", left.shape, grad)  # (None: a new tensor)
+        if m == 0:  # the right boundary is 0
             if target is None:
-                grad_left = functional.pad(grad, (0, chi - 1))  # the right boundary 0
+                grad_left = functional.pad(grad, (0, chi - 1))
             else:
-                grad_left = ws.zeros("grad-left-padded", left.shape, grad) if root is None \
-                    else target
-                ws.view("grad-left-column", lambda: grad_left[:, :, :1]).copy_(grad)
+                grad_left = target
+                ws.view("grad-left-column", lambda: target[:, :, :1]).copy_(grad)
         else:
             right = ws["right"]
             grad_left = torch.bmm(grad, ws.view("right-h", lambda: right.mH), out=target)
-            grad_right = torch.bmm(ws.view("left-h", lambda: left.mH), grad,
-                                   out=ws.out("grad-right", self.right, grad))
+            ws.put("grad_right", torch.bmm(ws.view("left-h", lambda: left.mH), grad,
+                                           out=ws.out("grad-right", self.right, grad)))
+        ws.put("grad_left", grad_left)
+
+    def backward(self, network: MatrixProductNetwork, ws: _Workspace) -> None:
+        """From :meth:`start_backward` to each builder's angle gradients. A cached
+        ``ws`` writes every product into its buffers; otherwise (a backward batched by
+        vmap: ``jacobian(vectorize=True)``, ``is_grads_batched=True``) each is a new
+        tensor."""
+        m, chi, batch, cached = self.m, self.root[1], self.batch, ws.cached
+        grad_left = ws["grad_left"]
+        if m:
+            grad_right = ws["grad_right"]
             if cached:  # into the right tree's root (B, χ, 4^m, χ) at r = 0, in its digit order
-                right_root = ws.zeros("root-right", self.root_right, grad)
+                right_root = ws.zeros("root-right", self.root_right, grad_right)
                 ws.view("root-right-digits", lambda: right_root[..., 0].reshape(self.digits)
                         .permute(self.order)).copy_(
                     ws.view("grad-right-digits", lambda: grad_right.view(self.digits)))
@@ -773,7 +811,9 @@ class _Steps:
             heads = self._head_backward(network, torch.bmm(
                 flat, flat_tree_h, out=ws.out("grad-head", (batch, flat.shape[1], tree.shape[1]),
                                               flat)), ws)
-        elif root is None:
+        elif cached:
+            root = ws["root_left"]
+        else:
             root = functional.pad(grad_left.unsqueeze(1), (0, 0, 0, 0, 0, chi - 1))
         grad_plain = _tree_backward(root, ws, "left")
         plain = ws.view("grad-plain", lambda: grad_plain.reshape(self.plain_grad).transpose(0, 1))
@@ -803,7 +843,9 @@ class _Steps:
             out = grad_gathered.new_zeros(self.out).index_add(1, network.path_index, flat)
         else:
             out.zero_().index_add_(1, network.path_index, flat)
-        return [ws.view("grad-segments", lambda: out.view(self.segments)), *heads]
+        segments = [ws.view("grad-segments", lambda: out.view(self.segments)), *heads]
+        for builder, part in zip(network.builders, segments):
+            builder.angle_gradients(part, ws)
 
     def _head_backward(self, network: MatrixProductNetwork, grad: torch.Tensor,
                        ws: _Workspace) -> list[torch.Tensor]:
@@ -938,11 +980,45 @@ class _Workspace:
     gradients handed out are new tensors. Not ``cached``: plain operations that
     return new tensors (traced, or a backward batched by vmap)."""
 
-    def __init__(self, cached: bool, saving: bool = True) -> None:
+    def __init__(self, cached: bool, saving: bool = True,
+                 constants: Sequence[torch.Tensor] = ()) -> None:
         self.cached, self.saving = cached, saving
+        self.constants = tuple(constants)  # the module's buffers, which steps read
         self.saved: dict[str, torch.Tensor] = {}
         self.values: dict[str, object] = {}
         self.made: dict[object, Any] = {}
+        self.tapes: dict[str, list[Callable[[], object]] | None] = {}
+        self.results: dict[str, object] = {}
+
+    def reader(self) -> _Workspace:
+        """A workspace of plain operations that reads what this one keeps and writes
+        nothing into it."""
+        other = _Workspace(cached=False)
+        other.saved, other.values = dict(self.saved), self.values
+        return other
+
+    def run(self, phase: str, steps: Callable[[], Any]) -> Any:
+        """``steps()``, a part of a pass that reads and writes only this workspace's
+        tensors (and the module's buffers). Cached, its first call makes the buffers
+        and views, the second records its tensor operations (:class:`_Recorder`), and
+        later calls replay them without running the Python in between."""
+        if not self.cached:
+            return steps()
+        tape = self.tapes.get(phase, ())
+        if tape:
+            for step in tape:
+                step()
+            return self.results[phase]
+        if tape is None or phase not in self.results:  # unsound, or the first call
+            result = self.results[phase] = steps()
+            return result
+        recorder = _Recorder(self)
+        with recorder:
+            result = steps()
+        sound = recorder.sound and all(id(t) in recorder.owned for t in _tensors(result))
+        self.tapes[phase] = recorder.tape if sound else None
+        self.results[phase] = result
+        return result
 
     def nbytes(self, exclude: Iterable[torch.Tensor] = ()) -> int:
         """The bytes of the tensors it holds, each storage once, without those
@@ -990,6 +1066,46 @@ class _Workspace:
         if made is None:
             made = self.made[("zeros", key)] = like.new_zeros(shape)
         return made
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in ``value`` and in the lists, tuples and dicts within it."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    return []
+
+
+class _Recorder(TorchFunctionMode):
+    """Records the tensor operations of a :meth:`_Workspace.run` as calls to replay.
+
+    The tape is *sound* when every operation writes into a tensor (``out=``, or an
+    in-place method) and reads and writes only the workspace's tensors and the
+    module's buffers: then a replay on the next pass, with the same workspace, is
+    the pass itself. Calls that return no tensor (``x.shape``, ``x.is_complex()``)
+    only read and are not recorded."""
+
+    def __init__(self, ws: _Workspace) -> None:
+        super().__init__()
+        held = (*ws.saved.values(), *ws.made.values(), *ws.constants)
+        self.owned = {id(t) for t in _tensors(held)}
+        self.tape: list[Callable[[], object]] = []
+        self.sound = True
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if not any(isinstance(t, torch.Tensor) for t in _tensors(result)):
+            return result
+        name = getattr(func, "__name__", "")
+        writes = "out" in kwargs or (name.endswith("_") and not name.endswith("__"))
+        if not writes or any(id(t) not in self.owned for t in _tensors((args, kwargs))):
+            self.sound = False
+        self.tape.append(functools.partial(func, *args, **kwargs))
+        return result
 
 
 #: Plain operations, nothing kept: the forward that autograd records (traced).
@@ -1131,7 +1247,9 @@ def _tree_backward(grad: torch.Tensor, ws: _Workspace, name: str) -> torch.Tenso
                 ws.view((name, "grad-last", level), lambda: out[:, -1]).copy_(
                     ws.view((name, "grad-extra-flat", level), lambda: extra.view(batch, block)))
             else:
-                out = torch.cat([out, extra.view(batch, 1, block)], dim=1, out=ws.out(
+                extra = ws.view((name, "grad-extra-row", level),
+                                lambda: extra.view(batch, 1, block))
+                out = torch.cat([out, extra], dim=1, out=ws.out(
                     (name, "grad-joined", level), (batch, 2 * pairs + 1, block), out))
         grad = out
     return ws.view((name, "grad-result"), lambda: grad.reshape(shape))
@@ -1162,19 +1280,19 @@ class NetworkFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         refuse_second_derivatives()
         network, ws = ctx.network, ctx.lease.workspace
+        if plain_operations() or _wrapped(grad):
+            # under vmap (batched gradients) nothing may be written into place, and the
+            # leased workspace keeps only what the forward put there
+            ws = ws.reader()
         with torch.no_grad(), autocast_off(grad.device):
-            # under vmap (batched gradients) nothing may be written into place
-            ws.cached = not (plain_operations() or _wrapped(grad))
-            try:
-                grad = _cast(grad, network.work_dtype)
-                block = network.frame_backward(grad, ws)
-                segments = network._steps(block.shape[0]).backward(network, block, ws)
-                builders = [network.builder, *network.head_builders]
-                values = builders[0].backward(segments[0], ws)
-                for builder, part in zip(builders[1:], segments[1:]):
-                    values = values + builder.backward(part, ws)
-            finally:
-                ws.cached = True
+            grad = _cast(grad, network.work_dtype)
+            block = network.frame_backward(grad, ws)
+            steps = network._steps(block.shape[0])
+            steps.start_backward(network, block, ws)
+            ws.run("backward", lambda: steps.backward(network, ws))
+            values = network.builder.values_gradient(ws)
+            for builder in network.builders[1:]:
+                values = values + builder.values_gradient(ws)
         return None, values.view(ctx.shape)
 
     @staticmethod
