@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1020,14 +1020,9 @@ class _Workspace:
         self.results[phase] = result
         return result
 
-    def nbytes(self, exclude: Iterable[torch.Tensor] = ()) -> int:
-        """The bytes of the tensors it holds, each storage once, without those
-        of ``exclude`` (the module's buffers, of which it holds views)."""
-        skip = {t.untyped_storage().data_ptr() for t in exclude}
-        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                    for t in (*self.saved.values(), *self.made.values())
-                    if isinstance(t, torch.Tensor)}
-        return sum(size for pointer, size in storages.items() if pointer not in skip)
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors it holds: buffers, views of them and of the module's buffers."""
+        return _tensors((self.saved, list(self.made.values())))
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
         if self.saving:

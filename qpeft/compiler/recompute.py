@@ -35,7 +35,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -86,7 +86,27 @@ def autograd_saved_bytes(
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         output = function(*arguments)
+    for tensor in _held_by_nodes(output):
+        pack(tensor)
     return sum(storages.values()), output
+
+
+def _held_by_nodes(output: object) -> Iterator[torch.Tensor]:
+    """Tensors that the autograd nodes behind ``output`` hold besides their saved
+    tensors: the workspaces of the matrix product method
+    (:class:`qpeft.compiler.mps.NetworkFunction`)."""
+    outputs = output if isinstance(output, (tuple, list)) else (output,)
+    stack = [t.grad_fn for t in outputs if isinstance(t, torch.Tensor)]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        lease = getattr(node, "lease", None)
+        if lease is not None:
+            yield from lease.workspace.tensors()
+        stack.extend(parent for parent, _ in node.next_functions)
 
 
 __all__ = ["autograd_saved_bytes", "recomputed_forward"]
