@@ -436,8 +436,8 @@ def test_inference_mode_and_training_share_a_module() -> None:
     torch.testing.assert_close(gradient, reference_gradient, atol=1e-12, rtol=0)
 
 
-def test_workspaces_are_reused_and_their_pool_is_bounded() -> None:
-    from qpeft.compiler.mps import _POOL
+def test_workspaces_are_reused_and_their_pool_is_bounded(monkeypatch) -> None:
+    from qpeft.compiler import mps
 
     circuit = pauli(5, 2)
     frame = compile_circuit(circuit, 4, method="mps")
@@ -445,14 +445,19 @@ def test_workspaces_are_reused_and_their_pool_is_bounded() -> None:
     values = torch.randn(circuit.num_parameters, requires_grad=True)
     frame(values).sum().backward()
     (pool,) = network._workspaces.values()
-    assert len(pool) == 1
-    first = pool[0]
+    assert len(pool.free) == 1
+    first = pool.free[0]
     frame(values).sum().backward()
-    assert pool == [first]  # the same buffers on the next step
-    held = [frame(values) for _ in range(_POOL + 3)]  # graphs alive: one workspace each
-    assert not pool
+    assert pool.free == [first]  # the same buffers on the next step
+    held = [frame(values) for _ in range(6)]  # graphs alive at once: a workspace each
+    assert not pool.free
     del held
-    assert len(pool) == _POOL
+    assert len(pool.free) == 6  # ready for the next step that evaluates the frame 6 times
+    assert pool.bytes == sum(ws.nbytes for ws in pool.free) > 0
+    monkeypatch.setattr(mps, "POOL_BYTES", pool.bytes // 2)
+    held = [frame(values) for _ in range(6)]
+    del held
+    assert 0 < len(pool.free) < 6 and pool.bytes <= mps.POOL_BYTES
     network.double()
     assert not getattr(network, "_workspaces", {})  # a cast drops them
 
@@ -471,7 +476,7 @@ def test_later_passes_replay_the_recorded_operations(circuit, columns, batch) ->
     weight = torch.randn_like(outs[0])
     gradients = [_gradient(frame, values, weight) for _ in range(3)]
     (pool,) = frame.engine._workspaces.values()
-    assert all(ws.tapes["forward"] and ws.tapes["backward"] for ws in pool)
+    assert all(ws.tapes["forward"] and ws.tapes["backward"] for ws in pool.free)
     fresh = compile_circuit(circuit, columns, method="mps", dtype=torch.float64)
     for out in outs:
         assert torch.equal(out, fresh(values))

@@ -557,7 +557,7 @@ class MatrixProductNetwork(nn.Module):
         try:
             return self.evaluate(values, ws)
         finally:
-            _give_back(pool, ws)
+            pool.give(ws)
 
     def evaluate(self, values: torch.Tensor, ws: _Workspace) -> torch.Tensor:
         """values (..., P) → a new (..., N, K) frame, every step in ``ws``'s buffers."""
@@ -573,12 +573,15 @@ class MatrixProductNetwork(nn.Module):
                                     dtype=self.work_dtype)
             return steps.finish(self, left, right, ws, output)
 
-    def _lease(self, values: torch.Tensor) -> tuple[list[_Workspace], _Workspace]:
+    def _lease(self, values: torch.Tensor) -> tuple[_Pool, _Workspace]:
         """A free workspace for values of this batch size, dtype and device, and its pool."""
         key = (math.prod(values.shape[:-1]), values.dtype, values.device,
                torch.is_inference_mode_enabled())
-        pool = self.__dict__.setdefault("_workspaces", {}).setdefault(key, [])
-        return pool, pool.pop() if pool else _Workspace(cached=True, constants=self.buffers())
+        pools = self.__dict__.setdefault("_workspaces", {})
+        pool = pools.get(key)
+        if pool is None:
+            pool = pools[key] = _Pool()
+        return pool, pool.take() or _Workspace(cached=True, constants=self.buffers())
 
     def frame(self, block: torch.Tensor, shape: torch.Size) -> torch.Tensor:
         """The chosen columns of the (B, N, 2^m) block, shaped ``(..., N, K)`` for
@@ -989,6 +992,15 @@ class _Workspace:
         self.made: dict[object, Any] = {}
         self.tapes: dict[str, list[Callable[[], object]] | None] = {}
         self.results: dict[str, object] = {}
+        self.nbytes, self.counted = -1, 0  # bytes held, counted with this many made
+
+    def count_bytes(self) -> None:
+        """Count :attr:`nbytes`: each storage of its own once (not the module's)."""
+        skip = {t.untyped_storage().data_ptr() for t in self.constants}
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                    for t in self.tensors()}
+        self.nbytes = sum(size for pointer, size in storages.items() if pointer not in skip)
+        self.counted = len(self.made)
 
     def reader(self) -> _Workspace:
         """A workspace of plain operations that reads what this one keeps and writes
@@ -1105,8 +1117,8 @@ class _Recorder(TorchFunctionMode):
 
 #: Plain operations, nothing kept: the forward that autograd records (traced).
 _PLAIN = _Workspace(cached=False, saving=False)
-#: Free workspaces kept per batch size, dtype and device.
-_POOL = 4
+#: The most bytes of free workspaces kept per batch size, dtype and device.
+POOL_BYTES = 2**26
 
 
 class _Lease:
@@ -1116,16 +1128,37 @@ class _Lease:
 
     __slots__ = ("pool", "workspace")
 
-    def __init__(self, pool: list[_Workspace], workspace: _Workspace) -> None:
+    def __init__(self, pool: _Pool, workspace: _Workspace) -> None:
         self.pool, self.workspace = pool, workspace
 
     def __del__(self) -> None:
-        _give_back(self.pool, self.workspace)
+        self.pool.give(self.workspace)
 
 
-def _give_back(pool: list[_Workspace], workspace: _Workspace) -> None:
-    if len(pool) < _POOL:
-        pool.append(workspace)
+class _Pool:
+    """The free workspaces of one batch size, dtype and device: as many as were in
+    use at once (a graph that evaluates one module many times), up to
+    :data:`POOL_BYTES`."""
+
+    __slots__ = ("free", "bytes")
+
+    def __init__(self) -> None:
+        self.free: list[_Workspace] = []
+        self.bytes = 0
+
+    def take(self) -> _Workspace | None:
+        if not self.free:
+            return None
+        workspace = self.free.pop()
+        self.bytes -= workspace.nbytes
+        return workspace
+
+    def give(self, workspace: _Workspace) -> None:
+        if workspace.nbytes < 0 or len(workspace.made) != workspace.counted:
+            workspace.count_bytes()  # (only after new buffers: a pass that made some)
+        if self.bytes + workspace.nbytes <= POOL_BYTES:
+            self.free.append(workspace)
+            self.bytes += workspace.nbytes
 
 
 def _tree(tensors: torch.Tensor, ws: _Workspace, name: str) -> torch.Tensor:
