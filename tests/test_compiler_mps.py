@@ -458,6 +458,9 @@ def test_workspaces_are_reused_and_their_pool_is_bounded(monkeypatch) -> None:
     held = [frame(values) for _ in range(6)]
     del held
     assert 0 < len(pool.free) < 6 and pool.bytes <= mps.POOL_BYTES
+    for batch in range(2, mps.MAX_POOLS + 3):  # pools of other batch sizes: a bounded number
+        frame(values.detach().expand(batch, -1))
+    assert len(network._workspaces) == mps.MAX_POOLS and pool not in network._workspaces.values()
     network.double()
     assert not getattr(network, "_workspaces", {})  # a cast drops them
 

@@ -580,6 +580,8 @@ class MatrixProductNetwork(nn.Module):
         pools = self.__dict__.setdefault("_workspaces", {})
         pool = pools.get(key)
         if pool is None:
+            if len(pools) >= MAX_POOLS:  # the batch size used longest ago goes
+                del pools[next(iter(pools))]
             pool = pools[key] = _Pool()
         return pool, pool.take() or _Workspace(cached=True, constants=self.buffers())
 
@@ -1117,8 +1119,10 @@ class _Recorder(TorchFunctionMode):
 
 #: Plain operations, nothing kept: the forward that autograd records (traced).
 _PLAIN = _Workspace(cached=False, saving=False)
-#: The most bytes of free workspaces kept per batch size, dtype and device.
+#: The most bytes of free workspaces kept per batch size, dtype and device ...
 POOL_BYTES = 2**26
+#: ... for this many of them (the first made goes first).
+MAX_POOLS = 8
 
 
 class _Lease:
