@@ -458,9 +458,13 @@ def test_workspaces_are_reused_and_their_pool_is_bounded(monkeypatch) -> None:
     held = [frame(values) for _ in range(6)]
     del held
     assert 0 < len(pool.free) < 6 and pool.bytes <= mps.POOL_BYTES
-    for batch in range(2, mps.MAX_POOLS + 3):  # pools of other batch sizes: a bounded number
-        frame(values.detach().expand(batch, -1))
-    assert len(network._workspaces) == mps.MAX_POOLS and pool not in network._workspaces.values()
+    for batch in range(2, mps.MAX_POOLS + 3):  # pools of other batch sizes: a bounded number,
+        frame(values.detach().expand(batch, -1))  # the one used longest ago going first
+        frame(values)
+    assert len(network._workspaces) == mps.MAX_POOLS and pool in network._workspaces.values()
+    frame(values.detach().expand(mps.MAX_POOLS + 3, -1))
+    assert pool in network._workspaces.values()
+    assert (3, torch.float32, values.device, False) not in network._workspaces
     network.double()
     assert not getattr(network, "_workspaces", {})  # a cast drops them
 
@@ -486,3 +490,58 @@ def test_later_passes_replay_the_recorded_operations(circuit, columns, batch) ->
     for gradient in gradients:
         torch.testing.assert_close(gradient, _gradient(fresh, values, weight), atol=1e-13,
                                    rtol=0)
+
+
+def test_a_graph_kept_after_its_backward_holds_no_workspace(monkeypatch) -> None:
+    """The workspace goes back at the end of the backward (a loss kept for logging
+    pins nothing); a second backward of a retained graph takes it back when no other
+    evaluation has taken it since, and evaluates the forward again when one has."""
+    circuit = pauli(6, 2)
+    frame = compile_circuit(circuit, 4, method="mps", dtype=torch.float64)
+    network = frame.engine
+    leaf = torch.randn(circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(64, 4, dtype=torch.float64)
+    expected = _gradient(compile_circuit(circuit, 4, method="columns", dtype=torch.float64),
+                         leaf.detach(), weight)
+    kept = []
+    for _ in range(5):
+        loss = (frame(leaf) * weight).sum()
+        loss.backward()
+        kept.append(loss)  # graphs alive, their backward done
+    (pool,) = network._workspaces.values()
+    assert len(pool.free) == 1  # one workspace served all five steps
+    evaluations = []
+    monkeypatch.setattr(network, "evaluate", lambda *args: evaluations.append(1) or
+                        type(network).evaluate(network, *args))
+    leaf.grad = None
+    out = frame(leaf)
+    first = torch.autograd.grad((out * weight).sum(), leaf, retain_graph=True)[0]
+    again = torch.autograd.grad((out * weight).sum(), leaf, retain_graph=True)[0]
+    assert len(evaluations) == 1  # taken back as the first backward left it
+    with torch.no_grad():
+        frame(leaf)  # another evaluation takes the free workspace
+    third = torch.autograd.grad((out * weight).sum(), leaf)[0]
+    assert len(evaluations) == 3  # that one, and the node's forward again
+    for gradient in (first, again, third):
+        torch.testing.assert_close(gradient, expected, atol=1e-12, rtol=0)
+    with torch.no_grad():
+        leaf.add_(1.0)  # a value changed in place: autograd refuses the stale graph
+    out = frame(leaf)
+    torch.autograd.grad(out.sum(), leaf, retain_graph=True)
+    with torch.no_grad():
+        frame(leaf)
+        leaf.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(out.sum(), leaf)
+
+
+def test_torch_jit_trace_records_the_plain_operations() -> None:
+    circuit = pauli(5, 2)
+    frame = compile_circuit(circuit, [0, 2], method="mps", dtype=torch.float64,
+                            check_values=False)
+    traced = torch.jit.trace(frame, torch.randn(2, circuit.num_parameters, dtype=torch.float64))
+    values = torch.randn(2, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 32, 2, dtype=torch.float64)
+    gradient, = torch.autograd.grad((traced(values) * weight).sum(), values)
+    torch.testing.assert_close(gradient, _gradient(frame, values.detach(), weight),
+                               atol=1e-12, rtol=0)

@@ -578,11 +578,12 @@ class MatrixProductNetwork(nn.Module):
         key = (math.prod(values.shape[:-1]), values.dtype, values.device,
                torch.is_inference_mode_enabled())
         pools = self.__dict__.setdefault("_workspaces", {})
-        pool = pools.get(key)
+        pool = pools.pop(key, None)
         if pool is None:
+            pool = _Pool()
             if len(pools) >= MAX_POOLS:  # the batch size used longest ago goes
                 del pools[next(iter(pools))]
-            pool = pools[key] = _Pool()
+        pools[key] = pool  # (last: the most recently used)
         return pool, pool.take() or _Workspace(cached=True, constants=self.buffers())
 
     def frame(self, block: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -615,10 +616,11 @@ class MatrixProductNetwork(nn.Module):
 
 def _eager(values: torch.Tensor) -> bool:
     """Whether ``values`` take the workspace path: real tensors on a real
-    device, no tensor subclass (fake tensors), no dispatch mode active and no
-    forward-mode AD (which ``out=`` operations do not carry)."""
+    device, no tensor subclass (fake tensors), no dispatch mode active, no
+    forward-mode AD (which ``out=`` operations do not carry) and no ``torch.jit.trace``."""
     return (type(values) in (torch.Tensor, nn.Parameter) and values.device.type != "meta"
-            and not torch._C._len_torch_dispatch_stack() and forward_ad._current_level < 0)
+            and not torch._C._len_torch_dispatch_stack() and forward_ad._current_level < 0
+            and not torch._C._is_tracing())
 
 
 class _Steps:
@@ -995,6 +997,7 @@ class _Workspace:
         self.tapes: dict[str, list[Callable[[], object]] | None] = {}
         self.results: dict[str, object] = {}
         self.nbytes, self.counted = -1, 0  # bytes held, counted with this many made
+        self.generation = 0  # times taken from its pool
 
     def count_bytes(self) -> None:
         """Count :attr:`nbytes`: each storage of its own once (not the module's)."""
@@ -1121,22 +1124,34 @@ class _Recorder(TorchFunctionMode):
 _PLAIN = _Workspace(cached=False, saving=False)
 #: The most bytes of free workspaces kept per batch size, dtype and device ...
 POOL_BYTES = 2**26
-#: ... for this many of them (the first made goes first).
+#: ... for this many of them (the one used longest ago goes first).
 MAX_POOLS = 8
 
 
 class _Lease:
-    """A workspace lent to one autograd node; back to its pool when the node goes
-    (after the backward, or with the graph), so that a second backward
-    (``retain_graph=True``) still finds what the first read."""
+    """A workspace lent to one autograd node. It goes back to its pool at the end of
+    the node's backward, or with the node if no backward runs; a second backward
+    (``retain_graph=True``) takes it back if no other evaluation has taken it since
+    (:meth:`reclaim`), and otherwise the node evaluates its forward again."""
 
-    __slots__ = ("pool", "workspace")
+    __slots__ = ("pool", "workspace", "generation", "lent")
 
     def __init__(self, pool: _Pool, workspace: _Workspace) -> None:
         self.pool, self.workspace = pool, workspace
+        self.generation, self.lent = workspace.generation, True
 
-    def __del__(self) -> None:
-        self.pool.give(self.workspace)
+    def give_back(self) -> None:
+        if self.lent:
+            self.lent = False
+            self.pool.give(self.workspace)
+
+    def reclaim(self) -> bool:
+        """Whether the workspace is lent to this node again, as its backward left it."""
+        if not self.lent and self.workspace.generation == self.generation:
+            self.lent = self.pool.remove(self.workspace)
+        return self.lent
+
+    __del__ = give_back
 
 
 class _Pool:
@@ -1155,7 +1170,17 @@ class _Pool:
             return None
         workspace = self.free.pop()
         self.bytes -= workspace.nbytes
+        workspace.generation += 1  # (a lease that gave it back can no longer reclaim it)
         return workspace
+
+    def remove(self, workspace: _Workspace) -> bool:
+        """Take ``workspace`` out of the free ones, if it is there."""
+        for index, free in enumerate(self.free):
+            if free is workspace:
+                del self.free[index]
+                self.bytes -= workspace.nbytes
+                return True
+        return False
 
     def give(self, workspace: _Workspace) -> None:
         if workspace.nbytes < 0 or len(workspace.made) != workspace.counted:
@@ -1306,25 +1331,34 @@ class NetworkFunction(torch.autograd.Function):
         pool, ws = network._lease(values)
         ctx.lease = _Lease(pool, ws)
         ctx.network, ctx.shape = network, values.shape
+        ctx.save_for_backward(values)  # (to evaluate again for a later second backward)
         return network.evaluate(values, ws)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         refuse_second_derivatives()
-        network, ws = ctx.network, ctx.lease.workspace
-        if plain_operations() or _wrapped(grad):
-            # under vmap (batched gradients) nothing may be written into place, and the
-            # leased workspace keeps only what the forward put there
-            ws = ws.reader()
+        network = ctx.network
         with torch.no_grad(), autocast_off(grad.device):
-            grad = _cast(grad, network.work_dtype)
-            block = network.frame_backward(grad, ws)
-            steps = network._steps(block.shape[0])
-            steps.start_backward(network, block, ws)
-            ws.run("backward", lambda: steps.backward(network, ws))
-            values = network.builder.values_gradient(ws)
-            for builder in network.builders[1:]:
-                values = values + builder.values_gradient(ws)
+            if not ctx.lease.reclaim():  # a second backward, the workspace taken since
+                (values,) = ctx.saved_tensors
+                ctx.lease = _Lease(*network._lease(values))
+                network.evaluate(values, ctx.lease.workspace)
+            ws = ctx.lease.workspace
+            if plain_operations() or _wrapped(grad):
+                # under vmap (batched gradients) nothing may be written into place, and the
+                # leased workspace keeps only what the forward put there
+                ws = ws.reader()
+            try:
+                grad = _cast(grad, network.work_dtype)
+                block = network.frame_backward(grad, ws)
+                steps = network._steps(block.shape[0])
+                steps.start_backward(network, block, ws)
+                ws.run("backward", lambda: steps.backward(network, ws))
+                values = network.builder.values_gradient(ws)
+                for builder in network.builders[1:]:
+                    values = values + builder.values_gradient(ws)
+            finally:
+                ctx.lease.give_back()
         return None, values.view(ctx.shape)
 
     @staticmethod
