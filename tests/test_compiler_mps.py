@@ -545,3 +545,45 @@ def test_torch_jit_trace_records_the_plain_operations() -> None:
     gradient, = torch.autograd.grad((traced(values) * weight).sum(), values)
     torch.testing.assert_close(gradient, _gradient(frame, values.detach(), weight),
                                atol=1e-12, rtol=0)
+
+
+def test_a_kept_graph_holds_no_workspace_its_pool_turned_away(monkeypatch) -> None:
+    """A workspace larger than the pool keeps is freed at the end of the backward,
+    even while its graph is kept; a second backward then evaluates the forward again."""
+    import gc
+    import weakref
+
+    from qpeft.compiler import mps
+
+    monkeypatch.setattr(mps, "POOL_BYTES", 0)
+    circuit = pauli(6, 2)
+    frame = compile_circuit(circuit, 4, method="mps", dtype=torch.float64)
+    leaf = torch.randn(3, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 64, 4, dtype=torch.float64)
+    out = frame(leaf)
+    workspace = weakref.ref(out.grad_fn.lease.workspace)
+    loss = (out * weight).sum()
+    first = torch.autograd.grad(loss, leaf, retain_graph=True)[0]
+    gc.collect()
+    assert workspace() is None  # the kept graph holds nothing
+    again = torch.autograd.grad(loss, leaf)[0]
+    expected = _gradient(compile_circuit(circuit, 4, method="columns", dtype=torch.float64),
+                         leaf.detach(), weight)
+    torch.testing.assert_close(first, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(again, expected, atol=1e-12, rtol=0)
+
+
+def test_a_backward_in_inference_mode_leaves_later_steps_working() -> None:
+    circuit = pauli(6, 2)
+    frame = compile_circuit(circuit, 4, method="mps", dtype=torch.float64)
+    leaf = torch.randn(3, circuit.num_parameters, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 64, 4, dtype=torch.float64)
+    expected = _gradient(compile_circuit(circuit, 4, method="mps", dtype=torch.float64),
+                         leaf.detach(), weight)
+    loss = (frame(leaf) * weight).sum()
+    with torch.inference_mode():  # the workspace's first backward
+        inferred = torch.autograd.grad(loss, leaf)[0]
+    torch.testing.assert_close(inferred, expected, atol=1e-12, rtol=0)
+    for _ in range(4):  # the same workspace, back in training
+        torch.testing.assert_close(_gradient(frame, leaf.detach(), weight), expected,
+                                   atol=1e-12, rtol=0)

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -1133,26 +1134,35 @@ MAX_POOLS = 8
 
 class _Lease:
     """A workspace lent to one autograd node. It goes back to its pool at the end of
-    the node's backward, or with the node if no backward runs; a second backward
-    (``retain_graph=True``) takes it back if no other evaluation has taken it since
-    (:meth:`reclaim`), and otherwise the node evaluates its forward again."""
+    the node's backward, or with the node if no backward runs, and the node keeps
+    only weak references to it: a graph kept after its backward holds nothing. A
+    second backward (``retain_graph=True``) takes it back if no other evaluation has
+    taken it since (:meth:`reclaim`), and otherwise the node evaluates its forward
+    again."""
 
-    __slots__ = ("pool", "workspace", "generation", "lent")
+    __slots__ = ("pool", "workspace", "generation", "returned")
 
     def __init__(self, pool: _Pool, workspace: _Workspace) -> None:
-        self.pool, self.workspace = pool, workspace
-        self.generation, self.lent = workspace.generation, True
+        self.pool: _Pool | None = pool
+        self.workspace: _Workspace | None = workspace  # None once given back
+        self.generation = workspace.generation
+        self.returned: tuple[weakref.ref, weakref.ref] | None = None
 
     def give_back(self) -> None:
-        if self.lent:
-            self.lent = False
-            self.pool.give(self.workspace)
+        workspace, pool = self.workspace, self.pool
+        if workspace is not None:
+            self.workspace = self.pool = None
+            self.returned = (weakref.ref(pool), weakref.ref(workspace))
+            pool.give(workspace)
 
     def reclaim(self) -> bool:
         """Whether the workspace is lent to this node again, as its backward left it."""
-        if not self.lent and self.workspace.generation == self.generation:
-            self.lent = self.pool.remove(self.workspace)
-        return self.lent
+        if self.workspace is None and self.returned is not None:
+            pool, workspace = (ref() for ref in self.returned)
+            if (pool is not None and workspace is not None
+                    and workspace.generation == self.generation and pool.remove(workspace)):
+                self.pool, self.workspace = pool, workspace
+        return self.workspace is not None
 
     __del__ = give_back
 
@@ -1162,7 +1172,7 @@ class _Pool:
     use at once (a graph that evaluates one module many times), up to
     :data:`POOL_BYTES`."""
 
-    __slots__ = ("free", "bytes")
+    __slots__ = ("free", "bytes", "__weakref__")
 
     def __init__(self) -> None:
         self.free: list[_Workspace] = []
@@ -1347,8 +1357,9 @@ class NetworkFunction(torch.autograd.Function):
                 ctx.lease = _Lease(*network._lease(values))
                 network.evaluate(values, ctx.lease.workspace)
             ws = ctx.lease.workspace
-            if plain_operations() or _wrapped(grad):
-                # under vmap (batched gradients) nothing may be written into place, and the
+            if plain_operations() or _wrapped(grad) or torch.is_inference_mode_enabled():
+                # under vmap (batched gradients) nothing may be written into place, and
+                # buffers made in inference mode could not be written outside it: the
                 # leased workspace keeps only what the forward put there
                 ws = ws.reader()
             try:

@@ -103,9 +103,9 @@ def _held_by_nodes(output: object) -> Iterator[torch.Tensor]:
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
-        lease = getattr(node, "lease", None)
-        if lease is not None:
-            yield from lease.workspace.tensors()
+        workspace = getattr(getattr(node, "lease", None), "workspace", None)
+        if workspace is not None:  # (lent: none once the backward has run)
+            yield from workspace.tensors()
         stack.extend(parent for parent, _ in node.next_functions)
 
 
