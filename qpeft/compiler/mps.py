@@ -76,7 +76,7 @@ from qpeft.compiler.blocks import (
     refuse_forward_mode,
     refuse_second_derivatives,
 )
-from qpeft.errors import CompileError
+from qpeft.errors import CompileError, ParameterError
 
 #: The most numbers in one wire's table, the linear map from its d^(T−1)·d·2 path
 #: weights (T segments, d levels) to its χ_l·d·2·χ_r tensor: 2^20 takes the Pauli
@@ -1343,8 +1343,9 @@ class NetworkFunction(torch.autograd.Function):
     def forward(ctx: Any, network: MatrixProductNetwork, values: torch.Tensor) -> torch.Tensor:
         pool, ws = network._lease(values)
         ctx.lease = _Lease(pool, ws)
-        ctx.network, ctx.shape = network, values.shape
-        ctx.save_for_backward(values)  # (to evaluate again for a later second backward)
+        # (to evaluate again for a later second backward; its version tells a change)
+        ctx.network, ctx.shape, ctx.values = network, values.shape, values
+        ctx.version = values._version
         return network.evaluate(values, ws)
 
     @staticmethod
@@ -1353,7 +1354,14 @@ class NetworkFunction(torch.autograd.Function):
         network = ctx.network
         with torch.no_grad(), autocast_off(grad.device):
             if not ctx.lease.reclaim():  # a second backward, the workspace taken since
-                (values,) = ctx.saved_tensors
+                values = ctx.values
+                if values._version != ctx.version:
+                    raise ParameterError(
+                        "the parameter values of a compiled frame were changed in place after "
+                        "its forward pass, and a second backward pass of that graph "
+                        "(retain_graph=True) would need them; run the forward pass again "
+                        "after changing them"
+                    )
                 ctx.lease = _Lease(*network._lease(values))
                 network.evaluate(values, ctx.lease.workspace)
             ws = ctx.lease.workspace
